@@ -1,0 +1,1 @@
+//! dataplane: a message transport with one messenger over POSIX, RDMA and DPDK stacks.

@@ -1,0 +1,1 @@
+//! Hugepage arenas (being written).

@@ -1,0 +1,1 @@
+//! POSIX stack (being written).
