@@ -1,2 +1,233 @@
-//! Placeholder, replaced by the benchmark helper.
-fn main() {}
+//! `dataplane-bench`: measures the dataplane messenger and named baselines (blocking
+//! std, tokio `Framed`, sockperf, iperf3, rtrb, crossbeam) on loopback or across two
+//! hosts, and prints a table, JSON and charts.
+//!
+//! Run `cargo run --release -p dataplane-bench -- --help` for the flags.
+
+#![warn(missing_docs)]
+
+mod cli;
+mod machine;
+mod measure;
+mod report;
+mod row;
+mod suite;
+mod systems;
+mod targets;
+
+use std::io::IsTerminal;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{Backend, Cli, ClientArgs, Command, CommonArgs, ServerArgs};
+use crate::machine::Machine;
+use crate::measure::format_size;
+use crate::row::Row;
+use crate::suite::{SuiteConfig, Workload};
+use crate::systems::Transport;
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => run_suite(cli.run),
+        Some(Command::Server(args)) => run_server(args),
+        Some(Command::Client(args)) => run_client(args),
+    }
+}
+
+/// Transports that also run across two hosts (`server` / `client` subcommands).
+fn remote_transport(name: &str) -> Result<&'static dyn Transport> {
+    let all: [&'static dyn Transport; 2] = [
+        &systems::std_blocking::STD_BLOCKING,
+        &systems::tokio_framed::TOKIO_FRAMED,
+    ];
+    all.into_iter().find(|t| t.name() == name).with_context(|| {
+        let names: Vec<_> = all.iter().map(|t| t.name()).collect();
+        format!(
+            "system `{name}` has no two-host mode; choose one of: {}",
+            names.join(", ")
+        )
+    })
+}
+
+fn progress_bar(len: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::hidden());
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn run_suite(args: cli::RunArgs) -> Result<()> {
+    let backend = args.backend;
+    let systems = suite::systems(backend)?;
+    let workloads = args
+        .workloads
+        .as_ref()
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| {
+                    Workload::from_name(n).with_context(|| {
+                        let all: Vec<_> = Workload::ALL.iter().map(|w| w.name()).collect();
+                        format!("unknown workload `{n}`; known: {}", all.join(", "))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let cfg = SuiteConfig {
+        sizes: args.common.sizes.clone(),
+        duration: SuiteConfig::duration_for(args.quick, args.common.duration)?,
+        workers: args.common.workers.max(1),
+        connections: args.common.connections.max(1),
+        systems: args.systems.clone(),
+        workloads,
+    };
+    let jobs = suite::plan(&systems, &cfg)?;
+    if jobs.is_empty() {
+        bail!("nothing to run with these filters");
+    }
+    let machine = Machine::detect();
+    let started = Instant::now();
+    let bar = progress_bar(jobs.len() as u64);
+    let attended = std::io::stderr().is_terminal();
+    let mut rows = Vec::with_capacity(jobs.len());
+    for (i, job) in jobs.iter().enumerate() {
+        let label = format!(
+            "{} {} {}",
+            systems[job.system].name(),
+            job.workload.name(),
+            format_size(job.params.size as u64)
+        );
+        bar.set_message(label.clone());
+        if !attended {
+            eprintln!("[{}/{}] {label}", i + 1, jobs.len());
+        }
+        let row = suite::run_job(&systems, job);
+        if let Some(note) = row.note.as_deref().filter(|n| n.starts_with("error")) {
+            bar.suspend(|| eprintln!("warning: {label}: {note}"));
+        }
+        rows.push(row);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    finish(&machine, &rows, backend, &args.common)?;
+    eprintln!(
+        "{} rows in {:.1} s",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Prints the table and writes the optional JSON and plot files.
+fn finish(machine: &Machine, rows: &[Row], backend: Backend, common: &CommonArgs) -> Result<()> {
+    println!(
+        "dataplane-bench on {} ({} cores, kernel {})\n",
+        machine.cpu_model, machine.cores, machine.kernel
+    );
+    print!("{}", report::table::render(rows, backend));
+    if let Some(path) = &common.json {
+        report::json::write(path, machine, rows)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &common.plot {
+        report::plot::write(path, rows)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn run_server(args: ServerArgs) -> Result<()> {
+    let transport = remote_transport(&args.system)?;
+    let listener =
+        TcpListener::bind(args.addr).with_context(|| format!("binding {}", args.addr))?;
+    let addr = listener.local_addr()?;
+    eprintln!(
+        "serving {} on {addr} for at most {} s (Ctrl-C to stop)",
+        transport.name(),
+        args.max_secs
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let workers = args.workers.max(1);
+    let server = std::thread::spawn(move || transport.serve(listener, workers, stop2));
+    let deadline = Instant::now() + Duration::from_secs(args.max_secs);
+    while Instant::now() < deadline && !server.is_finished() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if server.is_finished() {
+        return server
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    }
+    stop.store(true, Ordering::SeqCst);
+    // Wake the accept loop; an unspecified bind address is reached through loopback.
+    let mut wake = addr;
+    if wake.ip().is_unspecified() {
+        wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let _ = std::net::TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+    server
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?
+}
+
+fn run_client(args: ClientArgs) -> Result<()> {
+    let transport = remote_transport(&args.system)?;
+    let duration = SuiteConfig::duration_for(false, args.common.duration)?;
+    let machine = Machine::detect();
+    let mut rows = Vec::new();
+    for name in &args.workloads {
+        let workload =
+            Workload::from_name(name).with_context(|| format!("unknown workload `{name}`"))?;
+        let (sizes, connections): (Vec<usize>, u32) = match workload {
+            Workload::Stream => (
+                args.common
+                    .sizes
+                    .clone()
+                    .unwrap_or_else(|| suite::STREAM_SIZES.to_vec()),
+                args.common.connections.max(1),
+            ),
+            Workload::PingPong => (
+                args.common
+                    .sizes
+                    .clone()
+                    .unwrap_or_else(|| suite::PINGPONG_SIZES.to_vec()),
+                1,
+            ),
+            Workload::StreamManyConn => (vec![suite::MANY_CONN.0], suite::MANY_CONN.1),
+            other => bail!("workload `{}` has no two-host mode", other.name()),
+        };
+        for size in sizes {
+            eprintln!("{} {} {}", transport.name(), name, format_size(size as u64));
+            let mut row = if workload == Workload::PingPong {
+                transport.pingpong_client(args.addr, size, duration)?
+            } else {
+                transport.stream_client(
+                    args.addr,
+                    size,
+                    connections,
+                    args.common.workers.max(1),
+                    duration,
+                )?
+            };
+            row.workload = workload.name().to_string();
+            row.note = Some(format!("remote server {}", args.addr));
+            rows.push(row);
+        }
+    }
+    finish(&machine, &rows, Backend::Posix, &args.common)
+}

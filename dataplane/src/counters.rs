@@ -1,0 +1,71 @@
+//! Messenger-wide counters, updated with relaxed atomics and read as a snapshot.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one messenger.
+        #[derive(Debug, Default)]
+        pub struct Counters { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// A point-in-time copy of [`Counters`].
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct CounterSnapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl Counters {
+            /// Copies every counter.
+            pub fn snapshot(&self) -> CounterSnapshot {
+                CounterSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages handed to the dispatcher.
+    msgs_in,
+    /// Messages written to a socket (first transmission or resend).
+    msgs_out,
+    /// Payload bytes received.
+    bytes_in,
+    /// Bytes written to sockets (frames included).
+    bytes_out,
+    /// Connections closed because the peer sent malformed frames or broke the protocol.
+    malformed,
+    /// Handshakes refused (by us or by the peer).
+    handshake_failures,
+    /// Lossy connections reset (application told through `handle_reset`).
+    resets,
+    /// Peer restarts detected (`handle_remote_reset`).
+    remote_resets,
+    /// Lossless reconnects completed.
+    reconnects,
+    /// Transport faults of any kind.
+    faults,
+    /// Faults injected by the test configuration.
+    injected_faults,
+    /// Peers declared dead by the keepalive time-out.
+    peer_timeouts,
+    /// Duplicate messages discarded.
+    duplicates,
+    /// Messages dropped (lossy faults, age limit, closed connections).
+    dropped,
+    /// Sends refused by backpressure.
+    send_refused,
+    /// Connections accepted.
+    accepted,
+    /// Outgoing connections established (first handshake).
+    connected,
+    /// Messages delivered locally without a socket.
+    local_delivered,
+    /// Reads skipped because the dispatch queue was over its throttle.
+    throttled_reads,
+}
+
+impl Counters {
+    /// Adds `n` to a counter.
+    #[inline]
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,97 @@
+//! Errors of the messenger's public API.
+
+use std::io;
+
+use crate::buf::BufError;
+use crate::messenger::Message;
+use crate::stack::StackError;
+
+/// Errors from building, binding, starting or connecting a messenger.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Invalid configuration.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The configuration names a backend no registered stack provides.
+    #[error(
+        "backend '{0}' is not available in this build: register its stack with \
+         MessengerBuilder::stack (posix: dataplane-stack-posix), or use backend = \"posix\""
+    )]
+    UnknownBackend(String),
+    /// A stack failed.
+    #[error(transparent)]
+    Stack(#[from] StackError),
+    /// A buffer pool could not be created.
+    #[error("buffer pool: {0}")]
+    Buf(#[from] BufError),
+    /// An OS call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No port in the configured range could be bound.
+    #[error("no free port in {min}..={max} on {ip}")]
+    NoFreePort {
+        /// IP address.
+        ip: std::net::IpAddr,
+        /// Range start.
+        min: u16,
+        /// Range end.
+        max: u16,
+    },
+    /// The call needs a started messenger.
+    #[error("messenger not started")]
+    NotStarted,
+    /// The messenger is shutting down.
+    #[error("messenger is shut down")]
+    Shutdown,
+    /// A worker did not answer (it panicked or exited).
+    #[error("worker {0} is gone")]
+    WorkerGone(usize),
+}
+
+/// Why a message was not accepted for sending. The message is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("message not sent: {kind}")]
+pub struct SendError {
+    /// Why.
+    pub kind: SendErrorKind,
+    /// The message, so the caller can retry later.
+    pub message: Message,
+}
+
+/// The reasons a send can be refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendErrorKind {
+    /// The connection's queue limit is reached (backpressure): retry after some drain.
+    #[error("connection queue full ({msgs} messages, {bytes} bytes queued; limits {max_msgs} / {max_bytes})")]
+    QueueFull {
+        /// Messages queued.
+        msgs: usize,
+        /// Bytes queued.
+        bytes: usize,
+        /// Message limit.
+        max_msgs: usize,
+        /// Byte limit.
+        max_bytes: usize,
+    },
+    /// The worker's command ring is full (backpressure).
+    #[error("worker command ring full")]
+    RingFull,
+    /// The message is larger than the configured maximum.
+    #[error("message of {len} bytes exceeds the {max} byte limit")]
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The connection is closed (lossy reset, refused handshake, or marked down).
+    #[error("connection closed")]
+    Closed,
+}

@@ -1,0 +1,248 @@
+//! The application's handle on a connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::counters::Counters;
+use crate::error::{SendError, SendErrorKind};
+use crate::messenger::dispatch::{DispatchQueue, Item};
+use crate::messenger::protocol::PeerIdentity;
+use crate::messenger::worker::Command;
+use crate::messenger::{Message, Policy};
+use crate::ring::{mpsc, Doorbell};
+
+/// Where a connection's messages go.
+pub(crate) enum Route {
+    /// Through the owning worker's command ring.
+    Worker {
+        index: usize,
+        ring: mpsc::Sender<Command>,
+        doorbell: Arc<Doorbell>,
+    },
+    /// To ourselves: straight into the dispatch queue, no socket.
+    Local(Arc<DispatchQueue>),
+}
+
+/// State shared between the handles and the owning worker.
+pub(crate) struct ConnShared {
+    pub(crate) id: u64,
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) policy: Policy,
+    pub(crate) route: Route,
+    pub(crate) closed: AtomicBool,
+    pub(crate) peer: Mutex<Option<PeerIdentity>>,
+    queued_msgs: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    max_msgs: usize,
+    max_bytes: usize,
+    max_message: usize,
+    counters: Arc<Counters>,
+}
+
+/// A cheap, clonable, thread-safe handle on one connection. `send` puts the message on the
+/// owning worker's command ring; the worker frames it and writes it. On lossless connections
+/// a message accepted by `send` is delivered exactly once, in order, across reconnects.
+#[derive(Clone)]
+pub struct Connection {
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.shared.id)
+            .field("addr", &self.shared.addr)
+            .field("policy", &self.shared.policy)
+            .finish()
+    }
+}
+
+impl PartialEq for Connection {
+    fn eq(&self, o: &Self) -> bool {
+        self.shared.id == o.shared.id
+    }
+}
+impl Eq for Connection {}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: u64,
+        addr: Option<SocketAddr>,
+        policy: Policy,
+        route: Route,
+        max_msgs: usize,
+        max_bytes: usize,
+        max_message: usize,
+        counters: Arc<Counters>,
+    ) -> Connection {
+        Connection {
+            shared: Arc::new(ConnShared {
+                id,
+                addr,
+                policy,
+                route,
+                closed: AtomicBool::new(false),
+                peer: Mutex::new(None),
+                queued_msgs: AtomicUsize::new(0),
+                queued_bytes: AtomicUsize::new(0),
+                max_msgs,
+                max_bytes,
+                max_message,
+                counters,
+            }),
+        }
+    }
+
+    /// Unique id of this connection within its messenger.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's address: the address connected to, or the address the peer announced.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared
+            .addr
+            .or_else(|| self.peer().and_then(|p| p.addr))
+    }
+
+    /// The peer's entity name, once the handshake finished.
+    pub fn peer_name(&self) -> Option<String> {
+        self.shared.peer.lock().as_ref().map(|p| p.name.clone())
+    }
+
+    /// The peer's identity, once the handshake finished.
+    pub fn peer(&self) -> Option<PeerIdentity> {
+        self.shared.peer.lock().clone()
+    }
+
+    /// The connection's policy.
+    pub fn policy(&self) -> Policy {
+        self.shared.policy
+    }
+
+    /// True for a connection to our own address (delivered without a socket).
+    pub fn is_local(&self) -> bool {
+        matches!(self.shared.route, Route::Local(_))
+    }
+
+    /// True once the connection is closed for good.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// (messages, bytes) queued or waiting for acknowledgement.
+    pub fn queued(&self) -> (usize, usize) {
+        (
+            self.shared.queued_msgs.load(Ordering::Relaxed),
+            self.shared.queued_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Queues a message. Refused (and handed back) when the connection's queue limit is
+    /// reached, the worker's ring is full, the message is too large, or the connection is
+    /// closed; the caller decides whether to retry.
+    pub fn send(&self, msg: Message) -> Result<(), SendError> {
+        let s = &*self.shared;
+        if s.closed.load(Ordering::Acquire) {
+            return Err(SendError {
+                kind: SendErrorKind::Closed,
+                message: msg,
+            });
+        }
+        let len = msg.len();
+        if len > s.max_message {
+            return Err(SendError {
+                kind: SendErrorKind::TooLarge {
+                    len,
+                    max: s.max_message,
+                },
+                message: msg,
+            });
+        }
+        match &s.route {
+            Route::Local(dq) => {
+                Counters::add(&s.counters.local_delivered, 1);
+                dq.push(Item::Message(self.clone(), msg));
+                Ok(())
+            }
+            Route::Worker { ring, doorbell, .. } => {
+                let msgs = s.queued_msgs.fetch_add(1, Ordering::Relaxed) + 1;
+                let bytes = s.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
+                if msgs > s.max_msgs || bytes > s.max_bytes {
+                    self.release(1, len);
+                    Counters::add(&s.counters.send_refused, 1);
+                    return Err(SendError {
+                        kind: SendErrorKind::QueueFull {
+                            msgs: msgs - 1,
+                            bytes: bytes - len,
+                            max_msgs: s.max_msgs,
+                            max_bytes: s.max_bytes,
+                        },
+                        message: msg,
+                    });
+                }
+                match ring.push(Command::Send { conn: s.id, msg }) {
+                    Ok(()) => {
+                        doorbell.ring();
+                        Ok(())
+                    }
+                    Err(cmd) => {
+                        self.release(1, len);
+                        Counters::add(&s.counters.send_refused, 1);
+                        let message = match cmd {
+                            Command::Send { msg, .. } => msg,
+                            _ => unreachable!("pushed a Send"),
+                        };
+                        // Make sure a parked worker drains the ring.
+                        doorbell.ring();
+                        Err(SendError {
+                            kind: SendErrorKind::RingFull,
+                            message,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes the connection: queued messages are dropped, the peer is told, and no
+    /// reconnect happens. No `handle_reset` is delivered for a connection closed this way.
+    pub fn mark_down(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Route::Worker { ring, doorbell, .. } = &self.shared.route {
+            // Retry until the worker takes it: the ring drains continuously.
+            let mut cmd = Command::MarkDown {
+                conn: self.shared.id,
+            };
+            for _ in 0..1000 {
+                match ring.push(cmd) {
+                    Ok(()) => break,
+                    Err(c) => {
+                        cmd = c;
+                        doorbell.ring();
+                        std::thread::yield_now();
+                    }
+                }
+            }
+            doorbell.ring();
+        }
+    }
+
+    pub(crate) fn release(&self, msgs: usize, bytes: usize) {
+        self.shared.queued_msgs.fetch_sub(msgs, Ordering::Relaxed);
+        self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn worker_index(&self) -> Option<usize> {
+        match &self.shared.route {
+            Route::Worker { index, .. } => Some(*index),
+            Route::Local(_) => None,
+        }
+    }
+}

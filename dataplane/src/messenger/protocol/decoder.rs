@@ -1,0 +1,151 @@
+//! Streaming frame decoder over pool buffers.
+//!
+//! Bytes are read straight into a pool chunk; complete frames are split off that chunk as
+//! refcounted [`Buf`]s (no copy) and their segments are slices of it. A frame larger than a
+//! chunk gets a buffer of its exact size (its length was checked against the limits first),
+//! and the rest of its bytes are read directly into that buffer, so a large payload lands where
+//! the dispatcher will see it.
+
+use crate::buf::{BufMut, BufPool};
+use crate::wire::{self, Limits, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
+
+use super::Frame;
+
+/// Don't issue a read into less spare room than this; take a fresh chunk instead.
+const MIN_READ_ROOM: usize = 1024;
+
+/// Turns a byte stream into validated [`Frame`]s.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limits: Limits,
+    rx: Option<BufMut>,
+    /// Total length of the frame at the front of `rx`, once its preamble has been parsed.
+    need: usize,
+    /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
+    /// the receive path can make).
+    copied: u64,
+}
+
+impl FrameDecoder {
+    /// A decoder enforcing `limits`.
+    pub fn new(limits: Limits) -> FrameDecoder {
+        FrameDecoder {
+            limits,
+            rx: None,
+            need: 0,
+            copied: 0,
+        }
+    }
+
+    /// Bytes copied so far to move partial frames across buffer boundaries.
+    pub fn copied_bytes(&self) -> u64 {
+        self.copied
+    }
+
+    /// Bytes received but not yet decoded (a partial frame).
+    pub fn pending(&self) -> usize {
+        self.rx.as_ref().map_or(0, |b| b.len())
+    }
+
+    /// The buffer to read into next, with room for at least the rest of the current frame.
+    /// Takes a chunk from `pool`, or a heap buffer when the frame is larger than a chunk or the
+    /// pool is exhausted (receiving never fails for lack of pool buffers).
+    pub fn read_buf(&mut self, pool: &BufPool) -> &mut BufMut {
+        let have = self.rx.as_ref().map_or(0, |b| b.len());
+        let want_total = self.need.max(PREAMBLE_LEN);
+        let room = self.rx.as_ref().map_or(0, |b| b.remaining());
+        // A fresh buffer when there is none, when the current frame cannot fit in what is left
+        // of this one, or when nothing is pending and only a sliver of room is left.
+        let replace =
+            self.rx.is_none() || have + room < want_total || (have == 0 && room < MIN_READ_ROOM);
+        if replace {
+            let cap = want_total.max(pool.buf_size());
+            let mut fresh = if cap <= pool.buf_size() {
+                match pool.alloc() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "receive pool exhausted, using a heap buffer");
+                        BufMut::with_capacity(cap)
+                    }
+                }
+            } else {
+                BufMut::with_capacity(cap)
+            };
+            if let Some(old) = self.rx.take() {
+                // The one copy on the receive path: the head of a frame that straddles the
+                // end of a chunk (at most one frame's worth, usually a few bytes) moves to the
+                // fresh buffer so the frame ends up contiguous.
+                let partial = old.filled();
+                let n = fresh.extend_from_slice(partial);
+                debug_assert_eq!(n, partial.len());
+                self.copied += n as u64;
+            }
+            self.rx = Some(fresh);
+        }
+        match &mut self.rx {
+            Some(b) => b,
+            None => unreachable!("rx was just set"),
+        }
+    }
+
+    /// Decodes every complete frame in the buffer, calling `on_frame` for each. Stops at the
+    /// first invalid frame with the error; the connection must then be closed.
+    pub fn decode(
+        &mut self,
+        mut on_frame: impl FnMut(Frame) -> Result<(), crate::messenger::protocol::Fault>,
+    ) -> Result<(), crate::messenger::protocol::Fault> {
+        loop {
+            let Some(rx) = self.rx.as_mut() else {
+                return Ok(());
+            };
+            let filled = rx.filled();
+            let (tag, flags, priority, msg_type, seq, ack, front_len, data_len, frame_len) =
+                match wire::parse_preamble(filled, &self.limits)? {
+                    None => {
+                        self.need = PREAMBLE_LEN;
+                        return Ok(());
+                    }
+                    Some(p) => (
+                        p.tag()?,
+                        p.flags,
+                        p.priority,
+                        p.msg_type.get(),
+                        p.seq.get(),
+                        p.ack.get(),
+                        p.front_len.get() as usize,
+                        p.data_len.get() as usize,
+                        p.frame_len(),
+                    ),
+                };
+            if filled.len() < frame_len {
+                self.need = frame_len;
+                return Ok(());
+            }
+            self.need = 0;
+            let whole = rx.split_to(frame_len);
+            let front_end = PREAMBLE_LEN + front_len;
+            let data_end = front_end + data_len;
+            let front = whole.slice(PREAMBLE_LEN..front_end);
+            let data = whole.slice(front_end..data_end);
+            if front_len + data_len > 0 {
+                wire::verify_epilogue(
+                    [front.as_slice(), data.as_slice()],
+                    &whole.as_slice()[data_end..data_end + EPILOGUE_LEN],
+                )?;
+            }
+            on_frame(Frame {
+                tag,
+                flags,
+                priority,
+                msg_type,
+                seq,
+                ack,
+                front,
+                data,
+            })?;
+            if tag == Tag::Close {
+                return Ok(());
+            }
+        }
+    }
+}

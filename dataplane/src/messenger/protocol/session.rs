@@ -1,0 +1,892 @@
+//! One connection's protocol state machine: handshake, sequencing, acknowledgements, resend,
+//! keepalive and the lossy/lossless policies. Sans-IO: fed frames and time, it produces frames
+//! to write and events, and is told how many bytes the socket took.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::buf::Buf;
+use crate::messenger::Message;
+use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
+
+use super::frame::TxKind;
+use super::{Frame, OutQueue, Queued, TxFrame};
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We connected; we reconnect on faults (lossless).
+    Client,
+    /// We accepted; a lossless server waits in standby for the client to come back.
+    Server,
+}
+
+/// Where the session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// Client without a transport (before the first connect, or between reconnects).
+    Idle,
+    /// Client sent its hello and waits for the reply.
+    HelloSent,
+    /// Handshake done; messages flow.
+    Open,
+    /// Lossless server whose transport failed, waiting for the client to reconnect.
+    Standby,
+    /// Finished: lossy fault, refused handshake, or closed.
+    Closed,
+}
+
+/// Why a connection (transport) failed. Decides whether a lossless client reconnects.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Fault {
+    /// The peer sent a frame that failed validation.
+    #[error("malformed frame from peer: {0}")]
+    Wire(#[from] WireError),
+    /// The peer broke the protocol (message before handshake, sequence gap, bogus ack...).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer refused our handshake.
+    #[error("handshake refused by peer ({status:?}): {reason}")]
+    Refused {
+        /// Status code from the peer's reply.
+        status: HelloStatus,
+        /// Explanation.
+        reason: String,
+    },
+    /// We refused the peer's handshake.
+    #[error("handshake rejected ({status:?}): {reason}")]
+    Rejected {
+        /// Status code we sent back.
+        status: HelloStatus,
+        /// Explanation.
+        reason: String,
+    },
+    /// Nothing heard from the peer for longer than the peer time-out.
+    #[error("peer silent for more than {0:?}, marked dead")]
+    PeerTimeout(Duration),
+    /// The handshake did not finish in time.
+    #[error("handshake not finished within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The peer closed the session on purpose.
+    #[error("peer closed the session (code {code}): {reason}")]
+    PeerClosed {
+        /// Close code.
+        code: u16,
+        /// The peer's reason.
+        reason: String,
+    },
+    /// The transport failed.
+    #[error("transport error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed the stream (EOF), possibly mid-frame.
+    #[error("peer closed the stream{}", if *.mid_frame { " in the middle of a frame" } else { "" })]
+    Eof {
+        /// Whether a partial frame was pending.
+        mid_frame: bool,
+    },
+    /// A fault injected by the test configuration.
+    #[error("injected socket failure")]
+    Injected,
+}
+
+impl Fault {
+    /// Faults after which reconnecting cannot help.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Fault::Refused { .. } | Fault::Rejected { .. } | Fault::PeerClosed { .. }
+        )
+    }
+
+    /// Faults caused by bad input from the peer (counted as malformed).
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, Fault::Wire(_) | Fault::Protocol(_))
+    }
+}
+
+/// Tuning of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Lossy policy (see `Policy`).
+    pub lossy: bool,
+    /// Send a keepalive when nothing was sent for this long (zero = never).
+    pub keepalive_interval: Duration,
+    /// Declare the peer dead when nothing was received for this long (zero = never).
+    pub peer_timeout: Duration,
+    /// Give up a handshake after this long.
+    pub handshake_timeout: Duration,
+    /// Lossy only: drop queued messages older than this (zero = keep).
+    pub lossy_max_age: Duration,
+    /// Frames framed ahead of the socket at most.
+    pub max_tx_frames: usize,
+    /// Send an explicit ack after this many unacknowledged received messages...
+    pub ack_every: u64,
+    /// ...or after this delay, whichever comes first.
+    pub ack_delay: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            lossy: false,
+            keepalive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(15),
+            handshake_timeout: Duration::from_secs(10),
+            lossy_max_age: Duration::ZERO,
+            max_tx_frames: 512,
+            ack_every: 128,
+            ack_delay: Duration::from_millis(2),
+        }
+    }
+}
+
+/// Who we are, as announced in the handshake.
+#[derive(Debug, Clone)]
+pub struct LocalIdentity {
+    /// Entity name (unique in the cluster), e.g. `osd.3`.
+    pub name: String,
+    /// Entity type (application-defined).
+    pub entity_type: u8,
+    /// The address we accept connections on, if any.
+    pub addr: Option<SocketAddr>,
+    /// Random per process incarnation: a peer seeing it change knows we restarted.
+    pub session_id: u64,
+    /// Feature bits we support.
+    pub features: u64,
+    /// Feature bits we require of peers.
+    pub required: u64,
+}
+
+/// Who the peer is, learned in the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// Entity name.
+    pub name: String,
+    /// Entity type.
+    pub entity_type: u8,
+    /// The address it accepts connections on, if any.
+    pub addr: Option<SocketAddr>,
+    /// Its incarnation.
+    pub session_id: u64,
+    /// Its feature bits.
+    pub features: u64,
+}
+
+impl PeerIdentity {
+    fn from_hello(h: &Hello) -> PeerIdentity {
+        PeerIdentity {
+            name: h.name.clone(),
+            entity_type: h.entity_type,
+            addr: h.addr,
+            session_id: h.session_id,
+            features: h.features,
+        }
+    }
+}
+
+/// What the session tells its driver.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// Handshake finished (first time or after a reconnect).
+    Established {
+        /// The peer.
+        peer: PeerIdentity,
+        /// The peer restarted since the last handshake (its session was lost).
+        remote_reset: bool,
+        /// This is a reconnect of an existing session.
+        reconnect: bool,
+    },
+    /// A message arrived, in order, exactly once.
+    Message(Message),
+    /// Messages that no longer count against the queue limits: acknowledged (lossless),
+    /// written (lossy), or dropped (lossy fault or age limit; `dropped` is then true).
+    Released {
+        /// Number of messages.
+        msgs: usize,
+        /// Payload bytes.
+        bytes: usize,
+        /// They were dropped rather than delivered.
+        dropped: bool,
+    },
+    /// A duplicate message was discarded.
+    Duplicate,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    role: Role,
+    cfg: SessionConfig,
+    local: Arc<LocalIdentity>,
+    state: SessionState,
+    peer: Option<PeerIdentity>,
+    connect_seq: u64,
+    out: OutQueue,
+    /// Lossless: messages from a failed transport, to send again first (seq kept).
+    resend: VecDeque<(u64, Message)>,
+    tx: VecDeque<TxFrame>,
+    tx_off: usize,
+    /// Lossless: written, waiting for the peer's ack.
+    sent: VecDeque<(u64, Message)>,
+    out_seq: u64,
+    in_seq: u64,
+    acked_in_seq: u64,
+    ack_deadline: Option<Instant>,
+    hello_deadline: Option<Instant>,
+    last_rx: Instant,
+    last_tx: Instant,
+    events: VecDeque<SessionEvent>,
+}
+
+impl Session {
+    /// A new session. A client starts `Idle` until [`Session::start_client`]; a server starts
+    /// `Standby` until [`Session::accept_hello`].
+    pub fn new(role: Role, cfg: SessionConfig, local: Arc<LocalIdentity>, now: Instant) -> Session {
+        Session {
+            role,
+            cfg,
+            local,
+            state: match role {
+                Role::Client => SessionState::Idle,
+                Role::Server => SessionState::Standby,
+            },
+            peer: None,
+            connect_seq: 0,
+            out: OutQueue::default(),
+            resend: VecDeque::new(),
+            tx: VecDeque::new(),
+            tx_off: 0,
+            sent: VecDeque::new(),
+            out_seq: 0,
+            in_seq: 0,
+            acked_in_seq: 0,
+            ack_deadline: None,
+            hello_deadline: None,
+            last_rx: now,
+            last_tx: now,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> SessionState {
+        self.state
+    }
+
+    /// The peer, once a handshake succeeded.
+    pub fn peer(&self) -> Option<&PeerIdentity> {
+        self.peer.as_ref()
+    }
+
+    /// Whether this session is lossy.
+    pub fn is_lossy(&self) -> bool {
+        self.cfg.lossy
+    }
+
+    /// Role of this side.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Highest sequence number received in order.
+    pub fn in_seq(&self) -> u64 {
+        self.in_seq
+    }
+
+    /// Messages queued, in flight or unacknowledged.
+    pub fn backlog(&self) -> usize {
+        self.out.len() + self.resend.len() + self.tx.len() + self.sent.len()
+    }
+
+    /// Next event for the driver.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// Queues an application message. On a closed session it is released as dropped at once.
+    pub fn queue(&mut self, msg: Message, now: Instant) {
+        if self.state == SessionState::Closed {
+            self.events.push_back(SessionEvent::Released {
+                msgs: 1,
+                bytes: msg.len(),
+                dropped: true,
+            });
+            return;
+        }
+        self.out.push(Queued { msg, since: now });
+    }
+
+    /// Client: the transport is connected; sends our hello.
+    pub fn start_client(&mut self, now: Instant) {
+        debug_assert_eq!(self.role, Role::Client);
+        self.connect_seq += 1;
+        let hello = self.hello(HelloStatus::Ok);
+        self.push_control(Tag::Hello, hello);
+        self.state = SessionState::HelloSent;
+        self.hello_deadline = Some(now + self.cfg.handshake_timeout);
+        self.last_rx = now;
+    }
+
+    fn hello(&self, status: HelloStatus) -> Hello {
+        Hello {
+            proto_version: u16::from(wire::VERSION),
+            entity_type: self.local.entity_type,
+            status,
+            features: self.local.features,
+            required: self.local.required,
+            session_id: self.local.session_id,
+            connect_seq: self.connect_seq,
+            in_seq: self.in_seq,
+            lossless: !self.cfg.lossy,
+            addr: self.local.addr,
+            name: self.local.name.clone(),
+        }
+    }
+
+    fn push_control(&mut self, tag: Tag, hello: Hello) {
+        // Our own name was validated when the messenger was built, so encoding cannot fail
+        // here; if it somehow does, the peer sees an empty body and refuses us clearly.
+        let body = match wire::encode_hello(&hello) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode handshake");
+                Vec::new()
+            }
+        };
+        let head = FrameHead {
+            tag: tag as u8,
+            ..FrameHead::default()
+        };
+        self.tx.push_back(TxFrame::new(
+            head,
+            Some(Buf::from_vec(body)),
+            TxKind::Control,
+        ));
+    }
+
+    /// Checks a peer's hello against what we support. `Err` carries the status to reply.
+    pub fn check_hello(local: &LocalIdentity, hello: &Hello) -> Result<(), (HelloStatus, String)> {
+        if hello.proto_version != u16::from(wire::VERSION) {
+            return Err((
+                HelloStatus::VersionMismatch,
+                format!(
+                    "peer speaks protocol version {}, we speak {}",
+                    hello.proto_version,
+                    wire::VERSION
+                ),
+            ));
+        }
+        let missing_here = hello.required & !local.features;
+        if missing_here != 0 {
+            return Err((
+                HelloStatus::FeatureMismatch,
+                format!("peer requires features {missing_here:#x} we do not support"),
+            ));
+        }
+        let missing_there = local.required & !hello.features;
+        if missing_there != 0 {
+            return Err((
+                HelloStatus::FeatureMismatch,
+                format!("we require features {missing_there:#x} the peer does not support"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Builds the frames that refuse a peer: a hello-reply with `status`, then a close.
+    pub fn refusal(local: &LocalIdentity, status: HelloStatus, reason: &str) -> Vec<TxFrame> {
+        let hello = Hello {
+            proto_version: u16::from(wire::VERSION),
+            entity_type: local.entity_type,
+            status,
+            features: local.features,
+            required: local.required,
+            session_id: local.session_id,
+            connect_seq: 0,
+            in_seq: 0,
+            lossless: false,
+            addr: local.addr,
+            name: local.name.clone(),
+        };
+        let mut frames = Vec::with_capacity(2);
+        if let Ok(body) = wire::encode_hello(&hello) {
+            let head = FrameHead {
+                tag: Tag::HelloReply as u8,
+                ..FrameHead::default()
+            };
+            frames.push(TxFrame::new(
+                head,
+                Some(Buf::from_vec(body)),
+                TxKind::Control,
+            ));
+        }
+        frames.push(close_frame(1, reason));
+        frames
+    }
+
+    /// Server: a (re)connecting client's hello, already checked with
+    /// [`Session::check_hello`]. Resumes this session or resets it if the peer restarted,
+    /// then replies.
+    pub fn accept_hello(&mut self, hello: &Hello, now: Instant) {
+        debug_assert_eq!(self.role, Role::Server);
+        let reconnect = self.peer.is_some();
+        let remote_reset = match &self.peer {
+            Some(p) if p.session_id != hello.session_id => true,
+            Some(_) => !self.trim_resend(hello.in_seq),
+            None => false,
+        };
+        if remote_reset {
+            self.reset_sequences();
+        }
+        self.peer = Some(PeerIdentity::from_hello(hello));
+        self.connect_seq = hello.connect_seq;
+        // Drop anything left from the old transport and answer first.
+        self.tx.clear();
+        self.tx_off = 0;
+        let reply = self.hello(HelloStatus::Ok);
+        self.push_control(Tag::HelloReply, reply);
+        self.state = SessionState::Open;
+        self.last_rx = now;
+        self.hello_deadline = None;
+        if let Some(peer) = self.peer.clone() {
+            self.events.push_back(SessionEvent::Established {
+                peer,
+                remote_reset,
+                reconnect,
+            });
+        }
+    }
+
+    /// Drops resend entries the peer has (seq <= `peer_in_seq`). Returns false if the peer's
+    /// view is inconsistent with ours (it must then be treated as a reset).
+    fn trim_resend(&mut self, peer_in_seq: u64) -> bool {
+        let mut released = (0usize, 0usize);
+        while let Some((seq, _)) = self.resend.front() {
+            if *seq > peer_in_seq {
+                break;
+            }
+            if let Some((_, m)) = self.resend.pop_front() {
+                released.0 += 1;
+                released.1 += m.len();
+            }
+        }
+        if released.0 > 0 {
+            self.events.push_back(SessionEvent::Released {
+                msgs: released.0,
+                bytes: released.1,
+                dropped: false,
+            });
+        }
+        let consistent = match self.resend.front() {
+            Some((seq, _)) => *seq == peer_in_seq + 1,
+            None => peer_in_seq == self.out_seq,
+        };
+        if consistent {
+            self.out_seq = peer_in_seq;
+        } else {
+            tracing::warn!(
+                peer_in_seq,
+                out_seq = self.out_seq,
+                "peer's sequence state does not match ours; resetting the session"
+            );
+        }
+        consistent
+    }
+
+    /// The peer lost its session: number everything we still hold from 1 again.
+    fn reset_sequences(&mut self) {
+        self.out_seq = 0;
+        self.in_seq = 0;
+        self.acked_in_seq = 0;
+        self.ack_deadline = None;
+        for (i, (seq, _)) in self.resend.iter_mut().enumerate() {
+            *seq = i as u64 + 1;
+        }
+    }
+
+    /// Feeds one received frame.
+    pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
+        self.last_rx = now;
+        match (f.tag, self.state) {
+            (Tag::HelloReply, SessionState::HelloSent) => self.handle_hello_reply(&f, now)?,
+            (Tag::Message, SessionState::Open) => {
+                if f.seq <= self.in_seq {
+                    self.events.push_back(SessionEvent::Duplicate);
+                } else if f.seq != self.in_seq + 1 {
+                    return Err(Fault::Protocol(format!(
+                        "sequence gap: expected {}, got {}",
+                        self.in_seq + 1,
+                        f.seq
+                    )));
+                } else {
+                    self.in_seq = f.seq;
+                    if self.ack_deadline.is_none() {
+                        self.ack_deadline = Some(now + self.cfg.ack_delay);
+                    }
+                    self.events
+                        .push_back(SessionEvent::Message(Message::received(
+                            f.msg_type,
+                            f.priority,
+                            f.data.clone(),
+                        )));
+                }
+            }
+            (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
+                if f.tag == Tag::Keepalive {
+                    let head = FrameHead {
+                        tag: Tag::KeepaliveAck as u8,
+                        ..FrameHead::default()
+                    };
+                    self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
+                }
+            }
+            (Tag::Close, _) => {
+                let c = wire::parse_close(&f.front)?;
+                return Err(Fault::PeerClosed {
+                    code: c.code,
+                    reason: c.reason,
+                });
+            }
+            (tag, state) => {
+                return Err(Fault::Protocol(format!(
+                    "unexpected {tag:?} frame in state {state:?}"
+                )))
+            }
+        }
+        if let Some(ack) = f.ack() {
+            self.handle_ack(ack)?;
+        }
+        Ok(())
+    }
+
+    fn handle_hello_reply(&mut self, f: &Frame, now: Instant) -> Result<(), Fault> {
+        let reply = wire::parse_hello(&f.front)?;
+        if reply.status != HelloStatus::Ok {
+            return Err(Fault::Refused {
+                status: reply.status,
+                reason: format!("peer {} refused the handshake", reply.name),
+            });
+        }
+        if let Err((status, reason)) = Session::check_hello(&self.local, &reply) {
+            return Err(Fault::Rejected { status, reason });
+        }
+        let reconnect = self.peer.is_some();
+        let mut remote_reset = match &self.peer {
+            Some(p) => p.session_id != reply.session_id,
+            None => false,
+        };
+        if !remote_reset && reconnect {
+            remote_reset = !self.trim_resend(reply.in_seq);
+        }
+        if remote_reset {
+            self.reset_sequences();
+        }
+        let peer = PeerIdentity::from_hello(&reply);
+        self.peer = Some(peer.clone());
+        self.state = SessionState::Open;
+        self.hello_deadline = None;
+        self.last_rx = now;
+        self.events.push_back(SessionEvent::Established {
+            peer,
+            remote_reset,
+            reconnect,
+        });
+        Ok(())
+    }
+
+    fn handle_ack(&mut self, ack: u64) -> Result<(), Fault> {
+        if ack > self.out_seq {
+            return Err(Fault::Protocol(format!(
+                "peer acknowledged seq {ack} but only {} were sent",
+                self.out_seq
+            )));
+        }
+        let (mut msgs, mut bytes) = (0usize, 0usize);
+        while let Some((seq, _)) = self.sent.front() {
+            if *seq > ack {
+                break;
+            }
+            if let Some((_, m)) = self.sent.pop_front() {
+                msgs += 1;
+                bytes += m.len();
+            }
+        }
+        if msgs > 0 {
+            self.events.push_back(SessionEvent::Released {
+                msgs,
+                bytes,
+                dropped: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// The transport failed. Lossless: everything not acknowledged is kept for resending and
+    /// the session waits for a new transport. Lossy: everything is dropped and the session
+    /// closes. Returns the new state.
+    pub fn on_fault(&mut self, permanent: bool) -> SessionState {
+        if self.cfg.lossy || permanent {
+            let (mut msgs, mut bytes) = self.out.clear();
+            for (_, m) in self.resend.drain(..).chain(self.sent.drain(..)) {
+                msgs += 1;
+                bytes += m.len();
+            }
+            for f in self.tx.drain(..) {
+                if let TxKind::Message { msg, .. } = f.kind {
+                    msgs += 1;
+                    bytes += msg.len();
+                }
+            }
+            if msgs > 0 {
+                self.events.push_back(SessionEvent::Released {
+                    msgs,
+                    bytes,
+                    dropped: true,
+                });
+            }
+            self.tx_off = 0;
+            self.state = SessionState::Closed;
+            return self.state;
+        }
+        let mut resend: VecDeque<(u64, Message)> = self.sent.drain(..).collect();
+        for f in self.tx.drain(..) {
+            if let TxKind::Message { seq, msg } = f.kind {
+                resend.push_back((seq, msg));
+            }
+        }
+        resend.append(&mut self.resend);
+        self.resend = resend;
+        self.tx_off = 0;
+        self.ack_deadline = None;
+        self.hello_deadline = None;
+        self.state = match self.role {
+            Role::Client => SessionState::Idle,
+            Role::Server => SessionState::Standby,
+        };
+        self.state
+    }
+
+    /// Closes on purpose: queues a close frame (the driver closes after it is written) and
+    /// drops everything else as for a lossy fault.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        let open = self.state == SessionState::Open;
+        self.on_fault(true);
+        if open {
+            self.tx.push_back(close_frame(code, reason));
+        }
+    }
+
+    /// Runs timers: keepalive, peer time-out, handshake time-out, delayed ack.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Fault> {
+        match self.state {
+            SessionState::HelloSent => {
+                if self.hello_deadline.is_some_and(|d| now >= d) {
+                    return Err(Fault::HandshakeTimeout(self.cfg.handshake_timeout));
+                }
+            }
+            SessionState::Open => {
+                let pt = self.cfg.peer_timeout;
+                if !pt.is_zero() && now.saturating_duration_since(self.last_rx) >= pt {
+                    return Err(Fault::PeerTimeout(pt));
+                }
+                let ka = self.cfg.keepalive_interval;
+                if !ka.is_zero()
+                    && now.saturating_duration_since(self.last_tx) >= ka
+                    && self.tx.is_empty()
+                {
+                    let head = FrameHead {
+                        tag: Tag::Keepalive as u8,
+                        flags: wire::FLAG_ACK_VALID,
+                        ack: self.in_seq,
+                        ..FrameHead::default()
+                    };
+                    self.acked_in_seq = self.in_seq;
+                    self.ack_deadline = None;
+                    self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
+                    // Counts as activity so one keepalive per interval is queued.
+                    self.last_tx = now;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The earliest instant [`Session::handle_timeout`] has work to do.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut t: Option<Instant> = None;
+        let mut min = |c: Instant| t = Some(t.map_or(c, |x| x.min(c)));
+        match self.state {
+            SessionState::HelloSent => {
+                if let Some(d) = self.hello_deadline {
+                    min(d);
+                }
+            }
+            SessionState::Open => {
+                if !self.cfg.peer_timeout.is_zero() {
+                    min(self.last_rx + self.cfg.peer_timeout);
+                }
+                if !self.cfg.keepalive_interval.is_zero() {
+                    min(self.last_tx + self.cfg.keepalive_interval);
+                }
+                if let Some(d) = self.ack_deadline {
+                    min(d);
+                }
+            }
+            _ => {}
+        }
+        t
+    }
+
+    /// True if [`Session::prepare_tx`] would produce something to write.
+    pub fn wants_write(&self, now: Instant) -> bool {
+        !self.tx.is_empty()
+            || (self.state == SessionState::Open
+                && (!self.out.is_empty() || !self.resend.is_empty() || self.ack_due(now)))
+    }
+
+    fn ack_due(&self, now: Instant) -> bool {
+        !self.cfg.lossy
+            && self.in_seq > self.acked_in_seq
+            && (self.in_seq - self.acked_in_seq >= self.cfg.ack_every
+                || self.ack_deadline.is_some_and(|d| now >= d))
+    }
+
+    /// Frames queued messages (resends first, then by priority) up to the frame budget, and
+    /// an explicit ack if one is due and no message carries it.
+    pub fn prepare_tx(&mut self, now: Instant) {
+        if self.state != SessionState::Open {
+            return;
+        }
+        let mut framed = false;
+        while self.tx.len() < self.cfg.max_tx_frames {
+            let (msg, from_resend) = if let Some((seq, m)) = self.resend.pop_front() {
+                debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");
+                (m, true)
+            } else if let Some(q) = self.out.pop() {
+                if self.cfg.lossy
+                    && !self.cfg.lossy_max_age.is_zero()
+                    && now.saturating_duration_since(q.since) > self.cfg.lossy_max_age
+                {
+                    self.events.push_back(SessionEvent::Released {
+                        msgs: 1,
+                        bytes: q.msg.len(),
+                        dropped: true,
+                    });
+                    continue;
+                }
+                (q.msg, false)
+            } else {
+                break;
+            };
+            let _ = from_resend;
+            self.out_seq += 1;
+            let head = FrameHead {
+                tag: Tag::Message as u8,
+                flags: wire::FLAG_ACK_VALID,
+                priority: msg.priority,
+                msg_type: msg.msg_type,
+                seq: self.out_seq,
+                ack: self.in_seq,
+                ..FrameHead::default()
+            };
+            self.tx.push_back(TxFrame::new(
+                head,
+                None,
+                TxKind::Message {
+                    seq: self.out_seq,
+                    msg,
+                },
+            ));
+            framed = true;
+        }
+        if framed {
+            self.acked_in_seq = self.in_seq;
+            self.ack_deadline = None;
+        } else if self.ack_due(now) {
+            let head = FrameHead {
+                tag: Tag::Ack as u8,
+                flags: wire::FLAG_ACK_VALID,
+                ack: self.in_seq,
+                ..FrameHead::default()
+            };
+            self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
+            self.acked_in_seq = self.in_seq;
+            self.ack_deadline = None;
+        }
+    }
+
+    /// Fills `out` with the gather list of the framed output, at most `max_iov` slices.
+    /// Returns the number of bytes those slices cover.
+    pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+        let mut skip = self.tx_off;
+        for f in &self.tx {
+            if out.len() >= max_iov {
+                break;
+            }
+            f.io_slices(skip, out, max_iov);
+            skip = 0;
+        }
+        out.iter().map(|s| s.len()).sum()
+    }
+
+    /// True when framed output is waiting for the socket.
+    pub fn has_tx(&self) -> bool {
+        !self.tx.is_empty()
+    }
+
+    /// The socket took `n` bytes of the gather list. Returns how many message frames were
+    /// completely written.
+    pub fn on_written(&mut self, mut n: usize, now: Instant) -> u64 {
+        let mut written = 0u64;
+        if n > 0 {
+            self.last_tx = now;
+        }
+        let (mut msgs, mut bytes) = (0usize, 0usize);
+        while n > 0 {
+            let Some(front) = self.tx.front() else { break };
+            let rest = front.len() - self.tx_off;
+            if n < rest {
+                self.tx_off += n;
+                break;
+            }
+            n -= rest;
+            self.tx_off = 0;
+            if let Some(f) = self.tx.pop_front() {
+                if let TxKind::Message { seq, msg } = f.kind {
+                    written += 1;
+                    if self.cfg.lossy {
+                        msgs += 1;
+                        bytes += msg.len();
+                    } else {
+                        self.sent.push_back((seq, msg));
+                    }
+                }
+            }
+        }
+        if msgs > 0 {
+            self.events.push_back(SessionEvent::Released {
+                msgs,
+                bytes,
+                dropped: false,
+            });
+        }
+        written
+    }
+}
+
+fn close_frame(code: u16, reason: &str) -> TxFrame {
+    let body = wire::encode_close(&wire::Close {
+        code,
+        reason: reason.to_owned(),
+    });
+    let head = FrameHead {
+        tag: Tag::Close as u8,
+        ..FrameHead::default()
+    };
+    TxFrame::new(head, Some(Buf::from_vec(body)), TxKind::Control)
+}

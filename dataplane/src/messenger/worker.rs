@@ -1,0 +1,913 @@
+//! A messenger worker: one thread, one event loop, one stack worker, and the connections it
+//! owns. Other threads reach those connections only through the worker's command ring.
+
+use std::collections::HashMap;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::Token;
+use slab::Slab;
+
+use crate::buf::BufPool;
+use crate::counters::Counters;
+use crate::error::Error;
+use crate::event::{EventCenter, Fired};
+use crate::messenger::dispatch::Item;
+use crate::messenger::fault::FaultInjector;
+use crate::messenger::protocol::{
+    Fault, FrameDecoder, Role, Session, SessionEvent, SessionState, TxFrame,
+};
+use crate::messenger::{Connection, Message, Policy, Shared};
+use crate::ring::mpsc;
+use crate::stack::{ConnectedSocket, ServerSocket, SocketOptions, StackWorker};
+use crate::wire::{self, Hello, HelloStatus, Tag, WireError};
+
+/// Most slices handed to one `writev` (Linux `IOV_MAX`).
+const IOV_MAX: usize = 1024;
+/// Reads per readiness event before other connections get a turn.
+const READS_PER_TURN: usize = 16;
+/// Commands taken from the ring per batch.
+const COMMAND_BATCH: usize = 4096;
+
+/// Work for a worker, sent through its command ring.
+pub(crate) enum Command {
+    /// Queue a message on a connection.
+    Send { conn: u64, msg: Message },
+    /// Open an outgoing connection.
+    Connect { conn: Connection, addr: SocketAddr },
+    /// Take over an accepted, handshaking socket.
+    Adopt(Box<Adopt>),
+    /// Listen on an address (port ranges tried in order).
+    Listen {
+        addr: SocketAddr,
+        ports: Option<(u16, u16)>,
+        reply: std::sync::mpsc::SyncSender<Result<SocketAddr, Error>>,
+    },
+    /// Close a connection on purpose.
+    MarkDown { conn: u64 },
+    /// Close everything and exit.
+    Shutdown,
+}
+
+/// An accepted socket whose hello was read, handed to the worker owning its session.
+pub(crate) struct Adopt {
+    socket: Box<dyn ConnectedSocket>,
+    decoder: FrameDecoder,
+    hello: Hello,
+    conn: Connection,
+}
+
+/// An accepted socket before its hello arrived.
+struct Pending {
+    socket: Box<dyn ConnectedSocket>,
+    decoder: FrameDecoder,
+    peer: SocketAddr,
+    deadline: Instant,
+}
+
+/// A connection owned by this worker.
+struct ConnState {
+    handle: Connection,
+    session: Session,
+    socket: Option<Box<dyn ConnectedSocket>>,
+    decoder: FrameDecoder,
+    /// Connect target (clients).
+    target: Option<SocketAddr>,
+    connecting: bool,
+    connect_deadline: Option<Instant>,
+    backoff: Duration,
+    reconnect_at: Option<Instant>,
+    timer_at: Option<Instant>,
+    closing: Option<Instant>,
+    dirty: bool,
+}
+
+enum Entry {
+    Listener(Box<dyn ServerSocket>),
+    Pending(Pending),
+    Conn(Box<ConnState>),
+}
+
+/// One worker thread's state.
+pub(crate) struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    center: EventCenter,
+    stack: Box<dyn StackWorker>,
+    rx: mpsc::Receiver<Command>,
+    pool: BufPool,
+    entries: Slab<Entry>,
+    by_id: HashMap<u64, usize>,
+    dirty: Vec<usize>,
+    read_again: Vec<usize>,
+    read_blocked: Vec<usize>,
+    inject: FaultInjector,
+    fired: Vec<Fired>,
+    cmds: Vec<Command>,
+    opts: SocketOptions,
+    now: Instant,
+    stopping: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(
+        index: usize,
+        shared: Arc<Shared>,
+        center: EventCenter,
+        stack: Box<dyn StackWorker>,
+        rx: mpsc::Receiver<Command>,
+        pool: BufPool,
+    ) -> Worker {
+        let cfg = &shared.cfg;
+        let opts = SocketOptions {
+            nodelay: cfg.nodelay,
+            ..SocketOptions::default()
+        };
+        let inject = FaultInjector::new(cfg.inject.socket_failures, cfg.inject.seed, index);
+        Worker {
+            index,
+            shared,
+            center,
+            stack,
+            rx,
+            pool,
+            entries: Slab::new(),
+            by_id: HashMap::new(),
+            dirty: Vec::new(),
+            read_again: Vec::new(),
+            read_blocked: Vec::new(),
+            inject,
+            fired: Vec::with_capacity(1024),
+            cmds: Vec::with_capacity(COMMAND_BATCH),
+            opts,
+            now: Instant::now(),
+            stopping: false,
+        }
+    }
+
+    /// The worker's loop; returns after a `Shutdown` command.
+    pub(crate) fn run(mut self) {
+        for p in self.stack.take_pollers() {
+            self.center.add_poller(p);
+        }
+        while !self.stopping {
+            self.fired.clear();
+            let max_wait = if !self.read_again.is_empty() {
+                Some(Duration::ZERO)
+            } else if !self.read_blocked.is_empty() {
+                Some(Duration::from_millis(1))
+            } else {
+                None
+            };
+            let rx = &self.rx;
+            if let Err(e) = self
+                .center
+                .wait(&mut self.fired, max_wait, &|| !rx.is_empty())
+            {
+                tracing::error!(worker = self.index, error = %e, "event loop failed");
+                break;
+            }
+            self.now = Instant::now();
+            self.drain_commands();
+            let fired = std::mem::take(&mut self.fired);
+            for f in &fired {
+                match *f {
+                    Fired::File {
+                        token,
+                        readable,
+                        writable,
+                        error,
+                    } => self.on_file(token.0, readable || error, writable),
+                    Fired::Timer { key } => self.on_timer(key as usize),
+                }
+            }
+            self.fired = fired;
+            self.retry_reads();
+            self.flush_dirty();
+        }
+        self.close_all();
+    }
+
+    fn drain_commands(&mut self) {
+        let mut cmds = std::mem::take(&mut self.cmds);
+        loop {
+            cmds.clear();
+            if self.rx.pop_batch(&mut cmds, COMMAND_BATCH) == 0 {
+                break;
+            }
+            for c in cmds.drain(..) {
+                self.on_command(c);
+            }
+        }
+        self.cmds = cmds;
+    }
+
+    fn on_command(&mut self, c: Command) {
+        match c {
+            Command::Send { conn, msg } => match self.by_id.get(&conn).copied() {
+                Some(t) => {
+                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                        st.session.queue(msg, self.now);
+                        self.mark_dirty(t);
+                        self.poll_session(t);
+                    }
+                }
+                None => Counters::add(&self.shared.counters.dropped, 1),
+            },
+            Command::Connect { conn, addr } => self.connect(conn, addr),
+            Command::Adopt(a) => self.adopt(*a),
+            Command::Listen { addr, ports, reply } => {
+                let r = self.listen(addr, ports);
+                let _ = reply.send(r);
+            }
+            Command::MarkDown { conn } => {
+                if let Some(t) = self.by_id.get(&conn).copied() {
+                    self.mark_down(t);
+                }
+            }
+            Command::Shutdown => self.stopping = true,
+        }
+    }
+
+    fn listen(&mut self, addr: SocketAddr, ports: Option<(u16, u16)>) -> Result<SocketAddr, Error> {
+        let candidates: Vec<SocketAddr> = match ports {
+            Some((lo, hi)) if addr.port() == 0 => {
+                (lo..=hi).map(|p| SocketAddr::new(addr.ip(), p)).collect()
+            }
+            _ => vec![addr],
+        };
+        let mut last = None;
+        for a in candidates {
+            match self.stack.listen(a, &self.opts) {
+                Ok(mut l) => {
+                    let bound = l.local_addr().map_err(|source| Error::Io {
+                        what: "reading bound address".into(),
+                        source,
+                    })?;
+                    let e = self.entries.vacant_entry();
+                    let t = e.key();
+                    l.register(self.center.registry(), Token(t))
+                        .map_err(|source| Error::Io {
+                            what: format!("registering listener {bound}"),
+                            source,
+                        })?;
+                    e.insert(Entry::Listener(l));
+                    tracing::info!(worker = self.index, %bound, "listening");
+                    return Ok(bound);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match (last, ports) {
+            (Some(_), Some((min, max))) if addr.port() == 0 => Err(Error::NoFreePort {
+                ip: addr.ip(),
+                min,
+                max,
+            }),
+            (Some(e), _) => Err(Error::Stack(e)),
+            (None, _) => Err(Error::Config("empty bind port range".into())),
+        }
+    }
+
+    fn new_conn_state(
+        &mut self,
+        handle: Connection,
+        role: Role,
+        lossy: bool,
+        target: Option<SocketAddr>,
+    ) -> usize {
+        let mut cfg = self.shared.session_cfg.clone();
+        cfg.lossy = lossy;
+        let local = self.shared.local.read().clone();
+        let st = ConnState {
+            session: Session::new(role, cfg, local, self.now),
+            handle: handle.clone(),
+            socket: None,
+            decoder: FrameDecoder::new(self.shared.limits),
+            target,
+            connecting: false,
+            connect_deadline: None,
+            backoff: self.shared.reconnect_min,
+            reconnect_at: None,
+            timer_at: None,
+            closing: None,
+            dirty: false,
+        };
+        let t = self.entries.insert(Entry::Conn(Box::new(st)));
+        self.by_id.insert(handle.id(), t);
+        self.shared.workers[self.index]
+            .load
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        t
+    }
+
+    fn connect(&mut self, conn: Connection, addr: SocketAddr) {
+        let lossy = conn.policy().lossy;
+        let t = self.new_conn_state(conn, Role::Client, lossy, Some(addr));
+        self.start_connect(t);
+    }
+
+    fn start_connect(&mut self, t: usize) {
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        let Some(addr) = st.target else { return };
+        st.reconnect_at = None;
+        match self.stack.connect(addr, &self.opts) {
+            Ok(mut s) => match s.register(self.center.registry(), Token(t)) {
+                Ok(()) => {
+                    st.socket = Some(s);
+                    st.connecting = true;
+                    // Connect time-out rides on the handshake time-out.
+                    let d = self.now + self.shared.session_cfg.handshake_timeout;
+                    st.connect_deadline = Some(d);
+                    self.center.add_timer(d, t as u64);
+                }
+                Err(e) => self.fault(t, Fault::Io(e)),
+            },
+            Err(e) => {
+                let err = io::Error::other(e.to_string());
+                self.fault(t, Fault::Io(err));
+            }
+        }
+    }
+
+    fn on_file(&mut self, t: usize, readable: bool, writable: bool) {
+        match self.entries.get_mut(t) {
+            Some(Entry::Listener(_)) => self.accept(t),
+            Some(Entry::Pending(_)) => self.pending_readable(t),
+            Some(Entry::Conn(st)) => {
+                if st.connecting && (writable || readable) {
+                    let r = match st.socket.as_mut() {
+                        Some(s) => s.finish_connect(),
+                        None => return,
+                    };
+                    match r {
+                        Ok(true) => {
+                            st.connecting = false;
+                            st.session.start_client(self.now);
+                            self.mark_dirty(t);
+                        }
+                        Ok(false) => return,
+                        Err(e) => return self.fault(t, Fault::Io(e)),
+                    }
+                }
+                if readable {
+                    self.conn_readable(t);
+                }
+                if writable {
+                    self.mark_dirty(t);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn accept(&mut self, t: usize) {
+        loop {
+            let r = match self.entries.get_mut(t) {
+                Some(Entry::Listener(l)) => l.accept(&self.opts),
+                _ => return,
+            };
+            match r {
+                Ok(Some((mut socket, peer))) => {
+                    let e = self.entries.vacant_entry();
+                    let pt = e.key();
+                    if let Err(err) = socket.register(self.center.registry(), Token(pt)) {
+                        tracing::warn!(%peer, error = %err, "cannot register accepted socket");
+                        continue;
+                    }
+                    let deadline = self.now + self.shared.session_cfg.handshake_timeout;
+                    e.insert(Entry::Pending(Pending {
+                        socket,
+                        decoder: FrameDecoder::new(self.shared.limits),
+                        peer,
+                        deadline,
+                    }));
+                    self.center.add_timer(deadline, pt as u64);
+                    // The hello may already be there (edge-triggered: read now).
+                    self.pending_readable(pt);
+                }
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next readiness event.
+                    tracing::error!(worker = self.index, error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pending_readable(&mut self, t: usize) {
+        let mut frames = Vec::new();
+        loop {
+            let Some(Entry::Pending(p)) = self.entries.get_mut(t) else {
+                return;
+            };
+            let buf = p.decoder.read_buf(&self.pool);
+            match p.socket.read(buf) {
+                Ok(0) => {
+                    tracing::debug!(peer = %p.peer, "peer left before its hello");
+                    return self.drop_pending(t);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(peer = %p.peer, error = %e, "read failed before hello");
+                    return self.drop_pending(t);
+                }
+            }
+            let r = p.decoder.decode(|f| {
+                frames.push(f);
+                Ok(())
+            });
+            if let Err(fault) = r {
+                let status = match &fault {
+                    Fault::Wire(WireError::BadVersion { .. }) => HelloStatus::VersionMismatch,
+                    _ => HelloStatus::Refused,
+                };
+                return self.refuse(t, status, &fault.to_string());
+            }
+            if !frames.is_empty() {
+                break;
+            }
+        }
+        if frames.len() > 1 || frames[0].tag != Tag::Hello {
+            return self.refuse(
+                t,
+                HelloStatus::Refused,
+                "the first frame must be a lone hello",
+            );
+        }
+        let hello = match wire::parse_hello(&frames[0].front) {
+            Ok(h) => h,
+            Err(e) => return self.refuse(t, HelloStatus::Refused, &format!("bad hello: {e}")),
+        };
+        let local = self.shared.local.read().clone();
+        if let Err((status, reason)) = Session::check_hello(&local, &hello) {
+            return self.refuse(t, status, &reason);
+        }
+        let Entry::Pending(p) = self.entries.remove(t) else {
+            return;
+        };
+        let Pending {
+            mut socket,
+            decoder,
+            peer,
+            ..
+        } = p;
+        if let Err(e) = socket.deregister(self.center.registry()) {
+            tracing::warn!(%peer, error = %e, "deregistering accepted socket");
+        }
+        let conn = self.shared.session_for(&hello);
+        let target = conn.worker_index().unwrap_or(self.index);
+        tracing::debug!(%peer, name = %hello.name, target, "hello accepted");
+        let a = Adopt {
+            socket,
+            decoder,
+            hello,
+            conn,
+        };
+        if target == self.index {
+            self.adopt(a);
+        } else {
+            self.shared
+                .push_command(target, Command::Adopt(Box::new(a)));
+        }
+    }
+
+    /// Refuses a handshaking peer: reply with `status`, close, count.
+    fn refuse(&mut self, t: usize, status: HelloStatus, reason: &str) {
+        Counters::add(&self.shared.counters.handshake_failures, 1);
+        let local = self.shared.local.read().clone();
+        if let Some(Entry::Pending(p)) = self.entries.get_mut(t) {
+            tracing::warn!(peer = %p.peer, ?status, reason, "handshake refused");
+            let frames: Vec<TxFrame> = Session::refusal(&local, status, reason);
+            let mut iov = Vec::new();
+            for f in &frames {
+                f.io_slices(0, &mut iov, IOV_MAX);
+            }
+            // Best effort: the peer learns why before we close.
+            let _ = p.socket.writev(&iov);
+        }
+        self.drop_pending(t);
+    }
+
+    fn drop_pending(&mut self, t: usize) {
+        if let Some(Entry::Pending(mut p)) = self.entries.try_remove(t) {
+            let _ = p.socket.deregister(self.center.registry());
+            p.socket.shutdown();
+        }
+    }
+
+    fn adopt(&mut self, a: Adopt) {
+        let Adopt {
+            mut socket,
+            decoder,
+            hello,
+            conn,
+        } = a;
+        let t = match self.by_id.get(&conn.id()).copied() {
+            Some(t) => {
+                // The client came back: the old transport (if we still had one) is stale.
+                if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                    if let Some(mut old) = st.socket.take() {
+                        let _ = old.deregister(self.center.registry());
+                        old.shutdown();
+                        st.session.on_fault(false);
+                    }
+                }
+                t
+            }
+            None => {
+                let lossy = !hello.lossless;
+                self.new_conn_state(conn, Role::Server, lossy, None)
+            }
+        };
+        if let Err(e) = socket.register(self.center.registry(), Token(t)) {
+            tracing::warn!(error = %e, "cannot register adopted socket");
+            return;
+        }
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        st.socket = Some(socket);
+        st.decoder = decoder;
+        st.connecting = false;
+        st.session.accept_hello(&hello, self.now);
+        self.poll_session(t);
+        self.mark_dirty(t);
+        // Bytes that arrived behind the hello, and readiness we may have missed.
+        self.conn_readable(t);
+    }
+
+    fn conn_readable(&mut self, t: usize) {
+        let now = self.now;
+        for _ in 0..READS_PER_TURN {
+            if self.shared.dispatch.over_throttle() {
+                Counters::add(&self.shared.counters.throttled_reads, 1);
+                if !self.read_blocked.contains(&t) {
+                    self.read_blocked.push(t);
+                }
+                return;
+            }
+            if self.inject.should_fail() {
+                Counters::add(&self.shared.counters.injected_faults, 1);
+                return self.fault(t, Fault::Injected);
+            }
+            let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+                return;
+            };
+            let Some(sock) = st.socket.as_mut() else {
+                return;
+            };
+            if st.connecting {
+                return;
+            }
+            let buf = st.decoder.read_buf(&self.pool);
+            match sock.read(buf) {
+                Ok(0) => {
+                    let mid_frame = st.decoder.pending() > 0;
+                    return self.fault(t, Fault::Eof { mid_frame });
+                }
+                Ok(_) => {
+                    let session = &mut st.session;
+                    let r = st.decoder.decode(|f| session.handle_frame(f, now));
+                    self.poll_session(t);
+                    if let Err(fault) = r {
+                        return self.fault(t, fault);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fault(t, Fault::Io(e)),
+            }
+        }
+        if !self.read_again.contains(&t) {
+            self.read_again.push(t);
+        }
+    }
+
+    fn retry_reads(&mut self) {
+        if !self.read_again.is_empty() {
+            let again = std::mem::take(&mut self.read_again);
+            for t in again {
+                self.conn_readable(t);
+            }
+        }
+        if !self.read_blocked.is_empty() && !self.shared.dispatch.over_throttle() {
+            let blocked = std::mem::take(&mut self.read_blocked);
+            for t in blocked {
+                self.conn_readable(t);
+            }
+        }
+    }
+
+    /// Acts on everything the session reported.
+    fn poll_session(&mut self, t: usize) {
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        let shared = &self.shared;
+        let c = &shared.counters;
+        while let Some(ev) = st.session.poll_event() {
+            match ev {
+                SessionEvent::Message(m) => {
+                    Counters::add(&c.msgs_in, 1);
+                    Counters::add(&c.bytes_in, m.len() as u64);
+                    if shared.dispatcher.can_fast_dispatch(&m) {
+                        shared.dispatcher.fast_dispatch(&st.handle, m);
+                    } else {
+                        shared.dispatch.push(Item::Message(st.handle.clone(), m));
+                    }
+                }
+                SessionEvent::Released {
+                    msgs,
+                    bytes,
+                    dropped,
+                } => {
+                    st.handle.release(msgs, bytes);
+                    if dropped {
+                        Counters::add(&c.dropped, msgs as u64);
+                    }
+                }
+                SessionEvent::Established {
+                    peer,
+                    remote_reset,
+                    reconnect,
+                } => {
+                    *st.handle.shared.peer.lock() = Some(peer);
+                    st.backoff = shared.reconnect_min;
+                    if remote_reset {
+                        Counters::add(&c.remote_resets, 1);
+                        shared.dispatch.push(Item::RemoteReset(st.handle.clone()));
+                    }
+                    if reconnect {
+                        Counters::add(&c.reconnects, 1);
+                    } else if st.session.role() == Role::Client {
+                        Counters::add(&c.connected, 1);
+                        shared.dispatch.push(Item::Connect(st.handle.clone()));
+                    } else {
+                        Counters::add(&c.accepted, 1);
+                        shared.dispatch.push(Item::Accept(st.handle.clone()));
+                    }
+                }
+                SessionEvent::Duplicate => Counters::add(&c.duplicates, 1),
+            }
+        }
+        if st.session.wants_write(self.now) && !st.dirty {
+            st.dirty = true;
+            self.dirty.push(t);
+        }
+        self.schedule_timer(t);
+    }
+
+    fn schedule_timer(&mut self, t: usize) {
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        let mut due = st.session.next_timeout();
+        for d in [st.reconnect_at, st.closing].into_iter().flatten() {
+            due = Some(due.map_or(d, |x: Instant| x.min(d)));
+        }
+        if let Some(d) = due {
+            if st.timer_at.is_none_or(|at| d < at || at <= self.now) {
+                st.timer_at = Some(d);
+                self.center.add_timer(d, t as u64);
+            }
+        }
+    }
+
+    fn on_timer(&mut self, t: usize) {
+        let now = self.now;
+        match self.entries.get_mut(t) {
+            Some(Entry::Pending(p)) => {
+                if now >= p.deadline {
+                    tracing::warn!(peer = %p.peer, "handshake timed out, dropping");
+                    Counters::add(&self.shared.counters.handshake_failures, 1);
+                    self.drop_pending(t);
+                }
+            }
+            Some(Entry::Conn(st)) => {
+                st.timer_at = None;
+                if st.closing.is_some_and(|d| now >= d) {
+                    return self.remove_conn(t, false);
+                }
+                if st.connecting && st.connect_deadline.is_some_and(|d| now >= d) {
+                    let to = self.shared.session_cfg.handshake_timeout;
+                    return self.fault(t, Fault::HandshakeTimeout(to));
+                }
+                if st.socket.is_none() && st.reconnect_at.is_some_and(|d| now >= d) {
+                    self.start_connect(t);
+                    return self.schedule_timer(t);
+                }
+                if let Err(f) = st.session.handle_timeout(now) {
+                    return self.fault(t, f);
+                }
+                self.poll_session(t);
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_dirty(&mut self, t: usize) {
+        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+            if !st.dirty {
+                st.dirty = true;
+                self.dirty.push(t);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while !self.dirty.is_empty() {
+            let dirty = std::mem::take(&mut self.dirty);
+            for t in dirty {
+                if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                    st.dirty = false;
+                }
+                self.flush(t);
+            }
+        }
+    }
+
+    fn flush(&mut self, t: usize) {
+        let now = self.now;
+        loop {
+            let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+                return;
+            };
+            let Some(sock) = st.socket.as_mut() else {
+                return;
+            };
+            if st.connecting {
+                return;
+            }
+            if !st.session.has_tx() {
+                st.session.prepare_tx(now);
+            }
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(64);
+            let total = st.session.io_slices(&mut iov, IOV_MAX);
+            if total == 0 {
+                break;
+            }
+            if self.inject.should_fail() {
+                drop(iov);
+                Counters::add(&self.shared.counters.injected_faults, 1);
+                return self.fault(t, Fault::Injected);
+            }
+            let r = sock.writev(&iov);
+            drop(iov);
+            match r {
+                Ok(n) => {
+                    Counters::add(&self.shared.counters.bytes_out, n as u64);
+                    let written = st.session.on_written(n, now);
+                    Counters::add(&self.shared.counters.msgs_out, written);
+                    if n < total {
+                        // Short write: the socket buffer is full; writability will call us back.
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.fault(t, Fault::Io(e)),
+            }
+        }
+        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+            if st.closing.is_some() && !st.session.has_tx() {
+                return self.remove_conn(t, false);
+            }
+        }
+        self.poll_session(t);
+    }
+
+    fn fault(&mut self, t: usize, fault: Fault) {
+        let index = self.index;
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        let c = &self.shared.counters;
+        Counters::add(&c.faults, 1);
+        let peer = st.handle.peer_name().unwrap_or_default();
+        if fault.is_malformed() {
+            Counters::add(&c.malformed, 1);
+            tracing::error!(worker = index, conn = st.handle.id(), %peer, error = %fault, "closing connection");
+        } else {
+            match &fault {
+                Fault::PeerTimeout(_) => Counters::add(&c.peer_timeouts, 1),
+                Fault::Refused { .. } | Fault::Rejected { .. } => {
+                    Counters::add(&c.handshake_failures, 1)
+                }
+                _ => {}
+            }
+            if fault.is_permanent() {
+                tracing::warn!(worker = index, conn = st.handle.id(), %peer, error = %fault, "connection failed");
+            } else {
+                tracing::debug!(worker = index, conn = st.handle.id(), %peer, error = %fault, "connection fault");
+            }
+        }
+        if let Some(mut s) = st.socket.take() {
+            let _ = s.deregister(self.center.registry());
+            s.shutdown();
+        }
+        st.connecting = false;
+        st.decoder = FrameDecoder::new(self.shared.limits);
+        let state = st.session.on_fault(fault.is_permanent());
+        let closing = st.closing.is_some();
+        self.poll_session(t);
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        match state {
+            _ if closing => self.remove_conn(t, false),
+            SessionState::Closed => self.remove_conn(t, true),
+            SessionState::Idle => {
+                st.reconnect_at = Some(self.now + st.backoff);
+                st.backoff = (st.backoff * 2).min(self.shared.reconnect_max);
+                self.schedule_timer(t);
+            }
+            _ => {}
+        }
+    }
+
+    fn mark_down(&mut self, t: usize) {
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        st.session.close(0, "marked down");
+        self.poll_session(t);
+        let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+            return;
+        };
+        if st.socket.is_none() || !st.session.has_tx() {
+            return self.remove_conn(t, false);
+        }
+        st.closing = Some(self.now + Duration::from_secs(1));
+        self.mark_dirty(t);
+        self.schedule_timer(t);
+    }
+
+    fn remove_conn(&mut self, t: usize, notify_reset: bool) {
+        let Some(Entry::Conn(mut st)) = self.entries.try_remove(t) else {
+            return;
+        };
+        if let Some(mut s) = st.socket.take() {
+            let _ = s.deregister(self.center.registry());
+            s.shutdown();
+        }
+        self.by_id.remove(&st.handle.id());
+        self.shared.workers[self.index]
+            .load
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        st.handle
+            .shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.forget_session(&st.handle);
+        if notify_reset {
+            Counters::add(&self.shared.counters.resets, 1);
+            self.shared.dispatch.push(Item::Reset(st.handle.clone()));
+        }
+    }
+
+    fn close_all(&mut self) {
+        let tokens: Vec<usize> = self.entries.iter().map(|(t, _)| t).collect();
+        for t in tokens {
+            match self.entries.get_mut(t) {
+                Some(Entry::Conn(st)) => {
+                    st.session.close(0, "messenger shutting down");
+                    // One best-effort write so the peer hears why.
+                    if let Some(sock) = st.socket.as_mut() {
+                        if !st.connecting {
+                            let mut iov = Vec::new();
+                            st.session.io_slices(&mut iov, IOV_MAX);
+                            let _ = sock.writev(&iov);
+                        }
+                    }
+                    self.poll_session(t);
+                    self.remove_conn(t, false);
+                }
+                Some(Entry::Pending(_)) => self.drop_pending(t),
+                Some(Entry::Listener(_)) => {
+                    if let Entry::Listener(mut l) = self.entries.remove(t) {
+                        let _ = l.deregister(self.center.registry());
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Policy of an accepted session, from what the client announced.
+pub(crate) fn server_policy(lossless: bool) -> Policy {
+    if lossless {
+        Policy::stateful_server()
+    } else {
+        Policy::stateless_server()
+    }
+}

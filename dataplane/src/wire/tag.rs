@@ -1,0 +1,93 @@
+//! Frame kinds.
+
+use super::error::WireError;
+
+/// The kind of a frame, carried in the preamble's `tag` byte.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tag {
+    /// Connector's handshake; front segment is a [`HelloBody`](super::HelloBody) plus name.
+    Hello = 1,
+    /// Acceptor's handshake answer; same body as [`Tag::Hello`], `status` meaningful.
+    HelloReply = 2,
+    /// An application message: front segment, data segment, or both.
+    Message = 3,
+    /// A standalone acknowledgement: `ack` holds the highest seq received in order.
+    Ack = 4,
+    /// Liveness probe; `seq` carries an opaque stamp echoed by the answer.
+    Keepalive = 5,
+    /// Answer to a [`Tag::Keepalive`], echoing its `seq`.
+    KeepaliveAck = 6,
+    /// Orderly shutdown; front segment is a close body (see [`Close`](super::Close)).
+    Close = 7,
+}
+
+impl Tag {
+    /// All tags, in wire-value order.
+    pub const ALL: [Tag; 7] = [
+        Tag::Hello,
+        Tag::HelloReply,
+        Tag::Message,
+        Tag::Ack,
+        Tag::Keepalive,
+        Tag::KeepaliveAck,
+        Tag::Close,
+    ];
+
+    /// True for frames that must carry no payload at all (`Ack`, `Keepalive`, `KeepaliveAck`).
+    pub const fn is_control(self) -> bool {
+        matches!(self, Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck)
+    }
+
+    /// True for frames whose payload is a non-empty front segment only
+    /// (`Hello`, `HelloReply`, `Close`).
+    pub const fn is_front_only(self) -> bool {
+        matches!(self, Tag::Hello | Tag::HelloReply | Tag::Close)
+    }
+}
+
+impl From<Tag> for u8 {
+    fn from(t: Tag) -> u8 {
+        t as u8
+    }
+}
+
+impl TryFrom<u8> for Tag {
+    type Error = WireError;
+
+    fn try_from(v: u8) -> Result<Tag, WireError> {
+        Ok(match v {
+            1 => Tag::Hello,
+            2 => Tag::HelloReply,
+            3 => Tag::Message,
+            4 => Tag::Ack,
+            5 => Tag::Keepalive,
+            6 => Tag::KeepaliveAck,
+            7 => Tag::Close,
+            other => return Err(WireError::UnknownTag(other)),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_round_trip_and_unknown() {
+        for t in Tag::ALL {
+            assert_eq!(Tag::try_from(u8::from(t)), Ok(t));
+        }
+        for v in (0..=u8::MAX).filter(|v| !(1..=7).contains(v)) {
+            assert_eq!(Tag::try_from(v), Err(WireError::UnknownTag(v)));
+        }
+    }
+
+    #[test]
+    fn classes_are_disjoint_and_cover_all_but_message() {
+        for t in Tag::ALL {
+            assert!(!(t.is_control() && t.is_front_only()));
+            assert_eq!(t == Tag::Message, !t.is_control() && !t.is_front_only());
+        }
+    }
+}
