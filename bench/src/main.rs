@@ -17,6 +17,7 @@ mod targets;
 
 use std::io::IsTerminal;
 use std::net::TcpListener;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,12 +33,19 @@ use crate::row::Row;
 use crate::suite::{SuiteConfig, Workload};
 use crate::systems::Transport;
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         None => run_suite(cli.run),
         Some(Command::Server(args)) => run_server(args),
         Some(Command::Client(args)) => run_client(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

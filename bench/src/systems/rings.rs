@@ -4,7 +4,7 @@
 //! as they can (spinning, then yielding, while the ring is full); one consumer thread
 //! drains in batches of up to [`BATCH`]. Only the dataplane ring has a doorbell, and
 //! it is measured *with* its wake-up protocol: producers call `doorbell.ring()` after
-//! every push, and the consumer spins [`SPIN_BEFORE_PARK`] empty polls before parking
+//! every push, and the consumer spins for [`SPIN_BEFORE_PARK`] on an empty ring before parking
 //! through `prepare_park` / re-check / park / `unpark`. The baselines' consumer spins
 //! and then yields instead. The rate is commands consumed per second of wall clock.
 
@@ -68,8 +68,11 @@ pub const ARRAY_QUEUE_SYSTEM: FnSystem = FnSystem {
 pub const CAPACITY: usize = 1024;
 /// Most commands the consumer takes per poll.
 pub const BATCH: usize = 64;
-/// Empty polls the consumer spins through before parking (dataplane) or yielding.
-pub const SPIN_BEFORE_PARK: u32 = 256;
+/// How long the consumer spins on an empty ring before parking (dataplane) or
+/// yielding (baselines).
+pub const SPIN_BEFORE_PARK: Duration = Duration::from_micros(50);
+/// Empty polls between two looks at the clock while spinning.
+const POLLS_PER_CLOCK_CHECK: u32 = 64;
 /// Failed pushes the producer spins through before yielding.
 const SPIN_WHEN_FULL: u32 = 64;
 
@@ -142,18 +145,13 @@ impl Tx for DpMpscTx {
     }
 }
 
-struct DpMpscRx(dataplane::ring::mpsc::Receiver<Command>);
+struct DpMpscRx(dataplane::ring::mpsc::Receiver<Command>, Vec<Command>);
 impl Rx for DpMpscRx {
     fn drain(&mut self, max: usize, sum: &mut u64) -> usize {
-        let mut n = 0;
-        while n < max {
-            match self.0.pop() {
-                Some(c) => {
-                    *sum = sum.wrapping_add(c.seq());
-                    n += 1;
-                }
-                None => break,
-            }
+        self.1.clear();
+        let n = self.0.pop_batch(&mut self.1, max);
+        for c in &self.1 {
+            *sum = sum.wrapping_add(c.seq());
         }
         n
     }
@@ -247,11 +245,13 @@ fn harness(
             }
             barrier.wait();
             let (mut consumed, mut sum, mut idle) = (0u64, 0u64, 0u32);
+            let mut idle_since: Option<Instant> = None;
             loop {
                 let n = rx.drain(BATCH, &mut sum);
                 if n > 0 {
                     consumed += n as u64;
                     idle = 0;
+                    idle_since = None;
                     continue;
                 }
                 if running.load(Ordering::Acquire) == 0 {
@@ -266,11 +266,16 @@ fn harness(
                     break;
                 }
                 idle += 1;
-                if idle < SPIN_BEFORE_PARK {
-                    spin_loop();
+                spin_loop();
+                if idle % POLLS_PER_CLOCK_CHECK != 0 {
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < SPIN_BEFORE_PARK {
                     continue;
                 }
                 idle = 0;
+                idle_since = None;
                 match &doorbell {
                     Some((bell, _)) => {
                         bell.prepare_park();
@@ -382,7 +387,7 @@ pub fn run(kind: RingKind, mpsc: bool, producers: u32, duration: Duration) -> Re
                 let txs = (0..producers)
                     .map(|_| Box::new(DpMpscTx(tx.clone())) as Box<dyn Tx>)
                     .collect();
-                (txs, Box::new(DpMpscRx(rx)))
+                (txs, Box::new(DpMpscRx(rx, Vec::with_capacity(BATCH))))
             } else {
                 let (tx, rx) = dataplane::ring::spsc::channel::<Command>(CAPACITY);
                 (

@@ -430,6 +430,7 @@ impl Worker {
                     Fault::Wire(WireError::BadVersion { .. }) => HelloStatus::VersionMismatch,
                     _ => HelloStatus::Refused,
                 };
+                Counters::add(&self.shared.counters.malformed, 1);
                 return self.refuse(t, status, &fault.to_string());
             }
             if !frames.is_empty() {

@@ -12,6 +12,8 @@ use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy}
 use dataplane_stack_posix::PosixStack;
 use parking_lot::Mutex;
 
+pub mod raw;
+
 /// Header of every test payload: stream id (u32 LE) + sequence (u64 LE).
 pub const HDR: usize = 12;
 

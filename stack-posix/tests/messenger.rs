@@ -1,0 +1,746 @@
+//! Integration tests of the messenger over real loopback sockets (POSIX stack), one per
+//! behaviour: lossless, lossy, malformed input, backpressure, local delivery, priority,
+//! keepalive, handshake refusal, multi-worker, many connections, large messages.
+
+mod common;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::raw;
+use common::*;
+use dataplane::wire::{FrameHead, HelloStatus, Tag};
+use dataplane::{
+    priority, Buf, Config, Connection, Dispatcher, FaultInjection, Message, Policy, SendErrorKind,
+};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn lossless_one_million_messages_exactly_once_in_order_across_injected_reconnects() {
+    const N: u64 = 1_000_000;
+    let inject = |seed| FaultInjection {
+        socket_failures: 400,
+        seed,
+    };
+    let srv_d = Checker::fast();
+    let server = messenger(
+        "server",
+        Config {
+            inject: inject(1),
+            ..test_config()
+        },
+        srv_d.clone(),
+        true,
+    );
+    let client = messenger(
+        "client",
+        Config {
+            inject: inject(2),
+            ..test_config()
+        },
+        Checker::fast(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    for i in 0..N {
+        send_retry(
+            &conn,
+            Message::new(1, payload(0, i, 16 + (i % 100) as usize)),
+        );
+    }
+    assert!(
+        wait_until(T, || srv_d.count() >= N),
+        "delivered {} of {N}",
+        srv_d.count()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(srv_d.count(), N, "exactly once");
+    srv_d.assert_clean();
+    let (c, s) = (client.counters(), server.counters());
+    assert!(
+        c.injected_faults + s.injected_faults >= 10,
+        "faults injected: {c:?} {s:?}"
+    );
+    assert!(c.reconnects >= 10, "reconnected {} times", c.reconnects);
+    assert_eq!(c.remote_resets + s.remote_resets, 0);
+    assert!(
+        wait_until(T, || conn.queued() == (0, 0)),
+        "everything acknowledged: {:?}",
+        conn.queued()
+    );
+}
+
+#[test]
+fn lossless_messages_sent_before_the_server_exists_are_delivered() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client = messenger("client", test_config(), Checker::fast(), false);
+    let conn = client.connect(port).unwrap();
+    for i in 0..100 {
+        conn.send(Message::new(1, payload(0, i, 64))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100)); // several refused connects
+    let srv_d = Checker::fast();
+    let server = messenger("server", test_config(), srv_d.clone(), false);
+    server.bind(port).unwrap();
+    assert!(
+        wait_until(T, || srv_d.count() == 100),
+        "got {}",
+        srv_d.count()
+    );
+    srv_d.assert_clean();
+    assert!(client.counters().faults >= 1);
+}
+
+#[test]
+fn lossy_connection_failure_reports_reset_and_drops_queue() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let d = Checker::fast();
+    let client = messenger_with(
+        "client",
+        test_config(),
+        d.clone(),
+        false,
+        Policy::lossy_client(),
+    );
+    let conn = client.connect(port).unwrap();
+    for i in 0..10 {
+        let _ = conn.send(Message::new(1, payload(0, i, 64)));
+    }
+    assert!(
+        wait_until(T, || conn.is_closed()),
+        "lossy connection closes on its first fault"
+    );
+    assert!(
+        wait_until(T, || d.events().contains(&Ev::Reset(conn.id()))),
+        "events {:?}",
+        d.events()
+    );
+    let c = client.counters();
+    assert_eq!(c.resets, 1);
+    assert_eq!(c.dropped, 10, "queued messages are dropped");
+    let e = conn.send(Message::new(1, payload(0, 0, 64))).unwrap_err();
+    assert_eq!(e.kind, SendErrorKind::Closed);
+    // A new connect gives a fresh connection.
+    assert_ne!(client.connect(port).unwrap().id(), conn.id());
+}
+
+#[test]
+fn lossy_peer_shutdown_reports_reset() {
+    let d = Checker::fast();
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let client = messenger_with(
+        "client",
+        test_config(),
+        d.clone(),
+        false,
+        Policy::lossy_client(),
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    conn.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    assert!(wait_until(T, || d
+        .events()
+        .contains(&Ev::Connect(conn.id()))));
+    drop(server);
+    assert!(
+        wait_until(T, || d.events().contains(&Ev::Reset(conn.id()))),
+        "{:?}",
+        d.events()
+    );
+    assert!(conn.is_closed());
+}
+
+#[test]
+fn lossless_peer_closed_on_purpose_then_fresh_connection_to_restarted_server() {
+    let cd = Checker::fast();
+    let client = messenger("client", test_config(), cd.clone(), false);
+    let s1 = Checker::fast();
+    let server = messenger("server", test_config(), s1.clone(), true);
+    let a = addr(&server);
+    let conn = client.connect(a).unwrap();
+    conn.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    assert!(wait_until(T, || s1.count() == 1));
+    // A clean shutdown sends a close frame: the peer ends the session (reset), no reconnect.
+    drop(server);
+    assert!(
+        wait_until(T, || cd.events().contains(&Ev::Reset(conn.id()))),
+        "{:?}",
+        cd.events()
+    );
+    assert!(conn.is_closed());
+    // The restarted server on the same port gets a fresh connection.
+    let s2 = Checker::fast();
+    let server2 = messenger("server", test_config(), s2.clone(), false);
+    server2.bind(a).unwrap();
+    let conn2 = client.connect(a).unwrap();
+    assert_ne!(conn2.id(), conn.id());
+    conn2.send(Message::new(1, payload(1, 0, 64))).unwrap();
+    assert!(wait_until(T, || s2.count() == 1));
+    s2.assert_clean();
+}
+
+#[test]
+fn remote_reset_on_silent_peer_restart() {
+    // A server that "crashes" (its process state vanishes without a close frame) is modelled
+    // by a raw peer that accepts the hello with one incarnation, then with another.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = listener.local_addr().unwrap();
+    let cd = Checker::fast();
+    let client = messenger("client", test_config(), cd.clone(), false);
+    let conn = client.connect(a).unwrap();
+    let serve = |sid: u64, listener: &std::net::TcpListener| {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let (tag, _, _, _) = raw::read_frame(&mut s).unwrap();
+        assert_eq!(tag, Tag::Hello);
+        let mut h = raw::hello("server", true);
+        h.session_id = sid;
+        let body = dataplane::wire::encode_hello(&h).unwrap();
+        s.write_all(&raw::frame(
+            FrameHead {
+                tag: Tag::HelloReply as u8,
+                ..FrameHead::default()
+            },
+            &body,
+            &[],
+        ))
+        .unwrap();
+        s
+    };
+    let s1 = serve(1, &listener);
+    assert!(wait_until(T, || cd
+        .events()
+        .contains(&Ev::Connect(conn.id()))));
+    drop(s1); // crash: connection reset, no close frame
+    let mut s2 = serve(2, &listener);
+    assert!(
+        wait_until(T, || cd.events().contains(&Ev::RemoteReset(conn.id()))),
+        "{:?}",
+        cd.events()
+    );
+    assert_eq!(client.counters().remote_resets, 1);
+    // Messages flow to the new incarnation, numbered from 1.
+    conn.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    loop {
+        let (tag, _, _, seq) = raw::read_frame(&mut s2).expect("message");
+        if tag == Tag::Message {
+            assert_eq!(seq, 1);
+            break;
+        }
+    }
+}
+
+fn malformed_case(bytes: Vec<u8>, after_handshake: bool) {
+    let srv_d = Checker::fast();
+    let server = messenger("server", test_config(), srv_d.clone(), true);
+    // A well-behaved lossless client keeps talking the whole time.
+    let good = messenger("good", test_config(), Checker::fast(), false);
+    let gconn = good.connect(addr(&server)).unwrap();
+    for i in 0..500 {
+        send_retry(&gconn, Message::new(1, payload(0, i, 200)));
+    }
+    let mut s = if after_handshake {
+        raw::handshake(addr(&server), "evil", true).0
+    } else {
+        raw::connect(addr(&server))
+    };
+    s.write_all(&bytes).unwrap();
+    assert!(
+        raw::closed_by_peer(&mut s),
+        "server closes the bad connection"
+    );
+    for i in 500..1000 {
+        send_retry(&gconn, Message::new(1, payload(0, i, 200)));
+    }
+    assert!(
+        wait_until(T, || srv_d.count() == 1000),
+        "others unaffected: {}",
+        srv_d.count()
+    );
+    srv_d.assert_clean();
+    assert!(
+        wait_until(T, || server.counters().malformed >= 1),
+        "counted: {:?}",
+        server.counters()
+    );
+}
+
+#[test]
+fn malformed_garbage_before_handshake_is_refused() {
+    malformed_case(
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n and then some more junk bytes....".to_vec(),
+        false,
+    );
+}
+
+#[test]
+fn malformed_bad_magic_closes_connection() {
+    let mut f = raw::frame(
+        FrameHead {
+            tag: Tag::Keepalive as u8,
+            ..FrameHead::default()
+        },
+        &[],
+        &[],
+    );
+    f[0] ^= 0xff;
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_bad_preamble_crc_closes_connection() {
+    let mut f = raw::frame(
+        FrameHead {
+            tag: Tag::Keepalive as u8,
+            ..FrameHead::default()
+        },
+        &[],
+        &[],
+    );
+    f[20] ^= 1;
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_bad_payload_crc_closes_connection() {
+    let mut f = raw::frame(
+        FrameHead {
+            tag: Tag::Message as u8,
+            seq: 1,
+            ..FrameHead::default()
+        },
+        &[],
+        b"hello world",
+    );
+    let n = f.len();
+    f[n - 1] ^= 1;
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_oversized_length_closes_without_allocating() {
+    let mut h = FrameHead {
+        tag: Tag::Message as u8,
+        seq: 1,
+        ..FrameHead::default()
+    };
+    h.data_len = u32::MAX;
+    let f = dataplane::wire::encode_preamble(&h).to_vec();
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_unknown_tag_closes_connection() {
+    let mut h = FrameHead {
+        tag: 0x6e,
+        ..FrameHead::default()
+    };
+    h.seq = 1;
+    let f = dataplane::wire::encode_preamble(&h).to_vec();
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_sequence_gap_closes_connection() {
+    let f = raw::frame(
+        FrameHead {
+            tag: Tag::Message as u8,
+            seq: 7,
+            ..FrameHead::default()
+        },
+        &[],
+        b"x",
+    );
+    malformed_case(f, true);
+}
+
+#[test]
+fn malformed_disconnect_mid_frame_is_survived() {
+    let srv_d = Checker::fast();
+    let server = messenger("server", test_config(), srv_d.clone(), true);
+    let (mut s, _) = raw::handshake(addr(&server), "half", false);
+    let f = raw::frame(
+        FrameHead {
+            tag: Tag::Message as u8,
+            seq: 1,
+            ..FrameHead::default()
+        },
+        &[],
+        &[7u8; 1000],
+    );
+    s.write_all(&f[..500]).unwrap();
+    drop(s);
+    assert!(wait_until(T, || server.counters().faults >= 1));
+    assert_eq!(srv_d.count(), 0, "a partial frame is never delivered");
+    // The server still works.
+    let client = messenger("client", test_config(), Checker::fast(), false);
+    let c = client.connect(addr(&server)).unwrap();
+    c.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    assert!(wait_until(T, || srv_d.count() == 1));
+}
+
+#[test]
+fn handshake_wrong_version_is_refused_with_reason() {
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let mut h = raw::hello("old", true);
+    h.proto_version = 2;
+    let mut s = raw::connect(addr(&server));
+    s.write_all(&raw::hello_frame(&h)).unwrap();
+    let (tag, front, _, _) = raw::read_frame(&mut s).expect("a refusal, not silence");
+    assert_eq!(tag, Tag::HelloReply);
+    let reply = dataplane::wire::parse_hello(&front).unwrap();
+    assert_eq!(reply.status, HelloStatus::VersionMismatch);
+    let (tag, _, _, _) = raw::read_frame(&mut s).expect("close frame");
+    assert_eq!(tag, Tag::Close);
+    assert!(raw::closed_by_peer(&mut s));
+    assert_eq!(server.counters().handshake_failures, 1);
+}
+
+#[test]
+fn handshake_wrong_preamble_version_is_refused() {
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let mut f = raw::hello_frame(&raw::hello("future", true));
+    f[4] = 2; // version byte; the preamble crc no longer matters: version is checked first
+    let mut s = raw::connect(addr(&server));
+    s.write_all(&f).unwrap();
+    let (tag, front, _, _) = raw::read_frame(&mut s).expect("refusal");
+    assert_eq!(tag, Tag::HelloReply);
+    assert_eq!(
+        dataplane::wire::parse_hello(&front).unwrap().status,
+        HelloStatus::VersionMismatch
+    );
+}
+
+#[test]
+fn handshake_feature_mismatch_refused_on_both_sides() {
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let d = Checker::fast();
+    let client = messenger(
+        "client",
+        Config {
+            required_features: 1 << 7,
+            ..test_config()
+        },
+        d.clone(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    assert!(
+        wait_until(T, || d.events().contains(&Ev::Reset(conn.id()))),
+        "{:?}",
+        d.events()
+    );
+    assert!(wait_until(T, || server.counters().handshake_failures == 1));
+    assert_eq!(client.counters().handshake_failures, 1);
+    assert!(conn.is_closed());
+}
+
+#[test]
+fn handshake_timeout_drops_silent_peer() {
+    let server = messenger(
+        "server",
+        Config {
+            handshake_timeout_ms: 200,
+            ..test_config()
+        },
+        Checker::fast(),
+        true,
+    );
+    let mut s = raw::connect(addr(&server));
+    let t0 = std::time::Instant::now();
+    assert!(raw::closed_by_peer(&mut s));
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(server.counters().handshake_failures, 1);
+}
+
+#[test]
+fn keepalive_timeout_marks_silent_peer_dead() {
+    let d = Checker::fast();
+    let server = messenger(
+        "server",
+        Config {
+            peer_timeout_ms: 300,
+            ..test_config()
+        },
+        d.clone(),
+        true,
+    );
+    let (mut s, _) = raw::handshake(addr(&server), "mute", false);
+    // Read (and ignore) the server's keepalives but never answer.
+    assert!(raw::closed_by_peer(&mut s), "a silent peer is dropped");
+    assert_eq!(server.counters().peer_timeouts, 1);
+    assert!(
+        wait_until(T, || d.events().iter().any(|e| matches!(e, Ev::Reset(_)))),
+        "lossy peer reset reported"
+    );
+}
+
+#[test]
+fn keepalive_keeps_idle_connection_alive() {
+    let cfg = Config {
+        keepalive_interval_ms: 50,
+        peer_timeout_ms: 400,
+        ..test_config()
+    };
+    let server = messenger("server", cfg.clone(), Checker::fast(), true);
+    let client = messenger("client", cfg, Checker::fast(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    conn.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        client.counters().peer_timeouts + server.counters().peer_timeouts,
+        0
+    );
+    assert_eq!(client.counters().faults, 0);
+}
+
+/// Blocks the dispatch thread until opened.
+struct Gate {
+    open: AtomicBool,
+    inner: Arc<Checker>,
+}
+impl Dispatcher for Gate {
+    fn dispatch(&self, c: &Connection, m: Message) {
+        while !self.open.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.dispatch(c, m);
+    }
+}
+
+#[test]
+fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
+    let inner = Checker::queued();
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        inner: inner.clone(),
+    });
+    let server = messenger(
+        "server",
+        Config {
+            dispatch_throttle_bytes: 1 << 20,
+            ..test_config()
+        },
+        gate.clone(),
+        true,
+    );
+    let limits = Config {
+        queue_max_msgs: 2000,
+        queue_max_bytes: 4 << 20,
+        ..test_config()
+    };
+    let client = messenger("client", limits, Checker::fast(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    let mut max_queued = (0, 0);
+    for i in 0..200_000u64 {
+        match conn.send(Message::new(1, payload(0, accepted, 4096))) {
+            Ok(()) => accepted += 1,
+            Err(e) => {
+                assert!(matches!(e.kind, SendErrorKind::QueueFull { .. }), "{e}");
+                refused += 1;
+                if refused > 1000 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        let q = conn.queued();
+        max_queued = (max_queued.0.max(q.0), max_queued.1.max(q.1));
+        let _ = i;
+    }
+    assert!(refused > 0, "the queue limit must refuse");
+    assert!(
+        max_queued.0 <= 2000 && max_queued.1 <= 4 << 20,
+        "bounded: {max_queued:?}"
+    );
+    assert!(
+        server.counters().throttled_reads > 0,
+        "receiver stopped reading"
+    );
+    gate.open.store(true, Ordering::Release);
+    assert!(
+        wait_until(T, || inner.count() == accepted),
+        "{} of {accepted}",
+        inner.count()
+    );
+    inner.assert_clean();
+}
+
+#[test]
+fn local_delivery_never_touches_a_socket() {
+    let d = Checker::queued();
+    let m = messenger("self", test_config(), d.clone(), true);
+    let conn = m.connect(addr(&m)).unwrap();
+    assert!(conn.is_local());
+    for i in 0..1000 {
+        conn.send(Message::new(1, payload(0, i, 64))).unwrap();
+    }
+    assert!(wait_until(T, || d.count() == 1000));
+    d.assert_clean();
+    let c = m.counters();
+    assert_eq!(c.local_delivered, 1000);
+    assert_eq!((c.bytes_out, c.accepted, c.connected), (0, 0, 0));
+}
+
+#[test]
+fn priority_orders_dispatch() {
+    let inner = Checker::keeping();
+    let gate = Arc::new(Gate {
+        open: AtomicBool::new(false),
+        inner: inner.clone(),
+    });
+    let server = messenger("server", test_config(), gate.clone(), true);
+    let client = messenger("client", test_config(), Checker::fast(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    // One message holds the gate; the rest queue up behind it in the dispatch queue.
+    for (stream, prio) in [
+        (0u32, priority::LOW),
+        (1, priority::LOW),
+        (2, priority::HIGHEST),
+        (3, priority::DEFAULT),
+    ] {
+        conn.send(Message::new(1, payload(stream, 0, 64)).with_priority(prio))
+            .unwrap();
+        if stream == 0 {
+            assert!(wait_until(T, || server.counters().msgs_in == 1));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(wait_until(T, || server.counters().msgs_in == 4));
+    gate.open.store(true, Ordering::Release);
+    assert!(wait_until(T, || inner.count() == 4));
+    let order: Vec<u32> = inner
+        .kept
+        .lock()
+        .iter()
+        .map(|m| u32::from_le_bytes(m.payload.to_vec()[0..4].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![0, 2, 3, 1],
+        "highest first, then default, then low"
+    );
+}
+
+#[test]
+fn sixteen_mib_message_arrives_byte_for_byte() {
+    let d = Checker::fast();
+    let server = messenger("server", test_config(), d.clone(), true);
+    let client = messenger("client", test_config(), Checker::fast(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    for i in 0..3 {
+        conn.send(Message::new(1, payload(0, i, 16 << 20))).unwrap();
+    }
+    assert!(wait_until(T, || d.count() == 3), "got {}", d.count());
+    d.assert_clean();
+    assert_eq!(d.bytes.load(Ordering::Relaxed), 3 * (16 << 20));
+}
+
+#[test]
+fn too_large_message_is_refused_at_send() {
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let client = messenger(
+        "client",
+        Config {
+            max_message_bytes: 1 << 20,
+            ..test_config()
+        },
+        Checker::fast(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    let e = conn
+        .send(Message::new(1, Buf::from_vec(vec![0; 2 << 20])))
+        .unwrap_err();
+    assert!(matches!(e.kind, SendErrorKind::TooLarge { .. }));
+}
+
+#[test]
+fn multi_worker_spreads_connections_and_delivers_everything() {
+    let d = Checker::fast();
+    let server = messenger(
+        "server",
+        Config {
+            workers: 2,
+            ..test_config()
+        },
+        d.clone(),
+        true,
+    );
+    let clients: Vec<_> = (0..6)
+        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
+        .collect();
+    let conns: Vec<_> = clients
+        .iter()
+        .map(|c| c.connect(addr(&server)).unwrap())
+        .collect();
+    for i in 0..5000u64 {
+        for (s, c) in conns.iter().enumerate() {
+            send_retry(c, Message::new(1, payload(s as u32, i, 100)));
+        }
+    }
+    assert!(wait_until(T, || d.count() == 30_000), "got {}", d.count());
+    d.assert_clean();
+    let loads = server.worker_loads();
+    assert!(
+        loads.iter().all(|l| *l >= 2),
+        "least-loaded placement: {loads:?}"
+    );
+}
+
+#[test]
+fn many_connections_echo_round_trip() {
+    let server = messenger(
+        "server",
+        Config {
+            workers: 2,
+            ..test_config()
+        },
+        Checker::echo(),
+        true,
+    );
+    let mut clients = Vec::new();
+    for i in 0..32 {
+        let d = Checker::fast();
+        let m = messenger(&format!("c{i}"), test_config(), d.clone(), false);
+        let c = m.connect(addr(&server)).unwrap();
+        for j in 0..200 {
+            send_retry(&c, Message::new(1, payload(0, j, 256)));
+        }
+        clients.push((m, d));
+    }
+    for (_, d) in &clients {
+        assert!(wait_until(T, || d.count() == 200), "echoes: {}", d.count());
+        d.assert_clean();
+    }
+    assert_eq!(server.counters().accepted, 32);
+}
+
+#[test]
+fn mark_down_closes_without_reset_and_peer_is_told() {
+    let sd = Checker::fast();
+    let server = messenger("server", test_config(), sd.clone(), true);
+    let cd = Checker::fast();
+    let client = messenger("client", test_config(), cd.clone(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    conn.send(Message::new(1, payload(0, 0, 64))).unwrap();
+    assert!(wait_until(T, || sd.count() == 1));
+    conn.mark_down();
+    assert!(conn.is_closed());
+    assert!(
+        wait_until(T, || sd.events().iter().any(|e| matches!(e, Ev::Reset(_)))),
+        "peer told: {:?}",
+        sd.events()
+    );
+    assert!(!cd.events().iter().any(|e| matches!(e, Ev::Reset(_))));
+}
