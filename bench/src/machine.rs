@@ -23,6 +23,8 @@ pub struct Machine {
     pub bench_version: String,
     /// Seconds since the Unix epoch when the run started.
     pub unix_time: u64,
+    /// 1-minute load average when the run started (other work skews the numbers).
+    pub load_average_1m: Option<f64>,
 }
 
 impl Machine {
@@ -44,6 +46,8 @@ impl Machine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            load_average_1m: read_trimmed("/proc/loadavg")
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
         }
     }
 }

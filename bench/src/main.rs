@@ -142,8 +142,12 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
 
 /// Prints the table and writes the optional JSON and plot files.
 fn finish(machine: &Machine, rows: &[Row], backend: Backend, common: &CommonArgs) -> Result<()> {
+    let load = machine
+        .load_average_1m
+        .map(|l| format!(", load average {l:.2} at start"))
+        .unwrap_or_default();
     println!(
-        "dataplane-bench on {} ({} cores, kernel {})\n",
+        "dataplane-bench on {} ({} cores, kernel {}{load})\n",
         machine.cpu_model, machine.cores, machine.kernel
     );
     print!("{}", report::table::render(rows, backend));

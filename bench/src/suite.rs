@@ -344,7 +344,7 @@ pub fn plan(systems: &[Box<dyn System>], cfg: &SuiteConfig) -> Result<Vec<Job>> 
                 let wanted = cfg
                     .systems
                     .as_ref()
-                    .map_or(true, |names| names.iter().any(|n| n == system.name()));
+                    .is_none_or(|names| names.iter().any(|n| n == system.name()));
                 if wanted && system.supports(workload, size) {
                     jobs.push(Job {
                         system: index,

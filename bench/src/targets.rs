@@ -59,7 +59,7 @@ pub fn find<'a>(
         r.system == system
             && r.workload == workload
             && r.size_bytes == size
-            && connections.map_or(true, |c| r.connections == c)
+            && connections.is_none_or(|c| r.connections == c)
             && r.is_measured()
     })
 }

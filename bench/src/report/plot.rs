@@ -178,7 +178,7 @@ fn latency_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row]
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d((x_min / 1.2..x_max * 1.2).log_scale(), 0.0..1.0)
+        .build_cartesian_2d((decade_below(x_min)..x_max * 1.2).log_scale(), 0.0..1.0)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -216,6 +216,11 @@ fn latency_chart<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, rows: &[Row]
         .draw()
         .map_err(err)?;
     Ok(())
+}
+
+/// The power of ten at or below `v`, so the log axis starts on a labelled decade.
+fn decade_below(v: f64) -> f64 {
+    10f64.powf(v.log10().floor())
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {

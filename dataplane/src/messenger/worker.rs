@@ -686,13 +686,12 @@ impl Worker {
     fn on_timer(&mut self, t: usize) {
         let now = self.now;
         match self.entries.get_mut(t) {
-            Some(Entry::Pending(p)) => {
-                if now >= p.deadline {
+            Some(Entry::Pending(p))
+                if now >= p.deadline => {
                     tracing::warn!(peer = %p.peer, "handshake timed out, dropping");
                     Counters::add(&self.shared.counters.handshake_failures, 1);
                     self.drop_pending(t);
                 }
-            }
             Some(Entry::Conn(st)) => {
                 st.timer_at = None;
                 if st.closing.is_some_and(|d| now >= d) {
@@ -805,7 +804,9 @@ impl Worker {
                 }
                 _ => {}
             }
-            if fault.is_permanent() {
+            if matches!(fault, Fault::PeerClosed { .. }) {
+                tracing::info!(worker = index, conn = st.handle.id(), %peer, error = %fault, "peer closed the connection");
+            } else if fault.is_permanent() {
                 tracing::warn!(worker = index, conn = st.handle.id(), %peer, error = %fault, "connection failed");
             } else {
                 tracing::debug!(worker = index, conn = st.handle.id(), %peer, error = %fault, "connection fault");

@@ -156,6 +156,10 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Sender<T> {
     /// Pushes `v`, or gives it back in `Err` if the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// `Err(v)` when there is no free slot; nothing was pushed and `v` is returned untouched.
     #[inline]
     pub fn push(&self, v: T) -> Result<(), T> {
         let shared = &*self.shared;

@@ -152,6 +152,10 @@ unsafe impl<T: Send> Send for Producer<T> {}
 
 impl<T> Producer<T> {
     /// Pushes `v`, or gives it back in `Err` if the ring is full.
+    ///
+    /// # Errors
+    ///
+    /// `Err(v)` when there is no free slot; nothing was pushed and `v` is returned untouched.
     #[inline]
     pub fn push(&mut self, v: T) -> Result<(), T> {
         if self.tail.wrapping_sub(self.cached_head) > self.mask {
