@@ -14,7 +14,7 @@ use anyhow::{bail, Result};
 
 use crate::cli::Backend;
 use crate::row::Row;
-use crate::systems::{iperf3, rings, sockperf, std_blocking, tokio_framed};
+use crate::systems::{dataplane_posix, iperf3, rings, sockperf, std_blocking, tokio_framed};
 
 /// One KiB.
 pub const KIB: usize = 1024;
@@ -143,7 +143,6 @@ impl TransportSystem {
     }
 
     /// Also runs the `stream-scaling` rows (1 vs 2 workers) for this transport.
-    #[allow(dead_code)] // used by the dataplane-posix entry
     pub fn with_scaling(mut self) -> Self {
         self.scaling = true;
         self
@@ -223,15 +222,14 @@ pub fn reference_system(workload: Workload, backend: Backend) -> String {
 pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
     let mut all: Vec<Box<dyn System>> = match backend {
         Backend::Posix => vec![
-            // The lead adds the dataplane-posix entry here:
-            // Box::new(
-            //     TransportSystem::new(
-            //         "dataplane-posix",
-            //         dataplane_posix::stream,
-            //         dataplane_posix::pingpong,
-            //     )
-            //     .with_scaling(),
-            // ),
+            Box::new(
+                TransportSystem::new(
+                    "dataplane-posix",
+                    dataplane_posix::stream,
+                    dataplane_posix::pingpong,
+                )
+                .with_scaling(),
+            ),
         ],
         Backend::Rdma | Backend::Dpdk => bail!(
             "backend `{}` is not built yet / not available: only `posix` can be measured",

@@ -64,8 +64,8 @@ pub(crate) struct WorkerHandle {
     load: AtomicUsize,
 }
 
-/// Key of a lossless server session: the peer's entity name and announced address.
-type SessionKey = (String, Option<SocketAddr>);
+/// Key of a lossless server session: the peer's entity name, announced address and lane.
+type SessionKey = (String, Option<SocketAddr>, u32);
 
 /// State shared by the messenger handle and its workers.
 pub(crate) struct Shared {
@@ -120,7 +120,7 @@ impl Shared {
         if !hello.lossless {
             return self.new_conn(self.least_loaded(), None, policy);
         }
-        let key = (hello.name.clone(), hello.addr);
+        let key = (hello.name.clone(), hello.addr, hello.lane);
         let mut sessions = self.sessions.lock();
         if let Some(c) = sessions.get(&key) {
             if !c.is_closed() {
@@ -135,7 +135,7 @@ impl Shared {
     /// Drops a closed connection from the lookup tables.
     fn forget_session(&self, conn: &Connection) {
         if let Some(p) = conn.peer() {
-            let key = (p.name, p.addr);
+            let key = (p.name, p.addr, p.lane);
             let mut sessions = self.sessions.lock();
             if sessions.get(&key).is_some_and(|c| c == conn) {
                 sessions.remove(&key);
@@ -515,6 +515,30 @@ impl Messenger {
         // Count it now so concurrent connects spread over workers.
         out.insert(addr, conn.clone());
         drop(out);
+        if !self.shared.push_command(
+            w,
+            Command::Connect {
+                conn: conn.clone(),
+                addr,
+            },
+        ) {
+            return Err(Error::WorkerGone(w));
+        }
+        Ok(conn)
+    }
+
+    /// A new connection to `addr` with `policy`, never shared with [`Messenger::connect`]:
+    /// for traffic that should not queue behind other traffic to the same peer (bulk data,
+    /// parallel streams). Each gets its own lane, so the peer keeps a session for each.
+    pub fn open(&self, addr: SocketAddr, policy: Policy) -> Result<Connection, Error> {
+        if !self.started.load(Ordering::Acquire) {
+            return Err(Error::NotStarted);
+        }
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(Error::Shutdown);
+        }
+        let w = self.shared.least_loaded();
+        let conn = self.shared.new_conn(w, Some(addr), policy);
         if !self.shared.push_command(
             w,
             Command::Connect {

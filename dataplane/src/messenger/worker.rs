@@ -305,7 +305,13 @@ impl Worker {
 
     fn connect(&mut self, conn: Connection, addr: SocketAddr) {
         let lossy = conn.policy().lossy;
+        let shared_conn = self.shared.outgoing.lock().get(&addr).is_some_and(|c| c == &conn);
+        // The connection shared through `connect` uses lane 0; `open` gives each its own.
+        let lane = if shared_conn { 0 } else { conn.id() as u32 };
         let t = self.new_conn_state(conn, Role::Client, lossy, Some(addr));
+        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+            st.session.set_lane(lane);
+        }
         self.start_connect(t);
     }
 

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use zerocopy::little_endian::{U16, U64};
+use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::error::WireError;
@@ -58,8 +58,11 @@ pub struct HelloBody {
     pub ip: [u8; 16],
     /// Length of the entity name that follows, at most [`MAX_NAME_LEN`].
     pub name_len: U16,
+    /// Which of several parallel connections between the same two entities this is (0 for
+    /// the default one); part of the key a server finds a lossless session by.
+    pub lane: U32,
     /// Sent as zero; ignored by the receiver.
-    pub reserved: [u8; 6],
+    pub reserved: [u8; 2],
 }
 
 const _: () = assert!(core::mem::size_of::<HelloBody>() == HELLO_BODY_LEN);
@@ -128,6 +131,8 @@ pub struct Hello {
     pub addr: Option<SocketAddr>,
     /// The sender's entity name, at most [`MAX_NAME_LEN`] bytes of UTF-8.
     pub name: String,
+    /// Parallel-connection lane (0 for the default connection).
+    pub lane: u32,
 }
 
 /// Encodes a handshake body (fixed part followed by the name).
@@ -171,7 +176,8 @@ pub fn encode_hello(h: &Hello) -> Result<Vec<u8>, WireError> {
         port: U16::new(port),
         ip,
         name_len: U16::new(name_len),
-        reserved: [0; 6],
+        lane: U32::new(h.lane),
+        reserved: [0; 2],
     };
     let mut out = Vec::with_capacity(HELLO_BODY_LEN + name.len());
     out.extend_from_slice(body.as_bytes());
@@ -232,6 +238,7 @@ pub fn parse_hello(front: &[u8]) -> Result<Hello, WireError> {
         lossless,
         addr,
         name: name.to_owned(),
+        lane: body.lane.get(),
     })
 }
 
@@ -275,6 +282,7 @@ mod tests {
             connect_seq: 3,
             in_seq: 99,
             lossless: true,
+            lane: 5,
             addr: Some("10.1.2.3:6800".parse().unwrap()),
             name: "osd.12".to_owned(),
         }
@@ -487,9 +495,10 @@ mod tests {
             lossless in any::<bool>(),
             addr in any_addr(),
             name in "\\PC{0,16}",
+            lane in any::<u32>(),
         ) -> Hello {
             Hello { proto_version, entity_type, status, features, required, session_id,
-                    connect_seq, in_seq, lossless, addr, name }
+                    connect_seq, in_seq, lossless, addr, name, lane }
         }
     }
 

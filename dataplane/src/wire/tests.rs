@@ -53,6 +53,7 @@ fn hello_frame_end_to_end() {
         lossless: true,
         addr: None,
         name: "client.1".to_owned(),
+        lane: 0,
     };
     let body = encode_hello(&hello).unwrap();
     let h = FrameHead {

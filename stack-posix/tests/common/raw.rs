@@ -33,6 +33,7 @@ pub fn hello(name: &str, lossless: bool) -> Hello {
         lossless,
         addr: None,
         name: name.into(),
+        lane: 0,
     }
 }
 

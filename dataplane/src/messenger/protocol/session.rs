@@ -174,6 +174,8 @@ pub struct PeerIdentity {
     pub session_id: u64,
     /// Its feature bits.
     pub features: u64,
+    /// Parallel-connection lane the peer announced.
+    pub lane: u32,
 }
 
 impl PeerIdentity {
@@ -184,6 +186,7 @@ impl PeerIdentity {
             addr: h.addr,
             session_id: h.session_id,
             features: h.features,
+            lane: h.lane,
         }
     }
 }
@@ -222,6 +225,7 @@ pub struct Session {
     role: Role,
     cfg: SessionConfig,
     local: Arc<LocalIdentity>,
+    lane: u32,
     state: SessionState,
     peer: Option<PeerIdentity>,
     connect_seq: u64,
@@ -250,6 +254,7 @@ impl Session {
             role,
             cfg,
             local,
+            lane: 0,
             state: match role {
                 Role::Client => SessionState::Idle,
                 Role::Server => SessionState::Standby,
@@ -270,6 +275,11 @@ impl Session {
             last_tx: now,
             events: VecDeque::new(),
         }
+    }
+
+    /// Sets the parallel-connection lane a client announces (0 by default).
+    pub fn set_lane(&mut self, lane: u32) {
+        self.lane = lane;
     }
 
     /// Current state.
@@ -344,6 +354,7 @@ impl Session {
             lossless: !self.cfg.lossy,
             addr: self.local.addr,
             name: self.local.name.clone(),
+            lane: self.lane,
         }
     }
 
@@ -411,6 +422,7 @@ impl Session {
             lossless: false,
             addr: local.addr,
             name: local.name.clone(),
+            lane: 0,
         };
         let mut frames = Vec::with_capacity(2);
         if let Ok(body) = wire::encode_hello(&hello) {
@@ -444,6 +456,7 @@ impl Session {
         }
         self.peer = Some(PeerIdentity::from_hello(hello));
         self.connect_seq = hello.connect_seq;
+        self.lane = hello.lane;
         // Drop anything left from the old transport and answer first.
         self.tx.clear();
         self.tx_off = 0;

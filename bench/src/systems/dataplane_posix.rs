@@ -1,0 +1,234 @@
+//! `dataplane-posix`: the messenger on the POSIX stack, client and server messengers in this
+//! process over loopback, lossless connections (sequenced, acknowledged, crc-checked).
+//!
+//! Stream rows are measured at the receiver: the clock stops when the server has received
+//! every message sent during the measured interval. Payloads are one shared `Buf`, so each
+//! send is a refcount bump: the library's zero-copy path, as a user would use it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane_stack_posix::PosixStack;
+
+use crate::measure::{LatencyRecorder, Throughput, CLOCK_CHECK_EVERY};
+use crate::row::Row;
+use crate::systems::warmup;
+
+/// System name of this row.
+pub const NAME: &str = "dataplane-posix";
+
+/// Counts what arrives; echoes when asked to.
+struct Sink {
+    msgs: AtomicU64,
+    bytes: AtomicU64,
+    echo: bool,
+}
+
+impl Dispatcher for Sink {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, m: Message) {
+        self.bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
+        if self.echo {
+            // One message in flight: the queue cannot be full.
+            let _ = conn.send(m);
+        }
+        self.msgs.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn sink(echo: bool) -> Arc<Sink> {
+    Arc::new(Sink {
+        msgs: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        echo,
+    })
+}
+
+fn config(workers: u32) -> Config {
+    Config {
+        workers: workers.max(1) as usize,
+        ..Config::default()
+    }
+}
+
+fn messenger(name: &str, workers: u32, d: Arc<Sink>) -> Result<Messenger> {
+    let m = Messenger::builder(name)
+        .config(config(workers))
+        .stack(Arc::new(PosixStack::new()))
+        .dispatcher(d)
+        .build()
+        .with_context(|| format!("building messenger {name}"))?;
+    m.start()?;
+    Ok(m)
+}
+
+fn server(workers: u32, d: Arc<Sink>) -> Result<(Messenger, SocketAddr)> {
+    let m = messenger("bench-server", workers, d)?;
+    let addr = m.bind("127.0.0.1:0".parse()?)?;
+    Ok((m, addr))
+}
+
+/// Sends until accepted (backpressure: the queue or the ring is full).
+fn send(conn: &Connection, msg: Message) -> Result<()> {
+    let mut m = msg;
+    loop {
+        match conn.send(m) {
+            Ok(()) => return Ok(()),
+            Err(e) if conn.is_closed() => bail!("connection closed: {e}"),
+            Err(e) => {
+                m = e.message;
+                std::hint::spin_loop();
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> Result<()> {
+    let end = Instant::now() + limit;
+    while counter.load(Ordering::Acquire) < target {
+        if Instant::now() > end {
+            bail!(
+                "only {} of {target} messages arrived within {limit:?}",
+                counter.load(Ordering::Acquire)
+            );
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+/// One-way stream of `size`-byte messages on `connections` lossless connections.
+pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -> Result<Row> {
+    let d = sink(false);
+    let (srv, addr) = server(workers, d.clone())?;
+    let client = messenger("bench-client", workers, sink(false))?;
+    let conns: Vec<Connection> = (0..connections.max(1))
+        .map(|_| client.open(addr, Policy::lossless_client()))
+        .collect::<Result<_, _>>()?;
+    let payload = Buf::from_vec(vec![0xAB; size]);
+    // Warm-up: every connection handshaken and carrying traffic.
+    for c in &conns {
+        send(c, Message::new(1, payload.clone()))?;
+    }
+    wait_for(&d.msgs, conns.len() as u64, Duration::from_secs(30))?;
+    let base = d.msgs.load(Ordering::Acquire);
+    let base_bytes = d.bytes.load(Ordering::Acquire);
+    let senders = conns.len().min(2);
+    let start = Instant::now();
+    let deadline = start + duration;
+    let sent: u64 = std::thread::scope(|s| -> Result<u64> {
+        let handles: Vec<_> = (0..senders)
+            .map(|t| {
+                let mine: Vec<&Connection> = conns.iter().skip(t).step_by(senders).collect();
+                let payload = payload.clone();
+                s.spawn(move || -> Result<u64> {
+                    let mut n = 0u64;
+                    loop {
+                        for c in &mine {
+                            send(c, Message::new(1, payload.clone()))?;
+                            n += 1;
+                        }
+                        if n % CLOCK_CHECK_EVERY < mine.len() as u64 && Instant::now() >= deadline
+                        {
+                            return Ok(n);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        }
+        Ok(total)
+    })?;
+    wait_for(&d.msgs, base + sent, Duration::from_secs(120))?;
+    let elapsed = start.elapsed();
+    let mut row = Row::new(NAME, "stream", size, connections);
+    row.workers = Some(workers);
+    Throughput {
+        messages: sent,
+        bytes: d.bytes.load(Ordering::Acquire) - base_bytes,
+        elapsed,
+    }
+    .fill(&mut row);
+    drop(conns);
+    client.shutdown();
+    srv.shutdown();
+    Ok(row)
+}
+
+/// Ping-pong of `size`-byte messages on one lossless connection; full round trip.
+pub fn pingpong(size: usize, duration: Duration) -> Result<Row> {
+    let (srv, addr) = server(1, sink(true))?;
+    let replies = sink(false);
+    let client = messenger("bench-client", 1, replies.clone())?;
+    let conn = client.connect(addr)?;
+    let payload = Buf::from_vec(vec![0x5A; size]);
+    let mut recorder = LatencyRecorder::new()?;
+    let warm_until = Instant::now() + warmup(duration);
+    let mut start = Instant::now();
+    let mut deadline = warm_until + duration;
+    let mut warming = true;
+    let mut n = 0u64;
+    loop {
+        let t0 = Instant::now();
+        if warming && t0 >= warm_until {
+            warming = false;
+            start = t0;
+            deadline = t0 + duration;
+        }
+        if t0 >= deadline {
+            break;
+        }
+        send(&conn, Message::new(1, payload.clone()))?;
+        n += 1;
+        // Spin briefly, then yield: on a 2-core box the workers need the CPU.
+        let mut spins = 0u32;
+        while replies.msgs.load(Ordering::Acquire) < n {
+            spins += 1;
+            if spins > 200 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+            if spins % 4096 == 0 && t0.elapsed() > Duration::from_secs(10) {
+                bail!("no reply within 10 s");
+            }
+        }
+        if !warming {
+            recorder.record(t0.elapsed());
+        }
+    }
+    let elapsed = start.elapsed();
+    let mut row = Row::new(NAME, "pingpong", size, 1);
+    row.workers = Some(1);
+    row.msgs_per_sec = Some(recorder.len() as f64 / elapsed.as_secs_f64());
+    row.duration_secs = Some(elapsed.as_secs_f64());
+    recorder.fill(&mut row);
+    client.shutdown();
+    srv.shutdown();
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_stream_and_pingpong() {
+        let row = stream(64, 2, 1, Duration::from_millis(100)).unwrap();
+        assert!(row.msgs_per_sec.unwrap() > 0.0);
+        assert_eq!(row.connections, 2);
+        let row = pingpong(64, Duration::from_millis(100)).unwrap();
+        assert!(row.p50_us.unwrap() > 0.0);
+        assert!(row.p999_us.unwrap() >= row.p50_us.unwrap());
+    }
+}
