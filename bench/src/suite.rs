@@ -221,16 +221,14 @@ pub fn reference_system(workload: Workload, backend: Backend) -> String {
 /// Every system of a run on `backend`, dataplane first. One entry per system.
 pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
     let mut all: Vec<Box<dyn System>> = match backend {
-        Backend::Posix => vec![
-            Box::new(
-                TransportSystem::new(
-                    "dataplane-posix",
-                    dataplane_posix::stream,
-                    dataplane_posix::pingpong,
-                )
-                .with_scaling(),
-            ),
-        ],
+        Backend::Posix => vec![Box::new(
+            TransportSystem::new(
+                "dataplane-posix",
+                dataplane_posix::stream,
+                dataplane_posix::pingpong,
+            )
+            .with_scaling(),
+        )],
         Backend::Rdma | Backend::Dpdk => bail!(
             "backend `{}` is not built yet / not available: only `posix` can be measured",
             backend.name()

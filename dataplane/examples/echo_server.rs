@@ -68,7 +68,9 @@ fn arg(name: &str) -> Option<String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info").init();
-    let addr: SocketAddr = arg("--addr").unwrap_or_else(|| "127.0.0.1:7878".into()).parse()?;
+    let addr: SocketAddr = arg("--addr")
+        .unwrap_or_else(|| "127.0.0.1:7878".into())
+        .parse()?;
     let cfg = Config {
         hugepages: false,
         ..Config::default()

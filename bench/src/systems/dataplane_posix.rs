@@ -135,8 +135,7 @@ pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -
                             send(c, Message::new(1, payload.clone()))?;
                             n += 1;
                         }
-                        if n % CLOCK_CHECK_EVERY < mine.len() as u64 && Instant::now() >= deadline
-                        {
+                        if n % CLOCK_CHECK_EVERY < mine.len() as u64 && Instant::now() >= deadline {
                             return Ok(n);
                         }
                     }

@@ -227,6 +227,23 @@ impl Buf {
         head
     }
 
+    /// Narrows this view to `range` in place, without touching the reference count (cheaper
+    /// than [`Buf::slice`] when the wider view is no longer needed). Returns false, leaving
+    /// the view unchanged, if the range is out of bounds or reversed.
+    pub fn narrow(&mut self, range: impl RangeBounds<usize>) -> bool {
+        let Some((start, end)) = bounds(range, self.len) else {
+            return false;
+        };
+        if start == end {
+            *self = Buf::new();
+            return true;
+        }
+        // SAFETY: start < end <= len, so the new start stays inside the viewed bytes.
+        self.ptr = unsafe { self.ptr.add(start) };
+        self.len = end - start;
+        true
+    }
+
     /// Drops the first `n` bytes (clamped to the length); releases the memory if nothing is
     /// left.
     pub(super) fn advance(&mut self, n: usize) {

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::io::IoSlice;
 
+use smallvec::SmallVec;
+
 use super::Buf;
 
 /// Once this many consumed slots pile up at the front (and they are at least half of the
@@ -17,7 +19,9 @@ const COMPACT_THRESHOLD: usize = 16;
 #[derive(Default)]
 pub struct BufList {
     /// `bufs[head..]` are live; `bufs[..head]` are consumed slots holding empty `Buf`s.
-    bufs: Vec<Buf>,
+    /// Two buffers are stored inline: a message's payload is usually one `Buf`, and building
+    /// or receiving it must not allocate.
+    bufs: SmallVec<[Buf; 2]>,
     head: usize,
     /// Total bytes in `bufs[head..]`.
     len: usize,
@@ -138,7 +142,7 @@ impl BufList {
 impl Clone for BufList {
     fn clone(&self) -> Self {
         BufList {
-            bufs: self.bufs().to_vec(),
+            bufs: self.bufs().iter().cloned().collect(),
             head: 0,
             len: self.len,
         }

@@ -174,6 +174,17 @@ impl Shared {
     }
 }
 
+/// Thread name of worker `i` of messenger `name` (Linux keeps 15 bytes).
+fn thread_name(name: &str, i: usize) -> String {
+    let mut n: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(10)
+        .collect();
+    n.push_str(&format!("-w{i}"));
+    n
+}
+
 /// Builds a [`Messenger`].
 pub struct MessengerBuilder {
     name: String,
@@ -311,8 +322,9 @@ impl MessengerBuilder {
             let stack = stacks[i].clone();
             let ready = ready_tx.clone();
             let pool_cfg = pool_cfg.clone();
+            let tname = thread_name(&shared.local.read().name, i);
             let t = std::thread::Builder::new()
-                .name(format!("dp-worker-{i}"))
+                .name(tname)
                 .spawn(move || {
                     let cfg = &shared2.cfg;
                     if cfg.pin_workers {

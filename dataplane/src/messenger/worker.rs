@@ -210,8 +210,10 @@ impl Worker {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
                         st.session.queue(msg, self.now);
-                        self.mark_dirty(t);
-                        self.poll_session(t);
+                        if !st.dirty {
+                            st.dirty = true;
+                            self.dirty.push(t);
+                        }
                     }
                 }
                 None => Counters::add(&self.shared.counters.dropped, 1),
@@ -305,7 +307,12 @@ impl Worker {
 
     fn connect(&mut self, conn: Connection, addr: SocketAddr) {
         let lossy = conn.policy().lossy;
-        let shared_conn = self.shared.outgoing.lock().get(&addr).is_some_and(|c| c == &conn);
+        let shared_conn = self
+            .shared
+            .outgoing
+            .lock()
+            .get(&addr)
+            .is_some_and(|c| c == &conn);
         // The connection shared through `connect` uses lane 0; `open` gives each its own.
         let lane = if shared_conn { 0 } else { conn.id() as u32 };
         let t = self.new_conn_state(conn, Role::Client, lossy, Some(addr));
@@ -692,12 +699,11 @@ impl Worker {
     fn on_timer(&mut self, t: usize) {
         let now = self.now;
         match self.entries.get_mut(t) {
-            Some(Entry::Pending(p))
-                if now >= p.deadline => {
-                    tracing::warn!(peer = %p.peer, "handshake timed out, dropping");
-                    Counters::add(&self.shared.counters.handshake_failures, 1);
-                    self.drop_pending(t);
-                }
+            Some(Entry::Pending(p)) if now >= p.deadline => {
+                tracing::warn!(peer = %p.peer, "handshake timed out, dropping");
+                Counters::add(&self.shared.counters.handshake_failures, 1);
+                self.drop_pending(t);
+            }
             Some(Entry::Conn(st)) => {
                 st.timer_at = None;
                 if st.closing.is_some_and(|d| now >= d) {

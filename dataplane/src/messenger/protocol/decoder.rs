@@ -6,7 +6,7 @@
 //! and the rest of its bytes are read directly into that buffer, so a large payload lands where
 //! the dispatcher will see it.
 
-use crate::buf::{BufMut, BufPool};
+use crate::buf::{Buf, BufMut, BufPool};
 use crate::wire::{self, Limits, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 
 use super::Frame;
@@ -122,17 +122,23 @@ impl FrameDecoder {
                 return Ok(());
             }
             self.need = 0;
-            let whole = rx.split_to(frame_len);
+            let mut data = rx.split_to(frame_len);
             let front_end = PREAMBLE_LEN + front_len;
             let data_end = front_end + data_len;
-            let front = whole.slice(PREAMBLE_LEN..front_end);
-            let data = whole.slice(front_end..data_end);
             if front_len + data_len > 0 {
+                let bytes = data.as_slice();
                 wire::verify_epilogue(
-                    [front.as_slice(), data.as_slice()],
-                    &whole.as_slice()[data_end..data_end + EPILOGUE_LEN],
+                    [&bytes[PREAMBLE_LEN..front_end], &bytes[front_end..data_end]],
+                    &bytes[data_end..data_end + EPILOGUE_LEN],
                 )?;
             }
+            let front = if front_len > 0 {
+                data.slice(PREAMBLE_LEN..front_end)
+            } else {
+                Buf::new()
+            };
+            // In place: no reference-count traffic for the common data-only frame.
+            data.narrow(front_end..data_end);
             on_frame(Frame {
                 tag,
                 flags,

@@ -696,10 +696,9 @@ impl Session {
     /// Runs timers: keepalive, peer time-out, handshake time-out, delayed ack.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Fault> {
         match self.state {
-            SessionState::HelloSent
-                if self.hello_deadline.is_some_and(|d| now >= d) => {
-                    return Err(Fault::HandshakeTimeout(self.cfg.handshake_timeout));
-                }
+            SessionState::HelloSent if self.hello_deadline.is_some_and(|d| now >= d) => {
+                return Err(Fault::HandshakeTimeout(self.cfg.handshake_timeout));
+            }
             SessionState::Open => {
                 let pt = self.cfg.peer_timeout;
                 if !pt.is_zero() && now.saturating_duration_since(self.last_rx) >= pt {
