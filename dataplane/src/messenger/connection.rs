@@ -145,6 +145,9 @@ impl Connection {
     /// Queues a message. Refused (and handed back) when the connection's queue limit is
     /// reached, the worker's ring is full, the message is too large, or the connection is
     /// closed; the caller decides whether to retry.
+    // The error hands the message back by value: callers retry it under backpressure in
+    // tight loops, and boxing it would allocate on every refusal.
+    #[allow(clippy::result_large_err)]
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         let s = &*self.shared;
         if s.closed.load(Ordering::Acquire) {

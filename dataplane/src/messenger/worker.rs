@@ -16,9 +16,7 @@ use crate::error::Error;
 use crate::event::{EventCenter, Fired};
 use crate::messenger::dispatch::Item;
 use crate::messenger::fault::FaultInjector;
-use crate::messenger::protocol::{
-    Fault, FrameDecoder, Role, Session, SessionEvent, SessionState, TxFrame,
-};
+use crate::messenger::protocol::{Fault, FrameDecoder, Role, Session, SessionEvent, SessionState};
 use crate::messenger::{Connection, Message, Policy, Shared};
 use crate::ring::mpsc;
 use crate::stack::{ConnectedSocket, ServerSocket, SocketOptions, StackWorker};
@@ -500,11 +498,8 @@ impl Worker {
         let local = self.shared.local.read().clone();
         if let Some(Entry::Pending(p)) = self.entries.get_mut(t) {
             tracing::warn!(peer = %p.peer, ?status, reason, "handshake refused");
-            let frames: Vec<TxFrame> = Session::refusal(&local, status, reason);
-            let mut iov = Vec::new();
-            for f in &frames {
-                f.io_slices(0, &mut iov, IOV_MAX);
-            }
+            let bytes = Session::refusal(&local, status, reason);
+            let iov = [IoSlice::new(&bytes)];
             // Best effort: the peer learns why before we close.
             let _ = p.socket.writev(&iov);
         }

@@ -309,7 +309,8 @@ mod tests {
             &[10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
         );
         assert_eq!(&b[72..74], &6u16.to_le_bytes());
-        assert_eq!(&b[74..80], &[0; 6]);
+        assert_eq!(&b[74..78], &5u32.to_le_bytes());
+        assert_eq!(&b[78..80], &[0; 2]);
         assert_eq!(&b[80..], b"osd.12");
         assert_eq!(parse_hello(&b), Ok(sample()));
     }

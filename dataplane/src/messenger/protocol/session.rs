@@ -8,12 +8,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::buf::Buf;
 use crate::messenger::Message;
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
-use super::frame::TxKind;
+use super::frame::{IovBuilder, TxKind};
 use super::{Frame, OutQueue, Queued, TxFrame};
+
+/// Staging bytes framed ahead of the socket at most (plus one frame).
+const STAGE_MAX: usize = 256 * 1024;
+/// Payload buffers sent by reference framed ahead at most (stays under `IOV_MAX`).
+const MAX_EXTERNAL: usize = 768;
 
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +141,7 @@ impl Default for SessionConfig {
             peer_timeout: Duration::from_secs(15),
             handshake_timeout: Duration::from_secs(10),
             lossy_max_age: Duration::ZERO,
-            max_tx_frames: 512,
+            max_tx_frames: 4096,
             ack_every: 128,
             ack_delay: Duration::from_millis(2),
         }
@@ -233,6 +237,8 @@ pub struct Session {
     /// Lossless: messages from a failed transport, to send again first (seq kept).
     resend: VecDeque<(u64, Message)>,
     tx: VecDeque<TxFrame>,
+    /// Staged bytes of the frames in `tx` (see `TxFrame`); cleared whenever `tx` empties.
+    stage: Vec<u8>,
     tx_off: usize,
     /// Lossless: written, waiting for the peer's ack.
     sent: VecDeque<(u64, Message)>,
@@ -264,6 +270,7 @@ impl Session {
             out: OutQueue::default(),
             resend: VecDeque::new(),
             tx: VecDeque::new(),
+            stage: Vec::with_capacity(STAGE_MAX + 4096),
             tx_off: 0,
             sent: VecDeque::new(),
             out_seq: 0,
@@ -368,15 +375,38 @@ impl Session {
                 Vec::new()
             }
         };
+        self.push_frame(tag, 0, &body);
+    }
+
+    /// Stages a control frame (no payload) with `flags` and the current ack.
+    fn push_frame(&mut self, tag: Tag, flags: u8, front: &[u8]) {
         let head = FrameHead {
             tag: tag as u8,
+            flags,
+            ack: if flags & wire::FLAG_ACK_VALID != 0 {
+                self.in_seq
+            } else {
+                0
+            },
             ..FrameHead::default()
         };
-        self.tx.push_back(TxFrame::new(
-            head,
-            Some(Buf::from_vec(body)),
-            TxKind::Control,
-        ));
+        let f = TxFrame::encode(&mut self.stage, head, front, TxKind::Control);
+        self.tx.push_back(f);
+    }
+
+    fn push_close(&mut self, code: u16, reason: &str) {
+        let body = wire::encode_close(&wire::Close {
+            code,
+            reason: reason.to_owned(),
+        });
+        self.push_frame(Tag::Close, 0, &body);
+    }
+
+    /// Forgets every frame waiting for the socket.
+    fn clear_tx(&mut self) {
+        self.tx.clear();
+        self.stage.clear();
+        self.tx_off = 0;
     }
 
     /// Checks a peer's hello against what we support. `Err` carries the status to reply.
@@ -408,8 +438,8 @@ impl Session {
         Ok(())
     }
 
-    /// Builds the frames that refuse a peer: a hello-reply with `status`, then a close.
-    pub fn refusal(local: &LocalIdentity, status: HelloStatus, reason: &str) -> Vec<TxFrame> {
+    /// Encodes the bytes that refuse a peer: a hello-reply with `status`, then a close.
+    pub fn refusal(local: &LocalIdentity, status: HelloStatus, reason: &str) -> Vec<u8> {
         let hello = Hello {
             proto_version: u16::from(wire::VERSION),
             entity_type: local.entity_type,
@@ -424,20 +454,24 @@ impl Session {
             name: local.name.clone(),
             lane: 0,
         };
-        let mut frames = Vec::with_capacity(2);
+        let mut stage = Vec::new();
         if let Ok(body) = wire::encode_hello(&hello) {
             let head = FrameHead {
                 tag: Tag::HelloReply as u8,
                 ..FrameHead::default()
             };
-            frames.push(TxFrame::new(
-                head,
-                Some(Buf::from_vec(body)),
-                TxKind::Control,
-            ));
+            TxFrame::encode(&mut stage, head, &body, TxKind::Control);
         }
-        frames.push(close_frame(1, reason));
-        frames
+        let body = wire::encode_close(&wire::Close {
+            code: 1,
+            reason: reason.to_owned(),
+        });
+        let head = FrameHead {
+            tag: Tag::Close as u8,
+            ..FrameHead::default()
+        };
+        TxFrame::encode(&mut stage, head, &body, TxKind::Control);
+        stage
     }
 
     /// Server: a (re)connecting client's hello, already checked with
@@ -458,8 +492,7 @@ impl Session {
         self.connect_seq = hello.connect_seq;
         self.lane = hello.lane;
         // Drop anything left from the old transport and answer first.
-        self.tx.clear();
-        self.tx_off = 0;
+        self.clear_tx();
         let reply = self.hello(HelloStatus::Ok);
         self.push_control(Tag::HelloReply, reply);
         self.state = SessionState::Open;
@@ -550,11 +583,7 @@ impl Session {
             }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
                 if f.tag == Tag::Keepalive {
-                    let head = FrameHead {
-                        tag: Tag::KeepaliveAck as u8,
-                        ..FrameHead::default()
-                    };
-                    self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
+                    self.push_frame(Tag::KeepaliveAck, 0, &[]);
                 }
             }
             (Tag::Close, _) => {
@@ -654,6 +683,7 @@ impl Session {
                     bytes += msg.len();
                 }
             }
+            self.stage.clear();
             if msgs > 0 {
                 self.events.push_back(SessionEvent::Released {
                     msgs,
@@ -671,6 +701,7 @@ impl Session {
                 resend.push_back((seq, msg));
             }
         }
+        self.stage.clear();
         resend.append(&mut self.resend);
         self.resend = resend;
         self.tx_off = 0;
@@ -689,7 +720,7 @@ impl Session {
         let open = self.state == SessionState::Open;
         self.on_fault(true);
         if open {
-            self.tx.push_back(close_frame(code, reason));
+            self.push_close(code, reason);
         }
     }
 
@@ -709,15 +740,9 @@ impl Session {
                     && now.saturating_duration_since(self.last_tx) >= ka
                     && self.tx.is_empty()
                 {
-                    let head = FrameHead {
-                        tag: Tag::Keepalive as u8,
-                        flags: wire::FLAG_ACK_VALID,
-                        ack: self.in_seq,
-                        ..FrameHead::default()
-                    };
+                    self.push_frame(Tag::Keepalive, wire::FLAG_ACK_VALID, &[]);
                     self.acked_in_seq = self.in_seq;
                     self.ack_deadline = None;
-                    self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
                     // Counts as activity so one keepalive per interval is queued.
                     self.last_tx = now;
                 }
@@ -774,7 +799,11 @@ impl Session {
             return;
         }
         let mut framed = false;
-        while self.tx.len() < self.cfg.max_tx_frames {
+        let mut external = 0usize;
+        while self.tx.len() < self.cfg.max_tx_frames
+            && self.stage.len() < STAGE_MAX
+            && external < MAX_EXTERNAL
+        {
             let (msg, from_resend) = if let Some((seq, m)) = self.resend.pop_front() {
                 debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");
                 (m, true)
@@ -805,27 +834,26 @@ impl Session {
                 ack: self.in_seq,
                 ..FrameHead::default()
             };
-            self.tx.push_back(TxFrame::new(
+            if msg.len() > super::frame::INLINE_MAX {
+                external += msg.payload.buf_count();
+            }
+            let f = TxFrame::encode(
+                &mut self.stage,
                 head,
-                None,
+                &[],
                 TxKind::Message {
                     seq: self.out_seq,
                     msg,
                 },
-            ));
+            );
+            self.tx.push_back(f);
             framed = true;
         }
         if framed {
             self.acked_in_seq = self.in_seq;
             self.ack_deadline = None;
         } else if self.ack_due(now) {
-            let head = FrameHead {
-                tag: Tag::Ack as u8,
-                flags: wire::FLAG_ACK_VALID,
-                ack: self.in_seq,
-                ..FrameHead::default()
-            };
-            self.tx.push_back(TxFrame::new(head, None, TxKind::Control));
+            self.push_frame(Tag::Ack, wire::FLAG_ACK_VALID, &[]);
             self.acked_in_seq = self.in_seq;
             self.ack_deadline = None;
         }
@@ -834,15 +862,18 @@ impl Session {
     /// Fills `out` with the gather list of the framed output, at most `max_iov` slices.
     /// Returns the number of bytes those slices cover.
     pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+        let start = out.len();
+        let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
         for f in &self.tx {
-            if out.len() >= max_iov {
+            if !b.has_room() {
                 break;
             }
-            f.io_slices(skip, out, max_iov);
+            b.frame(f, skip);
             skip = 0;
         }
-        out.iter().map(|s| s.len()).sum()
+        b.finish();
+        out[start..].iter().map(|s| s.len()).sum()
     }
 
     /// True when framed output is waiting for the socket.
@@ -879,6 +910,10 @@ impl Session {
                 }
             }
         }
+        if self.tx.is_empty() {
+            self.stage.clear();
+            self.tx_off = 0;
+        }
         if msgs > 0 {
             self.events.push_back(SessionEvent::Released {
                 msgs,
@@ -888,16 +923,4 @@ impl Session {
         }
         written
     }
-}
-
-fn close_frame(code: u16, reason: &str) -> TxFrame {
-    let body = wire::encode_close(&wire::Close {
-        code,
-        reason: reason.to_owned(),
-    });
-    let head = FrameHead {
-        tag: Tag::Close as u8,
-        ..FrameHead::default()
-    };
-    TxFrame::new(head, Some(Buf::from_vec(body)), TxKind::Control)
 }

@@ -468,15 +468,7 @@ fn version_and_feature_mismatch_are_refused() {
         HelloStatus::FeatureMismatch
     );
     // The refusal reaches the client as a clear, permanent fault.
-    let frames = Session::refusal(&local, HelloStatus::FeatureMismatch, "no");
-    let mut bytes = Vec::new();
-    for fr in &frames {
-        let mut iov = Vec::new();
-        fr.io_slices(0, &mut iov, 16);
-        for s in iov {
-            bytes.extend_from_slice(&s);
-        }
-    }
+    let bytes = Session::refusal(&local, HelloStatus::FeatureMismatch, "no");
     let f = feed(&mut p.cd, &p.pool, &bytes, 100).unwrap().remove(0);
     let err = p.c.handle_frame(f, p.now).unwrap_err();
     assert!(matches!(
