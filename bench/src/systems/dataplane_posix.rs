@@ -74,20 +74,10 @@ fn server(workers: u32, d: Arc<Sink>) -> Result<(Messenger, SocketAddr)> {
     Ok((m, addr))
 }
 
-/// Sends until accepted (backpressure: the queue or the ring is full).
+/// Sends, waiting under backpressure (the library parks the thread until the queue drains).
 fn send(conn: &Connection, msg: Message) -> Result<()> {
-    let mut m = msg;
-    loop {
-        match conn.send(m) {
-            Ok(()) => return Ok(()),
-            Err(e) if conn.is_closed() => bail!("connection closed: {e}"),
-            Err(e) => {
-                m = e.message;
-                std::hint::spin_loop();
-                std::thread::yield_now();
-            }
-        }
-    }
+    conn.send_wait(msg, Duration::from_secs(60))
+        .map_err(|e| anyhow::anyhow!("send failed: {e}"))
 }
 
 fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> Result<()> {

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
 use crate::error::{SendError, SendErrorKind};
@@ -40,6 +41,10 @@ pub(crate) struct ConnShared {
     max_bytes: usize,
     max_message: usize,
     counters: Arc<Counters>,
+    /// Senders parked in `send_wait` (checked by `release` before taking the lock).
+    waiters: AtomicUsize,
+    wait_lock: Mutex<()>,
+    wait_cond: Condvar,
 }
 
 /// A cheap, clonable, thread-safe handle on one connection. `send` puts the message on the
@@ -93,6 +98,9 @@ impl Connection {
                 max_bytes,
                 max_message,
                 counters,
+                waiters: AtomicUsize::new(0),
+                wait_lock: Mutex::new(()),
+                wait_cond: Condvar::new(),
             }),
         }
     }
@@ -237,9 +245,71 @@ impl Connection {
         }
     }
 
+    /// Sends, waiting (parked, not spinning) while the connection's queue is full, until
+    /// `timeout` passes. A full queue drains as the peer acknowledges; the waiter is woken
+    /// when the queue is back under half its limits. Errors other than backpressure (closed,
+    /// too large) return at once; on time-out the last `QueueFull` error is returned.
+    #[allow(clippy::result_large_err)] // see `send`
+    pub fn send_wait(&self, msg: Message, timeout: Duration) -> Result<(), SendError> {
+        let mut e = match self.send(msg) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // Only a refused send pays for reading the clock.
+        let deadline = Instant::now() + timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            match e.kind {
+                SendErrorKind::QueueFull { .. } => {
+                    let s = &*self.shared;
+                    s.waiters.fetch_add(1, Ordering::SeqCst);
+                    let mut g = s.wait_lock.lock();
+                    // Checked under the lock; `release` notifies under the lock, so a release
+                    // between this check and the wait cannot be missed.
+                    if !self.below_low_water() && !self.is_closed() {
+                        s.wait_cond.wait_until(&mut g, deadline);
+                    }
+                    drop(g);
+                    s.waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+                SendErrorKind::RingFull => {
+                    // The worker is draining its ring; give it the CPU.
+                    std::thread::sleep(Duration::from_micros(20));
+                }
+                _ => return Err(e),
+            }
+            e = match self.send(e.message) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+        }
+    }
+
+    fn below_low_water(&self) -> bool {
+        let s = &*self.shared;
+        s.queued_msgs.load(Ordering::SeqCst) <= s.max_msgs / 2
+            && s.queued_bytes.load(Ordering::SeqCst) <= s.max_bytes / 2
+    }
+
     pub(crate) fn release(&self, msgs: usize, bytes: usize) {
-        self.shared.queued_msgs.fetch_sub(msgs, Ordering::Relaxed);
-        self.shared.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let s = &*self.shared;
+        s.queued_msgs.fetch_sub(msgs, Ordering::SeqCst);
+        s.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        if s.waiters.load(Ordering::SeqCst) > 0 && self.below_low_water() {
+            let _g = s.wait_lock.lock();
+            s.wait_cond.notify_all();
+        }
+    }
+
+    /// Wakes senders parked in `send_wait` (the connection closed).
+    pub(crate) fn wake_waiters(&self) {
+        let s = &*self.shared;
+        if s.waiters.load(Ordering::SeqCst) > 0 {
+            let _g = s.wait_lock.lock();
+            s.wait_cond.notify_all();
+        }
     }
 
     pub(crate) fn worker_index(&self) -> Option<usize> {

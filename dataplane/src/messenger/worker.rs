@@ -98,6 +98,8 @@ pub(crate) struct Worker {
     pool: BufPool,
     entries: Slab<Entry>,
     by_id: HashMap<u64, usize>,
+    /// (connection id, token) of the last lookup; id 0 is never used.
+    last_lookup: (u64, usize),
     dirty: Vec<usize>,
     read_again: Vec<usize>,
     read_blocked: Vec<usize>,
@@ -133,6 +135,7 @@ impl Worker {
             pool,
             entries: Slab::new(),
             by_id: HashMap::new(),
+            last_lookup: (0, 0),
             dirty: Vec::new(),
             read_again: Vec::new(),
             read_blocked: Vec::new(),
@@ -204,7 +207,7 @@ impl Worker {
 
     fn on_command(&mut self, c: Command) {
         match c {
-            Command::Send { conn, msg } => match self.by_id.get(&conn).copied() {
+            Command::Send { conn, msg } => match self.lookup(conn) {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
                         st.session.queue(msg, self.now);
@@ -229,6 +232,18 @@ impl Worker {
             }
             Command::Shutdown => self.stopping = true,
         }
+    }
+
+    /// Token of connection `id`; consecutive sends usually target the same connection, so the
+    /// last answer is cached.
+    #[inline]
+    fn lookup(&mut self, id: u64) -> Option<usize> {
+        if self.last_lookup.0 == id {
+            return Some(self.last_lookup.1);
+        }
+        let t = self.by_id.get(&id).copied()?;
+        self.last_lookup = (id, t);
+        Some(t)
     }
 
     fn listen(&mut self, addr: SocketAddr, ports: Option<(u16, u16)>) -> Result<SocketAddr, Error> {
@@ -869,6 +884,9 @@ impl Worker {
             s.shutdown();
         }
         self.by_id.remove(&st.handle.id());
+        if self.last_lookup.0 == st.handle.id() {
+            self.last_lookup = (0, 0);
+        }
         self.shared.workers[self.index]
             .load
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -876,6 +894,7 @@ impl Worker {
             .shared
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
+        st.handle.wake_waiters();
         self.shared.forget_session(&st.handle);
         if notify_reset {
             Counters::add(&self.shared.counters.resets, 1);

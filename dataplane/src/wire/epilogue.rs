@@ -10,7 +10,7 @@ pub const EPILOGUE_LEN: usize = 4;
 /// The result equals the crc32c of the concatenation of the parts, however
 /// the payload is split.
 pub fn payload_crc<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> u32 {
-    parts.into_iter().fold(0, crc32c::crc32c_append)
+    parts.into_iter().fold(0, super::crc::crc32c_append)
 }
 
 /// Encodes a payload crc as epilogue bytes (little-endian).

@@ -13,6 +13,7 @@
 //! The full byte layout is documented in `docs/wire-protocol.md`.
 
 mod close;
+mod crc;
 mod epilogue;
 mod error;
 mod hello;
@@ -20,6 +21,7 @@ mod preamble;
 mod tag;
 
 pub use close::{encode_close, parse_close, Close, CloseHead, CLOSE_HEAD_LEN, MAX_CLOSE_REASON};
+pub use crc::{crc32c, crc32c_append};
 pub use epilogue::{encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN};
 pub use error::WireError;
 pub use hello::{

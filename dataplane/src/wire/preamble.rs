@@ -103,7 +103,7 @@ impl Preamble {
     pub fn computed_crc(&self) -> u32 {
         let bytes = self.as_bytes();
         let covered = bytes.get(..PREAMBLE_CRC_OFFSET).unwrap_or(bytes);
-        crc32c::crc32c(covered)
+        super::crc::crc32c(covered)
     }
 
     /// The frame kind; errors if the tag byte is unknown.

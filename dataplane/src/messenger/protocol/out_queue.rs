@@ -1,6 +1,6 @@
 //! Per-connection out queue ordered by priority (Ceph's `out_q`), FIFO within a priority.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::messenger::Message;
@@ -14,10 +14,12 @@ pub struct Queued {
     pub since: Instant,
 }
 
-/// Messages not yet framed, highest priority first.
+/// Messages not yet framed, highest priority first. Classes are kept in a short vector
+/// sorted by priority (applications use a handful of priorities), so the common case of one
+/// priority is a single comparison.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    classes: BTreeMap<u8, VecDeque<Queued>>,
+    classes: Vec<(u8, VecDeque<Queued>)>,
     len: usize,
     bytes: usize,
 }
@@ -27,21 +29,23 @@ impl OutQueue {
     pub fn push(&mut self, q: Queued) {
         self.len += 1;
         self.bytes += q.msg.len();
-        self.classes.entry(q.msg.priority).or_default().push_back(q);
+        let p = q.msg.priority;
+        for (prio, class) in self.classes.iter_mut() {
+            if *prio == p {
+                class.push_back(q);
+                return;
+            }
+        }
+        let at = self.classes.partition_point(|(prio, _)| *prio > p);
+        self.classes.insert(at, (p, VecDeque::from([q])));
     }
 
     /// Takes the oldest message of the highest non-empty priority.
     pub fn pop(&mut self) -> Option<Queued> {
-        let mut entry = self.classes.last_entry()?;
-        let q = entry.get_mut().pop_front();
-        if entry.get().is_empty() {
-            entry.remove();
-        }
-        if let Some(q) = &q {
-            self.len -= 1;
-            self.bytes -= q.msg.len();
-        }
-        q
+        let q = self.classes.iter_mut().find_map(|(_, c)| c.pop_front())?;
+        self.len -= 1;
+        self.bytes -= q.msg.len();
+        Some(q)
     }
 
     /// Messages queued.
