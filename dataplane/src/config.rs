@@ -168,3 +168,52 @@ impl Config {
             .map_or(self.backend.as_str(), String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_only_what_it_lists() {
+        let cfg = Config::from_toml_str(
+            "workers = 4\nbackend = \"posix\"\n[inject]\nsocket_failures = 10\nseed = 7\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.workers, 4);
+        assert_eq!(
+            cfg.inject,
+            FaultInjection {
+                socket_failures: 10,
+                seed: 7
+            }
+        );
+        assert_eq!(cfg.queue_max_msgs, Config::default().queue_max_msgs);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected_with_context() {
+        let e = Config::from_toml_str("wokers = 4").unwrap_err().to_string();
+        assert!(e.contains("wokers"), "{e}");
+        let e = Config::from_toml_str("workers = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("workers"), "{e}");
+        assert!(Config::from_toml_str("bind_port_min = 9\nbind_port_max = 3").is_err());
+        assert!(Config::from_toml_str("workers = 2\nworker_backends = [\"posix\"]").is_err());
+    }
+
+    #[test]
+    fn per_worker_backends() {
+        let cfg =
+            Config::from_toml_str("workers = 2\nworker_backends = [\"posix\", \"rdma\"]").unwrap();
+        assert_eq!(cfg.backend_of(0), "posix");
+        assert_eq!(cfg.backend_of(1), "rdma");
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let cfg = Config::default();
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(Config::from_toml_str(&text).unwrap(), cfg);
+    }
+}

@@ -270,7 +270,7 @@ impl Session {
             out: OutQueue::default(),
             resend: VecDeque::new(),
             tx: VecDeque::new(),
-            stage: Vec::with_capacity(STAGE_MAX + 4096),
+            stage: Vec::new(),
             tx_off: 0,
             sent: VecDeque::new(),
             out_seq: 0,
