@@ -62,6 +62,10 @@ pub struct Config {
     pub command_ring: usize,
     /// Set TCP_NODELAY.
     pub nodelay: bool,
+    /// Kernel send buffer per socket in bytes (0 = the OS default and auto-tuning).
+    pub send_buffer_bytes: usize,
+    /// Kernel receive buffer per socket in bytes (0 = the OS default and auto-tuning).
+    pub recv_buffer_bytes: usize,
     /// Feature bits we support.
     pub features: u64,
     /// Feature bits we require of peers.
@@ -108,6 +112,8 @@ impl Default for Config {
             hugepages: true,
             command_ring: 64 * 1024,
             nodelay: true,
+            send_buffer_bytes: 0,
+            recv_buffer_bytes: 0,
             features: 0,
             required_features: 0,
             dispatch_throttle_bytes: 256 * 1024 * 1024,

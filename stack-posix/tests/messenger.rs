@@ -749,3 +749,39 @@ fn mark_down_closes_without_reset_and_peer_is_told() {
     );
     assert!(!cd.events().iter().any(|e| matches!(e, Ev::Reset(_))));
 }
+
+/// Echoes on the dispatch thread, waiting while its queue is full (backpressure end to end).
+struct BlockingEcho;
+impl Dispatcher for BlockingEcho {
+    fn dispatch(&self, c: &Connection, m: Message) {
+        let _ = c.send_wait(m, Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn backpressure_bidirectional_echo_never_stalls() {
+    // Both directions saturated at once: each worker's socket fills (WouldBlock) while its
+    // peer is also writing. A worker must then wait for writability without spinning and
+    // keep reading, or both sides stop forever (the livelock this test caught).
+    for round in 0..3 {
+        let cfg = Config {
+            workers: 2,
+            ..test_config()
+        };
+        let server = messenger("server", cfg.clone(), Arc::new(BlockingEcho), true);
+        let d = Checker::fast();
+        let client = messenger("client", cfg, d.clone(), false);
+        let conn = client.connect(addr(&server)).unwrap();
+        const N: u64 = 200_000;
+        for i in 0..N {
+            conn.send_wait(Message::new(1, payload(0, i, 128)), T)
+                .unwrap();
+        }
+        assert!(
+            wait_until(Duration::from_secs(20), || d.count() == N),
+            "round {round}: echoes stalled at {} of {N}",
+            d.count()
+        );
+        d.assert_clean();
+    }
+}

@@ -95,8 +95,11 @@ impl Shared {
             .map_or(0, |(i, _)| i)
     }
 
+    /// A connection owned by `worker`, counted in its load at once (not when the worker gets
+    /// to it), so placements made in quick succession spread out.
     fn new_conn(&self, worker: usize, addr: Option<SocketAddr>, policy: Policy) -> Connection {
         let w = &self.workers[worker];
+        w.load.fetch_add(1, Ordering::Relaxed);
         Connection::new(
             self.next_id.fetch_add(1, Ordering::Relaxed),
             addr,

@@ -80,6 +80,9 @@ struct ConnState {
     timer_at: Option<Instant>,
     closing: Option<Instant>,
     dirty: bool,
+    /// The socket refused bytes (`WouldBlock` or a short write): nothing is written until its
+    /// writable event, so a full socket never makes the flush loop spin.
+    write_blocked: bool,
 }
 
 enum Entry {
@@ -123,6 +126,8 @@ impl Worker {
         let cfg = &shared.cfg;
         let opts = SocketOptions {
             nodelay: cfg.nodelay,
+            send_buffer: (cfg.send_buffer_bytes > 0).then_some(cfg.send_buffer_bytes),
+            recv_buffer: (cfg.recv_buffer_bytes > 0).then_some(cfg.recv_buffer_bytes),
             ..SocketOptions::default()
         };
         let inject = FaultInjector::new(cfg.inject.socket_failures, cfg.inject.seed, index);
@@ -211,7 +216,7 @@ impl Worker {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
                         st.session.queue(msg, self.now);
-                        if !st.dirty {
+                        if !st.dirty && !st.write_blocked {
                             st.dirty = true;
                             self.dirty.push(t);
                         }
@@ -309,12 +314,10 @@ impl Worker {
             timer_at: None,
             closing: None,
             dirty: false,
+            write_blocked: false,
         };
         let t = self.entries.insert(Entry::Conn(Box::new(st)));
         self.by_id.insert(handle.id(), t);
-        self.shared.workers[self.index]
-            .load
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         t
     }
 
@@ -345,6 +348,7 @@ impl Worker {
             Ok(mut s) => match s.register(self.center.registry(), Token(t)) {
                 Ok(()) => {
                     st.socket = Some(s);
+                    st.write_blocked = false;
                     st.connecting = true;
                     // Connect time-out rides on the handshake time-out.
                     let d = self.now + self.shared.session_cfg.handshake_timeout;
@@ -365,6 +369,9 @@ impl Worker {
             Some(Entry::Listener(_)) => self.accept(t),
             Some(Entry::Pending(_)) => self.pending_readable(t),
             Some(Entry::Conn(st)) => {
+                if writable {
+                    st.write_blocked = false;
+                }
                 if st.connecting && (writable || readable) {
                     let r = match st.socket.as_mut() {
                         Some(s) => s.finish_connect(),
@@ -560,6 +567,7 @@ impl Worker {
             return;
         };
         st.socket = Some(socket);
+        st.write_blocked = false;
         st.decoder = decoder;
         st.connecting = false;
         st.session.accept_hello(&hello, self.now);
@@ -683,7 +691,7 @@ impl Worker {
                 SessionEvent::Duplicate => Counters::add(&c.duplicates, 1),
             }
         }
-        if st.session.wants_write(self.now) && !st.dirty {
+        if st.session.wants_write(self.now) && !st.dirty && !st.write_blocked {
             st.dirty = true;
             self.dirty.push(t);
         }
@@ -738,7 +746,7 @@ impl Worker {
 
     fn mark_dirty(&mut self, t: usize) {
         if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-            if !st.dirty {
+            if !st.dirty && !st.write_blocked {
                 st.dirty = true;
                 self.dirty.push(t);
             }
@@ -791,10 +799,14 @@ impl Worker {
                     Counters::add(&self.shared.counters.msgs_out, written);
                     if n < total {
                         // Short write: the socket buffer is full; writability will call us back.
+                        st.write_blocked = true;
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.write_blocked = true;
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fault(t, Fault::Io(e)),
             }
