@@ -131,7 +131,8 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    finish(&machine, &rows, backend, &args.common)?;
+    let extras = measure_extras(&rows);
+    finish(&machine, &rows, &extras, backend, &args.common)?;
     eprintln!(
         "{} rows in {:.1} s",
         rows.len(),
@@ -140,8 +141,33 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Idle connections opened to measure memory per connection.
+const IDLE_CONNECTIONS: usize = 500;
+
+/// Figures that are not rows: memory per idle dataplane connection, measured when the run
+/// included a dataplane-posix row.
+fn measure_extras(rows: &[Row]) -> report::json::Extras {
+    let mut extras = report::json::Extras::default();
+    if rows
+        .iter()
+        .any(|r| r.system == systems::dataplane_posix::NAME)
+    {
+        match systems::dataplane_posix::idle_connection_bytes(IDLE_CONNECTIONS) {
+            Ok(b) => extras.dataplane_idle_connection_bytes = Some(b),
+            Err(e) => eprintln!("warning: idle-connection memory not measured: {e:#}"),
+        }
+    }
+    extras
+}
+
 /// Prints the table and writes the optional JSON and plot files.
-fn finish(machine: &Machine, rows: &[Row], backend: Backend, common: &CommonArgs) -> Result<()> {
+fn finish(
+    machine: &Machine,
+    rows: &[Row],
+    extras: &report::json::Extras,
+    backend: Backend,
+    common: &CommonArgs,
+) -> Result<()> {
     let load = machine
         .load_average_1m
         .map(|l| format!(", load average {l:.2} at start"))
@@ -151,8 +177,14 @@ fn finish(machine: &Machine, rows: &[Row], backend: Backend, common: &CommonArgs
         machine.cpu_model, machine.cores, machine.kernel
     );
     print!("{}", report::table::render(rows, backend));
+    if let Some(b) = extras.dataplane_idle_connection_bytes {
+        println!(
+            "\nMemory per idle dataplane-posix connection: {:.1} KiB (user-space RSS, both ends, {IDLE_CONNECTIONS} connections)",
+            b as f64 / 1024.0
+        );
+    }
     if let Some(path) = &common.json {
-        report::json::write(path, machine, rows)?;
+        report::json::write(path, machine, rows, extras)?;
         eprintln!("wrote {}", path.display());
     }
     if let Some(path) = &common.plot {
@@ -241,5 +273,11 @@ fn run_client(args: ClientArgs) -> Result<()> {
             rows.push(row);
         }
     }
-    finish(&machine, &rows, Backend::Posix, &args.common)
+    finish(
+        &machine,
+        &rows,
+        &report::json::Extras::default(),
+        Backend::Posix,
+        &args.common,
+    )
 }

@@ -207,6 +207,70 @@ pub fn pingpong(size: usize, duration: Duration) -> Result<Row> {
     Ok(row)
 }
 
+/// Resident set size of this process in bytes (`/proc/self/statm`).
+fn rss_bytes() -> Result<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").context("reading /proc/self/statm")?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .context("malformed /proc/self/statm")?
+        .parse()
+        .context("malformed /proc/self/statm")?;
+    Ok(pages * 4096)
+}
+
+/// User-space memory per idle lossless connection, both ends included (client and server
+/// messengers in this process): RSS growth from `n` to `2n` idle connections, divided by
+/// `n` (the first `n` bring the buffer pools to steady state). Kernel socket buffers are not
+/// in RSS and not counted.
+pub fn idle_connection_bytes(n: usize) -> Result<u64> {
+    let (srv, addr) = server(1, sink(false))?;
+    let client = messenger("bench-client", 1, sink(false))?;
+    // Warm up: pools, first connection, thread stacks.
+    let first = client.open(addr, Policy::lossless_client())?;
+    send(&first, Message::new(1, Buf::from_static(b"warm-up")))?;
+    let ready = |want: u64| {
+        let end = Instant::now() + Duration::from_secs(30);
+        while srv.counters().accepted < want && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        srv.counters().accepted >= want
+    };
+    if !ready(1) {
+        bail!("warm-up connection never completed");
+    }
+    // First batch: brings the receive pools to their steady state (their pages are pool
+    // memory, bounded per worker, not per connection).
+    let mut conns: Vec<Connection> = (0..n)
+        .map(|_| client.open(addr, Policy::lossless_client()))
+        .collect::<Result<_, _>>()?;
+    if !ready(n as u64 + 1) {
+        bail!(
+            "only {} of {n} idle connections completed",
+            srv.counters().accepted - 1
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let before = rss_bytes()?;
+    // Second batch: what n more idle connections cost.
+    for _ in 0..n {
+        conns.push(client.open(addr, Policy::lossless_client())?);
+    }
+    if !ready(2 * n as u64 + 1) {
+        bail!(
+            "only {} of {} idle connections completed",
+            srv.counters().accepted - 1,
+            2 * n
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let after = rss_bytes()?;
+    drop(conns);
+    client.shutdown();
+    srv.shutdown();
+    Ok(after.saturating_sub(before) / n as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -447,7 +447,10 @@ impl Worker {
                     return self.drop_pending(t);
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    p.decoder.release_idle();
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(peer = %p.peer, error = %e, "read failed before hello");
@@ -614,7 +617,11 @@ impl Worker {
                         return self.fault(t, fault);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Drained: an idle connection keeps no receive buffer.
+                    st.decoder.release_idle();
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.fault(t, Fault::Io(e)),
             }

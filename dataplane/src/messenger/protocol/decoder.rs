@@ -42,6 +42,15 @@ impl FrameDecoder {
         self.copied
     }
 
+    /// Lets go of the receive buffer when no partial frame is pending, so an idle connection
+    /// holds no buffer (the next read takes a fresh one from the pool).
+    pub fn release_idle(&mut self) {
+        if self.pending() == 0 {
+            self.rx = None;
+            self.need = 0;
+        }
+    }
+
     /// Bytes received but not yet decoded (a partial frame).
     pub fn pending(&self) -> usize {
         self.rx.as_ref().map_or(0, |b| b.len())
