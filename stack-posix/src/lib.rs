@@ -189,6 +189,10 @@ impl ConnectedSocket for PosixSocket {
         self.inner.write_vectored(iov)
     }
 
+    fn short_read_drains(&self) -> bool {
+        true
+    }
+
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.peer)
     }

@@ -89,7 +89,7 @@ fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> Result<()> {
                 counter.load(Ordering::Acquire)
             );
         }
-        std::thread::yield_now();
+        std::thread::sleep(Duration::from_micros(200));
     }
     Ok(())
 }
@@ -154,54 +154,97 @@ pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -
     Ok(row)
 }
 
-/// Ping-pong of `size`-byte messages on one lossless connection; full round trip.
-pub fn pingpong(size: usize, duration: Duration) -> Result<Row> {
-    let (srv, addr) = server(1, sink(true))?;
-    let replies = sink(false);
-    let client = messenger("bench-client", 1, replies.clone())?;
-    let conn = client.connect(addr)?;
-    let payload = Buf::from_vec(vec![0x5A; size]);
-    let mut recorder = LatencyRecorder::new()?;
-    let warm_until = Instant::now() + warmup(duration);
-    let mut start = Instant::now();
-    let mut deadline = warm_until + duration;
-    let mut warming = true;
-    let mut n = 0u64;
-    loop {
-        let t0 = Instant::now();
-        if warming && t0 >= warm_until {
-            warming = false;
-            start = t0;
-            deadline = t0 + duration;
+/// Client side of the ping-pong: runs on the client's worker thread (fast dispatch), records
+/// the round trip of each pong and sends the next ping at once — run to completion, the way a
+/// latency-sensitive application uses the messenger (no hop to an application thread).
+struct Pinger {
+    payload: Buf,
+    state: std::sync::Mutex<PingState>,
+    done: AtomicU64,
+}
+
+struct PingState {
+    sent_at: Instant,
+    warm_until: Instant,
+    start: Instant,
+    deadline: Instant,
+    duration: Duration,
+    recorder: LatencyRecorder,
+    error: Option<String>,
+}
+
+impl Dispatcher for Pinger {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, _m: Message) {
+        let now = Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if now < st.warm_until {
+            // still warming up
+        } else if st.start < st.warm_until {
+            st.start = now;
+            st.deadline = now + st.duration;
+        } else {
+            let rtt = now - st.sent_at;
+            st.recorder.record(rtt);
         }
-        if t0 >= deadline {
-            break;
+        if now >= st.deadline && st.start >= st.warm_until {
+            self.done.store(1, Ordering::Release);
+            return;
         }
-        send(&conn, Message::new(1, payload.clone()))?;
-        n += 1;
-        // Spin briefly, then yield: on a 2-core box the workers need the CPU.
-        let mut spins = 0u32;
-        while replies.msgs.load(Ordering::Acquire) < n {
-            spins += 1;
-            if spins > 200 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-            if spins % 4096 == 0 && t0.elapsed() > Duration::from_secs(10) {
-                bail!("no reply within 10 s");
-            }
-        }
-        if !warming {
-            recorder.record(t0.elapsed());
+        st.sent_at = Instant::now();
+        if let Err(e) = conn.send(Message::new(1, self.payload.clone())) {
+            st.error = Some(e.to_string());
+            self.done.store(1, Ordering::Release);
         }
     }
-    let elapsed = start.elapsed();
+}
+
+/// Ping-pong of `size`-byte messages on one lossless connection; full round trip measured on
+/// the client's worker thread.
+pub fn pingpong(size: usize, duration: Duration) -> Result<Row> {
+    let (srv, addr) = server(1, sink(true))?;
+    let now = Instant::now();
+    let pinger = Arc::new(Pinger {
+        payload: Buf::from_vec(vec![0x5A; size]),
+        state: std::sync::Mutex::new(PingState {
+            sent_at: now,
+            warm_until: now + warmup(duration),
+            start: now,
+            deadline: now + warmup(duration) + duration,
+            duration,
+            recorder: LatencyRecorder::new()?,
+            error: None,
+        }),
+        done: AtomicU64::new(0),
+    });
+    let client = Messenger::builder("bench-client")
+        .config(config(1))
+        .stack(Arc::new(PosixStack::new()))
+        .dispatcher(pinger.clone())
+        .build()
+        .context("building the ping-pong client")?;
+    client.start()?;
+    let conn = client.connect(addr)?;
+    send(&conn, Message::new(1, pinger.payload.clone()))?;
+    wait_for(&pinger.done, 1, duration + Duration::from_secs(30))?;
+    let st = pinger
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("ping-pong state poisoned"))?;
+    if let Some(e) = &st.error {
+        bail!("ping-pong send failed: {e}");
+    }
+    let elapsed = st.deadline.saturating_duration_since(st.start);
     let mut row = Row::new(NAME, "pingpong", size, 1);
     row.workers = Some(1);
-    row.msgs_per_sec = Some(recorder.len() as f64 / elapsed.as_secs_f64());
+    row.msgs_per_sec = Some(st.recorder.len() as f64 / elapsed.as_secs_f64());
     row.duration_secs = Some(elapsed.as_secs_f64());
-    recorder.fill(&mut row);
+    st.recorder.fill(&mut row);
+    drop(st);
     client.shutdown();
     srv.shutdown();
     Ok(row)

@@ -35,6 +35,8 @@ pub enum Fired {
         writable: bool,
         /// The source reported an error condition.
         error: bool,
+        /// The peer closed its side (or the source failed): read until end of stream.
+        closed: bool,
     },
     /// A timer added with [`EventCenter::add_timer`] is due.
     Timer {
@@ -194,6 +196,7 @@ impl EventCenter {
                 readable: ev.is_readable() || ev.is_read_closed(),
                 writable: ev.is_writable(),
                 error: ev.is_error(),
+                closed: ev.is_read_closed() || ev.is_error(),
             });
         }
         self.timers.pop_due(Instant::now(), out);

@@ -185,7 +185,8 @@ impl Worker {
                         readable,
                         writable,
                         error,
-                    } => self.on_file(token.0, readable || error, writable),
+                        closed,
+                    } => self.on_file(token.0, readable || error, writable, closed),
                     Fired::Timer { key } => self.on_timer(key as usize),
                 }
             }
@@ -364,7 +365,7 @@ impl Worker {
         }
     }
 
-    fn on_file(&mut self, t: usize, readable: bool, writable: bool) {
+    fn on_file(&mut self, t: usize, readable: bool, writable: bool, closed: bool) {
         match self.entries.get_mut(t) {
             Some(Entry::Listener(_)) => self.accept(t),
             Some(Entry::Pending(_)) => self.pending_readable(t),
@@ -388,7 +389,7 @@ impl Worker {
                     }
                 }
                 if readable {
-                    self.conn_readable(t);
+                    self.conn_readable_until(t, closed);
                 }
                 if writable {
                     self.mark_dirty(t);
@@ -581,6 +582,12 @@ impl Worker {
     }
 
     fn conn_readable(&mut self, t: usize) {
+        self.conn_readable_until(t, true);
+    }
+
+    /// Reads and decodes. With `to_eof` false and a stack whose short reads prove the socket
+    /// drained, stops at the first short read instead of reading again for `WouldBlock`.
+    fn conn_readable_until(&mut self, t: usize, to_eof: bool) {
         let now = self.now;
         for _ in 0..READS_PER_TURN {
             if self.shared.dispatch.over_throttle() {
@@ -603,15 +610,25 @@ impl Worker {
             if st.connecting {
                 return;
             }
+            let stop_short = !to_eof && sock.short_read_drains();
             let buf = st.decoder.read_buf(&self.pool);
+            let offered = buf.remaining();
             match sock.read(buf) {
                 Ok(0) => {
                     let mid_frame = st.decoder.pending() > 0;
                     return self.fault(t, Fault::Eof { mid_frame });
                 }
-                Ok(_) => {
+                Ok(n) => {
                     let session = &mut st.session;
                     let r = st.decoder.decode(|f| session.handle_frame(f, now));
+                    if stop_short && n < offered {
+                        st.decoder.release_idle();
+                        self.poll_session(t);
+                        if let Err(fault) = r {
+                            return self.fault(t, fault);
+                        }
+                        return;
+                    }
                     self.poll_session(t);
                     if let Err(fault) = r {
                         return self.fault(t, fault);

@@ -150,6 +150,14 @@ pub trait ConnectedSocket: Send {
     /// no copy is made in user space. Returns the bytes accepted (may be short).
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
 
+    /// True if a read that returns fewer bytes than offered proves the socket is drained, so
+    /// the caller may stop reading until the next readiness event (saving the read that would
+    /// only return `WouldBlock`). True for kernel stream sockets with edge-triggered epoll:
+    /// bytes arriving later raise a new event. Defaults to false (read until `WouldBlock`).
+    fn short_read_drains(&self) -> bool {
+        false
+    }
+
     /// The peer's address.
     fn peer_addr(&self) -> io::Result<SocketAddr>;
 
