@@ -95,3 +95,13 @@ pub enum SendErrorKind {
     #[error("connection closed")]
     Closed,
 }
+
+/// Why a batch was not accepted. Batches are all or nothing: every message is handed back.
+#[derive(Debug, thiserror::Error)]
+#[error("batch of {} messages not sent: {kind}", messages.len())]
+pub struct BatchSendError {
+    /// Why.
+    pub kind: SendErrorKind,
+    /// The messages, in order, so the caller can retry later.
+    pub messages: Vec<Message>,
+}

@@ -56,7 +56,7 @@ pub mod wire;
 pub use buf::{Buf, BufList, BufMut, BufPool, PoolConfig};
 pub use config::{Config, FaultInjection};
 pub use counters::CounterSnapshot;
-pub use error::{Error, SendError, SendErrorKind};
+pub use error::{BatchSendError, Error, SendError, SendErrorKind};
 pub use messenger::{
     priority, Connection, Dispatcher, Message, Messenger, MessengerBuilder, Policy,
 };

@@ -785,3 +785,42 @@ fn backpressure_bidirectional_echo_never_stalls() {
         d.assert_clean();
     }
 }
+
+#[test]
+fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
+    let d = Checker::fast();
+    let server = messenger("server", test_config(), d.clone(), true);
+    let client = messenger(
+        "client",
+        Config {
+            queue_max_msgs: 1000,
+            ..test_config()
+        },
+        Checker::fast(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    let mut next = 0u64;
+    for _ in 0..400 {
+        let batch: Vec<Message> = (0..250)
+            .map(|_| {
+                next += 1;
+                Message::new(1, payload(0, next - 1, 64 + (next % 300) as usize))
+            })
+            .collect();
+        conn.send_batch_wait(batch, T).unwrap();
+    }
+    assert!(wait_until(T, || d.count() == 100_000), "got {}", d.count());
+    d.assert_clean();
+    // A batch over the queue limit is refused whole, and every message comes back in order.
+    let big: Vec<Message> = (0..1001)
+        .map(|i| Message::new(1, payload(1, i, 64)))
+        .collect();
+    let e = conn.send_batch(big).unwrap_err();
+    assert!(matches!(e.kind, SendErrorKind::QueueFull { .. }), "{e}");
+    assert_eq!(e.messages.len(), 1001);
+    assert_eq!(
+        &e.messages[1000].payload.to_vec()[4..12],
+        &1000u64.to_le_bytes()
+    );
+}

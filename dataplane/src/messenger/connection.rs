@@ -8,7 +8,7 @@ use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
-use crate::error::{SendError, SendErrorKind};
+use crate::error::{BatchSendError, SendError, SendErrorKind};
 use crate::messenger::dispatch::{DispatchQueue, Item};
 use crate::messenger::protocol::PeerIdentity;
 use crate::messenger::worker::Command;
@@ -220,6 +220,116 @@ impl Connection {
         }
     }
 
+    /// Queues a batch of messages with one queue reservation, one ring slot and at most one
+    /// wake-up of the worker (the counterpart of a sink's `feed` … `flush`). All or nothing:
+    /// when the queue limit would be exceeded, the ring is full, a message is too large or the
+    /// connection is closed, every message is handed back. A batch larger than the queue limit
+    /// can never be accepted; split it.
+    pub fn send_batch(&self, msgs: Vec<Message>) -> Result<(), BatchSendError> {
+        let s = &*self.shared;
+        let fail = |kind, messages| Err(BatchSendError { kind, messages });
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        if s.closed.load(Ordering::Acquire) {
+            return fail(SendErrorKind::Closed, msgs);
+        }
+        let mut total = 0usize;
+        for m in &msgs {
+            if m.len() > s.max_message {
+                let kind = SendErrorKind::TooLarge {
+                    len: m.len(),
+                    max: s.max_message,
+                };
+                return fail(kind, msgs);
+            }
+            total += m.len();
+        }
+        let n = msgs.len();
+        match &s.route {
+            Route::Local(dq) => {
+                Counters::add(&s.counters.local_delivered, n as u64);
+                for m in msgs {
+                    dq.push(Item::Message(self.clone(), m));
+                }
+                Ok(())
+            }
+            Route::Worker { ring, doorbell, .. } => {
+                let q_msgs = s.queued_msgs.fetch_add(n, Ordering::Relaxed) + n;
+                let q_bytes = s.queued_bytes.fetch_add(total, Ordering::Relaxed) + total;
+                if q_msgs > s.max_msgs || q_bytes > s.max_bytes {
+                    self.release(n, total);
+                    Counters::add(&s.counters.send_refused, 1);
+                    let kind = SendErrorKind::QueueFull {
+                        msgs: q_msgs - n,
+                        bytes: q_bytes - total,
+                        max_msgs: s.max_msgs,
+                        max_bytes: s.max_bytes,
+                    };
+                    return fail(kind, msgs);
+                }
+                match ring.push(Command::SendBatch { conn: s.id, msgs }) {
+                    Ok(()) => {
+                        doorbell.ring();
+                        Ok(())
+                    }
+                    Err(cmd) => {
+                        self.release(n, total);
+                        Counters::add(&s.counters.send_refused, 1);
+                        doorbell.ring();
+                        let messages = match cmd {
+                            Command::SendBatch { msgs, .. } => msgs,
+                            _ => unreachable!("pushed a SendBatch"),
+                        };
+                        fail(SendErrorKind::RingFull, messages)
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Connection::send_batch`], waiting (parked) while the queue is full, until `timeout`.
+    pub fn send_batch_wait(
+        &self,
+        msgs: Vec<Message>,
+        timeout: Duration,
+    ) -> Result<(), BatchSendError> {
+        let mut e = match self.send_batch(msgs) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(e);
+            }
+            match e.kind {
+                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline),
+                SendErrorKind::RingFull => std::thread::sleep(Duration::from_micros(20)),
+                _ => return Err(e),
+            }
+            e = match self.send_batch(e.messages) {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+        }
+    }
+
+    /// Parks until the queue is back under half its limits, the connection closes, or
+    /// `deadline` passes.
+    fn wait_for_room(&self, deadline: Instant) {
+        let s = &*self.shared;
+        s.waiters.fetch_add(1, Ordering::SeqCst);
+        let mut g = s.wait_lock.lock();
+        // Checked under the lock; `release` notifies under the lock, so a release between
+        // this check and the wait cannot be missed.
+        if !self.below_low_water() && !self.is_closed() {
+            s.wait_cond.wait_until(&mut g, deadline);
+        }
+        drop(g);
+        s.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
     /// Closes the connection: queued messages are dropped, the peer is told, and no
     /// reconnect happens. No `handle_reset` is delivered for a connection closed this way.
     pub fn mark_down(&self) {
@@ -262,18 +372,7 @@ impl Connection {
                 return Err(e);
             }
             match e.kind {
-                SendErrorKind::QueueFull { .. } => {
-                    let s = &*self.shared;
-                    s.waiters.fetch_add(1, Ordering::SeqCst);
-                    let mut g = s.wait_lock.lock();
-                    // Checked under the lock; `release` notifies under the lock, so a release
-                    // between this check and the wait cannot be missed.
-                    if !self.below_low_water() && !self.is_closed() {
-                        s.wait_cond.wait_until(&mut g, deadline);
-                    }
-                    drop(g);
-                    s.waiters.fetch_sub(1, Ordering::SeqCst);
-                }
+                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline),
                 SendErrorKind::RingFull => {
                     // The worker is draining its ring; give it the CPU.
                     std::thread::sleep(Duration::from_micros(20));

@@ -33,6 +33,8 @@ const COMMAND_BATCH: usize = 4096;
 pub(crate) enum Command {
     /// Queue a message on a connection.
     Send { conn: u64, msg: Message },
+    /// Queue several messages on a connection, in order.
+    SendBatch { conn: u64, msgs: Vec<Message> },
     /// Open an outgoing connection.
     Connect { conn: Connection, addr: SocketAddr },
     /// Take over an accepted, handshaking socket.
@@ -224,6 +226,20 @@ impl Worker {
                     }
                 }
                 None => Counters::add(&self.shared.counters.dropped, 1),
+            },
+            Command::SendBatch { conn, msgs } => match self.lookup(conn) {
+                Some(t) => {
+                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                        for msg in msgs {
+                            st.session.queue(msg, self.now);
+                        }
+                        if !st.dirty && !st.write_blocked {
+                            st.dirty = true;
+                            self.dirty.push(t);
+                        }
+                    }
+                }
+                None => Counters::add(&self.shared.counters.dropped, msgs.len() as u64),
             },
             Command::Connect { conn, addr } => self.connect(conn, addr),
             Command::Adopt(a) => self.adopt(*a),

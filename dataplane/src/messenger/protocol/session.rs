@@ -334,7 +334,48 @@ impl Session {
             });
             return;
         }
+        // Nothing ahead of it and room to frame: frame a small message at once (same order
+        // as queueing it, without the queue's push and pop). Large ones, anything behind a
+        // backlog, and lossy messages with an age limit (checked when dequeued) go through the
+        // priority queue.
+        if self.state == SessionState::Open
+            && self.out.is_empty()
+            && self.resend.is_empty()
+            && msg.len() <= super::frame::INLINE_MAX
+            && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
+            && self.tx.len() < self.cfg.max_tx_frames
+            && self.stage.len() < STAGE_MAX
+        {
+            self.frame_message(msg);
+            self.acked_in_seq = self.in_seq;
+            self.ack_deadline = None;
+            return;
+        }
         self.out.push(Queued { msg, since: now });
+    }
+
+    /// Frames `msg` with the next sequence number and the current ack.
+    fn frame_message(&mut self, msg: Message) {
+        self.out_seq += 1;
+        let head = FrameHead {
+            tag: Tag::Message as u8,
+            flags: wire::FLAG_ACK_VALID,
+            priority: msg.priority,
+            msg_type: msg.msg_type,
+            seq: self.out_seq,
+            ack: self.in_seq,
+            ..FrameHead::default()
+        };
+        let f = TxFrame::encode(
+            &mut self.stage,
+            head,
+            &[],
+            TxKind::Message {
+                seq: self.out_seq,
+                msg,
+            },
+        );
+        self.tx.push_back(f);
     }
 
     /// Client: the transport is connected; sends our hello.
@@ -824,29 +865,10 @@ impl Session {
                 break;
             };
             let _ = from_resend;
-            self.out_seq += 1;
-            let head = FrameHead {
-                tag: Tag::Message as u8,
-                flags: wire::FLAG_ACK_VALID,
-                priority: msg.priority,
-                msg_type: msg.msg_type,
-                seq: self.out_seq,
-                ack: self.in_seq,
-                ..FrameHead::default()
-            };
             if msg.len() > super::frame::INLINE_MAX {
                 external += msg.payload.buf_count();
             }
-            let f = TxFrame::encode(
-                &mut self.stage,
-                head,
-                &[],
-                TxKind::Message {
-                    seq: self.out_seq,
-                    msg,
-                },
-            );
-            self.tx.push_back(f);
+            self.frame_message(msg);
             framed = true;
         }
         if framed {

@@ -336,15 +336,45 @@ fn lossy_drops_messages_older_than_max_age() {
 
 #[test]
 fn priority_orders_the_wire() {
+    // Messages waiting in the out queue (here: queued before the handshake finished) leave
+    // highest priority first, FIFO within a priority.
     let mut p = Pair::new(false);
-    p.handshake();
     p.c.queue(m(1).with_priority(priority::LOW), p.now);
     p.c.queue(m(2), p.now);
     p.c.queue(m(3).with_priority(priority::HIGHEST), p.now);
     p.c.queue(m(4), p.now);
+    p.handshake();
     p.c_to_s().unwrap();
     let got: Vec<u8> = msgs(&events(&mut p.s)).iter().map(|v| v[0]).collect();
     assert_eq!(got, vec![3, 2, 4, 1]);
+}
+
+#[test]
+fn a_message_finding_room_is_framed_at_once_and_a_backlog_is_prioritised() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    // Fill the staging budget with low-priority bulk: later messages must queue.
+    let bulk = Buf::from_vec(vec![0u8; 200]);
+    let mut n = 0u8;
+    while p.c.backlog() < 2000 {
+        p.c.queue(
+            Message::new(1, bulk.clone()).with_priority(priority::LOW),
+            p.now,
+        );
+        n = n.wrapping_add(1);
+    }
+    p.c.queue(m(9).with_priority(priority::HIGHEST), p.now);
+    p.c.queue(
+        Message::new(1, bulk.clone()).with_priority(priority::LOW),
+        p.now,
+    );
+    p.c_to_s().unwrap();
+    let got = msgs(&events(&mut p.s));
+    let urgent = got.iter().position(|v| v.len() == 19 && v[0] == 9).unwrap();
+    assert!(
+        urgent < got.len() - 1,
+        "the urgent message overtakes queued bulk"
+    );
 }
 
 #[test]
