@@ -495,12 +495,7 @@ impl Messenger {
 
     /// A connection to `addr` with `policy`, reusing an open one with the same policy.
     pub fn connect_with(&self, addr: SocketAddr, policy: Policy) -> Result<Connection, Error> {
-        if !self.started.load(Ordering::Acquire) {
-            return Err(Error::NotStarted);
-        }
-        if self.stopped.load(Ordering::Acquire) {
-            return Err(Error::Shutdown);
-        }
+        self.check_running()?;
         if Some(addr) == self.addr() {
             let mut lc = self.shared.local_conn.lock();
             if let Some(c) = lc.as_ref() {
@@ -527,40 +522,49 @@ impl Messenger {
         }
         let w = self.shared.least_loaded();
         let conn = self.shared.new_conn(w, Some(addr), policy);
-        // Count it now so concurrent connects spread over workers.
+        // Registered before the worker sees it, so concurrent connects share it.
         out.insert(addr, conn.clone());
         drop(out);
-        if !self.shared.push_command(
-            w,
-            Command::Connect {
-                conn: conn.clone(),
-                addr,
-            },
-        ) {
-            return Err(Error::WorkerGone(w));
-        }
-        Ok(conn)
+        self.dial(w, conn, addr, 0)
     }
 
     /// A new connection to `addr` with `policy`, never shared with [`Messenger::connect`]:
     /// for traffic that should not queue behind other traffic to the same peer (bulk data,
     /// parallel streams). Each gets its own lane, so the peer keeps a session for each.
     pub fn open(&self, addr: SocketAddr, policy: Policy) -> Result<Connection, Error> {
+        self.check_running()?;
+        let w = self.shared.least_loaded();
+        let conn = self.shared.new_conn(w, Some(addr), policy);
+        // Lanes only need to differ between connections to the same peer; ids are unique.
+        let lane = conn.id() as u32;
+        self.dial(w, conn, addr, lane)
+    }
+
+    /// Errors unless started and not shut down.
+    fn check_running(&self) -> Result<(), Error> {
         if !self.started.load(Ordering::Acquire) {
             return Err(Error::NotStarted);
         }
         if self.stopped.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
-        let w = self.shared.least_loaded();
-        let conn = self.shared.new_conn(w, Some(addr), policy);
-        if !self.shared.push_command(
-            w,
-            Command::Connect {
-                conn: conn.clone(),
-                addr,
-            },
-        ) {
+        Ok(())
+    }
+
+    /// Hands a new outgoing connection to worker `w`.
+    fn dial(
+        &self,
+        w: usize,
+        conn: Connection,
+        addr: SocketAddr,
+        lane: u32,
+    ) -> Result<Connection, Error> {
+        let cmd = Command::Connect {
+            conn: conn.clone(),
+            addr,
+            lane,
+        };
+        if !self.shared.push_command(w, cmd) {
             return Err(Error::WorkerGone(w));
         }
         Ok(conn)

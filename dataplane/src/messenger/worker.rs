@@ -35,8 +35,12 @@ pub(crate) enum Command {
     Send { conn: u64, msg: Message },
     /// Queue several messages on a connection, in order.
     SendBatch { conn: u64, msgs: Vec<Message> },
-    /// Open an outgoing connection.
-    Connect { conn: Connection, addr: SocketAddr },
+    /// Open an outgoing connection on a lane (0 for the shared one from `connect`).
+    Connect {
+        conn: Connection,
+        addr: SocketAddr,
+        lane: u32,
+    },
     /// Take over an accepted, handshaking socket.
     Adopt(Box<Adopt>),
     /// Listen on an address (port ranges tried in order).
@@ -241,7 +245,7 @@ impl Worker {
                 }
                 None => Counters::add(&self.shared.counters.dropped, msgs.len() as u64),
             },
-            Command::Connect { conn, addr } => self.connect(conn, addr),
+            Command::Connect { conn, addr, lane } => self.connect(conn, addr, lane),
             Command::Adopt(a) => self.adopt(*a),
             Command::Listen { addr, ports, reply } => {
                 let r = self.listen(addr, ports);
@@ -338,16 +342,8 @@ impl Worker {
         t
     }
 
-    fn connect(&mut self, conn: Connection, addr: SocketAddr) {
+    fn connect(&mut self, conn: Connection, addr: SocketAddr, lane: u32) {
         let lossy = conn.policy().lossy;
-        let shared_conn = self
-            .shared
-            .outgoing
-            .lock()
-            .get(&addr)
-            .is_some_and(|c| c == &conn);
-        // The connection shared through `connect` uses lane 0; `open` gives each its own.
-        let lane = if shared_conn { 0 } else { conn.id() as u32 };
         let t = self.new_conn_state(conn, Role::Client, lossy, Some(addr));
         if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
             st.session.set_lane(lane);
