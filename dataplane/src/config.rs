@@ -70,6 +70,9 @@ pub struct Config {
     pub features: u64,
     /// Feature bits we require of peers.
     pub required_features: u64,
+    /// Most connections (established plus handshaking) accepted at once; further incoming
+    /// connections are closed at once and counted (`refused_connections`).
+    pub max_connections: usize,
     /// Stop reading from sockets while this many payload bytes wait in the dispatch queue.
     pub dispatch_throttle_bytes: usize,
     /// Fault injection for tests.
@@ -116,6 +119,7 @@ impl Default for Config {
             recv_buffer_bytes: 0,
             features: 0,
             required_features: 0,
+            max_connections: 16 * 1024,
             dispatch_throttle_bytes: 256 * 1024 * 1024,
             inject: FaultInjection::default(),
         }
@@ -161,8 +165,15 @@ impl Config {
         if self.queue_max_msgs == 0 || self.queue_max_bytes == 0 {
             return bad("queue limits must be positive".into());
         }
-        if self.command_ring < 2 {
-            return bad("command_ring must be at least 2".into());
+        if !(2..=1 << 24).contains(&self.command_ring) {
+            return bad(format!(
+                "command_ring must be between 2 and {} slots, got {}",
+                1 << 24,
+                self.command_ring
+            ));
+        }
+        if self.max_message_bytes > i32::MAX as u32 {
+            return bad("max_message_bytes must be below 2 GiB".into());
         }
         Ok(())
     }

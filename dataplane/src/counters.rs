@@ -54,6 +54,8 @@ counters! {
     send_refused,
     /// Connections accepted.
     accepted,
+    /// Incoming connections closed at once because `max_connections` was reached.
+    refused_connections,
     /// Outgoing connections established (first handshake).
     connected,
     /// Messages delivered locally without a socket.

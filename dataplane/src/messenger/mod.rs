@@ -87,6 +87,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Connections owned by all workers.
+    fn connection_count(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.load.load(Ordering::Relaxed))
+            .sum()
+    }
+
     fn least_loaded(&self) -> usize {
         self.workers
             .iter()

@@ -107,6 +107,8 @@ pub(crate) struct Worker {
     pool: BufPool,
     entries: Slab<Entry>,
     by_id: HashMap<u64, usize>,
+    /// Accepted sockets still handshaking (they count against `max_connections`).
+    pending: usize,
     /// (connection id, token) of the last lookup; id 0 is never used.
     last_lookup: (u64, usize),
     dirty: Vec<usize>,
@@ -146,6 +148,7 @@ impl Worker {
             pool,
             entries: Slab::new(),
             by_id: HashMap::new(),
+            pending: 0,
             last_lookup: (0, 0),
             dirty: Vec::new(),
             read_again: Vec::new(),
@@ -419,6 +422,13 @@ impl Worker {
             };
             match r {
                 Ok(Some((mut socket, peer))) => {
+                    let limit = self.shared.cfg.max_connections;
+                    if self.shared.connection_count() + self.pending >= limit {
+                        Counters::add(&self.shared.counters.refused_connections, 1);
+                        tracing::debug!(%peer, limit, "connection limit reached, refusing");
+                        socket.shutdown();
+                        continue;
+                    }
                     let e = self.entries.vacant_entry();
                     let pt = e.key();
                     if let Err(err) = socket.register(self.center.registry(), Token(pt)) {
@@ -432,6 +442,7 @@ impl Worker {
                         peer,
                         deadline,
                     }));
+                    self.pending += 1;
                     self.center.add_timer(deadline, pt as u64);
                     // The hello may already be there (edge-triggered: read now).
                     self.pending_readable(pt);
@@ -504,6 +515,7 @@ impl Worker {
         let Entry::Pending(p) = self.entries.remove(t) else {
             return;
         };
+        self.pending -= 1;
         let Pending {
             mut socket,
             decoder,
@@ -545,7 +557,11 @@ impl Worker {
     }
 
     fn drop_pending(&mut self, t: usize) {
+        if !matches!(self.entries.get(t), Some(Entry::Pending(_))) {
+            return;
+        }
         if let Some(Entry::Pending(mut p)) = self.entries.try_remove(t) {
+            self.pending -= 1;
             let _ = p.socket.deregister(self.center.registry());
             p.socket.shutdown();
         }
@@ -924,6 +940,9 @@ impl Worker {
     }
 
     fn remove_conn(&mut self, t: usize, notify_reset: bool) {
+        if !matches!(self.entries.get(t), Some(Entry::Conn(_))) {
+            return;
+        }
         let Some(Entry::Conn(mut st)) = self.entries.try_remove(t) else {
             return;
         };

@@ -91,10 +91,9 @@ impl FrameDecoder {
             }
             self.rx = Some(fresh);
         }
-        match &mut self.rx {
-            Some(b) => b,
-            None => unreachable!("rx was just set"),
-        }
+        // Set above whenever it was missing; the fallback only satisfies the type.
+        self.rx
+            .get_or_insert_with(|| BufMut::with_capacity(PREAMBLE_LEN))
     }
 
     /// Decodes every complete frame in the buffer, calling `on_frame` for each. Stops at the
