@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::AuthConfig;
 use crate::error::Error;
 
 /// Messenger configuration. Every field has a default; a TOML file only lists what it changes.
@@ -75,6 +76,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Stop reading from sockets while this many payload bytes wait in the dispatch queue.
     pub dispatch_throttle_bytes: usize,
+    /// Authentication (mutual HMAC-SHA256 challenge-response; off without keys).
+    pub auth: AuthConfig,
     /// Fault injection for tests.
     pub inject: FaultInjection,
 }
@@ -121,6 +124,7 @@ impl Default for Config {
             required_features: 0,
             max_connections: 16 * 1024,
             dispatch_throttle_bytes: 256 * 1024 * 1024,
+            auth: AuthConfig::default(),
             inject: FaultInjection::default(),
         }
     }

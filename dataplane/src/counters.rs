@@ -34,6 +34,8 @@ counters! {
     malformed,
     /// Handshakes refused (by us or by the peer).
     handshake_failures,
+    /// Peers that failed authentication (wrong or missing key, bad proof).
+    auth_failures,
     /// Lossy connections reset (application told through `handle_reset`).
     resets,
     /// Peer restarts detected (`handle_remote_reset`).

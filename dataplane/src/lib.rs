@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod buf;
 pub mod config;
 pub mod counters;
@@ -53,6 +54,7 @@ pub mod ring;
 pub mod stack;
 pub mod wire;
 
+pub use auth::{AuthConfig, Key, Keyring};
 pub use buf::{Buf, BufList, BufMut, BufPool, PoolConfig};
 pub use config::{Config, FaultInjection};
 pub use counters::CounterSnapshot;

@@ -43,6 +43,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::auth::Keyring;
 use crate::buf::{BufPool, PoolConfig};
 use crate::config::Config;
 use crate::counters::{CounterSnapshot, Counters};
@@ -50,7 +51,7 @@ use crate::error::Error;
 use crate::event::{EventCenter, EventConfig};
 use crate::ring::{mpsc, Doorbell};
 use crate::stack::NetworkStack;
-use crate::wire::{Hello, Limits, MAX_NAME_LEN};
+use crate::wire::{Hello, Limits, FEATURE_AUTH, MAX_NAME_LEN};
 
 use connection::Route;
 use dispatch::DispatchQueue;
@@ -272,13 +273,22 @@ impl MessengerBuilder {
             max_front: cfg.max_front_bytes,
             max_data: cfg.max_message_bytes,
         };
+        let keys = Keyring::from_config(&cfg.auth)?.map(Arc::new);
+        let (mut features, mut required) = (cfg.features, cfg.required_features);
+        if keys.is_some() {
+            features |= FEATURE_AUTH;
+            if cfg.auth.required {
+                required |= FEATURE_AUTH;
+            }
+        }
         let local = LocalIdentity {
             name: self.name,
             entity_type: self.entity_type,
             addr: None,
             session_id: rand::random::<u64>() | 1,
-            features: cfg.features,
-            required: cfg.required_features,
+            features,
+            required,
+            keys,
         };
         let event_cfg = EventConfig {
             busy_poll: Duration::from_micros(cfg.busy_poll_us),

@@ -10,17 +10,20 @@ use std::time::{Duration, Instant};
 use mio::Token;
 use slab::Slab;
 
+use crate::auth::{self, Key, Side};
 use crate::buf::BufPool;
 use crate::counters::Counters;
 use crate::error::Error;
 use crate::event::{EventCenter, Fired};
 use crate::messenger::dispatch::Item;
 use crate::messenger::fault::FaultInjector;
-use crate::messenger::protocol::{Fault, FrameDecoder, Role, Session, SessionEvent, SessionState};
+use crate::messenger::protocol::{
+    Fault, Frame, FrameDecoder, Role, Session, SessionEvent, SessionState, TxFrame, TxKind,
+};
 use crate::messenger::{Connection, Message, Policy, Shared};
 use crate::ring::mpsc;
 use crate::stack::{ConnectedSocket, ServerSocket, SocketOptions, StackWorker};
-use crate::wire::{self, Hello, HelloStatus, Tag, WireError};
+use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError, FEATURE_AUTH};
 
 /// Most slices handed to one `writev` (Linux `IOV_MAX`).
 const IOV_MAX: usize = 1024;
@@ -63,12 +66,28 @@ pub(crate) struct Adopt {
     conn: Connection,
 }
 
-/// An accepted socket before its hello arrived.
+/// An accepted socket before its handshake finished.
 struct Pending {
     socket: Box<dyn ConnectedSocket>,
     decoder: FrameDecoder,
     peer: SocketAddr,
     deadline: Instant,
+    stage: PendingStage,
+}
+
+/// Where an accepted socket is in the handshake. Authentication completes here, before any
+/// session is looked up, so an unauthenticated peer can never touch an existing session.
+enum PendingStage {
+    AwaitHello,
+    /// Both sides authenticate: waiting for the client's nonce.
+    AwaitNonce(Box<Hello>),
+    /// Challenge sent: waiting for the client's proof.
+    AwaitProof {
+        hello: Box<Hello>,
+        nonce_c: [u8; 32],
+        nonce_s: [u8; 32],
+        key: Key,
+    },
 }
 
 /// A connection owned by this worker.
@@ -441,6 +460,7 @@ impl Worker {
                         decoder: FrameDecoder::new(self.shared.limits),
                         peer,
                         deadline,
+                        stage: PendingStage::AwaitHello,
                     }));
                     self.pending += 1;
                     self.center.add_timer(deadline, pt as u64);
@@ -467,7 +487,7 @@ impl Worker {
             let buf = p.decoder.read_buf(&self.pool);
             match p.socket.read(buf) {
                 Ok(0) => {
-                    tracing::debug!(peer = %p.peer, "peer left before its hello");
+                    tracing::debug!(peer = %p.peer, "peer left during its handshake");
                     return self.drop_pending(t);
                 }
                 Ok(_) => {}
@@ -477,7 +497,7 @@ impl Worker {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    tracing::debug!(peer = %p.peer, error = %e, "read failed before hello");
+                    tracing::debug!(peer = %p.peer, error = %e, "read failed in handshake");
                     return self.drop_pending(t);
                 }
             }
@@ -493,24 +513,150 @@ impl Worker {
                 Counters::add(&self.shared.counters.malformed, 1);
                 return self.refuse(t, status, &fault.to_string());
             }
-            if !frames.is_empty() {
-                break;
+            let n = frames.len();
+            for (i, f) in frames.drain(..).enumerate() {
+                if !self.pending_frame(t, f, i + 1 < n) {
+                    return;
+                }
             }
         }
-        if frames.len() > 1 || frames[0].tag != Tag::Hello {
+    }
+
+    /// One handshake frame of an accepted socket; `more` says other frames followed it in
+    /// the same read. Returns false once the socket left the pending state (adopted, refused
+    /// or dropped).
+    fn pending_frame(&mut self, t: usize, f: Frame, more: bool) -> bool {
+        let local = self.shared.local.read().clone();
+        let Some(Entry::Pending(p)) = self.entries.get_mut(t) else {
+            return false;
+        };
+        let stage = std::mem::replace(&mut p.stage, PendingStage::AwaitHello);
+        match (stage, f.tag) {
+            (PendingStage::AwaitHello, Tag::Hello) => {
+                let hello = match wire::parse_hello(&f.front) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        Counters::add(&self.shared.counters.malformed, 1);
+                        self.refuse(t, HelloStatus::Refused, &format!("bad hello: {e}"));
+                        return false;
+                    }
+                };
+                if let Err((status, reason)) = Session::check_hello(&local, &hello) {
+                    self.refuse(t, status, &reason);
+                    return false;
+                }
+                if local.features & hello.features & FEATURE_AUTH != 0 {
+                    p.stage = PendingStage::AwaitNonce(Box::new(hello));
+                    true
+                } else {
+                    self.accept_session(t, hello, more);
+                    false
+                }
+            }
+            // A client with a key sends its nonce even to a peer without one: ignore it.
+            (PendingStage::AwaitHello, Tag::Auth) if local.keys.is_none() => true,
+            (PendingStage::AwaitNonce(hello), Tag::Auth) => {
+                let (body, key) = match (wire::parse_auth(&f.front), &local.keys) {
+                    (Ok(b), Some(keys)) => match keys.key_for(&hello.name) {
+                        Some(k) => (b, k.clone()),
+                        None => {
+                            self.auth_failed(t, &hello.name, "no key for this entity");
+                            return false;
+                        }
+                    },
+                    _ => {
+                        self.auth_failed(t, &hello.name, "malformed auth frame");
+                        return false;
+                    }
+                };
+                let nonce_s = auth::nonce();
+                let proof = auth::proof(&key, Side::Server, &body.nonce, &nonce_s, &hello.name);
+                let mut stage = Vec::new();
+                let head = FrameHead {
+                    tag: Tag::Auth as u8,
+                    ..FrameHead::default()
+                };
+                TxFrame::encode(
+                    &mut stage,
+                    head,
+                    &wire::encode_auth(&nonce_s, &proof),
+                    TxKind::Control,
+                );
+                // A fresh socket's buffer is empty: the 108-byte challenge fits whole.
+                match p.socket.writev(&[IoSlice::new(&stage)]) {
+                    Ok(n) if n == stage.len() => {}
+                    _ => {
+                        tracing::debug!(peer = %p.peer, "could not send the auth challenge");
+                        self.drop_pending(t);
+                        return false;
+                    }
+                }
+                p.stage = PendingStage::AwaitProof {
+                    hello,
+                    nonce_c: body.nonce,
+                    nonce_s,
+                    key,
+                };
+                true
+            }
+            (
+                PendingStage::AwaitProof {
+                    hello,
+                    nonce_c,
+                    nonce_s,
+                    key,
+                },
+                Tag::Auth,
+            ) => {
+                let ok = wire::parse_auth(&f.front).is_ok_and(|b| {
+                    auth::verify(
+                        &key,
+                        Side::Client,
+                        &nonce_c,
+                        &nonce_s,
+                        &hello.name,
+                        &b.proof,
+                    )
+                });
+                if !ok {
+                    self.auth_failed(t, &hello.name, "wrong key");
+                    return false;
+                }
+                self.accept_session(t, *hello, more);
+                false
+            }
+            (_, tag) => {
+                Counters::add(&self.shared.counters.malformed, 1);
+                self.refuse(
+                    t,
+                    HelloStatus::Refused,
+                    &format!("unexpected {tag:?} frame in the handshake"),
+                );
+                false
+            }
+        }
+    }
+
+    fn auth_failed(&mut self, t: usize, name: &str, why: &str) {
+        Counters::add(&self.shared.counters.auth_failures, 1);
+        tracing::warn!(peer_name = %name, reason = why, "authentication failed");
+        self.refuse(t, HelloStatus::Refused, "authentication failed");
+    }
+
+    /// The handshake (and authentication, if any) succeeded: find or create the session
+    /// and hand the socket to the worker that owns it. A peer that sent more frames before
+    /// our reply broke the protocol and is refused.
+    fn accept_session(&mut self, t: usize, hello: Hello, more: bool) {
+        if !matches!(self.entries.get(t), Some(Entry::Pending(_))) {
+            return;
+        }
+        if more {
+            Counters::add(&self.shared.counters.malformed, 1);
             return self.refuse(
                 t,
                 HelloStatus::Refused,
-                "the first frame must be a lone hello",
+                "frames sent before the handshake reply",
             );
-        }
-        let hello = match wire::parse_hello(&frames[0].front) {
-            Ok(h) => h,
-            Err(e) => return self.refuse(t, HelloStatus::Refused, &format!("bad hello: {e}")),
-        };
-        let local = self.shared.local.read().clone();
-        if let Err((status, reason)) = Session::check_hello(&local, &hello) {
-            return self.refuse(t, status, &reason);
         }
         let Entry::Pending(p) = self.entries.remove(t) else {
             return;
@@ -887,6 +1033,10 @@ impl Worker {
                 Fault::PeerTimeout(_) => Counters::add(&c.peer_timeouts, 1),
                 Fault::Refused { .. } | Fault::Rejected { .. } => {
                     Counters::add(&c.handshake_failures, 1)
+                }
+                Fault::AuthFailed(_) => {
+                    Counters::add(&c.handshake_failures, 1);
+                    Counters::add(&c.auth_failures, 1);
                 }
                 _ => {}
             }

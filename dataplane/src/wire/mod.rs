@@ -12,6 +12,7 @@
 //!
 //! The full byte layout is documented in `docs/wire-protocol.md`.
 
+mod auth;
 mod close;
 mod crc;
 mod epilogue;
@@ -20,6 +21,7 @@ mod hello;
 mod preamble;
 mod tag;
 
+pub use auth::{encode_auth, parse_auth, AuthBody, AUTH_BODY_LEN, FEATURE_AUTH};
 pub use close::{encode_close, parse_close, Close, CloseHead, CLOSE_HEAD_LEN, MAX_CLOSE_REASON};
 pub use crc::{crc32c, crc32c_append};
 pub use epilogue::{encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN};

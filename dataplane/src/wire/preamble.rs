@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_tag() {
-        for t in [0u8, 8, 0xFF] {
+        for t in [0u8, 9, 0xFF] {
             let mut h = head(Tag::Message, 1, 2);
             h.tag = t;
             assert_eq!(parse(&encode_preamble(&h)), Err(WireError::UnknownTag(t)));

@@ -20,11 +20,14 @@ pub enum Tag {
     KeepaliveAck = 6,
     /// Orderly shutdown; front segment is a close body (see [`Close`](super::Close)).
     Close = 7,
+    /// Authentication step of the handshake; front segment is an
+    /// [`AuthBody`](super::AuthBody) (nonce and/or HMAC proof).
+    Auth = 8,
 }
 
 impl Tag {
     /// All tags, in wire-value order.
-    pub const ALL: [Tag; 7] = [
+    pub const ALL: [Tag; 8] = [
         Tag::Hello,
         Tag::HelloReply,
         Tag::Message,
@@ -32,6 +35,7 @@ impl Tag {
         Tag::Keepalive,
         Tag::KeepaliveAck,
         Tag::Close,
+        Tag::Auth,
     ];
 
     /// True for frames that must carry no payload at all (`Ack`, `Keepalive`, `KeepaliveAck`).
@@ -40,9 +44,9 @@ impl Tag {
     }
 
     /// True for frames whose payload is a non-empty front segment only
-    /// (`Hello`, `HelloReply`, `Close`).
+    /// (`Hello`, `HelloReply`, `Close`, `Auth`).
     pub const fn is_front_only(self) -> bool {
-        matches!(self, Tag::Hello | Tag::HelloReply | Tag::Close)
+        matches!(self, Tag::Hello | Tag::HelloReply | Tag::Close | Tag::Auth)
     }
 }
 
@@ -64,6 +68,7 @@ impl TryFrom<u8> for Tag {
             5 => Tag::Keepalive,
             6 => Tag::KeepaliveAck,
             7 => Tag::Close,
+            8 => Tag::Auth,
             other => return Err(WireError::UnknownTag(other)),
         })
     }
@@ -78,7 +83,7 @@ mod tests {
         for t in Tag::ALL {
             assert_eq!(Tag::try_from(u8::from(t)), Ok(t));
         }
-        for v in (0..=u8::MAX).filter(|v| !(1..=7).contains(v)) {
+        for v in (0..=u8::MAX).filter(|v| !(1..=8).contains(v)) {
             assert_eq!(Tag::try_from(v), Err(WireError::UnknownTag(v)));
         }
     }

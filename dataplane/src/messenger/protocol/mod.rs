@@ -12,6 +12,7 @@ mod out_queue;
 mod session;
 
 pub use decoder::FrameDecoder;
+pub(crate) use frame::TxKind;
 pub use frame::{Frame, TxFrame};
 pub use out_queue::{OutQueue, Queued};
 pub use session::{

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{self, Keyring, Side};
 use crate::messenger::Message;
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
@@ -72,6 +73,9 @@ pub enum Fault {
     /// Nothing heard from the peer for longer than the peer time-out.
     #[error("peer silent for more than {0:?}, marked dead")]
     PeerTimeout(Duration),
+    /// The peer failed to authenticate (wrong key, no key, bad proof), or we could not.
+    #[error("authentication failed: {0}")]
+    AuthFailed(String),
     /// The handshake did not finish in time.
     #[error("handshake not finished within {0:?}")]
     HandshakeTimeout(Duration),
@@ -102,7 +106,10 @@ impl Fault {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Fault::Refused { .. } | Fault::Rejected { .. } | Fault::PeerClosed { .. }
+            Fault::Refused { .. }
+                | Fault::Rejected { .. }
+                | Fault::PeerClosed { .. }
+                | Fault::AuthFailed(_)
         )
     }
 
@@ -163,6 +170,8 @@ pub struct LocalIdentity {
     pub features: u64,
     /// Feature bits we require of peers.
     pub required: u64,
+    /// Authentication keys (`FEATURE_AUTH` is in `features` exactly when this is set).
+    pub keys: Option<Arc<Keyring>>,
 }
 
 /// Who the peer is, learned in the handshake.
@@ -230,6 +239,10 @@ pub struct Session {
     cfg: SessionConfig,
     local: Arc<LocalIdentity>,
     lane: u32,
+    /// Client: the nonce sent with the hello while authentication is under way.
+    auth_nonce: Option<[u8; 32]>,
+    /// Client: the peer proved its key in this handshake.
+    authenticated: bool,
     state: SessionState,
     peer: Option<PeerIdentity>,
     connect_seq: u64,
@@ -261,6 +274,8 @@ impl Session {
             cfg,
             local,
             lane: 0,
+            auth_nonce: None,
+            authenticated: false,
             state: match role {
                 Role::Client => SessionState::Idle,
                 Role::Server => SessionState::Standby,
@@ -384,6 +399,13 @@ impl Session {
         self.connect_seq += 1;
         let hello = self.hello(HelloStatus::Ok);
         self.push_control(Tag::Hello, hello);
+        self.authenticated = false;
+        self.auth_nonce = None;
+        if self.local.keys.is_some() && self.local.features & wire::FEATURE_AUTH != 0 {
+            let nonce = auth::nonce();
+            self.push_frame(Tag::Auth, 0, &wire::encode_auth(&nonce, &[0; 32]));
+            self.auth_nonce = Some(nonce);
+        }
         self.state = SessionState::HelloSent;
         self.hello_deadline = Some(now + self.cfg.handshake_timeout);
         self.last_rx = now;
@@ -460,6 +482,18 @@ impl Session {
                     hello.proto_version,
                     wire::VERSION
                 ),
+            ));
+        }
+        if hello.required & !local.features & wire::FEATURE_AUTH != 0 {
+            return Err((
+                HelloStatus::FeatureMismatch,
+                "peer requires authentication and we have no key".into(),
+            ));
+        }
+        if local.required & !hello.features & wire::FEATURE_AUTH != 0 {
+            return Err((
+                HelloStatus::FeatureMismatch,
+                "authentication required and the peer has no key".into(),
             ));
         }
         let missing_here = hello.required & !local.features;
@@ -600,6 +634,7 @@ impl Session {
         self.last_rx = now;
         match (f.tag, self.state) {
             (Tag::HelloReply, SessionState::HelloSent) => self.handle_hello_reply(&f, now)?,
+            (Tag::Auth, SessionState::HelloSent) => self.handle_auth_challenge(&f)?,
             (Tag::Message, SessionState::Open) => {
                 if f.seq <= self.in_seq {
                     self.events.push_back(SessionEvent::Duplicate);
@@ -657,6 +692,12 @@ impl Session {
         if let Err((status, reason)) = Session::check_hello(&self.local, &reply) {
             return Err(Fault::Rejected { status, reason });
         }
+        if self.local.features & reply.features & wire::FEATURE_AUTH != 0 && !self.authenticated {
+            return Err(Fault::AuthFailed(format!(
+                "peer {} did not authenticate",
+                reply.name
+            )));
+        }
         let reconnect = self.peer.is_some();
         let mut remote_reset = match &self.peer {
             Some(p) => p.session_id != reply.session_id,
@@ -678,6 +719,40 @@ impl Session {
             remote_reset,
             reconnect,
         });
+        Ok(())
+    }
+
+    /// Client: the acceptor's nonce and proof. Checks the proof and answers with ours.
+    fn handle_auth_challenge(&mut self, f: &Frame) -> Result<(), Fault> {
+        let body = wire::parse_auth(&f.front)?;
+        let (Some(nonce_c), Some(keys)) = (self.auth_nonce, self.local.keys.as_ref()) else {
+            return Err(Fault::Protocol("unrequested auth challenge".into()));
+        };
+        let client = self.local.name.clone();
+        let Some(key) = keys.key_for(&client) else {
+            return Err(Fault::Rejected {
+                status: HelloStatus::Refused,
+                reason: format!("no key for {client} to authenticate with"),
+            });
+        };
+        if self.authenticated
+            || !auth::verify(
+                key,
+                Side::Server,
+                &nonce_c,
+                &body.nonce,
+                &client,
+                &body.proof,
+            )
+        {
+            return Err(Fault::Rejected {
+                status: HelloStatus::Refused,
+                reason: "peer failed authentication (wrong key)".into(),
+            });
+        }
+        let proof = auth::proof(key, Side::Client, &nonce_c, &body.nonce, &client);
+        self.push_frame(Tag::Auth, 0, &wire::encode_auth(&[0; 32], &proof));
+        self.authenticated = true;
         Ok(())
     }
 

@@ -26,8 +26,9 @@ fn ident(name: &str, session_id: u64) -> Arc<LocalIdentity> {
         entity_type: 1,
         addr: None,
         session_id,
-        features: 0b11,
+        features: 0b110,
         required: 0,
+        keys: None,
     })
 }
 
