@@ -78,11 +78,12 @@ struct Pending {
 /// Where an accepted socket is in the handshake. Authentication completes here, before any
 /// session is looked up, so an unauthenticated peer can never touch an existing session.
 enum PendingStage {
-    AwaitHello,
+    /// Waiting for the hello.
+    Hello,
     /// Both sides authenticate: waiting for the client's nonce.
-    AwaitNonce(Box<Hello>),
+    Nonce(Box<Hello>),
     /// Challenge sent: waiting for the client's proof.
-    AwaitProof {
+    Proof {
         hello: Box<Hello>,
         nonce_c: [u8; 32],
         nonce_s: [u8; 32],
@@ -112,7 +113,7 @@ struct ConnState {
 
 enum Entry {
     Listener(Box<dyn ServerSocket>),
-    Pending(Pending),
+    Pending(Box<Pending>),
     Conn(Box<ConnState>),
 }
 
@@ -455,13 +456,13 @@ impl Worker {
                         continue;
                     }
                     let deadline = self.now + self.shared.session_cfg.handshake_timeout;
-                    e.insert(Entry::Pending(Pending {
+                    e.insert(Entry::Pending(Box::new(Pending {
                         socket,
                         decoder: FrameDecoder::new(self.shared.limits),
                         peer,
                         deadline,
-                        stage: PendingStage::AwaitHello,
-                    }));
+                        stage: PendingStage::Hello,
+                    })));
                     self.pending += 1;
                     self.center.add_timer(deadline, pt as u64);
                     // The hello may already be there (edge-triggered: read now).
@@ -513,6 +514,10 @@ impl Worker {
                 Counters::add(&self.shared.counters.malformed, 1);
                 return self.refuse(t, status, &fault.to_string());
             }
+            if self.shared.local.read().keys.is_none() {
+                // A client with a key sends its nonce even to a peer without one: ignore it.
+                frames.retain(|f| f.tag != Tag::Auth);
+            }
             let n = frames.len();
             for (i, f) in frames.drain(..).enumerate() {
                 if !self.pending_frame(t, f, i + 1 < n) {
@@ -530,9 +535,9 @@ impl Worker {
         let Some(Entry::Pending(p)) = self.entries.get_mut(t) else {
             return false;
         };
-        let stage = std::mem::replace(&mut p.stage, PendingStage::AwaitHello);
+        let stage = std::mem::replace(&mut p.stage, PendingStage::Hello);
         match (stage, f.tag) {
-            (PendingStage::AwaitHello, Tag::Hello) => {
+            (PendingStage::Hello, Tag::Hello) => {
                 let hello = match wire::parse_hello(&f.front) {
                     Ok(h) => h,
                     Err(e) => {
@@ -546,16 +551,14 @@ impl Worker {
                     return false;
                 }
                 if local.features & hello.features & FEATURE_AUTH != 0 {
-                    p.stage = PendingStage::AwaitNonce(Box::new(hello));
+                    p.stage = PendingStage::Nonce(Box::new(hello));
                     true
                 } else {
                     self.accept_session(t, hello, more);
                     false
                 }
             }
-            // A client with a key sends its nonce even to a peer without one: ignore it.
-            (PendingStage::AwaitHello, Tag::Auth) if local.keys.is_none() => true,
-            (PendingStage::AwaitNonce(hello), Tag::Auth) => {
+            (PendingStage::Nonce(hello), Tag::Auth) => {
                 let (body, key) = match (wire::parse_auth(&f.front), &local.keys) {
                     (Ok(b), Some(keys)) => match keys.key_for(&hello.name) {
                         Some(k) => (b, k.clone()),
@@ -591,7 +594,7 @@ impl Worker {
                         return false;
                     }
                 }
-                p.stage = PendingStage::AwaitProof {
+                p.stage = PendingStage::Proof {
                     hello,
                     nonce_c: body.nonce,
                     nonce_s,
@@ -600,7 +603,7 @@ impl Worker {
                 true
             }
             (
-                PendingStage::AwaitProof {
+                PendingStage::Proof {
                     hello,
                     nonce_c,
                     nonce_s,
@@ -667,7 +670,7 @@ impl Worker {
             decoder,
             peer,
             ..
-        } = p;
+        } = *p;
         if let Err(e) = socket.deregister(self.center.registry()) {
             tracing::warn!(%peer, error = %e, "deregistering accepted socket");
         }

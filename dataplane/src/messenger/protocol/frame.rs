@@ -161,26 +161,48 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
             stage,
             out,
             run: None,
-            max: max.max(2),
+            max: max.max(1),
         }
     }
 
-    /// Whether another frame may be added (room for its slices and a pending run).
+    /// Slices used so far, counting the pending staged run as one.
+    fn slots_used(&self) -> usize {
+        self.out.len() + usize::from(self.run.is_some())
+    }
+
+    /// Whether another slice fits.
     pub(crate) fn has_room(&self) -> bool {
-        self.out.len() + 2 < self.max
+        self.slots_used() < self.max
     }
 
-    fn stage_range(&mut self, start: usize, end: usize) {
+    /// Adds staged bytes, extending the pending run when they follow it. False if a new slice
+    /// was needed and none is left.
+    fn stage_range(&mut self, start: usize, end: usize) -> bool {
         if start >= end {
-            return;
+            return true;
         }
-        match &mut self.run {
-            Some((_, e)) if *e == start => *e = end,
-            _ => {
-                self.flush_run();
-                self.run = Some((start, end));
+        if let Some((_, e)) = &mut self.run {
+            if *e == start {
+                *e = end;
+                return true;
             }
         }
+        if !self.has_room() {
+            return false;
+        }
+        self.flush_run();
+        self.run = Some((start, end));
+        true
+    }
+
+    /// Adds a slice of a payload sent by reference. False if no slice is left.
+    fn external(&mut self, s: &'a [u8]) -> bool {
+        if !self.has_room() {
+            return false;
+        }
+        self.flush_run();
+        self.out.push(IoSlice::new(s));
+        true
     }
 
     fn flush_run(&mut self) {
@@ -189,11 +211,15 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         }
     }
 
-    /// Adds `f`, skipping its first `skip` bytes (already written).
-    pub(crate) fn frame(&mut self, f: &'a TxFrame, mut skip: usize) {
+    /// Adds `f`, skipping its first `skip` bytes (already written). Returns false if the
+    /// slice budget ran out part-way: the rest of the frame goes in a later `writev` (the
+    /// session tracks partly written frames by byte offset).
+    pub(crate) fn frame(&mut self, f: &'a TxFrame, mut skip: usize) -> bool {
         let head = (f.stage_off, f.stage_off + f.head_len);
         if skip < f.head_len {
-            self.stage_range(head.0 + skip, head.1);
+            if !self.stage_range(head.0 + skip, head.1) {
+                return false;
+            }
             skip = 0;
         } else {
             skip -= f.head_len;
@@ -205,15 +231,17 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
                         skip -= b.len();
                         continue;
                     }
-                    self.flush_run();
-                    self.out.push(IoSlice::new(&b.as_slice()[skip..]));
+                    if !self.external(&b.as_slice()[skip..]) {
+                        return false;
+                    }
                     skip = 0;
                 }
             }
         }
         if f.tail_len > 0 && skip < f.tail_len {
-            self.stage_range(head.1 + skip, head.1 + f.tail_len);
+            return self.stage_range(head.1 + skip, head.1 + f.tail_len);
         }
+        true
     }
 
     /// Finishes the list.

@@ -730,10 +730,7 @@ impl Session {
         };
         let client = self.local.name.clone();
         let Some(key) = keys.key_for(&client) else {
-            return Err(Fault::Rejected {
-                status: HelloStatus::Refused,
-                reason: format!("no key for {client} to authenticate with"),
-            });
+            return Err(Fault::AuthFailed(format!("no key for {client}")));
         };
         if self.authenticated
             || !auth::verify(
@@ -745,10 +742,9 @@ impl Session {
                 &body.proof,
             )
         {
-            return Err(Fault::Rejected {
-                status: HelloStatus::Refused,
-                reason: "peer failed authentication (wrong key)".into(),
-            });
+            return Err(Fault::AuthFailed(
+                "the peer's proof does not match our key".into(),
+            ));
         }
         let proof = auth::proof(key, Side::Client, &nonce_c, &body.nonce, &client);
         self.push_frame(Tag::Auth, 0, &wire::encode_auth(&[0; 32], &proof));
@@ -963,10 +959,9 @@ impl Session {
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
         for f in &self.tx {
-            if !b.has_room() {
+            if !b.has_room() || !b.frame(f, skip) {
                 break;
             }
-            b.frame(f, skip);
             skip = 0;
         }
         b.finish();
