@@ -582,14 +582,29 @@ impl Session {
         }
     }
 
-    /// Drops resend entries the peer has (seq <= `peer_in_seq`). Returns false if the peer's
-    /// view is inconsistent with ours (it must then be treated as a reset).
+    /// Drops resend entries the peer has (seq <= `peer_in_seq`). Returns false, dropping
+    /// nothing, if the peer's view is inconsistent with ours (it claims less than it already
+    /// acknowledged, or more than we ever sent): the caller then resets the session, and
+    /// every held message is sent again rather than counted as delivered.
     fn trim_resend(&mut self, peer_in_seq: u64) -> bool {
+        let first = self
+            .resend
+            .front()
+            .map_or(self.out_seq.saturating_add(1), |(seq, _)| *seq);
+        if peer_in_seq.saturating_add(1) < first || peer_in_seq > self.out_seq {
+            tracing::warn!(
+                peer_in_seq,
+                out_seq = self.out_seq,
+                "peer's sequence state does not match ours; resetting the session"
+            );
+            return false;
+        }
         let mut released = (0usize, 0usize);
-        while let Some((seq, _)) = self.resend.front() {
-            if *seq > peer_in_seq {
-                break;
-            }
+        while self
+            .resend
+            .front()
+            .is_some_and(|(seq, _)| *seq <= peer_in_seq)
+        {
             if let Some((_, m)) = self.resend.pop_front() {
                 released.0 += 1;
                 released.1 += m.len();
@@ -602,20 +617,8 @@ impl Session {
                 dropped: false,
             });
         }
-        let consistent = match self.resend.front() {
-            Some((seq, _)) => *seq == peer_in_seq + 1,
-            None => peer_in_seq == self.out_seq,
-        };
-        if consistent {
-            self.out_seq = peer_in_seq;
-        } else {
-            tracing::warn!(
-                peer_in_seq,
-                out_seq = self.out_seq,
-                "peer's sequence state does not match ours; resetting the session"
-            );
-        }
-        consistent
+        self.out_seq = peer_in_seq;
+        true
     }
 
     /// The peer lost its session: number everything we still hold from 1 again.

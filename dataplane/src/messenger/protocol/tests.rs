@@ -247,6 +247,71 @@ fn lossless_resends_unacked_exactly_once_after_reconnect() {
 }
 
 #[test]
+fn peer_claiming_more_than_was_sent_loses_nothing() {
+    // A reconnecting peer with the same incarnation claims it received messages we never
+    // sent: its state cannot be trusted, the session is reset and everything held is sent
+    // again (renumbered), nothing is released as delivered.
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.c);
+    for i in 0..3 {
+        p.c.queue(m(i), p.now);
+    }
+    let _lost = drain(&mut p.c, p.now);
+    p.c.on_fault(false);
+    p.c.start_client(p.now);
+    let _hello = drain(&mut p.c, p.now);
+    let mut reply = wire::parse_hello(
+        &wire::encode_hello(&wire::Hello {
+            proto_version: u16::from(wire::VERSION),
+            entity_type: 1,
+            status: HelloStatus::Ok,
+            features: 0,
+            required: 0,
+            session_id: 22,
+            connect_seq: 2,
+            in_seq: 0,
+            lossless: true,
+            addr: None,
+            name: "server".into(),
+            lane: 0,
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    reply.in_seq = 1_000;
+    let body = wire::encode_hello(&reply).unwrap();
+    let h = FrameHead {
+        tag: Tag::HelloReply as u8,
+        front_len: body.len() as u32,
+        ..FrameHead::default()
+    };
+    let mut bytes = wire::encode_preamble(&h).to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&wire::encode_epilogue(wire::payload_crc([&body[..]])));
+    for f in feed(&mut p.cd, &p.pool, &bytes, 1500).unwrap() {
+        p.c.handle_frame(f, p.now).unwrap();
+    }
+    let evs = events(&mut p.c);
+    assert!(
+        evs.iter().any(|e| matches!(
+            e,
+            SessionEvent::Established {
+                remote_reset: true,
+                ..
+            }
+        )),
+        "{evs:?}"
+    );
+    assert!(
+        !evs.iter()
+            .any(|e| matches!(e, SessionEvent::Released { .. })),
+        "nothing released: {evs:?}"
+    );
+    assert_eq!(p.c.backlog(), 3, "all three are held for resending");
+}
+
+#[test]
 fn peer_restart_is_a_remote_reset_and_messages_are_renumbered() {
     let mut p = Pair::new(false);
     p.handshake();
