@@ -18,8 +18,15 @@ use crate::measure::{LatencyRecorder, Throughput};
 use crate::row::Row;
 use crate::systems::warmup;
 
-/// Messages per `send_batch` in stream rows.
+/// Messages per `send_batch` in stream rows (fewer for large messages, see `batch_len`).
 const BATCH: usize = 256;
+/// Payload bytes per batch at most: a batch is reserved whole against the queue limit.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Messages per batch for `size`-byte messages.
+fn batch_len(size: usize) -> usize {
+    (BATCH_BYTES / size.max(1)).clamp(1, BATCH)
+}
 
 /// System name of this row.
 pub const NAME: &str = "dataplane-posix";
@@ -114,6 +121,7 @@ pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -
     let base = d.msgs.load(Ordering::Acquire);
     let base_bytes = d.bytes.load(Ordering::Acquire);
     let senders = conns.len().min(2);
+    let per_batch = batch_len(size);
     let start = Instant::now();
     let deadline = start + duration;
     let sent: u64 = std::thread::scope(|s| -> Result<u64> {
@@ -127,12 +135,12 @@ pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -
                     let mut n = 0u64;
                     loop {
                         for c in &mine {
-                            let batch: Vec<Message> = (0..BATCH)
+                            let batch: Vec<Message> = (0..per_batch)
                                 .map(|_| Message::new(1, payload.clone()))
                                 .collect();
                             c.send_batch_wait(batch, Duration::from_secs(60))
                                 .map_err(|e| anyhow::anyhow!("send failed: {e}"))?;
-                            n += BATCH as u64;
+                            n += per_batch as u64;
                         }
                         if Instant::now() >= deadline {
                             return Ok(n);

@@ -289,6 +289,7 @@ impl Connection {
     }
 
     /// [`Connection::send_batch`], waiting (parked) while the queue is full, until `timeout`.
+    /// A batch larger than the queue limits can never be accepted and fails at once.
     pub fn send_batch_wait(
         &self,
         msgs: Vec<Message>,
@@ -298,13 +299,21 @@ impl Connection {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
+        let s = &*self.shared;
+        let total: usize = e.messages.iter().map(Message::len).sum();
+        if e.messages.len() > s.max_msgs || total > s.max_bytes {
+            return Err(e);
+        }
         let deadline = Instant::now() + timeout;
         loop {
             if Instant::now() >= deadline {
                 return Err(e);
             }
             match e.kind {
-                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline),
+                SendErrorKind::QueueFull { .. } => {
+                    let bytes = e.messages.iter().map(Message::len).sum();
+                    self.wait_for_room(deadline, e.messages.len(), bytes)
+                }
                 SendErrorKind::RingFull => std::thread::sleep(Duration::from_micros(20)),
                 _ => return Err(e),
             }
@@ -315,16 +324,25 @@ impl Connection {
         }
     }
 
-    /// Parks until the queue is back under half its limits, the connection closes, or
-    /// `deadline` passes.
-    fn wait_for_room(&self, deadline: Instant) {
+    /// Parks until the queue has room for `need_msgs` messages of `need_bytes` bytes (and at
+    /// least half its limits free, so a sender does not wake for every acknowledgement), the
+    /// connection closes, or `deadline` passes.
+    fn wait_for_room(&self, deadline: Instant, need_msgs: usize, need_bytes: usize) {
         let s = &*self.shared;
+        let want_msgs = need_msgs.max(s.max_msgs / 2).min(s.max_msgs);
+        let want_bytes = need_bytes.max(s.max_bytes / 2).min(s.max_bytes);
+        let room = || {
+            s.queued_msgs.load(Ordering::SeqCst) + want_msgs <= s.max_msgs
+                && s.queued_bytes.load(Ordering::SeqCst) + want_bytes <= s.max_bytes
+        };
         s.waiters.fetch_add(1, Ordering::SeqCst);
         let mut g = s.wait_lock.lock();
         // Checked under the lock; `release` notifies under the lock, so a release between
-        // this check and the wait cannot be missed.
-        if !self.below_low_water() && !self.is_closed() {
-            s.wait_cond.wait_until(&mut g, deadline);
+        // a check and the wait cannot be missed.
+        while !room() && !self.is_closed() {
+            if s.wait_cond.wait_until(&mut g, deadline).timed_out() {
+                break;
+            }
         }
         drop(g);
         s.waiters.fetch_sub(1, Ordering::SeqCst);
@@ -356,7 +374,7 @@ impl Connection {
     }
 
     /// Sends, waiting (parked, not spinning) while the connection's queue is full, until
-    /// `timeout` passes. A full queue drains as the peer acknowledges; the waiter is woken
+    /// `timeout` passes. A full queue drains as the peer acknowledges; the waiter resumes
     /// when the queue is back under half its limits. Errors other than backpressure (closed,
     /// too large) return at once; on time-out the last `QueueFull` error is returned.
     #[allow(clippy::result_large_err)] // see `send`
@@ -372,7 +390,7 @@ impl Connection {
                 return Err(e);
             }
             match e.kind {
-                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline),
+                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline, 1, e.message.len()),
                 SendErrorKind::RingFull => {
                     // The worker is draining its ring; give it the CPU.
                     std::thread::sleep(Duration::from_micros(20));
@@ -386,17 +404,11 @@ impl Connection {
         }
     }
 
-    fn below_low_water(&self) -> bool {
-        let s = &*self.shared;
-        s.queued_msgs.load(Ordering::SeqCst) <= s.max_msgs / 2
-            && s.queued_bytes.load(Ordering::SeqCst) <= s.max_bytes / 2
-    }
-
     pub(crate) fn release(&self, msgs: usize, bytes: usize) {
         let s = &*self.shared;
         s.queued_msgs.fetch_sub(msgs, Ordering::SeqCst);
         s.queued_bytes.fetch_sub(bytes, Ordering::SeqCst);
-        if s.waiters.load(Ordering::SeqCst) > 0 && self.below_low_water() {
+        if s.waiters.load(Ordering::SeqCst) > 0 {
             let _g = s.wait_lock.lock();
             s.wait_cond.notify_all();
         }
