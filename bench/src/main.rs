@@ -109,6 +109,12 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
     }
     let machine = Machine::detect();
     let started = Instant::now();
+    // Measured first, on a fresh heap: after other rows, freed memory would absorb new
+    // connections without growing RSS.
+    let with_dataplane = jobs
+        .iter()
+        .any(|j| systems[j.system].name() == systems::dataplane_posix::NAME);
+    let extras = measure_extras(with_dataplane);
     let bar = progress_bar(jobs.len() as u64);
     let attended = std::io::stderr().is_terminal();
     let mut rows = Vec::with_capacity(jobs.len());
@@ -131,7 +137,6 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let extras = measure_extras(&rows);
     finish(&machine, &rows, &extras, backend, &args.common)?;
     eprintln!(
         "{} rows in {:.1} s",
@@ -145,13 +150,10 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
 const IDLE_CONNECTIONS: usize = 500;
 
 /// Figures that are not rows: memory per idle dataplane connection, measured when the run
-/// included a dataplane-posix row.
-fn measure_extras(rows: &[Row]) -> report::json::Extras {
+/// includes a dataplane-posix row.
+fn measure_extras(with_dataplane: bool) -> report::json::Extras {
     let mut extras = report::json::Extras::default();
-    if rows
-        .iter()
-        .any(|r| r.system == systems::dataplane_posix::NAME)
-    {
+    if with_dataplane {
         match systems::dataplane_posix::idle_connection_bytes(IDLE_CONNECTIONS) {
             Ok(b) => extras.dataplane_idle_connection_bytes = Some(b),
             Err(e) => eprintln!("warning: idle-connection memory not measured: {e:#}"),
