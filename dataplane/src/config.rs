@@ -86,7 +86,8 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultInjection {
-    /// Fail one socket read or write in this many (0 = off).
+    /// Fail one socket operation in this many (0 = off): reads and writes of established
+    /// connections, connects and their completion, and reads of handshaking sockets.
     pub socket_failures: u32,
     /// Seed of the injection RNG (per worker, mixed with the worker index).
     pub seed: u64,

@@ -104,10 +104,16 @@ fn lossless_messages_sent_before_the_server_exists_are_delivered() {
 
 #[test]
 fn lossy_connection_failure_reports_reset_and_drops_queue() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A peer that accepts but never answers the hello, then goes away: messages queued
+    // meanwhile are dropped with the lossy connection.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap();
+    let peer = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        drop(s);
+        listener
+    });
     let d = Checker::fast();
     let client = messenger_with(
         "client",
@@ -118,7 +124,7 @@ fn lossy_connection_failure_reports_reset_and_drops_queue() {
     );
     let conn = client.connect(port).unwrap();
     for i in 0..10 {
-        let _ = conn.send(Message::new(1, payload(0, i, 64)));
+        conn.send(Message::new(1, payload(0, i, 64))).unwrap();
     }
     assert!(
         wait_until(T, || conn.is_closed()),
@@ -135,6 +141,7 @@ fn lossy_connection_failure_reports_reset_and_drops_queue() {
     let e = conn.send(Message::new(1, payload(0, 0, 64))).unwrap_err();
     assert_eq!(e.kind, SendErrorKind::Closed);
     // A new connect gives a fresh connection.
+    let _listener = peer.join().unwrap();
     assert_ne!(client.connect(port).unwrap().id(), conn.id());
 }
 
@@ -822,5 +829,61 @@ fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
     assert_eq!(
         &e.messages[1000].payload.to_vec()[4..12],
         &1000u64.to_le_bytes()
+    );
+}
+
+#[test]
+fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
+    // One socket operation in five fails, anywhere: connects, connect completion, handshake
+    // reads on the accepting side, and every read and write afterwards. Handshakes die at
+    // every step; the session must still deliver every message once, in order.
+    const N: u64 = 50_000;
+    let inject = |seed| FaultInjection {
+        socket_failures: 5,
+        seed,
+    };
+    let d = Checker::fast();
+    let server = messenger(
+        "server",
+        Config {
+            inject: inject(11),
+            ..test_config()
+        },
+        d.clone(),
+        true,
+    );
+    let client = messenger(
+        "client",
+        Config {
+            inject: inject(12),
+            ..test_config()
+        },
+        Checker::fast(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    for i in 0..N {
+        conn.send_wait(Message::new(1, payload(0, i, 40 + (i % 200) as usize)), T)
+            .unwrap();
+    }
+    assert!(
+        wait_until(T, || d.count() >= N),
+        "delivered {} of {N}",
+        d.count()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(d.count(), N, "exactly once");
+    d.assert_clean();
+    let (c, s) = (client.counters(), server.counters());
+    assert!(
+        c.injected_faults + s.injected_faults >= 100,
+        "faults injected: {c:?} {s:?}"
+    );
+    assert!(c.reconnects >= 50, "reconnected {} times", c.reconnects);
+    eprintln!(
+        "inject: {} injected faults, {} reconnects, {} connect attempts failed",
+        c.injected_faults + s.injected_faults,
+        c.reconnects,
+        c.faults - c.reconnects
     );
 }

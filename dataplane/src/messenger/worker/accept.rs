@@ -90,6 +90,11 @@ impl Worker {
     pub(super) fn pending_readable(&mut self, t: usize) {
         let mut frames = Vec::new();
         loop {
+            if self.inject.should_fail() {
+                // An injected failure in the middle of a handshake: the socket dies here.
+                Counters::add(&self.shared.counters.injected_faults, 1);
+                return self.drop_pending(t);
+            }
             let Some(Entry::Pending(p)) = self.entries.get_mut(t) else {
                 return;
             };

@@ -356,6 +356,10 @@ impl Worker {
         };
         let Some(addr) = st.target else { return };
         st.reconnect_at = None;
+        if self.inject.should_fail() {
+            Counters::add(&self.shared.counters.injected_faults, 1);
+            return self.fault(t, Fault::Injected);
+        }
         match self.stack.connect(addr, &self.opts) {
             Ok(mut s) => match s.register(self.center.registry(), Token(t)) {
                 Ok(()) => {
@@ -386,6 +390,10 @@ impl Worker {
                 }
                 if st.connecting && (writable || readable) {
                     let r = match st.socket.as_mut() {
+                        Some(_) if self.inject.should_fail() => {
+                            Counters::add(&self.shared.counters.injected_faults, 1);
+                            return self.fault(t, Fault::Injected);
+                        }
                         Some(s) => s.finish_connect(),
                         None => return,
                     };
