@@ -547,10 +547,10 @@ mod tests {
             {
                 Err(WireError::UnexpectedPayload { tag })
             }
-            Tag::Hello | Tag::HelloReply | Tag::Close if h.data_len != 0 => {
+            Tag::Hello | Tag::HelloReply | Tag::Close | Tag::Auth if h.data_len != 0 => {
                 Err(WireError::UnexpectedPayload { tag })
             }
-            Tag::Hello | Tag::HelloReply | Tag::Close if h.front_len == 0 => {
+            Tag::Hello | Tag::HelloReply | Tag::Close | Tag::Auth if h.front_len == 0 => {
                 Err(WireError::MissingPayload { tag })
             }
             _ => Ok(()),
@@ -563,7 +563,7 @@ mod tests {
 
     prop_compose! {
         fn any_head()(
-            tag in prop_oneof![1u8..=7, any::<u8>()],
+            tag in prop_oneof![1u8..=8, any::<u8>()],
             flags in prop_oneof![0u8..=1, any::<u8>()],
             priority in any::<u8>(),
             msg_type in any::<u16>(),
