@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use mio::Token;
 
-use super::{Adopt, Command, Entry, Worker};
+use super::{close_socket, Adopt, Command, Entry, Worker};
 use crate::auth::{self, Key, Side};
 use crate::counters::Counters;
 use crate::messenger::protocol::{Fault, Frame, FrameDecoder, Session, TxFrame, TxKind};
@@ -322,10 +322,9 @@ impl Worker {
         if !matches!(self.entries.get(t), Some(Entry::Pending(_))) {
             return;
         }
-        if let Some(Entry::Pending(mut p)) = self.entries.try_remove(t) {
+        if let Some(Entry::Pending(p)) = self.entries.try_remove(t) {
             self.pending -= 1;
-            let _ = p.socket.deregister(self.center.registry());
-            p.socket.shutdown();
+            close_socket(self.center.registry(), p.socket);
         }
     }
 }

@@ -222,11 +222,8 @@ impl Worker {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
                         st.session.queue(msg, self.now);
-                        if !st.dirty && !st.write_blocked {
-                            st.dirty = true;
-                            self.dirty.push(t);
-                        }
                     }
+                    self.mark_dirty(t);
                 }
                 None => Counters::add(&self.shared.counters.dropped, 1),
             },
@@ -236,11 +233,8 @@ impl Worker {
                         for msg in msgs {
                             st.session.queue(msg, self.now);
                         }
-                        if !st.dirty && !st.write_blocked {
-                            st.dirty = true;
-                            self.dirty.push(t);
-                        }
                     }
+                    self.mark_dirty(t);
                 }
                 None => Counters::add(&self.shared.counters.dropped, msgs.len() as u64),
             },
@@ -429,9 +423,8 @@ impl Worker {
             Some(t) => {
                 // The client came back: the old transport (if we still had one) is stale.
                 if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-                    if let Some(mut old) = st.socket.take() {
-                        let _ = old.deregister(self.center.registry());
-                        old.shutdown();
+                    if let Some(old) = st.socket.take() {
+                        close_socket(self.center.registry(), old);
                         st.session.on_fault(false);
                     }
                 }
@@ -755,9 +748,8 @@ impl Worker {
                 tracing::debug!(worker = index, conn = st.handle.id(), %peer, error = %fault, "connection fault");
             }
         }
-        if let Some(mut s) = st.socket.take() {
-            let _ = s.deregister(self.center.registry());
-            s.shutdown();
+        if let Some(s) = st.socket.take() {
+            close_socket(self.center.registry(), s);
         }
         st.connecting = false;
         st.decoder = FrameDecoder::new(self.shared.limits);
@@ -803,9 +795,8 @@ impl Worker {
         let Some(Entry::Conn(mut st)) = self.entries.try_remove(t) else {
             return;
         };
-        if let Some(mut s) = st.socket.take() {
-            let _ = s.deregister(self.center.registry());
-            s.shutdown();
+        if let Some(s) = st.socket.take() {
+            close_socket(self.center.registry(), s);
         }
         self.by_id.remove(&st.handle.id());
         if self.last_lookup.0 == st.handle.id() {
@@ -853,6 +844,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
+fn close_socket(registry: &mio::Registry, mut s: Box<dyn ConnectedSocket>) {
+    let _ = s.deregister(registry);
+    s.shutdown();
 }
 
 /// Policy of an accepted session, from what the client announced.
