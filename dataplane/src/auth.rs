@@ -41,6 +41,25 @@ pub struct AuthConfig {
     /// Refuse peers that cannot authenticate (effective only when a key is configured;
     /// default true: a messenger with a key lets in only peers that prove they have it).
     pub required: bool,
+    /// `crc` (default): frames carry crc32c against corruption. `secure`: every frame after
+    /// the handshake is sealed with AES-128-GCM under per-connection keys (needs a key;
+    /// implies `required`; peers must be in secure mode too).
+    pub mode: Mode,
+    /// Secure mode: cut and re-key a connection after it sealed this many frames in one
+    /// direction (default 2^32).
+    pub rekey_after_frames: u64,
+}
+
+/// Protection of frames on the wire, as in Ceph msgr2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// crc32c on every header and payload: detects corruption, not forgery.
+    #[default]
+    Crc,
+    /// AES-128-GCM on every frame: confidentiality and integrity against an attacker on
+    /// the wire.
+    Secure,
 }
 
 impl Default for AuthConfig {
@@ -49,6 +68,8 @@ impl Default for AuthConfig {
             cluster_key: String::new(),
             keyring_file: String::new(),
             required: true,
+            mode: Mode::Crc,
+            rekey_after_frames: crate::secure::DEFAULT_REKEY_AFTER_FRAMES,
         }
     }
 }
@@ -75,6 +96,11 @@ impl Key {
             )));
         }
         Ok(Key(bytes))
+    }
+
+    /// The key bytes, for deriving session keys. Never log them.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -32,6 +32,13 @@ counters! {
     bytes_out,
     /// Connections closed because the peer sent malformed frames or broke the protocol.
     malformed,
+    /// Secure mode: connections closed because a frame failed authentication or came
+    /// unsealed (altered, replayed, reordered or forged on the wire). Also counted in
+    /// `malformed`.
+    integrity_failures,
+    /// Secure mode: connections cut because a key sealed its frame budget (a lossless
+    /// session reconnects with fresh keys).
+    rekeys,
     /// Handshakes refused (by us or by the peer).
     handshake_failures,
     /// Peers that failed authentication (wrong or missing key, bad proof).

@@ -51,10 +51,11 @@ pub mod error;
 pub mod event;
 pub mod messenger;
 pub mod ring;
+pub mod secure;
 pub mod stack;
 pub mod wire;
 
-pub use auth::{AuthConfig, Key, Keyring};
+pub use auth::{AuthConfig, Key, Keyring, Mode as AuthMode};
 pub use buf::{Buf, BufList, BufMut, BufPool, PoolConfig};
 pub use config::{Config, FaultInjection};
 pub use counters::CounterSnapshot;

@@ -102,7 +102,7 @@ fn receive(
                 let hello = wire::parse_hello(&f.front)?;
                 Session::check_hello(&local, &hello)
                     .map_err(|(status, reason)| Fault::Rejected { status, reason })?;
-                s.accept_hello(&hello, now);
+                s.accept_hello(&hello, None, now);
                 Ok(())
             } else {
                 s.handle_frame(f, now)

@@ -191,7 +191,7 @@ pub fn dispatch(
         if let Err((status, reason)) = Session::check_hello(local, &hello) {
             return Err(Fault::Rejected { status, reason });
         }
-        session.accept_hello(&hello, now);
+        session.accept_hello(&hello, None, now);
         return Ok(());
     }
     session.handle_frame(frame, now)

@@ -112,6 +112,14 @@ impl BufMut {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The filled bytes, writable (to transform a received frame in place, e.g. to decrypt
+    /// it, before splitting it off).
+    pub fn filled_mut(&mut self) -> &mut [u8] {
+        // SAFETY: [ptr, ptr + len) is initialised and owned exclusively by this BufMut (bytes
+        // split off earlier lie before `ptr`); `&mut self` makes the borrow unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
     /// Copies as much of `s` as fits into the spare bytes; returns how many were copied.
     pub fn extend_from_slice(&mut self, s: &[u8]) -> usize {
         let n = s.len().min(self.remaining());

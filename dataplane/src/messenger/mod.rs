@@ -43,15 +43,16 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::auth::Keyring;
+use crate::auth::{Keyring, Mode};
 use crate::buf::{BufPool, PoolConfig};
 use crate::config::Config;
 use crate::counters::{CounterSnapshot, Counters};
 use crate::error::Error;
 use crate::event::{EventCenter, EventConfig};
 use crate::ring::{mpsc, Doorbell};
+use crate::secure::SecureConfig;
 use crate::stack::NetworkStack;
-use crate::wire::{Hello, Limits, FEATURE_AUTH, MAX_NAME_LEN};
+use crate::wire::{Hello, Limits, FEATURE_AUTH, FEATURE_SECURE, MAX_NAME_LEN};
 
 use connection::Route;
 use dispatch::DispatchQueue;
@@ -267,6 +268,9 @@ impl MessengerBuilder {
             peer_timeout: Duration::from_millis(cfg.peer_timeout_ms),
             handshake_timeout: Duration::from_millis(cfg.handshake_timeout_ms.max(1)),
             lossy_max_age: Duration::from_millis(cfg.lossy_max_age_ms),
+            secure: SecureConfig {
+                rekey_after_frames: cfg.auth.rekey_after_frames,
+            },
             ..SessionConfig::default()
         };
         let limits = Limits {
@@ -280,6 +284,22 @@ impl MessengerBuilder {
             if cfg.auth.required {
                 required |= FEATURE_AUTH;
             }
+        }
+        if cfg.auth.mode == Mode::Secure {
+            if keys.is_none() {
+                return Err(Error::Config(
+                    "auth.mode = \"secure\" needs a key (auth.cluster_key or auth.keyring_file)"
+                        .into(),
+                ));
+            }
+            if cfg.auth.rekey_after_frames == 0 {
+                return Err(Error::Config(
+                    "auth.rekey_after_frames must be at least 1".into(),
+                ));
+            }
+            // Secure mode is all or nothing: offered means required, and it needs auth.
+            features |= FEATURE_SECURE;
+            required |= FEATURE_SECURE | FEATURE_AUTH;
         }
         let local = LocalIdentity {
             name: self.name,

@@ -5,8 +5,9 @@
 //! | step | frames | auth body |
 //! |---|---|---|
 //! | 1, connector | `Hello`, `Auth` | nonce = client nonce, proof = zero |
-//! | 2, acceptor | `HelloReply`, `Auth` | nonce = server nonce, proof = server proof |
+//! | 2, acceptor | `Auth` | nonce = server nonce, proof = server proof |
 //! | 3, connector | `Auth` | nonce = zero, proof = client proof |
+//! | 4, acceptor | `HelloReply` (sealed in secure mode) | — |
 //!
 //! Proofs are HMAC-SHA256 over a role label, both nonces and both entity names; see
 //! `dataplane::auth`.
@@ -17,6 +18,10 @@ use super::error::WireError;
 
 /// Feature bit: this side can authenticate (it has a key).
 pub const FEATURE_AUTH: u64 = 1 << 0;
+
+/// Feature bit: secure mode (frames sealed with AES-128-GCM after the handshake). A side
+/// that advertises it also requires it, and it implies [`FEATURE_AUTH`].
+pub const FEATURE_SECURE: u64 = 1 << 1;
 
 /// Size of an auth body.
 pub const AUTH_BODY_LEN: usize = 64;

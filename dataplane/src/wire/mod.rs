@@ -21,7 +21,7 @@ mod hello;
 mod preamble;
 mod tag;
 
-pub use auth::{encode_auth, parse_auth, AuthBody, AUTH_BODY_LEN, FEATURE_AUTH};
+pub use auth::{encode_auth, parse_auth, AuthBody, AUTH_BODY_LEN, FEATURE_AUTH, FEATURE_SECURE};
 pub use close::{encode_close, parse_close, Close, CloseHead, CLOSE_HEAD_LEN, MAX_CLOSE_REASON};
 pub use crc::{crc32c, crc32c_append};
 pub use epilogue::{encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN};
@@ -31,8 +31,8 @@ pub use hello::{
     HELLO_BODY_LEN, MAX_NAME_LEN, POLICY_LOSSLESS, POLICY_LOSSY,
 };
 pub use preamble::{
-    encode_preamble, parse_preamble, FrameHead, Limits, Preamble, FLAG_ACK_VALID, KNOWN_FLAGS,
-    MAGIC, PREAMBLE_CRC_OFFSET, PREAMBLE_LEN, VERSION,
+    encode_preamble, parse_preamble, FrameHead, Limits, Preamble, FLAG_ACK_VALID, FLAG_SEALED,
+    KNOWN_FLAGS, MAGIC, PREAMBLE_CRC_OFFSET, PREAMBLE_LEN, VERSION,
 };
 pub use tag::Tag;
 

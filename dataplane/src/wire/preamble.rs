@@ -17,8 +17,11 @@ pub const PREAMBLE_LEN: usize = 40;
 pub const PREAMBLE_CRC_OFFSET: usize = 36;
 /// Flag: the preamble's `ack` field carries a piggy-backed acknowledgement.
 pub const FLAG_ACK_VALID: u8 = 0x01;
+/// Flag bit: the payload is sealed (secure mode). It is encrypted, and a 16-byte
+/// authentication tag follows it in place of the crc epilogue, even when the payload is empty.
+pub const FLAG_SEALED: u8 = 0x02;
 /// Every flag bit this build understands; a preamble with any other bit set is rejected.
-pub const KNOWN_FLAGS: u8 = FLAG_ACK_VALID;
+pub const KNOWN_FLAGS: u8 = FLAG_ACK_VALID | FLAG_SEALED;
 
 /// The frame preamble as it lies on the wire: 40 bytes, little-endian, no padding.
 ///
@@ -399,7 +402,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_flags() {
-        for f in [0x02u8, 0x80, 0xFF] {
+        for f in [0x04u8, 0x80, 0xFF] {
             let mut h = head(Tag::Message, 1, 2);
             h.flags = f;
             assert_eq!(parse(&encode_preamble(&h)), Err(WireError::UnknownFlags(f)));

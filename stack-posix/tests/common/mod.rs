@@ -12,6 +12,7 @@ use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy}
 use dataplane_stack_posix::PosixStack;
 use parking_lot::Mutex;
 
+pub mod proxy;
 pub mod raw;
 
 /// Header of every test payload: stream id (u32 LE) + sequence (u64 LE).

@@ -7,9 +7,10 @@
 //! the dispatcher will see it.
 
 use crate::buf::{Buf, BufMut, BufPool};
+use crate::secure::{Opener, TAG_LEN};
 use crate::wire::{self, Limits, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 
-use super::Frame;
+use super::{Fault, Frame};
 
 /// Don't issue a read into less spare room than this; take a fresh chunk instead.
 const MIN_READ_ROOM: usize = 1024;
@@ -24,6 +25,8 @@ pub struct FrameDecoder {
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
     /// the receive path can make).
     copied: u64,
+    /// Secure mode: opens every frame after the handshake, in place.
+    opener: Option<Opener>,
 }
 
 impl FrameDecoder {
@@ -34,7 +37,20 @@ impl FrameDecoder {
             rx: None,
             need: 0,
             copied: 0,
+            opener: None,
         }
+    }
+
+    /// Secure mode from the next frame on: every frame must arrive sealed and open with
+    /// `opener`, except a plaintext hello reply (a refusal; the session rejects an unsealed
+    /// acceptance).
+    pub fn set_opener(&mut self, opener: Opener) {
+        self.opener = Some(opener);
+    }
+
+    /// True once secure mode is on.
+    pub fn is_sealed(&self) -> bool {
+        self.opener.is_some()
     }
 
     /// Bytes copied so far to move partial frames across buffer boundaries.
@@ -100,8 +116,18 @@ impl FrameDecoder {
     /// first invalid frame with the error; the connection must then be closed.
     pub fn decode(
         &mut self,
-        mut on_frame: impl FnMut(Frame) -> Result<(), crate::messenger::protocol::Fault>,
-    ) -> Result<(), crate::messenger::protocol::Fault> {
+        mut on_frame: impl FnMut(Frame) -> Result<(), Fault>,
+    ) -> Result<(), Fault> {
+        self.decode_keyed(|f| on_frame(f).map(|()| None))
+    }
+
+    /// As [`decode`](FrameDecoder::decode), but `on_frame` may return the opener agreed in
+    /// the handshake frame it was given: secure mode then starts with the very next frame,
+    /// even one already in the buffer.
+    pub fn decode_keyed(
+        &mut self,
+        mut on_frame: impl FnMut(Frame) -> Result<Option<Opener>, Fault>,
+    ) -> Result<(), Fault> {
         loop {
             let Some(rx) = self.rx.as_mut() else {
                 return Ok(());
@@ -125,15 +151,38 @@ impl FrameDecoder {
                         p.frame_len(),
                     ),
                 };
+            let sealed = flags & wire::FLAG_SEALED != 0;
+            let frame_len = match (self.opener.is_some(), sealed) {
+                (false, false) => frame_len,
+                // Lengths were bounded by `parse_preamble`: no overflow.
+                (true, true) => PREAMBLE_LEN + front_len + data_len + TAG_LEN,
+                (true, false) if tag == Tag::HelloReply => frame_len,
+                (true, false) => {
+                    return Err(Fault::Insecure(format!(
+                        "unsealed {tag:?} frame on a secure connection"
+                    )))
+                }
+                (false, true) => {
+                    return Err(Fault::Insecure(format!(
+                        "sealed {tag:?} frame but no keys were agreed"
+                    )))
+                }
+            };
             if filled.len() < frame_len {
                 self.need = frame_len;
                 return Ok(());
             }
             self.need = 0;
-            let mut data = rx.split_to(frame_len);
             let front_end = PREAMBLE_LEN + front_len;
             let data_end = front_end + data_len;
-            if front_len + data_len > 0 {
+            if let (true, Some(opener)) = (sealed, self.opener.as_mut()) {
+                let bytes = &mut rx.filled_mut()[..frame_len];
+                let (aad, rest) = bytes.split_at_mut(PREAMBLE_LEN);
+                let (payload, mac) = rest.split_at_mut(front_len + data_len);
+                opener.open(aad, payload, mac)?;
+            }
+            let mut data = rx.split_to(frame_len);
+            if !sealed && front_len + data_len > 0 {
                 let bytes = data.as_slice();
                 wire::verify_epilogue(
                     [&bytes[PREAMBLE_LEN..front_end], &bytes[front_end..data_end]],
@@ -147,7 +196,7 @@ impl FrameDecoder {
             };
             // In place: no reference-count traffic for the common data-only frame.
             data.narrow(front_end..data_end);
-            on_frame(Frame {
+            if let Some(opener) = on_frame(Frame {
                 tag,
                 flags,
                 priority,
@@ -156,7 +205,9 @@ impl FrameDecoder {
                 ack,
                 front,
                 data,
-            })?;
+            })? {
+                self.opener = Some(opener);
+            }
             if tag == Tag::Close {
                 return Ok(());
             }

@@ -5,6 +5,7 @@
 use std::io::IoSlice;
 
 use crate::buf::Buf;
+use crate::secure::Sealer;
 use crate::wire::{self, FrameHead, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 
 /// Payloads up to this size are copied into the staging buffer next to their preamble
@@ -79,8 +80,65 @@ pub struct TxFrame {
 
 impl TxFrame {
     /// Encodes a frame around `front` (a control body) and the message payload of `kind`,
-    /// appending its staged bytes to `stage`.
+    /// appending its staged bytes to `stage`. With a `sealer` (secure mode) the frame is
+    /// sealed.
     pub(crate) fn encode(
+        stage: &mut Vec<u8>,
+        head: FrameHead,
+        front: &[u8],
+        kind: TxKind,
+        sealer: Option<&mut Sealer>,
+    ) -> TxFrame {
+        match sealer {
+            Some(s) => TxFrame::encode_sealed(stage, head, front, kind, s),
+            None => TxFrame::encode_plain(stage, head, front, kind),
+        }
+    }
+
+    /// Secure mode: preamble (flagged sealed, authenticated as associated data), then the
+    /// encrypted front and payload, then the tag.
+    ///
+    /// Why a copy here: encryption writes new bytes, and the caller's payload buffer is
+    /// shared (it stays held for resending and may be referenced elsewhere), so the
+    /// ciphertext goes into the staging buffer: one copy, made by the cipher itself as it
+    /// encrypts in place there.
+    fn encode_sealed(
+        stage: &mut Vec<u8>,
+        mut head: FrameHead,
+        front: &[u8],
+        kind: TxKind,
+        sealer: &mut Sealer,
+    ) -> TxFrame {
+        let data_len = match &kind {
+            TxKind::Message { msg, .. } => msg.payload.len(),
+            TxKind::Control => 0,
+        };
+        head.flags |= wire::FLAG_SEALED;
+        head.front_len = front.len() as u32;
+        head.data_len = data_len as u32;
+        let stage_off = stage.len();
+        stage.extend_from_slice(&wire::encode_preamble(&head));
+        stage.extend_from_slice(front);
+        if let TxKind::Message { msg, .. } = &kind {
+            for b in msg.payload.iter() {
+                stage.extend_from_slice(b);
+            }
+        }
+        let (aad, payload) = stage[stage_off..].split_at_mut(PREAMBLE_LEN);
+        let tag = sealer.seal(aad, payload);
+        stage.extend_from_slice(&tag);
+        let staged = stage.len() - stage_off;
+        TxFrame {
+            stage_off,
+            head_len: staged,
+            tail_len: 0,
+            external: false,
+            kind,
+            len: staged,
+        }
+    }
+
+    fn encode_plain(
         stage: &mut Vec<u8>,
         mut head: FrameHead,
         front: &[u8],

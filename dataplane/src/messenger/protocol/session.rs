@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::auth::{self, Keyring, Side};
 use crate::messenger::Message;
+use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
 use super::frame::{IovBuilder, TxKind};
@@ -87,6 +88,17 @@ pub enum Fault {
         /// The peer's reason.
         reason: String,
     },
+    /// Secure mode: a frame failed authentication (altered, replayed, reordered, truncated
+    /// or sealed with another key).
+    #[error("secure mode: {0}")]
+    Open(#[from] OpenError),
+    /// Secure mode: a frame arrived unsealed, or sealed when no keys were agreed.
+    #[error("secure mode: {0}")]
+    Insecure(String),
+    /// Secure mode: this key sealed its frame budget; the connection is cut so that a new
+    /// one (with fresh keys) takes over.
+    #[error("secure mode: key used for {0} frames, re-keying by reconnecting")]
+    RekeyDue(u64),
     /// The transport failed.
     #[error("transport error: {0}")]
     Io(#[from] std::io::Error),
@@ -115,7 +127,15 @@ impl Fault {
 
     /// Faults caused by bad input from the peer (counted as malformed).
     pub fn is_malformed(&self) -> bool {
-        matches!(self, Fault::Wire(_) | Fault::Protocol(_))
+        matches!(
+            self,
+            Fault::Wire(_) | Fault::Protocol(_) | Fault::Open(_) | Fault::Insecure(_)
+        )
+    }
+
+    /// Faults that show a frame was altered or forged on the wire (secure mode).
+    pub fn is_integrity(&self) -> bool {
+        matches!(self, Fault::Open(_) | Fault::Insecure(_))
     }
 }
 
@@ -138,6 +158,8 @@ pub struct SessionConfig {
     pub ack_every: u64,
     /// ...or after this delay, whichever comes first.
     pub ack_delay: Duration,
+    /// Secure-mode tuning (used when both sides agree on secure mode).
+    pub secure: SecureConfig,
 }
 
 impl Default for SessionConfig {
@@ -151,6 +173,7 @@ impl Default for SessionConfig {
             max_tx_frames: 4096,
             ack_every: 128,
             ack_delay: Duration::from_millis(2),
+            secure: SecureConfig::default(),
         }
     }
 }
@@ -243,6 +266,15 @@ pub struct Session {
     auth_nonce: Option<[u8; 32]>,
     /// Client: the peer proved its key in this handshake.
     authenticated: bool,
+    /// SHA-256 of the hello body we sent (client), bound into the secure-mode keys.
+    hello_digest: [u8; 32],
+    /// Secure mode: seals every frame we send on the current transport.
+    sealer: Option<Sealer>,
+    /// Client, secure mode: the opener for the driver to install in its frame decoder
+    /// right after the frame that produced it (see [`Session::take_opener`]).
+    opener: Option<Opener>,
+    /// Client: secure mode was agreed, so the hello reply must arrive sealed.
+    expect_sealed: bool,
     state: SessionState,
     peer: Option<PeerIdentity>,
     connect_seq: u64,
@@ -276,6 +308,10 @@ impl Session {
             lane: 0,
             auth_nonce: None,
             authenticated: false,
+            hello_digest: [0; 32],
+            sealer: None,
+            opener: None,
+            expect_sealed: false,
             state: match role {
                 Role::Client => SessionState::Idle,
                 Role::Server => SessionState::Standby,
@@ -334,6 +370,21 @@ impl Session {
         self.out.len() + self.resend.len() + self.tx.len() + self.sent.len()
     }
 
+    /// Secure mode, client: the opener agreed in the handshake frame just handled. The
+    /// driver installs it in the frame decoder before decoding the next frame.
+    pub fn take_opener(&mut self) -> Option<Opener> {
+        self.opener.take()
+    }
+
+    /// Secure mode: the sealing key has used up its frame budget; the driver cuts the
+    /// connection with [`Fault::RekeyDue`] so that a fresh handshake derives new keys.
+    pub fn rekey_due(&self) -> Option<u64> {
+        self.sealer
+            .as_ref()
+            .filter(|s| s.rekey_due())
+            .map(Sealer::sealed)
+    }
+
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
         self.events.pop_front()
@@ -360,6 +411,7 @@ impl Session {
             && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
             && self.tx.len() < self.cfg.max_tx_frames
             && self.stage.len() < STAGE_MAX
+            && self.rekey_due().is_none()
         {
             self.frame_message(msg);
             self.acked_in_seq = self.in_seq;
@@ -389,6 +441,7 @@ impl Session {
                 seq: self.out_seq,
                 msg,
             },
+            self.sealer.as_mut(),
         );
         self.tx.push_back(f);
     }
@@ -397,8 +450,13 @@ impl Session {
     pub fn start_client(&mut self, now: Instant) {
         debug_assert_eq!(self.role, Role::Client);
         self.connect_seq += 1;
-        let hello = self.hello(HelloStatus::Ok);
-        self.push_control(Tag::Hello, hello);
+        // A new transport: plaintext until this handshake agrees on keys.
+        self.sealer = None;
+        self.opener = None;
+        self.expect_sealed = false;
+        let body = self.hello_body(HelloStatus::Ok);
+        self.hello_digest = secure::hello_digest(&body);
+        self.push_frame(Tag::Hello, 0, &body);
         self.authenticated = false;
         self.auth_nonce = None;
         if self.local.keys.is_some() && self.local.features & wire::FEATURE_AUTH != 0 {
@@ -428,17 +486,16 @@ impl Session {
         }
     }
 
-    fn push_control(&mut self, tag: Tag, hello: Hello) {
+    fn hello_body(&self, status: HelloStatus) -> Vec<u8> {
         // Our own name was validated when the messenger was built, so encoding cannot fail
         // here; if it somehow does, the peer sees an empty body and refuses us clearly.
-        let body = match wire::encode_hello(&hello) {
+        match wire::encode_hello(&self.hello(status)) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode handshake");
                 Vec::new()
             }
-        };
-        self.push_frame(tag, 0, &body);
+        }
     }
 
     /// Stages a control frame (no payload) with `flags` and the current ack.
@@ -453,7 +510,13 @@ impl Session {
             },
             ..FrameHead::default()
         };
-        let f = TxFrame::encode(&mut self.stage, head, front, TxKind::Control);
+        let f = TxFrame::encode(
+            &mut self.stage,
+            head,
+            front,
+            TxKind::Control,
+            self.sealer.as_mut(),
+        );
         self.tx.push_back(f);
     }
 
@@ -535,7 +598,7 @@ impl Session {
                 tag: Tag::HelloReply as u8,
                 ..FrameHead::default()
             };
-            TxFrame::encode(&mut stage, head, &body, TxKind::Control);
+            TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
         }
         let body = wire::encode_close(&wire::Close {
             code: 1,
@@ -545,14 +608,17 @@ impl Session {
             tag: Tag::Close as u8,
             ..FrameHead::default()
         };
-        TxFrame::encode(&mut stage, head, &body, TxKind::Control);
+        TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
         stage
     }
 
     /// Server: a (re)connecting client's hello, already checked with
     /// [`Session::check_hello`]. Resumes this session or resets it if the peer restarted,
     /// then replies.
-    pub fn accept_hello(&mut self, hello: &Hello, now: Instant) {
+    ///
+    /// `sealer` is set when the handshake agreed on secure mode: the reply and everything
+    /// after it on this transport are sealed with it.
+    pub fn accept_hello(&mut self, hello: &Hello, sealer: Option<Sealer>, now: Instant) {
         debug_assert_eq!(self.role, Role::Server);
         let reconnect = self.peer.is_some();
         let remote_reset = match &self.peer {
@@ -568,8 +634,9 @@ impl Session {
         self.lane = hello.lane;
         // Drop anything left from the old transport and answer first.
         self.clear_tx();
-        let reply = self.hello(HelloStatus::Ok);
-        self.push_control(Tag::HelloReply, reply);
+        self.sealer = sealer;
+        let reply = self.hello_body(HelloStatus::Ok);
+        self.push_frame(Tag::HelloReply, 0, &reply);
         self.state = SessionState::Open;
         self.last_rx = now;
         self.hello_deadline = None;
@@ -686,6 +753,13 @@ impl Session {
 
     fn handle_hello_reply(&mut self, f: &Frame, now: Instant) -> Result<(), Fault> {
         let reply = wire::parse_hello(&f.front)?;
+        // A refusal may come in the clear (the acceptor could not derive keys); an
+        // acceptance on a secure handshake must be sealed, or a forger could open the
+        // session in the clear.
+        if reply.status == HelloStatus::Ok && self.expect_sealed && f.flags & wire::FLAG_SEALED == 0
+        {
+            return Err(Fault::Insecure("hello reply arrived unsealed".into()));
+        }
         if reply.status != HelloStatus::Ok {
             return Err(Fault::Refused {
                 status: reply.status,
@@ -728,7 +802,7 @@ impl Session {
     /// Client: the acceptor's nonce and proof. Checks the proof and answers with ours.
     fn handle_auth_challenge(&mut self, f: &Frame) -> Result<(), Fault> {
         let body = wire::parse_auth(&f.front)?;
-        let (Some(nonce_c), Some(keys)) = (self.auth_nonce, self.local.keys.as_ref()) else {
+        let (Some(nonce_c), Some(keys)) = (self.auth_nonce, self.local.keys.clone()) else {
             return Err(Fault::Protocol("unrequested auth challenge".into()));
         };
         let client = self.local.name.clone();
@@ -752,6 +826,15 @@ impl Session {
         let proof = auth::proof(key, Side::Client, &nonce_c, &body.nonce, &client);
         self.push_frame(Tag::Auth, 0, &wire::encode_auth(&[0; 32], &proof));
         self.authenticated = true;
+        if self.local.features & wire::FEATURE_SECURE != 0 {
+            // Our hello required secure mode and the acceptor went on to authenticate, so it
+            // agreed: everything after our proof is sealed, both ways.
+            let keys = SessionKeys::derive(key, &nonce_c, &body.nonce, &self.hello_digest, &client);
+            let (sealer, opener) = keys.split(true, self.cfg.secure);
+            self.sealer = Some(sealer);
+            self.opener = Some(opener);
+            self.expect_sealed = true;
+        }
         Ok(())
     }
 
@@ -915,9 +998,12 @@ impl Session {
         }
         let mut framed = false;
         let mut external = 0usize;
+        // Secure mode: once the key's budget is spent, frame nothing more; the driver cuts
+        // the connection when what is staged has been written.
         while self.tx.len() < self.cfg.max_tx_frames
             && self.stage.len() < STAGE_MAX
             && external < MAX_EXTERNAL
+            && self.rekey_due().is_none()
         {
             let (msg, from_resend) = if let Some((seq, m)) = self.resend.pop_front() {
                 debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");

@@ -13,8 +13,11 @@ use super::{close_socket, Adopt, Command, Entry, Worker};
 use crate::auth::{self, Key, Side};
 use crate::counters::Counters;
 use crate::messenger::protocol::{Fault, Frame, FrameDecoder, Session, TxFrame, TxKind};
+use crate::secure::{self, Sealer, SessionKeys};
 use crate::stack::ConnectedSocket;
-use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError, FEATURE_AUTH};
+use crate::wire::{
+    self, FrameHead, Hello, HelloStatus, Tag, WireError, FEATURE_AUTH, FEATURE_SECURE,
+};
 
 /// An accepted socket before its handshake finished.
 pub(super) struct Pending {
@@ -30,11 +33,13 @@ pub(super) struct Pending {
 pub(super) enum PendingStage {
     /// Waiting for the hello.
     Hello,
-    /// Both sides authenticate: waiting for the client's nonce.
-    Nonce(Box<Hello>),
+    /// Both sides authenticate: waiting for the client's nonce. `digest` is the SHA-256 of
+    /// the client's hello body, bound into the secure-mode keys.
+    Nonce { hello: Box<Hello>, digest: [u8; 32] },
     /// Challenge sent: waiting for the client's proof.
     Proof {
         hello: Box<Hello>,
+        digest: [u8; 32],
         nonce_c: [u8; 32],
         nonce_s: [u8; 32],
         key: Key,
@@ -164,14 +169,17 @@ impl Worker {
                     return false;
                 }
                 if local.features & hello.features & FEATURE_AUTH != 0 {
-                    p.stage = PendingStage::Nonce(Box::new(hello));
+                    p.stage = PendingStage::Nonce {
+                        hello: Box::new(hello),
+                        digest: secure::hello_digest(&f.front),
+                    };
                     true
                 } else {
-                    self.accept_session(t, hello, more);
+                    self.accept_session(t, hello, more, None);
                     false
                 }
             }
-            (PendingStage::Nonce(hello), Tag::Auth) => {
+            (PendingStage::Nonce { hello, digest }, Tag::Auth) => {
                 let (body, key) = match (wire::parse_auth(&f.front), &local.keys) {
                     (Ok(b), Some(keys)) => match keys.key_for(&hello.name) {
                         Some(k) => (b, k.clone()),
@@ -197,6 +205,7 @@ impl Worker {
                     head,
                     &wire::encode_auth(&nonce_s, &proof),
                     TxKind::Control,
+                    None,
                 );
                 // A fresh socket's buffer is empty: the 108-byte challenge fits whole.
                 match p.socket.writev(&[IoSlice::new(&stage)]) {
@@ -209,6 +218,7 @@ impl Worker {
                 }
                 p.stage = PendingStage::Proof {
                     hello,
+                    digest,
                     nonce_c: body.nonce,
                     nonce_s,
                     key,
@@ -218,6 +228,7 @@ impl Worker {
             (
                 PendingStage::Proof {
                     hello,
+                    digest,
                     nonce_c,
                     nonce_s,
                     key,
@@ -238,7 +249,16 @@ impl Worker {
                     self.auth_failed(t, &hello.name, "wrong key");
                     return false;
                 }
-                self.accept_session(t, *hello, more);
+                // Secure mode when both sides support it (each side that does requires it,
+                // so the hello check already refused a mismatch). The opener starts with the
+                // client's next frame; the sealer, with our hello reply.
+                let sealer = (local.features & hello.features & FEATURE_SECURE != 0).then(|| {
+                    let keys = SessionKeys::derive(&key, &nonce_c, &nonce_s, &digest, &hello.name);
+                    let (sealer, opener) = keys.split(false, self.shared.session_cfg.secure);
+                    p.decoder.set_opener(opener);
+                    sealer
+                });
+                self.accept_session(t, *hello, more, sealer);
                 false
             }
             (_, tag) => {
@@ -262,7 +282,7 @@ impl Worker {
     /// The handshake (and authentication, if any) succeeded: find or create the session
     /// and hand the socket to the worker that owns it. A peer that sent more frames before
     /// our reply broke the protocol and is refused.
-    fn accept_session(&mut self, t: usize, hello: Hello, more: bool) {
+    fn accept_session(&mut self, t: usize, hello: Hello, more: bool, sealer: Option<Sealer>) {
         if !matches!(self.entries.get(t), Some(Entry::Pending(_))) {
             return;
         }
@@ -295,6 +315,7 @@ impl Worker {
             decoder,
             hello,
             conn,
+            sealer,
         };
         if target == self.index {
             self.adopt(a);

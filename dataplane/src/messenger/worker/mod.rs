@@ -23,6 +23,7 @@ use crate::messenger::fault::FaultInjector;
 use crate::messenger::protocol::{Fault, FrameDecoder, Role, Session, SessionEvent, SessionState};
 use crate::messenger::{Connection, Message, Policy, Shared};
 use crate::ring::mpsc;
+use crate::secure::Sealer;
 use crate::stack::{ConnectedSocket, ServerSocket, SocketOptions, StackWorker};
 use crate::wire::Hello;
 
@@ -65,6 +66,8 @@ pub(crate) struct Adopt {
     decoder: FrameDecoder,
     hello: Hello,
     conn: Connection,
+    /// Secure mode: seals what the server sends on this transport.
+    sealer: Option<Sealer>,
 }
 
 /// A connection owned by this worker.
@@ -418,6 +421,7 @@ impl Worker {
             decoder,
             hello,
             conn,
+            sealer,
         } = a;
         let t = match self.by_id.get(&conn.id()).copied() {
             Some(t) => {
@@ -446,7 +450,7 @@ impl Worker {
         st.write_blocked = false;
         st.decoder = decoder;
         st.connecting = false;
-        st.session.accept_hello(&hello, self.now);
+        st.session.accept_hello(&hello, sealer, self.now);
         self.poll_session(t);
         self.mark_dirty(t);
         // Bytes that arrived behind the hello, and readiness we may have missed.
@@ -492,7 +496,10 @@ impl Worker {
                 }
                 Ok(n) => {
                     let session = &mut st.session;
-                    let r = st.decoder.decode(|f| session.handle_frame(f, now));
+                    let r = st.decoder.decode_keyed(|f| {
+                        session.handle_frame(f, now)?;
+                        Ok(session.take_opener())
+                    });
                     // Stop early only between frames: inside a large frame more bytes are
                     // on their way, and reading on saves a trip through epoll.
                     if stop_short && n < offered && st.decoder.pending() == 0 {
@@ -695,6 +702,12 @@ impl Worker {
                     Counters::add(&self.shared.counters.bytes_out, n as u64);
                     let written = st.session.on_written(n, now);
                     Counters::add(&self.shared.counters.msgs_out, written);
+                    if let Some(frames) = st.session.rekey_due() {
+                        if !st.session.has_tx() {
+                            Counters::add(&self.shared.counters.rekeys, 1);
+                            return self.fault(t, Fault::RekeyDue(frames));
+                        }
+                    }
                     if n < total {
                         // Short write: the socket buffer is full; writability will call us back.
                         st.write_blocked = true;
@@ -727,6 +740,9 @@ impl Worker {
         let peer = st.handle.peer_name().unwrap_or_default();
         if fault.is_malformed() {
             Counters::add(&c.malformed, 1);
+            if fault.is_integrity() {
+                Counters::add(&c.integrity_failures, 1);
+            }
             tracing::error!(worker = index, conn = st.handle.id(), %peer, error = %fault, "closing connection");
         } else {
             match &fault {
