@@ -91,6 +91,12 @@ pub struct FaultInjection {
     pub socket_failures: u32,
     /// Seed of the injection RNG (per worker, mixed with the worker index).
     pub seed: u64,
+    /// Hold back one read in this many (0 = off), of established and of handshaking
+    /// connections, for a random time up to `delay_max_ms`: a slow or congested network
+    /// (Ceph's `ms_inject_delay_probability`).
+    pub delays: u32,
+    /// Longest injected delay in milliseconds.
+    pub delay_max_ms: u64,
 }
 
 impl Default for Config {
@@ -206,7 +212,8 @@ mod tests {
             cfg.inject,
             FaultInjection {
                 socket_failures: 10,
-                seed: 7
+                seed: 7,
+                ..FaultInjection::default()
             }
         );
         assert_eq!(cfg.queue_max_msgs, Config::default().queue_max_msgs);

@@ -53,6 +53,8 @@ counters! {
     faults,
     /// Faults injected by the test configuration.
     injected_faults,
+    /// Reads held back by injected delays.
+    injected_delays,
     /// Peers declared dead by the keepalive time-out.
     peer_timeouts,
     /// Duplicate messages discarded.

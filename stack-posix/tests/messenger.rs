@@ -19,11 +19,15 @@ use dataplane::{
 const T: Duration = Duration::from_secs(60);
 
 #[test]
-fn lossless_one_million_messages_exactly_once_in_order_across_injected_reconnects() {
+fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order() {
+    // One socket read or write in 20 fails and one read turn in 5 is held back for up to 5 ms,
+    // on both ends.
     const N: u64 = 1_000_000;
     let inject = |seed| FaultInjection {
         socket_failures: 20,
         seed,
+        delays: 5,
+        delay_max_ms: 5,
     };
     let srv_d = Checker::fast();
     let server = messenger(
@@ -65,9 +69,14 @@ fn lossless_one_million_messages_exactly_once_in_order_across_injected_reconnect
         "faults injected: {c:?} {s:?}"
     );
     assert!(c.reconnects >= 100, "reconnected {} times", c.reconnects);
+    assert!(
+        c.injected_delays + s.injected_delays >= 100,
+        "delays injected: {c:?} {s:?}"
+    );
     eprintln!(
-        "lossless: {} injected faults, {} reconnects",
+        "lossless: {} injected faults, {} injected delays, {} reconnects",
         c.injected_faults + s.injected_faults,
+        c.injected_delays + s.injected_delays,
         c.reconnects
     );
     assert_eq!(c.remote_resets + s.remote_resets, 0);
@@ -841,6 +850,8 @@ fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
     let inject = |seed| FaultInjection {
         socket_failures: 5,
         seed,
+        delays: 20,
+        delay_max_ms: 20,
     };
     let d = Checker::fast();
     let server = messenger(

@@ -26,6 +26,8 @@ pub(super) struct Pending {
     pub(super) peer: SocketAddr,
     pub(super) deadline: Instant,
     pub(super) stage: PendingStage,
+    /// Injected delay: reads are held back until then.
+    pub(super) read_delay: Option<Instant>,
 }
 
 /// Where an accepted socket is in the handshake. Authentication completes here, before any
@@ -75,6 +77,7 @@ impl Worker {
                         peer,
                         deadline,
                         stage: PendingStage::Hello,
+                        read_delay: None,
                     })));
                     self.pending += 1;
                     self.center.add_timer(deadline, pt as u64);
@@ -93,6 +96,19 @@ impl Worker {
     }
 
     pub(super) fn pending_readable(&mut self, t: usize) {
+        let now = self.now;
+        if let Some(Entry::Pending(p)) = self.entries.get_mut(t) {
+            if p.read_delay.is_some_and(|d| now < d) {
+                return; // the delay's timer reads later
+            }
+            p.read_delay = None;
+            if let Some(d) = self.inject.delay() {
+                Counters::add(&self.shared.counters.injected_delays, 1);
+                p.read_delay = Some(now + d);
+                self.center.add_timer(now + d, t as u64);
+                return;
+            }
+        }
         let mut frames = Vec::new();
         loop {
             if self.inject.should_fail() {

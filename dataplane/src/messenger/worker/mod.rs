@@ -83,6 +83,8 @@ struct ConnState {
     backoff: Duration,
     reconnect_at: Option<Instant>,
     timer_at: Option<Instant>,
+    /// Injected delay: reads are held back until then.
+    read_delay: Option<Instant>,
     closing: Option<Instant>,
     dirty: bool,
     /// The socket refused bytes (`WouldBlock` or a short write): nothing is written until its
@@ -137,7 +139,7 @@ impl Worker {
             recv_buffer: (cfg.recv_buffer_bytes > 0).then_some(cfg.recv_buffer_bytes),
             ..SocketOptions::default()
         };
-        let inject = FaultInjector::new(cfg.inject.socket_failures, cfg.inject.seed, index);
+        let inject = FaultInjector::new(&cfg.inject, index);
         Worker {
             index,
             shared,
@@ -329,6 +331,7 @@ impl Worker {
             backoff: self.shared.reconnect_min,
             reconnect_at: None,
             timer_at: None,
+            read_delay: None,
             closing: None,
             dirty: false,
             write_blocked: false,
@@ -465,6 +468,18 @@ impl Worker {
     /// drained, stops at the first short read instead of reading again for `WouldBlock`.
     fn conn_readable_until(&mut self, t: usize, to_eof: bool) {
         let now = self.now;
+        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+            if st.read_delay.is_some_and(|d| now < d) {
+                return; // the delay's timer reads later
+            }
+            st.read_delay = None;
+            if let Some(d) = self.inject.delay() {
+                Counters::add(&self.shared.counters.injected_delays, 1);
+                st.read_delay = Some(now + d);
+                self.center.add_timer(now + d, t as u64);
+                return;
+            }
+        }
         for _ in 0..READS_PER_TURN {
             if self.shared.dispatch.over_throttle() {
                 Counters::add(&self.shared.counters.throttled_reads, 1);
@@ -627,7 +642,16 @@ impl Worker {
                 Counters::add(&self.shared.counters.handshake_failures, 1);
                 self.drop_pending(t);
             }
+            Some(Entry::Pending(p)) if p.read_delay.is_some_and(|d| now >= d) => {
+                self.pending_readable(t);
+            }
             Some(Entry::Conn(st)) => {
+                if st.read_delay.is_some_and(|d| now >= d) {
+                    self.conn_readable(t);
+                }
+                let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
+                    return;
+                };
                 st.timer_at = None;
                 if st.closing.is_some_and(|d| now >= d) {
                     return self.remove_conn(t, false);
