@@ -483,6 +483,40 @@ fn handshake_timeout_drops_silent_peer() {
 }
 
 #[test]
+fn handshake_timeout_drops_peer_that_dribbles_bytes() {
+    use std::io::Write;
+    let server = messenger(
+        "server",
+        Config {
+            handshake_timeout_ms: 300,
+            ..test_config()
+        },
+        Checker::fast(),
+        true,
+    );
+    let hello = raw::hello_frame(&raw::hello("slowloris", true));
+    let mut s = raw::connect(addr(&server));
+    let t0 = std::time::Instant::now();
+    let mut sent = 0;
+    // One byte every 50 ms: the whole hello would take seconds.
+    for b in &hello {
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        if t0.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    assert!(sent < hello.len(), "dropped before the hello was complete");
+    assert!(raw::closed_by_peer(&mut s));
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert_eq!(server.counters().handshake_failures, 1);
+    assert_eq!(server.counters().accepted, 0);
+}
+
+#[test]
 fn keepalive_timeout_marks_silent_peer_dead() {
     let d = Checker::fast();
     let server = messenger(
