@@ -18,6 +18,11 @@
 //! | 2. [`ring`](Doorbell::ring): `SeqCst` fence, load `parked` | 2. re-check **every** ring it serves |
 //! | 3. if parked: clear it, `wake()`     | 3. something there → [`unpark`](Doorbell::unpark) and process it; nothing → sleep until woken, then [`unpark`](Doorbell::unpark) |
 //!
+//! On Linux the two fences are asymmetric (see `barrier`): the consumer, which parks rarely,
+//! calls `membarrier(2)`, which forces a full barrier on every running thread of the process,
+//! so the producer, which rings on every push, needs only a compiler fence. Without
+//! `membarrier` both sides use a `SeqCst` fence, as described here.
+//!
 //! The two `SeqCst` fences are totally ordered. If the producer's fence comes first, the
 //! consumer's re-check (after its fence) sees the item; if the consumer's fence comes first, the
 //! producer's load of `parked` (after its fence) sees `true` and it wakes the consumer. Either
@@ -30,8 +35,9 @@
 //! Rules for callers:
 //!
 //! * a producer calls [`ring`](Doorbell::ring) after **every** push (or batch push) that a
-//!   parked consumer must see; the call is cheap (a fence and a load of a cache line that
-//!   only changes when the consumer parks) unless it actually wakes;
+//!   parked consumer must see; the call is cheap (a load of a cache line that only changes
+//!   when the consumer parks, and a compiler fence, or a `SeqCst` fence without `membarrier`)
+//!   unless it actually wakes;
 //! * the consumer must re-check all its rings between [`prepare_park`](Doorbell::prepare_park)
 //!   and sleeping, and the [`Wake`] implementation must make a wake-up that happens *before* the
 //!   consumer starts sleeping count (an `eventfd` counter, a latched flag, a `thread::unpark`
@@ -84,7 +90,8 @@ use std::fmt;
 
 use crossbeam_utils::CachePadded;
 
-use super::sync::{fence, AtomicBool, AtomicU64, Ordering};
+use super::barrier;
+use super::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// What actually wakes a parked consumer (the event loop implements it with an `eventfd` /
 /// `mio::Waker`).
@@ -112,6 +119,7 @@ impl Doorbell {
     /// Creates a doorbell that calls `waker` when it has to wake the consumer. The consumer
     /// starts out not parked.
     pub fn new(waker: Box<dyn Wake>) -> Doorbell {
+        barrier::init();
         Doorbell {
             parked: CachePadded::new(AtomicBool::new(false)),
             waker,
@@ -119,15 +127,22 @@ impl Doorbell {
         }
     }
 
-    /// Producer side, call after pushing: `SeqCst` fence, then if the consumer is parked, clear
+    /// True when this process uses the asymmetric (`membarrier`) park protocol, false when
+    /// both sides use `SeqCst` fences.
+    pub fn uses_membarrier() -> bool {
+        barrier::asymmetric()
+    }
+
+    /// Producer side, call after pushing: a barrier, then if the consumer is parked, clear
     /// the flag and call [`Wake::wake`]. Returns `true` if it woke the consumer.
     ///
     /// When several producers ring at once, only one of them wakes the consumer.
     #[inline]
     pub fn ring(&self) -> bool {
         // Orders the caller's publication of its item before the load of `parked`; pairs with
-        // the fence in `prepare_park`.
-        fence(Ordering::SeqCst);
+        // the barrier in `prepare_park` (a compiler fence where that one is a membarrier, see
+        // `barrier`).
+        barrier::light();
         // Plain load first so the common case (consumer running) does not take the cache line
         // exclusively; the swap makes sure only one producer wakes the consumer.
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
@@ -148,8 +163,9 @@ impl Doorbell {
         // anyway.)
         self.parked.swap(true, Ordering::SeqCst);
         // Orders the store of `parked` before the caller's re-check of its rings; pairs with the
-        // fence in `ring`.
-        fence(Ordering::SeqCst);
+        // barrier in `ring`. With membarrier this also orders every producer's push before its
+        // load of `parked` (see `barrier`), which is what lets `ring` skip its fence.
+        barrier::heavy();
     }
 
     /// Consumer side, after waking or when cancelling a park.

@@ -40,6 +40,7 @@
 //! The whole module is model-checked with [loom](https://docs.rs/loom): build with
 //! `RUSTFLAGS="--cfg loom"` and run the tests whose name contains `loom`.
 
+mod barrier;
 pub mod doorbell;
 pub mod mpsc;
 pub mod spsc;

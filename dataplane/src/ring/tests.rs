@@ -689,3 +689,57 @@ fn stress_doorbell_no_stranded_items() {
         "{wakeups} wake-ups for {total} items: doorbell is not suppressing redundant wake-ups"
     );
 }
+
+/// The SPSC push is a plain store, so unlike the MPSC CAS it is no barrier of its own: with
+/// the asymmetric protocol only the consumer's `membarrier` keeps a wake-up from being lost.
+#[test]
+fn stress_doorbell_spsc_no_stranded_items() {
+    let total = scaled(1_000_000);
+    let waker = Arc::new(CondvarWaker::default());
+    let bell = Arc::new(Doorbell::new(Box::new(waker.clone())));
+    println!("membarrier: {}", Doorbell::uses_membarrier());
+    let (mut tx, mut rx) = spsc::channel::<u64>(256);
+    let producer = {
+        let bell = bell.clone();
+        thread::spawn(move || {
+            for seq in 0..total {
+                let mut v = seq;
+                while let Err(back) = tx.push(v) {
+                    v = back;
+                    thread::yield_now();
+                }
+                bell.ring();
+                if seq % 512 == 511 {
+                    thread::sleep(Duration::from_micros(20));
+                }
+            }
+        })
+    };
+    let (mut next, mut parks) = (0u64, 0u64);
+    let mut out = Vec::with_capacity(256);
+    while next < total {
+        if rx.pop_batch(&mut out, 256) > 0 {
+            for v in out.drain(..) {
+                assert_eq!(v, next);
+                next += 1;
+            }
+            continue;
+        }
+        bell.prepare_park();
+        if !rx.is_empty() {
+            bell.unpark();
+            continue;
+        }
+        parks += 1;
+        let woken = waker.sleep(Duration::from_secs(5));
+        bell.unpark();
+        assert!(
+            woken,
+            "lost wake-up: slept 5 s with {next}/{total} received (ring empty: {})",
+            rx.is_empty()
+        );
+    }
+    producer.join().unwrap();
+    println!("{total} items, {parks} sleeps, {} wake-ups", bell.wakeups());
+    assert!(parks > 0, "the test never exercised parking");
+}
