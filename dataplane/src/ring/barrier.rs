@@ -76,16 +76,14 @@ mod imp {
     /// The rare side's StoreLoad barrier, which also orders the hot side's accesses.
     #[inline]
     pub(crate) fn heavy() {
-        if asymmetric() {
-            if membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
-                // Cannot happen once registration succeeded (the kernel only fails
-                // unregistered or unsupported commands); if it ever does, producers may have
-                // skipped their fence, so keep a loud trace of it.
-                tracing::error!(
-                    error = %std::io::Error::last_os_error(),
-                    "membarrier failed after registration"
-                );
-            }
+        if asymmetric() && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
+            // Cannot happen once registration succeeded (the kernel only fails
+            // unregistered or unsupported commands); if it ever does, producers may have
+            // skipped their fence, so keep a loud trace of it.
+            tracing::error!(
+                error = %std::io::Error::last_os_error(),
+                "membarrier failed after registration"
+            );
         }
         fence(Ordering::SeqCst);
     }
