@@ -59,6 +59,7 @@ mod imp {
     }
 
     /// True when the asymmetric (membarrier) protocol is in use.
+    #[inline(always)]
     pub(crate) fn asymmetric() -> bool {
         MODE.load(Ordering::Relaxed) == 1
     }
