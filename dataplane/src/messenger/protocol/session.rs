@@ -702,6 +702,13 @@ impl Session {
     /// Feeds one received frame.
     pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
         self.last_rx = now;
+        if self.state == SessionState::Closed {
+            // We are closing (our close frame may still be on its way out): what the peer
+            // sent meanwhile no longer matters, and treating it as a protocol error would cut
+            // the socket before the peer is told.
+            return Ok(());
+        }
+        let ack = f.ack();
         match (f.tag, self.state) {
             (Tag::HelloReply, SessionState::HelloSent) => self.handle_hello_reply(&f, now)?,
             (Tag::Auth, SessionState::HelloSent) => self.handle_auth_challenge(&f)?,
@@ -719,12 +726,15 @@ impl Session {
                     if self.ack_deadline.is_none() {
                         self.ack_deadline = Some(now + self.cfg.ack_delay);
                     }
+                    // The payload moves into the message: no reference-count traffic.
                     self.events
                         .push_back(SessionEvent::Message(Message::received(
-                            f.msg_type,
-                            f.priority,
-                            f.data.clone(),
+                            f.msg_type, f.priority, f.data,
                         )));
+                    if let Some(ack) = ack {
+                        self.handle_ack(ack)?;
+                    }
+                    return Ok(());
                 }
             }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
@@ -745,7 +755,7 @@ impl Session {
                 )))
             }
         }
-        if let Some(ack) = f.ack() {
+        if let Some(ack) = ack {
             self.handle_ack(ack)?;
         }
         Ok(())

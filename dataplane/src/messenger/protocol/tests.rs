@@ -824,3 +824,27 @@ fn sealed_and_plain_frames_do_not_mix() {
     assert!(matches!(err, Fault::Insecure(_)), "{err}");
     assert!(err.is_integrity() && err.is_malformed());
 }
+
+#[test]
+fn frames_arriving_while_closing_are_ignored_and_the_close_still_goes_out() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    for i in 0..3 {
+        p.s.queue(m(i), p.now);
+    }
+    let from_server = drain(&mut p.s, p.now);
+    p.c.close(0, "marked down");
+    assert_eq!(p.c.state(), SessionState::Closed);
+    // The server's messages and acks cross our close on the wire.
+    for f in feed(&mut p.cd, &p.pool, &from_server, 1500).unwrap() {
+        p.c.handle_frame(f, p.now)
+            .expect("frames after our close are ignored, not a protocol error");
+    }
+    assert!(
+        msgs(&events(&mut p.c)).is_empty(),
+        "nothing dispatched after close"
+    );
+    let bytes = drain(&mut p.c, p.now);
+    let frames = feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap();
+    assert_eq!(frames.last().map(|f| f.tag), Some(Tag::Close));
+}

@@ -566,11 +566,14 @@ impl Worker {
         };
         let shared = &self.shared;
         let c = &shared.counters;
+        // Message counters are summed here and published once: an atomic add per message
+        // would cost more than the rest of its dispatch.
+        let (mut msgs_in, mut bytes_in) = (0u64, 0u64);
         while let Some(ev) = st.session.poll_event() {
             match ev {
                 SessionEvent::Message(m) => {
-                    Counters::add(&c.msgs_in, 1);
-                    Counters::add(&c.bytes_in, m.len() as u64);
+                    msgs_in += 1;
+                    bytes_in += m.len() as u64;
                     if shared.dispatcher.can_fast_dispatch(&m) {
                         shared.dispatcher.fast_dispatch(&st.handle, m);
                     } else {
@@ -610,6 +613,10 @@ impl Worker {
                 }
                 SessionEvent::Duplicate => Counters::add(&c.duplicates, 1),
             }
+        }
+        if msgs_in > 0 {
+            Counters::add(&c.msgs_in, msgs_in);
+            Counters::add(&c.bytes_in, bytes_in);
         }
         if st.session.wants_write(self.now) && !st.dirty && !st.write_blocked {
             st.dirty = true;
