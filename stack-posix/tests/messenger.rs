@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -557,27 +557,10 @@ fn keepalive_keeps_idle_connection_alive() {
     assert_eq!(client.counters().faults, 0);
 }
 
-/// Blocks the dispatch thread until opened.
-struct Gate {
-    open: AtomicBool,
-    inner: Arc<Checker>,
-}
-impl Dispatcher for Gate {
-    fn dispatch(&self, c: &Connection, m: Message) {
-        while !self.open.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.inner.dispatch(c, m);
-    }
-}
-
 #[test]
 fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
     let inner = Checker::queued();
-    let gate = Arc::new(Gate {
-        open: AtomicBool::new(false),
-        inner: inner.clone(),
-    });
+    let gate = Gate::closed(inner.clone());
     let server = messenger(
         "server",
         Config {
@@ -650,10 +633,7 @@ fn local_delivery_never_touches_a_socket() {
 #[test]
 fn priority_orders_dispatch() {
     let inner = Checker::keeping();
-    let gate = Arc::new(Gate {
-        open: AtomicBool::new(false),
-        inner: inner.clone(),
-    });
+    let gate = Gate::closed(inner.clone());
     let server = messenger("server", test_config(), gate.clone(), true);
     let client = messenger("client", test_config(), Checker::fast(), false);
     let conn = client.connect(addr(&server)).unwrap();

@@ -3,28 +3,13 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use dataplane::{Config, Connection, Dispatcher, Message};
+use dataplane::{Config, Message};
 
 const T: Duration = Duration::from_secs(60);
-
-/// Blocks the dispatch thread until opened.
-struct Gate {
-    open: AtomicBool,
-    inner: Arc<Checker>,
-}
-impl Dispatcher for Gate {
-    fn dispatch(&self, c: &Connection, m: Message) {
-        while !self.open.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        self.inner.dispatch(c, m);
-    }
-}
 
 /// Resident set size of this process in bytes.
 fn rss_bytes() -> u64 {
@@ -40,10 +25,7 @@ fn slow_consumer_memory_stays_flat_and_nothing_is_lost() {
     const N: u64 = 50_000;
     const SIZE: usize = 4096;
     let inner = Checker::queued();
-    let gate = Arc::new(Gate {
-        open: AtomicBool::new(false),
-        inner: inner.clone(),
-    });
+    let gate = Gate::closed(inner.clone());
     let server = messenger(
         "server",
         Config {

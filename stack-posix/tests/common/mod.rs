@@ -154,6 +154,30 @@ impl Dispatcher for Checker {
     }
 }
 
+/// A dispatcher that blocks the dispatch thread until opened, then hands messages to `inner`.
+pub struct Gate {
+    pub open: std::sync::atomic::AtomicBool,
+    pub inner: Arc<Checker>,
+}
+
+impl Gate {
+    pub fn closed(inner: Arc<Checker>) -> Arc<Gate> {
+        Arc::new(Gate {
+            open: std::sync::atomic::AtomicBool::new(false),
+            inner,
+        })
+    }
+}
+
+impl Dispatcher for Gate {
+    fn dispatch(&self, c: &Connection, m: Message) {
+        while !self.open.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.inner.dispatch(c, m);
+    }
+}
+
 /// A test configuration: small pools, no hugepages needed, short timers.
 pub fn test_config() -> Config {
     Config {

@@ -96,18 +96,8 @@ impl Worker {
     }
 
     pub(super) fn pending_readable(&mut self, t: usize) {
-        let now = self.now;
-        if let Some(Entry::Pending(p)) = self.entries.get_mut(t) {
-            if p.read_delay.is_some_and(|d| now < d) {
-                return; // the delay's timer reads later
-            }
-            p.read_delay = None;
-            if let Some(d) = self.inject.delay() {
-                Counters::add(&self.shared.counters.injected_delays, 1);
-                p.read_delay = Some(now + d);
-                self.center.add_timer(now + d, t as u64);
-                return;
-            }
+        if self.read_held(t) {
+            return;
         }
         let mut frames = Vec::new();
         loop {

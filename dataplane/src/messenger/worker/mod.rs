@@ -464,21 +464,34 @@ impl Worker {
         self.conn_readable_until(t, true);
     }
 
+    /// Injected delays: true if reading `t` must wait now (its timer reads it later), either
+    /// because a delay is running or because one is injected here.
+    fn read_held(&mut self, t: usize) -> bool {
+        let now = self.now;
+        let slot = match self.entries.get_mut(t) {
+            Some(Entry::Conn(st)) => &mut st.read_delay,
+            Some(Entry::Pending(p)) => &mut p.read_delay,
+            _ => return false,
+        };
+        if slot.is_some_and(|d| now < d) {
+            return true;
+        }
+        *slot = None;
+        let Some(d) = self.inject.delay() else {
+            return false;
+        };
+        Counters::add(&self.shared.counters.injected_delays, 1);
+        *slot = Some(now + d);
+        self.center.add_timer(now + d, t as u64);
+        true
+    }
+
     /// Reads and decodes. With `to_eof` false and a stack whose short reads prove the socket
     /// drained, stops at the first short read instead of reading again for `WouldBlock`.
     fn conn_readable_until(&mut self, t: usize, to_eof: bool) {
         let now = self.now;
-        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-            if st.read_delay.is_some_and(|d| now < d) {
-                return; // the delay's timer reads later
-            }
-            st.read_delay = None;
-            if let Some(d) = self.inject.delay() {
-                Counters::add(&self.shared.counters.injected_delays, 1);
-                st.read_delay = Some(now + d);
-                self.center.add_timer(now + d, t as u64);
-                return;
-            }
+        if self.read_held(t) {
+            return;
         }
         for _ in 0..READS_PER_TURN {
             if self.shared.dispatch.over_throttle() {
