@@ -1,0 +1,333 @@
+//! The [`NetworkStack`] implementation: the stack, its worker, listener and socket types.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::buf::BufMut;
+use dataplane::event::{Fired, Poller};
+use dataplane::stack::{
+    ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
+};
+use mio::{Registry, Token};
+use parking_lot::Mutex;
+use smoltcp::iface::SocketHandle;
+
+use crate::config::DpdkConfig;
+use crate::engine::Engine;
+use crate::port::{self, Port};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::sys::safe;
+
+/// The DPDK backend: the EAL, one port, and one queue pair per worker, each driven by its
+/// own smoltcp interface.
+#[derive(Debug)]
+pub struct DpdkStack {
+    cfg: DpdkConfig,
+    port: Arc<Port>,
+    stats: Arc<Stats>,
+    taken: Mutex<Vec<bool>>,
+}
+
+fn unavailable(reason: impl Into<String>) -> StackError {
+    StackError::Unavailable {
+        backend: "dpdk".into(),
+        reason: reason.into(),
+    }
+}
+
+impl DpdkStack {
+    /// Initialises the EAL (once per process), then configures and starts the port with one
+    /// queue pair. Fails with [`StackError::Unavailable`] if DPDK, the device or the
+    /// permissions are missing.
+    pub fn new(cfg: DpdkConfig) -> Result<DpdkStack, StackError> {
+        port::eal(&cfg).map_err(unavailable)?;
+        // One queue pair per worker; this version runs one worker per port (see `docs/dpdk.md`:
+        // a smoltcp socket lives in its worker's interface and cannot move between workers).
+        let queues = 1;
+        let port = Port::open(&cfg, queues).map_err(unavailable)?;
+        if !port.link_up() {
+            tracing::warn!(port = port.id, "link is down at start-up");
+        }
+        Ok(DpdkStack {
+            taken: Mutex::new(vec![false; usize::from(queues)]),
+            cfg,
+            port: Arc::new(port),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    /// The port's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.port.info.mac
+    }
+
+    /// The DPDK port id.
+    pub fn port_id(&self) -> u16 {
+        self.port.id
+    }
+
+    /// The driver behind the port (`net_af_packet`, `net_memif`, …).
+    pub fn driver(&self) -> &str {
+        &self.port.info.driver
+    }
+
+    /// Counters of all workers of this stack.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Whether the port's link is up.
+    pub fn link_up(&self) -> bool {
+        self.port.link_up()
+    }
+
+    /// Administratively takes the link down or up (where the driver supports it), e.g. to
+    /// inject a link failure in tests.
+    pub fn set_link(&self, up: bool) -> Result<(), StackError> {
+        safe::set_link(self.port.id, up).map_err(|e| StackError::Io {
+            what: "setting the link state",
+            source: io::Error::other(e),
+        })
+    }
+
+    /// Free buffers in the port's mbuf pool.
+    pub fn mbufs_available(&self) -> u32 {
+        self.port.pool.available()
+    }
+}
+
+impl NetworkStack for DpdkStack {
+    fn name(&self) -> &'static str {
+        "dpdk"
+    }
+
+    fn create_worker(&self, index: usize) -> Result<Box<dyn StackWorker>, StackError> {
+        let queue = {
+            let mut taken = self.taken.lock();
+            match taken.get_mut(index) {
+                Some(t) if !*t => {
+                    *t = true;
+                    index as u16
+                }
+                Some(_) => return Err(unavailable(format!("queue {index} is already in use"))),
+                None => {
+                    return Err(unavailable(format!(
+                        "the DPDK stack runs one worker per port queue and this port has {} \
+                         queue(s); worker {index} has none: set the messenger's `workers` to {}",
+                        taken.len(),
+                        taken.len()
+                    )))
+                }
+            }
+        };
+        // Make this worker thread an lcore: it gets an lcore id and a per-lcore mbuf cache.
+        match safe::thread_register() {
+            Ok(lcore) => tracing::debug!(worker = index, lcore, "worker registered as DPDK lcore"),
+            Err(e) => tracing::warn!(worker = index, error = %e, "worker not registered as lcore"),
+        }
+        let engine = Engine::new(self.port.clone(), queue, &self.cfg, self.stats.clone());
+        Ok(Box::new(DpdkWorker {
+            engine: Arc::new(Mutex::new(engine)),
+            poller_taken: false,
+        }))
+    }
+}
+
+/// One worker's share: its engine (interface, sockets, queue pair).
+#[derive(Debug)]
+pub struct DpdkWorker {
+    engine: Arc<Mutex<Engine>>,
+    poller_taken: bool,
+}
+
+impl StackWorker for DpdkWorker {
+    fn listen(
+        &mut self,
+        addr: SocketAddr,
+        opts: &SocketOptions,
+    ) -> Result<Box<dyn ServerSocket>, StackError> {
+        let mut e = self.engine.lock();
+        let ip = e.ip();
+        match addr.ip() {
+            std::net::IpAddr::V4(a) if a.is_unspecified() || a == ip => {}
+            _ => {
+                return Err(StackError::Bind {
+                    addr,
+                    source: io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!("the DPDK interface has address {ip} only (IPv4)"),
+                    ),
+                })
+            }
+        }
+        let (rx, tx) = buffers(opts);
+        let port = e
+            .listen(addr.port(), rx, tx, opts.nodelay, opts.backlog as usize)
+            .map_err(|source| StackError::Bind { addr, source })?;
+        Ok(Box::new(DpdkListener {
+            engine: self.engine.clone(),
+            port,
+            local: SocketAddr::from((ip, port)),
+        }))
+    }
+
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        opts: &SocketOptions,
+    ) -> Result<Box<dyn ConnectedSocket>, StackError> {
+        let SocketAddr::V4(v4) = addr else {
+            return Err(StackError::Connect {
+                addr,
+                source: io::Error::new(io::ErrorKind::Unsupported, "the DPDK stack is IPv4 only"),
+            });
+        };
+        let (rx, tx) = buffers(opts);
+        let h = self
+            .engine
+            .lock()
+            .connect(v4, rx, tx, opts.nodelay)
+            .map_err(|source| StackError::Connect { addr, source })?;
+        Ok(Box::new(DpdkSocket {
+            engine: self.engine.clone(),
+            handle: h,
+            peer: addr,
+        }))
+    }
+
+    fn take_pollers(&mut self) -> Vec<Box<dyn Poller>> {
+        if self.poller_taken {
+            return Vec::new();
+        }
+        self.poller_taken = true;
+        vec![Box::new(DpdkPoller {
+            engine: self.engine.clone(),
+            wait: Duration::ZERO,
+        })]
+    }
+}
+
+/// Socket buffer sizes: the messenger's options where set, else the stack's defaults.
+fn buffers(opts: &SocketOptions) -> (usize, usize) {
+    (
+        opts.recv_buffer.unwrap_or(1 << 20),
+        opts.send_buffer.unwrap_or(1 << 20),
+    )
+}
+
+/// Runs the engine on every loop iteration of the worker.
+struct DpdkPoller {
+    engine: Arc<Mutex<Engine>>,
+    wait: Duration,
+}
+
+impl Poller for DpdkPoller {
+    fn poll(&mut self, ready: &mut Vec<Fired>) -> bool {
+        let mut e = self.engine.lock();
+        let busy = e.poll(ready);
+        self.wait = e.max_wait();
+        busy
+    }
+
+    fn max_wait(&self) -> Option<Duration> {
+        Some(self.wait)
+    }
+}
+
+/// A listening TCP port on the DPDK interface.
+#[derive(Debug)]
+pub struct DpdkListener {
+    engine: Arc<Mutex<Engine>>,
+    port: u16,
+    local: SocketAddr,
+}
+
+impl ServerSocket for DpdkListener {
+    fn accept(
+        &mut self,
+        _opts: &SocketOptions,
+    ) -> io::Result<Option<(Box<dyn ConnectedSocket>, SocketAddr)>> {
+        let Some((handle, peer)) = self.engine.lock().accept(self.port) else {
+            return Ok(None);
+        };
+        Ok(Some((
+            Box::new(DpdkSocket {
+                engine: self.engine.clone(),
+                handle,
+                peer,
+            }),
+            peer,
+        )))
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn register(&mut self, _registry: &Registry, token: Token) -> io::Result<()> {
+        self.engine.lock().listener_register(self.port, Some(token));
+        Ok(())
+    }
+
+    fn deregister(&mut self, _registry: &Registry) -> io::Result<()> {
+        self.engine.lock().listener_register(self.port, None);
+        Ok(())
+    }
+}
+
+impl Drop for DpdkListener {
+    fn drop(&mut self) {
+        self.engine.lock().close_listener(self.port);
+    }
+}
+
+/// A TCP connection of the DPDK interface. It belongs to the worker whose interface holds it
+/// (the messenger keeps it there: see [`ConnectedSocket`]).
+#[derive(Debug)]
+pub struct DpdkSocket {
+    engine: Arc<Mutex<Engine>>,
+    handle: SocketHandle,
+    peer: SocketAddr,
+}
+
+impl ConnectedSocket for DpdkSocket {
+    fn register(&mut self, _registry: &Registry, token: Token) -> io::Result<()> {
+        self.engine.lock().register(self.handle, Some(token));
+        Ok(())
+    }
+
+    fn deregister(&mut self, _registry: &Registry) -> io::Result<()> {
+        self.engine.lock().register(self.handle, None);
+        Ok(())
+    }
+
+    fn finish_connect(&mut self) -> io::Result<bool> {
+        self.engine.lock().finish_connect(self.handle)
+    }
+
+    fn read(&mut self, buf: &mut BufMut) -> io::Result<usize> {
+        let n = self.engine.lock().read(self.handle, buf.spare_mut())?;
+        buf.advance(n);
+        Ok(n)
+    }
+
+    fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.engine.lock().writev(self.handle, iov)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer)
+    }
+
+    fn shutdown(&mut self) {
+        self.engine.lock().shutdown(self.handle);
+    }
+}
+
+impl Drop for DpdkSocket {
+    fn drop(&mut self) {
+        self.engine.lock().orphan(self.handle);
+    }
+}
