@@ -142,16 +142,21 @@ test_interop() {
         cargo test --release -q -p dataplane-stack-dpdk --test interop -- --ignored --nocapture
 }
 
-export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
-export -f setup_veth test_smoke test_interop
+test_memif() {
+    cargo test --release -q -p dataplane-stack-dpdk --test memif -- --ignored --nocapture
+}
 
-ALL=(smoke interop)
+export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
+export -f setup_veth test_smoke test_interop test_memif
+
+ALL=(smoke interop memif)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
     case "$t" in
         smoke) run smoke_net_null_net_ring test_smoke ;;
         interop) run interop_af_packet_vs_posix test_interop ;;
+        memif) run memif_two_processes_link_down_up test_memif ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;
     esac
 done

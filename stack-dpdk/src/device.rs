@@ -46,6 +46,10 @@ pub(crate) struct PortDevice {
     stash: Vec<Mbuf>,
     scratch: Vec<u8>,
     stats: Arc<Stats>,
+    /// The port is stopped (link taken down): no bursts at all.
+    down: bool,
+    /// Emulated cable pull: the port runs, but every frame in either direction is lost.
+    blackhole: bool,
     /// Frames received / sent in the current round.
     round_rx: usize,
     round_tx: usize,
@@ -65,8 +69,23 @@ impl PortDevice {
             stash: Vec::with_capacity(64),
             scratch: vec![0; 65536],
             stats,
+            down: false,
+            blackhole: false,
             round_rx: 0,
             round_tx: 0,
+        }
+    }
+
+    /// Marks the port stopped (`true`) or running. While stopped the queues are not touched:
+    /// nothing is received, smoltcp's `transmit` gets `None` (its data waits in the socket
+    /// buffers) and frames already queued are dropped (TCP resends them).
+    pub(crate) fn set_down(&mut self, down: bool) {
+        self.down = down;
+        if down {
+            let n = self.tx.len() as u64;
+            self.tx.clear();
+            self.stats.tx_dropped.fetch_add(n, Ordering::Relaxed);
+            self.rx.clear();
         }
     }
 
@@ -88,7 +107,21 @@ impl PortDevice {
     }
 
     /// Sends what is queued, in one burst (what the NIC refuses stays for the next round).
+    /// Emulates a cable pull (`true`) or its repair: see [`crate::DpdkStack::set_blackhole`].
+    pub(crate) fn set_blackhole(&mut self, on: bool) {
+        self.blackhole = on;
+    }
+
     pub(crate) fn flush(&mut self) -> usize {
+        if self.down {
+            return 0;
+        }
+        if self.blackhole {
+            let n = self.tx.len() as u64;
+            self.tx.clear();
+            self.stats.tx_dropped.fetch_add(n, Ordering::Relaxed);
+            return 0;
+        }
         let n = safe::tx_burst(self.port.id, self.queue, &mut self.tx);
         self.round_tx += n;
         self.stats.tx_frames.fetch_add(n as u64, Ordering::Relaxed);
@@ -120,7 +153,7 @@ impl PortDevice {
                 }
                 continue;
             }
-            if self.rx_polled {
+            if self.rx_polled || self.down {
                 return None;
             }
             self.rx_polled = true;
@@ -129,6 +162,13 @@ impl PortDevice {
                 return None;
             }
             self.stats.rx_frames.fetch_add(n as u64, Ordering::Relaxed);
+            if self.blackhole {
+                self.stats
+                    .drop_link_down
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.rx_scratch.clear();
+                return None;
+            }
             self.rx.extend(self.rx_scratch.drain(..));
         }
     }
@@ -245,6 +285,9 @@ impl phy::Device for PortDevice {
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
+        if self.down {
+            return None;
+        }
         if self.tx.len() >= TX_QUEUE_LIMIT {
             // The NIC is not taking frames: try once more, then push back on smoltcp.
             self.flush();

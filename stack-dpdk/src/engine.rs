@@ -485,6 +485,16 @@ impl Engine {
         smol.map_or(self.idle_sleep, |d| d.min(self.idle_sleep))
     }
 
+    /// The port was stopped (`true`) or started again.
+    pub(crate) fn set_down(&mut self, down: bool) {
+        self.dev.set_down(down);
+    }
+
+    /// See [`crate::DpdkStack::set_blackhole`].
+    pub(crate) fn set_blackhole(&mut self, on: bool) {
+        self.dev.set_blackhole(on);
+    }
+
     fn watch_link(&mut self) {
         // Cheap for virtual devices; checked only when idle-ish to keep the fast path lean.
         if self.stats.polls.load(Ordering::Relaxed) % 1024 != 0 {

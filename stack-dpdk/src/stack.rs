@@ -28,6 +28,8 @@ pub struct DpdkStack {
     port: Arc<Port>,
     stats: Arc<Stats>,
     taken: Mutex<Vec<bool>>,
+    /// The workers' engines, for `set_link` (which must stop them from polling).
+    engines: Mutex<Vec<std::sync::Weak<Mutex<Engine>>>>,
 }
 
 fn unavailable(reason: impl Into<String>) -> StackError {
@@ -52,6 +54,7 @@ impl DpdkStack {
         }
         Ok(DpdkStack {
             taken: Mutex::new(vec![false; usize::from(queues)]),
+            engines: Mutex::new(Vec::new()),
             cfg,
             port: Arc::new(port),
             stats: Arc::new(Stats::default()),
@@ -83,13 +86,72 @@ impl DpdkStack {
         self.port.link_up()
     }
 
-    /// Administratively takes the link down or up (where the driver supports it), e.g. to
-    /// inject a link failure in tests.
+    /// Takes the link down (`false`) or brings it back (`true`): a real link failure as the
+    /// peer sees it. Down stops the port (a memif peer sees the disconnect, af_packet stops
+    /// taking frames) after `rte_eth_dev_set_link_down` where the driver has it; up starts it
+    /// again. The workers' engines are locked meanwhile, so no queue is polled while the port
+    /// is stopped; their TCP connections survive and resend what was lost.
     pub fn set_link(&self, up: bool) -> Result<(), StackError> {
-        safe::set_link(self.port.id, up).map_err(|e| StackError::Io {
+        let engines: Vec<Arc<Mutex<Engine>>> = self
+            .engines
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        let err = |e: String| StackError::Io {
             what: "setting the link state",
             source: io::Error::other(e),
-        })
+        };
+        if up {
+            // The devices are marked down, so no worker touches the queues while the port
+            // starts. A virtual device may refuse for a moment (a memif server still tearing
+            // down the old connection): retry for a while.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match safe::port_start(self.port.id) {
+                    Ok(()) => break,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "port start refused, retrying");
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => return Err(err(e)),
+                }
+            }
+            if let Err(e) = safe::set_link(self.port.id, true) {
+                tracing::debug!(error = %e, "no administrative link-up (port restarted instead)");
+            }
+            for e in &engines {
+                e.lock().set_down(false);
+            }
+        } else {
+            // Hold every engine so no queue is being polled while the port stops.
+            let mut guards: Vec<_> = engines.iter().map(|e| e.lock()).collect();
+            if let Err(e) = safe::set_link(self.port.id, false) {
+                tracing::debug!(error = %e, "no administrative link-down (port stopped instead)");
+            }
+            for g in &mut guards {
+                g.set_down(true);
+            }
+            safe::port_stop(self.port.id);
+        }
+        tracing::info!(port = self.port.id, up, "link set");
+        Ok(())
+    }
+
+    /// Emulates a cable pull (`true`) or its repair (`false`) without touching the port: every
+    /// frame received is dropped (counted in `drop_link_down`) and every frame sent is lost
+    /// (`tx_dropped`). For drivers that cannot restart a port (DPDK 22.11's memif does not
+    /// reconnect after a stop/start); [`DpdkStack::set_link`] is the real thing elsewhere.
+    pub fn set_blackhole(&self, on: bool) {
+        for e in self
+            .engines
+            .lock()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+        {
+            e.lock().set_blackhole(on);
+        }
+        tracing::info!(port = self.port.id, on, "link failure emulation");
     }
 
     /// Free buffers in the port's mbuf pool.
@@ -128,8 +190,10 @@ impl NetworkStack for DpdkStack {
             Err(e) => tracing::warn!(worker = index, error = %e, "worker not registered as lcore"),
         }
         let engine = Engine::new(self.port.clone(), queue, &self.cfg, self.stats.clone());
+        let engine = Arc::new(Mutex::new(engine));
+        self.engines.lock().push(Arc::downgrade(&engine));
         Ok(Box::new(DpdkWorker {
-            engine: Arc::new(Mutex::new(engine)),
+            engine,
             poller_taken: false,
         }))
     }

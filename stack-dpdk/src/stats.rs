@@ -21,6 +21,8 @@ pub struct Stats {
     pub drop_checksum: AtomicU64,
     /// Received multi-segment frames (not produced with this stack's MTU).
     pub drop_unsupported: AtomicU64,
+    /// Received frames lost to an emulated link failure (`set_blackhole`).
+    pub drop_link_down: AtomicU64,
     /// Transmit attempts refused because the mbuf pool was empty (backpressure).
     pub tx_no_mbuf: AtomicU64,
     /// Frames larger than an mbuf (not sent).
@@ -52,6 +54,8 @@ pub struct StatsSnapshot {
     pub drop_checksum: u64,
     /// See [`Stats::drop_unsupported`].
     pub drop_unsupported: u64,
+    /// See [`Stats::drop_link_down`].
+    pub drop_link_down: u64,
     /// See [`Stats::tx_no_mbuf`].
     pub tx_no_mbuf: u64,
     /// See [`Stats::tx_too_big`].
@@ -77,6 +81,7 @@ impl Stats {
             drop_truncated: r(&self.drop_truncated),
             drop_checksum: r(&self.drop_checksum),
             drop_unsupported: r(&self.drop_unsupported),
+            drop_link_down: r(&self.drop_link_down),
             tx_no_mbuf: r(&self.tx_no_mbuf),
             tx_too_big: r(&self.tx_too_big),
             tx_dropped: r(&self.tx_dropped),

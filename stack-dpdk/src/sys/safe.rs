@@ -138,6 +138,17 @@ pub fn port_stop(port: u16) {
     }
 }
 
+/// Starts a stopped port again.
+pub fn port_start(port: u16) -> Result<(), String> {
+    // SAFETY: starting a configured, stopped port; the caller (the stack's `set_link`) holds
+    // every worker's engine lock, so no queue is polled meanwhile.
+    let r = unsafe { rte_eth_dev_start(port) };
+    if r != 0 {
+        return Err(format!("rte_eth_dev_start({port}): {}", strerror(r.abs())));
+    }
+    Ok(())
+}
+
 /// Link state: `Some(true)` up, `Some(false)` down, `None` unknown.
 pub fn link_up(port: u16) -> Option<bool> {
     // SAFETY: plain query.
