@@ -52,6 +52,10 @@ pub struct DpdkConfig {
     pub busy_poll: Duration,
     /// Longest sleep of an idle worker between two polls of its queue.
     pub idle_sleep: Duration,
+    /// While busy-polling, give the core away (`sched_yield`) after a round that found
+    /// nothing. On by default: right when cores are shared (laptops, CI, this project's 2-core
+    /// machines); turn it off on isolated cores (`isolcpus`) for the lowest latency.
+    pub yield_when_idle: bool,
 }
 
 impl Default for DpdkConfig {
@@ -78,6 +82,7 @@ impl Default for DpdkConfig {
             socket_tx_buffer: 1 << 20,
             busy_poll: Duration::from_millis(2),
             idle_sleep: Duration::from_millis(1),
+            yield_when_idle: true,
         }
     }
 }

@@ -23,6 +23,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, IpEndpo
 use crate::config::DpdkConfig;
 use crate::device::PortDevice;
 use crate::port::Port;
+use crate::stack::QueueLease;
 use crate::stats::Stats;
 
 /// Listening sockets kept ready per listener (smoltcp accepts one peer per listening socket).
@@ -80,7 +81,10 @@ pub(crate) struct Engine {
     busy_poll: Duration,
     idle_sleep: Duration,
     idle: bool,
+    yield_when_empty: bool,
     link_was_up: bool,
+    /// Released (last field, so after the device) when the engine is dropped.
+    _lease: QueueLease,
 }
 
 impl std::fmt::Debug for Engine {
@@ -100,15 +104,23 @@ fn io_err(kind: std::io::ErrorKind, what: &str) -> std::io::Error {
 }
 
 impl Engine {
-    pub(crate) fn new(port: Arc<Port>, queue: u16, cfg: &DpdkConfig, stats: Arc<Stats>) -> Engine {
+    pub(crate) fn new(
+        port: Arc<Port>,
+        lease: QueueLease,
+        cfg: &DpdkConfig,
+        stats: Arc<Stats>,
+    ) -> Engine {
+        let queue = lease.queue();
         let mut dev = PortDevice::new(port.clone(), queue, cfg.burst, stats.clone());
         let epoch = std::time::Instant::now();
         let mac = EthernetAddress(port.info.mac);
         let mut config = Config::new(HardwareAddress::Ethernet(mac));
-        // Seed TCP initial sequence numbers and ports from the clock and the queue.
-        config.random_seed = epoch.elapsed().as_nanos() as u64
-            ^ (std::process::id() as u64) << 32
-            ^ u64::from(queue);
+        // Seed TCP initial sequence numbers and ephemeral ports from the wall clock, the
+        // process and the queue, so a restarted node does not reuse its previous ones.
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        config.random_seed = wall ^ (u64::from(std::process::id()) << 32) ^ u64::from(queue);
         let now = SmolInstant::from_micros(0);
         let mut iface = Interface::new(config, &mut dev, now);
         let ip = cfg.ip;
@@ -123,7 +135,7 @@ impl Engine {
                 tracing::error!(error = ?e, "cannot add the default route");
             }
         }
-        let seed = (std::process::id() as u16).wrapping_mul(7919);
+        let seed = (config_seed_port(wall)).wrapping_mul(7919);
         let link_was_up = port.link_up();
         Engine {
             iface,
@@ -141,7 +153,9 @@ impl Engine {
             busy_poll: cfg.busy_poll,
             idle_sleep: cfg.idle_sleep.max(Duration::from_micros(1)),
             idle: false,
+            yield_when_empty: cfg.yield_when_idle,
             link_was_up,
+            _lease: lease,
         }
     }
 
@@ -466,6 +480,10 @@ impl Engine {
         } else if !self.idle && wall.duration_since(self.last_work) >= self.busy_poll {
             self.idle = true;
             self.stats.idle_backoffs.fetch_add(1, Ordering::Relaxed);
+        } else if self.yield_when_empty {
+            // An empty round while busy-polling: let other runnable threads of this core (the
+            // application's senders, the peer's worker on a shared machine) have it.
+            std::thread::yield_now();
         }
         // Busy-poll (report "work" so the loop does not sleep) for `busy_poll` after the last
         // frame; then let the event loop sleep up to `max_wait`.
@@ -630,6 +648,11 @@ impl Engine {
         }
         self.reap();
     }
+}
+
+/// A starting point for ephemeral ports derived from the seed.
+fn config_seed_port(seed: u64) -> u16 {
+    (seed ^ (seed >> 16) ^ (seed >> 32)) as u16
 }
 
 fn endpoint_addr(e: IpEndpoint) -> SocketAddr {

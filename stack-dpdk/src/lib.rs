@@ -57,10 +57,12 @@ mod unavailable {
     /// Why this build has no DPDK backend (recorded by the build script).
     pub const REASON: &str = env!("DPDK_UNAVAILABLE_REASON");
 
-    /// The DPDK backend of a build without libdpdk: every constructor reports what is missing.
+    /// The DPDK backend of a build without libdpdk: the constructor reports what is missing,
+    /// and no value can exist (the field is uninhabited), so the other methods, present to
+    /// keep callers compiling everywhere, can never run.
     #[derive(Debug)]
     pub struct DpdkStack {
-        _private: (),
+        never: std::convert::Infallible,
     }
 
     impl DpdkStack {
@@ -75,9 +77,44 @@ mod unavailable {
             })
         }
 
-        /// Counters (never reached: the stack cannot be created).
+        /// Counters (unreachable: no value exists).
         pub fn stats(&self) -> StatsSnapshot {
-            StatsSnapshot::default()
+            match self.never {}
+        }
+
+        /// Link state (unreachable: no value exists).
+        pub fn link_up(&self) -> bool {
+            match self.never {}
+        }
+
+        /// Link control (unreachable: no value exists).
+        pub fn set_link(&self, _up: bool) -> Result<(), StackError> {
+            match self.never {}
+        }
+
+        /// Emulated link failure (unreachable: no value exists).
+        pub fn set_blackhole(&self, _on: bool) {
+            match self.never {}
+        }
+
+        /// MAC address (unreachable: no value exists).
+        pub fn mac(&self) -> [u8; 6] {
+            match self.never {}
+        }
+
+        /// Port id (unreachable: no value exists).
+        pub fn port_id(&self) -> u16 {
+            match self.never {}
+        }
+
+        /// Driver name (unreachable: no value exists).
+        pub fn driver(&self) -> &str {
+            match self.never {}
+        }
+
+        /// Free mbufs (unreachable: no value exists).
+        pub fn mbufs_available(&self) -> u32 {
+            match self.never {}
         }
     }
 
@@ -87,10 +124,7 @@ mod unavailable {
         }
 
         fn create_worker(&self, _index: usize) -> Result<Box<dyn StackWorker>, StackError> {
-            Err(StackError::Unavailable {
-                backend: "dpdk".into(),
-                reason: REASON.into(),
-            })
+            match self.never {}
         }
     }
 

@@ -27,7 +27,7 @@ pub struct DpdkStack {
     cfg: DpdkConfig,
     port: Arc<Port>,
     stats: Arc<Stats>,
-    taken: Mutex<Vec<bool>>,
+    taken: Arc<Mutex<Vec<bool>>>,
     /// The workers' engines, for `set_link` (which must stop them from polling).
     engines: Mutex<Vec<std::sync::Weak<Mutex<Engine>>>>,
 }
@@ -53,7 +53,7 @@ impl DpdkStack {
             tracing::warn!(port = port.id, "link is down at start-up");
         }
         Ok(DpdkStack {
-            taken: Mutex::new(vec![false; usize::from(queues)]),
+            taken: Arc::new(Mutex::new(vec![false; usize::from(queues)])),
             engines: Mutex::new(Vec::new()),
             cfg,
             port: Arc::new(port),
@@ -189,13 +189,41 @@ impl NetworkStack for DpdkStack {
             Ok(lcore) => tracing::debug!(worker = index, lcore, "worker registered as DPDK lcore"),
             Err(e) => tracing::warn!(worker = index, error = %e, "worker not registered as lcore"),
         }
-        let engine = Engine::new(self.port.clone(), queue, &self.cfg, self.stats.clone());
+        let lease = QueueLease {
+            taken: self.taken.clone(),
+            queue: usize::from(queue),
+        };
+        let engine = Engine::new(self.port.clone(), lease, &self.cfg, self.stats.clone());
         let engine = Arc::new(Mutex::new(engine));
         self.engines.lock().push(Arc::downgrade(&engine));
         Ok(Box::new(DpdkWorker {
             engine,
             poller_taken: false,
         }))
+    }
+}
+
+/// A worker's claim on one queue pair, held by its engine: the queue is free for a new
+/// worker (a new messenger on the same stack) only once the engine, and with it every socket
+/// and poller that could still touch the queue, is gone.
+#[derive(Debug)]
+pub(crate) struct QueueLease {
+    taken: Arc<Mutex<Vec<bool>>>,
+    queue: usize,
+}
+
+impl QueueLease {
+    /// The queue pair's index.
+    pub(crate) fn queue(&self) -> u16 {
+        self.queue as u16
+    }
+}
+
+impl Drop for QueueLease {
+    fn drop(&mut self) {
+        if let Some(t) = self.taken.lock().get_mut(self.queue) {
+            *t = false;
+        }
     }
 }
 
