@@ -4,7 +4,8 @@
 #   scripts/test-dpdk.sh            # every test
 #   scripts/test-dpdk.sh interop    # only the named ones: smoke interop memif bench
 #
-# Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping),
+# Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping
+# ethtool jq),
 # reserves hugepages if it can (else the EAL runs with --no-huge), runs each test bounded in
 # time, prints its name and PASS/FAIL, and removes everything it created (network namespaces,
 # veth links, memif sockets, hugepage files) on exit, even after a failure. Exits non-zero if
@@ -52,7 +53,7 @@ fi
 
 # ---- packages -------------------------------------------------------------------------------
 need=()
-for p in libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping ethtool; do
+for p in libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping ethtool jq; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -146,10 +147,27 @@ test_memif() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif -- --ignored --nocapture
 }
 
-export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
-export -f setup_veth test_smoke test_interop test_memif
+# `dataplane-bench --backend dpdk`: dataplane-dpdk stream rows (memif port pair) beside the
+# dataplane-posix rows of the same run; every DPDK row must carry numbers, not an error.
+test_bench() {
+    local json=$CARGO_TARGET_DIR/bench-dpdk.json
+    "$CARGO_TARGET_DIR/release/dataplane-bench" --backend dpdk --quick \
+        --systems dataplane-dpdk,dataplane-posix --workloads stream,pingpong \
+        --json "$json" || return 1
+    jq -e '[.results[] | select(.system == "dataplane-dpdk" and .workload == "stream")]
+           | length >= 5 and all(.msgs_per_sec != null and .msgs_per_sec > 0)' "$json" >/dev/null \
+        || { echo "dataplane-dpdk stream rows missing or empty in $json"; return 1; }
+    jq -e '[.results[] | select(.system == "dataplane-posix" and .workload == "stream")]
+           | length >= 5' "$json" >/dev/null || { echo "no POSIX rows beside them"; return 1; }
+    jq -r '.results[] | select(.workload == "stream" and .size_bytes == 64)
+           | "\(.system) stream 64 B: \(.msgs_per_sec | floor) msg/s"' "$json"
+}
 
-ALL=(smoke interop memif)
+export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
+export CARGO_TARGET_DIR
+export -f setup_veth test_smoke test_interop test_memif test_bench
+
+ALL=(smoke interop memif bench)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
@@ -157,6 +175,7 @@ for t in "${SELECTED[@]}"; do
         smoke) run smoke_net_null_net_ring test_smoke ;;
         interop) run interop_af_packet_vs_posix test_interop ;;
         memif) run memif_two_processes_link_down_up test_memif ;;
+        bench) run bench_dpdk_beside_posix test_bench ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;
     esac
 done
