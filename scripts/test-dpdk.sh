@@ -139,7 +139,7 @@ test_smoke() {
 test_interop() {
     setup_veth || return 1
     ip netns exec "$NS_DPDK" env DPDK_IFACE="$VETH_DPDK" DPDK_IP="$DPDK_IP" \
-        PEER_NETNS="$NS_PEER" PEER_IP="$PEER_IP" \
+        PEER_NETNS="$NS_PEER" PEER_IFACE="$VETH_PEER" PEER_IP="$PEER_IP" \
         cargo test --release -q -p dataplane-stack-dpdk --test interop -- --ignored --nocapture
 }
 
