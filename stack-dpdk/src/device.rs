@@ -107,6 +107,11 @@ impl PortDevice {
     }
 
     /// Sends what is queued, in one burst (what the NIC refuses stays for the next round).
+    /// Whether the port is stopped (`set_down`).
+    pub(crate) fn is_down(&self) -> bool {
+        self.down
+    }
+
     /// Emulates a cable pull (`true`) or its repair: see [`crate::DpdkStack::set_blackhole`].
     pub(crate) fn set_blackhole(&mut self, on: bool) {
         self.blackhole = on;

@@ -650,6 +650,30 @@ impl Engine {
     }
 }
 
+impl Drop for Engine {
+    /// The worker is going away: reset every connection still open (one last round sends
+    /// the RSTs), so peers learn at once instead of waiting for their timeouts.
+    fn drop(&mut self) {
+        let mut open = 0;
+        for (_, s) in self.sockets.iter_mut() {
+            #[allow(irrefutable_let_patterns)]
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                if t.is_open() && !t.is_listening() {
+                    open += 1;
+                }
+                t.abort();
+            }
+        }
+        if open > 0 && !self.dev.is_down() {
+            let now = self.now();
+            self.dev.begin_round();
+            let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+            self.dev.flush();
+            tracing::debug!(open, "engine dropped: open connections reset");
+        }
+    }
+}
+
 /// A starting point for ephemeral ports derived from the seed.
 fn config_seed_port(seed: u64) -> u16 {
     (seed ^ (seed >> 16) ^ (seed >> 32)) as u16
