@@ -24,10 +24,12 @@
 //! See `docs/dpdk.md` for set-up, measurements and where bytes are copied.
 
 mod config;
+mod error;
 mod frame;
 mod stats;
 
 pub use config::DpdkConfig;
+pub use error::DpdkError;
 pub use frame::{check_frame, Drop as FrameDrop};
 pub use stats::{Stats, StatsSnapshot};
 

@@ -4,12 +4,13 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use crate::config::DpdkConfig;
+use crate::error::DpdkError;
 use crate::sys::safe::{self, Mempool, PortInfo};
 
 /// The EAL's command line of this process, or why `rte_eal_init` failed. DPDK allows one
 /// `rte_eal_init` per process, so the first stack's configuration decides; later stacks must
 /// ask for the same EAL arguments (their ports may differ).
-static EAL: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
+static EAL: OnceLock<Result<Vec<String>, DpdkError>> = OnceLock::new();
 
 /// One mbuf pool per port, created with the port's first stack and kept for the process's
 /// lifetime: a stopped port's RX ring still holds mbufs of it, so it can never be freed safely
@@ -20,7 +21,7 @@ static POOLS: Mutex<Option<HashMap<u16, &'static Mempool>>> = Mutex::new(None);
 static CLAIMED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Initialises the EAL with `cfg`'s arguments, once per process.
-pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), String> {
+pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
     let args = cfg.eal_args();
     let r = EAL.get_or_init(|| {
         tracing::info!(args = ?args, "initialising DPDK EAL");
@@ -28,10 +29,10 @@ pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), String> {
     });
     match r {
         Ok(first) if *first == args => Ok(()),
-        Ok(first) => Err(format!(
-            "the DPDK EAL is initialised once per process and already runs with {first:?}; \
-             this stack asks for {args:?} (give every stack of a process the same EAL settings)"
-        )),
+        Ok(first) => Err(DpdkError::EalArgs {
+            running: first.clone(),
+            asked: args,
+        }),
         Err(e) => Err(e.clone()),
     }
 }
@@ -49,36 +50,32 @@ pub(crate) struct Port {
 
 impl Port {
     /// Finds, configures and starts the port named in `cfg` with `queues` queue pairs.
-    pub(crate) fn open(cfg: &DpdkConfig, queues: u16) -> Result<Port, String> {
+    pub(crate) fn open(cfg: &DpdkConfig, queues: u16) -> Result<Port, DpdkError> {
         let id = match cfg.port.parse::<u16>() {
             Ok(id) => id,
-            Err(_) => safe::port_by_name(&cfg.port).ok_or_else(|| {
-                format!(
-                    "no DPDK port named {:?} ({} port(s) probed; vdevs {:?})",
-                    cfg.port,
-                    safe::port_count(),
-                    cfg.vdevs
-                )
+            Err(_) => safe::port_by_name(&cfg.port).ok_or_else(|| DpdkError::NoPort {
+                port: cfg.port.clone(),
+                probed: safe::port_count(),
             })?,
         };
         if id >= safe::port_count() {
-            return Err(format!(
-                "DPDK port {id} does not exist ({} port(s) probed: check --vdev / PCI allow-list)",
-                safe::port_count()
-            ));
+            return Err(DpdkError::NoPort {
+                port: cfg.port.clone(),
+                probed: safe::port_count(),
+            });
         }
         {
             let mut c = CLAIMED
                 .lock()
-                .map_err(|_| "port registry poisoned".to_string())?;
+                .map_err(|_| DpdkError::Poisoned("port registry"))?;
             if !c.get_or_insert_with(HashSet::new).insert(id) {
-                return Err(format!("DPDK port {id} is already used by another stack"));
+                return Err(DpdkError::PortInUse(id));
             }
         }
         let opened = (|| {
             let pool = pool_for(id, cfg)?;
             let info = safe::port_setup(id, queues, pool, cfg.rx_desc, cfg.tx_desc)?;
-            Ok::<_, String>((pool, info))
+            Ok::<_, DpdkError>((pool, info))
         })();
         match opened {
             Ok((pool, info)) => {
@@ -101,10 +98,10 @@ impl Port {
 
 /// The port's pool, created on first use (headroom 128 B + 2 KiB data room: a whole
 /// 1500-byte frame fits one segment).
-fn pool_for(id: u16, cfg: &DpdkConfig) -> Result<&'static Mempool, String> {
+fn pool_for(id: u16, cfg: &DpdkConfig) -> Result<&'static Mempool, DpdkError> {
     let mut pools = POOLS
         .lock()
-        .map_err(|_| "pool registry poisoned".to_string())?;
+        .map_err(|_| DpdkError::Poisoned("pool registry"))?;
     let pools = pools.get_or_insert_with(HashMap::new);
     if let Some(p) = pools.get(&id) {
         return Ok(p);

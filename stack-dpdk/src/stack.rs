@@ -16,6 +16,7 @@ use smoltcp::iface::SocketHandle;
 
 use crate::config::DpdkConfig;
 use crate::engine::Engine;
+use crate::error::DpdkError;
 use crate::port::{self, Port};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::sys::safe;
@@ -32,23 +33,16 @@ pub struct DpdkStack {
     engines: Mutex<Vec<std::sync::Weak<Mutex<Engine>>>>,
 }
 
-fn unavailable(reason: impl Into<String>) -> StackError {
-    StackError::Unavailable {
-        backend: "dpdk".into(),
-        reason: reason.into(),
-    }
-}
-
 impl DpdkStack {
     /// Initialises the EAL (once per process), then configures and starts the port with one
     /// queue pair. Fails with [`StackError::Unavailable`] if DPDK, the device or the
     /// permissions are missing.
     pub fn new(cfg: DpdkConfig) -> Result<DpdkStack, StackError> {
-        port::eal(&cfg).map_err(unavailable)?;
+        port::eal(&cfg)?;
         // One queue pair per worker; this version runs one worker per port (see `docs/dpdk.md`:
         // a smoltcp socket lives in its worker's interface and cannot move between workers).
         let queues = 1;
-        let port = Port::open(&cfg, queues).map_err(unavailable)?;
+        let port = Port::open(&cfg, queues)?;
         if !port.link_up() {
             tracing::warn!(port = port.id, "link is down at start-up");
         }
@@ -98,7 +92,7 @@ impl DpdkStack {
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .collect();
-        let err = |e: String| StackError::Io {
+        let err = |e: DpdkError| StackError::Io {
             what: "setting the link state",
             source: io::Error::other(e),
         };
@@ -173,14 +167,13 @@ impl NetworkStack for DpdkStack {
                     *t = true;
                     index as u16
                 }
-                Some(_) => return Err(unavailable(format!("queue {index} is already in use"))),
+                Some(_) => return Err(DpdkError::QueueInUse(index).into()),
                 None => {
-                    return Err(unavailable(format!(
-                        "the DPDK stack runs one worker per port queue and this port has {} \
-                         queue(s); worker {index} has none: set the messenger's `workers` to {}",
-                        taken.len(),
-                        taken.len()
-                    )))
+                    return Err(DpdkError::NoQueue {
+                        worker: index,
+                        queues: taken.len(),
+                    }
+                    .into())
                 }
             }
         };

@@ -4,6 +4,7 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr::NonNull;
 
 use super::*;
+use crate::error::DpdkError;
 
 /// DPDK's error text for `err` (a positive errno value).
 pub fn strerror(err: i32) -> String {
@@ -26,35 +27,41 @@ pub fn errno() -> i32 {
 
 /// Initialises the EAL with `args` (`args[0]` is the program name). Must be called once per
 /// process; the caller guards that.
-pub fn eal_init(args: &[String]) -> Result<(), String> {
+pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
     let c: Vec<CString> = args
         .iter()
-        .map(|a| CString::new(a.as_str()).map_err(|_| format!("EAL argument {a:?} contains NUL")))
+        .map(|a| {
+            CString::new(a.as_str())
+                .map_err(|_| DpdkError::InvalidArgument(format!("EAL argument {a:?} contains NUL")))
+        })
         .collect::<Result<_, _>>()?;
     // rte_eal_init may permute argv: hand it pointers it owns for the process's lifetime
     // (the strings are leaked on purpose; this runs once).
     let leaked: Vec<*mut c_char> = c.into_iter().map(CString::into_raw).collect();
     let argv: &'static mut [*mut c_char] = Box::leak(leaked.into_boxed_slice());
-    let argc = c_int::try_from(argv.len()).map_err(|_| "too many EAL arguments".to_string())?;
+    let argc = c_int::try_from(argv.len())
+        .map_err(|_| DpdkError::InvalidArgument("too many EAL arguments".into()))?;
     // SAFETY: argv holds argc valid NUL-terminated strings that live forever; EAL is not
     // initialised yet (the caller's once-guard).
     let r = unsafe { rte_eal_init(argc, argv.as_mut_ptr()) };
     if r < 0 {
         let e = errno();
-        return Err(format!("rte_eal_init failed: {} (errno {e})", strerror(e)));
+        return Err(DpdkError::Eal {
+            reason: format!("{} (errno {e})", strerror(e)),
+        });
     }
     Ok(())
 }
 
 /// Registers the calling (non-EAL) thread as a DPDK lcore, so it gets an lcore id and a
 /// per-lcore mempool cache. Returns the lcore id.
-pub fn thread_register() -> Result<u32, String> {
+pub fn thread_register() -> Result<u32, DpdkError> {
     // SAFETY: EAL is initialised (callers hold an `Eal` proof through the stack); registering
     // an unregistered thread is allowed from any thread, and again is a no-op.
     let r = unsafe { rte_thread_register() };
     if r != 0 {
         let e = errno();
-        return Err(format!("rte_thread_register: {}", strerror(e)));
+        return Err(DpdkError::Lcore(strerror(e)));
     }
     // SAFETY: reads the calling thread's lcore id.
     Ok(unsafe { shim_lcore_id() })
@@ -101,18 +108,22 @@ pub fn port_setup(
     pool: &Mempool,
     rx_desc: u16,
     tx_desc: u16,
-) -> Result<PortInfo, String> {
+) -> Result<PortInfo, DpdkError> {
     let mut info = shim_port_info::default();
     // SAFETY: the pool pointer is valid for the pool's lifetime (the stack keeps it alive
     // longer than the port runs); `info` is a valid out pointer.
     let r = unsafe { shim_port_setup(port, queues, pool.ptr(), rx_desc, tx_desc, &mut info) };
     if r != 0 {
-        return Err(format!(
-            "port {port} set-up with {queues} queue(s) failed: {} ({r}; device allows {} rx / {} tx queues)",
-            strerror(r.abs()),
-            info.max_rx_queues,
-            info.max_tx_queues
-        ));
+        return Err(DpdkError::Port {
+            port,
+            op: "set-up",
+            reason: format!(
+                "{} with {queues} queue pair(s) (the device allows {} rx / {} tx queues)",
+                strerror(r.abs()),
+                info.max_rx_queues,
+                info.max_tx_queues
+            ),
+        });
     }
     // SAFETY: the shim NUL-terminates `driver` (strncpy into a zeroed array, size - 1).
     let driver = unsafe { CStr::from_ptr(info.driver.as_ptr()) }
@@ -139,12 +150,16 @@ pub fn port_stop(port: u16) {
 }
 
 /// Starts a stopped port again.
-pub fn port_start(port: u16) -> Result<(), String> {
+pub fn port_start(port: u16) -> Result<(), DpdkError> {
     // SAFETY: starting a configured, stopped port; the caller (the stack's `set_link`) holds
     // every worker's engine lock, so no queue is polled meanwhile.
     let r = unsafe { rte_eth_dev_start(port) };
     if r != 0 {
-        return Err(format!("rte_eth_dev_start({port}): {}", strerror(r.abs())));
+        return Err(DpdkError::Port {
+            port,
+            op: "start",
+            reason: strerror(r.abs()),
+        });
     }
     Ok(())
 }
@@ -157,7 +172,7 @@ pub fn link_up(port: u16) -> Option<bool> {
 }
 
 /// Administratively sets the link down (`false`) or up (`true`), where the driver can.
-pub fn set_link(port: u16, up: bool) -> Result<(), String> {
+pub fn set_link(port: u16, up: bool) -> Result<(), DpdkError> {
     // SAFETY: plain control call on a configured port.
     let r = unsafe {
         if up {
@@ -167,11 +182,11 @@ pub fn set_link(port: u16, up: bool) -> Result<(), String> {
         }
     };
     if r != 0 {
-        return Err(format!(
-            "set link {}: {}",
-            if up { "up" } else { "down" },
-            strerror(r.abs())
-        ));
+        return Err(DpdkError::Port {
+            port,
+            op: if up { "set link up" } else { "set link down" },
+            reason: strerror(r.abs()),
+        });
     }
     Ok(())
 }
@@ -199,18 +214,21 @@ unsafe impl Sync for Mempool {}
 
 impl Mempool {
     /// Creates a packet mbuf pool of `n` buffers with `data_room` bytes each.
-    pub fn new(name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool, String> {
-        let c = CString::new(name).map_err(|_| "pool name contains NUL".to_string())?;
+    pub fn new(name: &str, n: u32, cache: u32, data_room: u16) -> Result<Mempool, DpdkError> {
+        let c = CString::new(name)
+            .map_err(|_| DpdkError::InvalidArgument("pool name contains NUL".into()))?;
         // SAFETY: EAL is initialised; `c` is a valid C string; SOCKET_ID_ANY is -1.
         let p = unsafe { rte_pktmbuf_pool_create(c.as_ptr(), n, cache, 0, data_room, -1) };
         match NonNull::new(p) {
             Some(ptr) => Ok(Mempool { ptr }),
             None => {
                 let e = errno();
-                Err(format!(
-                    "rte_pktmbuf_pool_create({name}, {n} x {data_room} B): {}",
-                    strerror(e)
-                ))
+                Err(DpdkError::Pool {
+                    name: name.to_string(),
+                    count: n,
+                    data_room,
+                    reason: strerror(e),
+                })
             }
         }
     }
