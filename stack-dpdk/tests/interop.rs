@@ -89,6 +89,19 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
     eprintln!("{out}");
     assert!(ping.status.success(), "ping of the DPDK node failed: {out}");
     assert!(out.contains("3 received"), "{out}");
+    // The peer's kernel learnt the DPDK port's MAC by ARP (answered by smoltcp).
+    let neigh = std::process::Command::new("ip")
+        .args(["netns", "exec", &env_or("PEER_NETNS", "dp-peer")])
+        .args(["ip", "neigh", "show", &ip.to_string()])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    let mac: Vec<String> = stack.mac().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        neigh.contains(&mac.join(":")),
+        "ARP entry of the DPDK node: {neigh:?}, want {}",
+        mac.join(":")
+    );
 
     // Bad input from the wire, sent raw from the peer namespace: every frame is dropped
     // before the TCP/IP stack and counted by cause; the node keeps working (the messages
