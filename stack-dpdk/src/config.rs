@@ -13,6 +13,8 @@ pub struct DpdkConfig {
     /// Memory in MiB (`-m`).
     pub memory_mb: u32,
     /// Run without hugepages (`--no-huge`): slower DMA set-up, fine for virtual devices.
+    /// When false and no hugepage is free, the stack falls back to `--no-huge` with one
+    /// warning.
     pub no_huge: bool,
     /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=veth0` or
     /// `net_memif0,role=server,socket=/run/memif.sock`.

@@ -22,7 +22,23 @@ static CLAIMED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Initialises the EAL with `cfg`'s arguments, once per process.
 pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
-    let args = cfg.eal_args();
+    let args = if !cfg.no_huge && hugepages_free() == 0 {
+        // A laptop or CI box without reserved hugepages: run without them rather than fail.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "no free hugepages (reserve some: echo 512 > /proc/sys/vm/nr_hugepages); \
+                 the DPDK EAL runs with --no-huge (slower memory, fine for virtual devices)"
+            );
+        });
+        DpdkConfig {
+            no_huge: true,
+            ..cfg.clone()
+        }
+        .eal_args()
+    } else {
+        cfg.eal_args()
+    };
     let r = EAL.get_or_init(|| {
         tracing::info!(args = ?args, "initialising DPDK EAL");
         safe::eal_init(&args).map(|()| args.clone())
@@ -35,6 +51,19 @@ pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
         }),
         Err(e) => Err(e.clone()),
     }
+}
+
+/// Free hugepages of the default size (`/proc/meminfo`), 0 if unknown.
+fn hugepages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// A started port: its queues, its mbuf pool, what it can do. Stopped on drop.
