@@ -90,6 +90,24 @@ impl Default for DpdkConfig {
 }
 
 impl DpdkConfig {
+    /// Checks the values the TCP/IP stack would otherwise reject with a panic.
+    pub fn validate(&self) -> Result<(), crate::DpdkError> {
+        let bad = |m: String| Err(crate::DpdkError::InvalidArgument(m));
+        if self.prefix_len > 32 {
+            return bad(format!("prefix length {} > 32", self.prefix_len));
+        }
+        if self.ip.is_unspecified() || self.ip.is_multicast() || self.ip.is_broadcast() {
+            return bad(format!("{} is not a unicast interface address", self.ip));
+        }
+        if self.burst == 0 || self.burst > 64 {
+            return bad(format!("burst {} must be 1..=64", self.burst));
+        }
+        if self.mbufs < 64 {
+            return bad(format!("{} mbufs are too few (at least 64)", self.mbufs));
+        }
+        Ok(())
+    }
+
     /// The EAL command line this configuration stands for (`argv[0]` included).
     pub fn eal_args(&self) -> Vec<String> {
         let mut a = vec!["dataplane".to_string(), "-l".into(), self.cores.clone()];
@@ -118,5 +136,62 @@ impl DpdkConfig {
         a.push("--log-level=*:warning".into());
         a.extend(self.extra_eal_args.iter().cloned());
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eal_args_follow_the_config() {
+        let c = DpdkConfig {
+            no_huge: true,
+            no_pci: true,
+            vdevs: vec!["net_null0".into()],
+            pci_allow: vec!["0000:3b:00.0".into()],
+            ..DpdkConfig::default()
+        };
+        let a = c.eal_args();
+        for want in [
+            "--no-huge",
+            "--no-pci",
+            "--vdev=net_null0",
+            "--no-shconf",
+            "-a",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        let h = DpdkConfig::default().eal_args();
+        assert!(h.iter().any(|x| x == "--in-memory"), "{h:?}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(DpdkConfig::default().validate().is_ok());
+        for c in [
+            DpdkConfig {
+                prefix_len: 33,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ip: Ipv4Addr::UNSPECIFIED,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ip: Ipv4Addr::new(224, 0, 0, 1),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                burst: 0,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                mbufs: 10,
+                ..DpdkConfig::default()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
     }
 }

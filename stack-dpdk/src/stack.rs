@@ -38,11 +38,19 @@ impl DpdkStack {
     /// queue pair. Fails with [`StackError::Unavailable`] if DPDK, the device or the
     /// permissions are missing.
     pub fn new(cfg: DpdkConfig) -> Result<DpdkStack, StackError> {
+        cfg.validate()?;
         port::eal(&cfg)?;
         // One queue pair per worker; this version runs one worker per port (see `docs/dpdk.md`:
         // a smoltcp socket lives in its worker's interface and cannot move between workers).
         let queues = 1;
         let port = Port::open(&cfg, queues)?;
+        if port.info.mac[0] & 1 != 0 {
+            return Err(DpdkError::InvalidArgument(format!(
+                "port {} has a multicast MAC address {:02x?}",
+                port.id, port.info.mac
+            ))
+            .into());
+        }
         if !port.link_up() {
             tracing::warn!(port = port.id, "link is down at start-up");
         }
