@@ -18,7 +18,12 @@ fn cfg(port: &str, ip: Ipv4Addr) -> DpdkConfig {
         no_huge: std::env::var_os("DPDK_HUGE").is_none(),
         no_pci: true,
         memory_mb: 256,
-        vdevs: vec!["net_null0".into(), "net_ring0".into(), "net_ring1".into()],
+        vdevs: vec![
+            "net_null0".into(),
+            "net_ring0".into(),
+            "net_ring1".into(),
+            "net_null1".into(),
+        ],
         port: port.into(),
         ip,
         mbufs: 4095,
@@ -73,6 +78,33 @@ fn smoke_net_null() {
     let back = stack.mbufs_available();
     assert!(back + 512 >= total, "mbufs leaked: {back} of {total}");
     drop(stack);
+}
+
+/// A messenger asking for more workers than the port has queues fails to build with the
+/// reason, instead of starting with a worker that has no queue.
+#[test]
+#[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
+fn smoke_messenger_with_too_many_workers_is_refused() {
+    struct Nop;
+    impl dataplane::Dispatcher for Nop {
+        fn dispatch(&self, _c: &dataplane::Connection, _m: dataplane::Message) {}
+    }
+    let stack = DpdkStack::new(cfg("net_null1", Ipv4Addr::new(10, 4, 0, 1))).expect("stack");
+    let r = dataplane::Messenger::builder("too-many")
+        .config(dataplane::Config {
+            workers: 2,
+            backend: "dpdk".into(),
+            hugepages: false,
+            ..dataplane::Config::default()
+        })
+        .stack(std::sync::Arc::new(stack))
+        .dispatcher(std::sync::Arc::new(Nop))
+        .build();
+    let msg = match r {
+        Ok(_) => panic!("two workers on a one-queue port must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(msg.contains("`workers` to 1"), "{msg}");
 }
 
 /// net_ring0 loops every frame back to its sender: a TCP connection from the interface to
