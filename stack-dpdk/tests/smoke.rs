@@ -31,13 +31,35 @@ fn cfg(port: &str, ip: Ipv4Addr) -> DpdkConfig {
     }
 }
 
+/// Creates a stack and checks that the calling thread kept its CPU affinity (`rte_eal_init`
+/// pins its caller to the main lcore; the stack gives the thread its mask back, or every
+/// thread the application spawns afterwards would share one core).
+fn new_stack(c: DpdkConfig) -> DpdkStack {
+    let allowed = || {
+        std::fs::read_to_string("/proc/thread-self/status")
+            .expect("status")
+            .lines()
+            .find(|l| l.starts_with("Cpus_allowed_list"))
+            .map(str::to_string)
+            .expect("Cpus_allowed_list")
+    };
+    let before = allowed();
+    let stack = DpdkStack::new(c).expect("stack");
+    assert_eq!(
+        allowed(),
+        before,
+        "the EAL changed the caller's CPU affinity"
+    );
+    stack
+}
+
 /// EAL up, queue up, bursts move both ways on net_null (its RX yields 64-byte frames of
 /// whatever the recycled mbufs held: mostly zeros, dropped and counted as non-IP), a second
 /// worker is refused, clean shutdown with every mbuf back in the pool.
 #[test]
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn smoke_net_null() {
-    let stack = DpdkStack::new(cfg("net_null0", Ipv4Addr::new(10, 1, 0, 1))).expect("stack");
+    let stack = new_stack(cfg("net_null0", Ipv4Addr::new(10, 1, 0, 1)));
     assert_eq!(stack.name(), "dpdk");
     let total = stack.mbufs_available();
     let mut w = stack.create_worker(0).expect("worker 0");
@@ -89,7 +111,7 @@ fn smoke_messenger_with_too_many_workers_is_refused() {
     impl dataplane::Dispatcher for Nop {
         fn dispatch(&self, _c: &dataplane::Connection, _m: dataplane::Message) {}
     }
-    let stack = DpdkStack::new(cfg("net_null1", Ipv4Addr::new(10, 4, 0, 1))).expect("stack");
+    let stack = new_stack(cfg("net_null1", Ipv4Addr::new(10, 4, 0, 1)));
     let r = dataplane::Messenger::builder("too-many")
         .config(dataplane::Config {
             workers: 2,
@@ -114,7 +136,7 @@ fn smoke_messenger_with_too_many_workers_is_refused() {
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn smoke_net_ring_tcp_to_self() {
     let ip = Ipv4Addr::new(10, 2, 0, 1);
-    let stack = DpdkStack::new(cfg("net_ring0", ip)).expect("stack");
+    let stack = new_stack(cfg("net_ring0", ip));
     let st = tcp_to_self(&stack, ip);
     assert!(st.rx_frames > 700 && st.tx_frames > 700, "{st:?}");
     assert_eq!(st.rx_dropped(), 0, "{st:?}");
@@ -127,14 +149,13 @@ fn smoke_net_ring_tcp_to_self() {
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn smoke_mbuf_pool_dry_is_backpressure() {
     let ip = Ipv4Addr::new(10, 3, 0, 1);
-    let stack = DpdkStack::new(DpdkConfig {
+    let stack = new_stack(DpdkConfig {
         mbufs: 127,
         mbuf_cache: 0,
         rx_desc: 64,
         tx_desc: 64,
         ..cfg("net_ring1", ip)
-    })
-    .expect("stack");
+    });
     let st = tcp_to_self(&stack, ip);
     assert!(st.tx_no_mbuf > 0, "the pool never ran dry: {st:?}");
     assert!(stack.mbufs_available() > 0);

@@ -41,9 +41,27 @@ pub fn eal_init(args: &[String]) -> Result<(), DpdkError> {
     let argv: &'static mut [*mut c_char] = Box::leak(leaked.into_boxed_slice());
     let argc = c_int::try_from(argv.len())
         .map_err(|_| DpdkError::InvalidArgument("too many EAL arguments".into()))?;
+    // rte_eal_init pins the calling thread to the main lcore's core. That thread is the
+    // application's (it goes on to spawn the messenger's workers, which would inherit the
+    // pin and all share one core): give it its own affinity back afterwards.
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size into it.
+    let mut saved: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: pid 0 = the calling thread; the pointer and size describe `saved`.
+    let have_saved =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut saved) }
+            == 0;
     // SAFETY: argv holds argc valid NUL-terminated strings that live forever; EAL is not
     // initialised yet (the caller's once-guard).
     let r = unsafe { rte_eal_init(argc, argv.as_mut_ptr()) };
+    if have_saved {
+        // SAFETY: as above; `saved` is the thread's mask from before rte_eal_init.
+        let ok =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &saved) }
+                == 0;
+        if !ok {
+            tracing::warn!("could not restore the thread's CPU affinity after rte_eal_init");
+        }
+    }
     if r < 0 {
         let e = errno();
         return Err(DpdkError::Eal {
