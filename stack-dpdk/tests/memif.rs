@@ -5,8 +5,8 @@
 //! lossless session must deliver every message exactly once, in order, intact.
 //!
 //! (The failure is emulated at the port boundary because DPDK 22.11's memif cannot take a
-//! real link down: it has no `dev_set_link_down`, and after a port stop/start the memif
-//! client never reconnects. `interop.rs` does a real port stop/start on `net_af_packet`.)
+//! real link down: it has no `dev_set_link_down`, and after a port stop/start on either side
+//! the memif connection did not come back (the client's reconnect is refused). `interop.rs` does a real port stop/start on `net_af_packet`.)
 //! Run as root by `scripts/test-dpdk.sh` (`--ignored`).
 
 #![cfg(dpdk_available)]
