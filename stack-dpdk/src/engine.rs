@@ -349,7 +349,17 @@ impl Engine {
     pub(crate) fn read(&mut self, h: SocketHandle, out: &mut [u8]) -> std::io::Result<usize> {
         let s = self.sockets.get_mut::<tcp::Socket>(h);
         match s.recv_slice(out) {
-            Ok(n) if n > 0 || out.is_empty() => Ok(n),
+            Ok(n) if n > 0 || out.is_empty() => {
+                if n < out.len() {
+                    // `recv_slice` takes all it can (it wraps around the ring), so a short
+                    // read emptied the buffer: report the next data, as after `WouldBlock`
+                    // (the contract behind `short_read_drains`).
+                    if let Some(c) = self.conns.get_mut(&h) {
+                        c.want_read = true;
+                    }
+                }
+                Ok(n)
+            }
             Ok(_) => {
                 if s.state() == tcp::State::Closed {
                     // Closed without a FIN from the peer: reset or timed out.

@@ -410,6 +410,12 @@ impl ConnectedSocket for DpdkSocket {
         self.engine.lock().writev(self.handle, iov)
     }
 
+    /// A short read emptied the socket's receive ring, and the engine reports the next
+    /// bytes with a new readable event (see `Engine::read`).
+    fn short_read_drains(&self) -> bool {
+        true
+    }
+
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.peer)
     }
