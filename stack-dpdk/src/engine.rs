@@ -4,7 +4,7 @@
 //!
 //! Readiness follows the epoll edge-triggered contract: a socket is reported readable once
 //! when data (or end of stream) is there and the messenger had drained it (its last read said
-//! `WouldBlock`), and writable once when space opened after a write was refused. Sockets and
+//! `WouldBlock` or came back short), and writable once when space opened after a write was refused. Sockets and
 //! listeners only record their token on `register`; [`Engine::poll`] emits the events.
 
 use std::collections::{HashMap, VecDeque};
@@ -37,7 +37,8 @@ const EPHEMERAL_MIN: u16 = 49152;
 #[derive(Debug)]
 struct Conn {
     token: Option<Token>,
-    /// The messenger read until `WouldBlock`: report the next data (or EOF).
+    /// The messenger drained the socket (`WouldBlock` or a short read): report the next data
+    /// (or EOF).
     want_read: bool,
     /// A write was refused: report when space opens.
     want_write: bool,
@@ -135,7 +136,7 @@ impl Engine {
                 tracing::error!(error = ?e, "cannot add the default route");
             }
         }
-        let seed = (config_seed_port(wall)).wrapping_mul(7919);
+        let seed = ephemeral_seed(wall);
         let link_was_up = port.link_up();
         Engine {
             iface,
@@ -684,9 +685,9 @@ impl Drop for Engine {
     }
 }
 
-/// A starting point for ephemeral ports derived from the seed.
-fn config_seed_port(seed: u64) -> u16 {
-    (seed ^ (seed >> 16) ^ (seed >> 32)) as u16
+/// A starting point for ephemeral ports derived from the clock seed.
+fn ephemeral_seed(seed: u64) -> u16 {
+    ((seed ^ (seed >> 16) ^ (seed >> 32)) as u16).wrapping_mul(7919)
 }
 
 fn endpoint_addr(e: IpEndpoint) -> SocketAddr {
