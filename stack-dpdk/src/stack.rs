@@ -200,6 +200,7 @@ impl NetworkStack for DpdkStack {
         Ok(Box::new(DpdkWorker {
             engine,
             poller_taken: false,
+            default_buffers: (self.cfg.socket_rx_buffer, self.cfg.socket_tx_buffer),
         }))
     }
 }
@@ -233,6 +234,7 @@ impl Drop for QueueLease {
 pub struct DpdkWorker {
     engine: Arc<Mutex<Engine>>,
     poller_taken: bool,
+    default_buffers: (usize, usize),
 }
 
 impl StackWorker for DpdkWorker {
@@ -255,7 +257,7 @@ impl StackWorker for DpdkWorker {
                 })
             }
         }
-        let (rx, tx) = buffers(opts);
+        let (rx, tx) = self.buffers(opts);
         let port = e
             .listen(addr.port(), rx, tx, opts.nodelay, opts.backlog as usize)
             .map_err(|source| StackError::Bind { addr, source })?;
@@ -277,7 +279,7 @@ impl StackWorker for DpdkWorker {
                 source: io::Error::new(io::ErrorKind::Unsupported, "the DPDK stack is IPv4 only"),
             });
         };
-        let (rx, tx) = buffers(opts);
+        let (rx, tx) = self.buffers(opts);
         let h = self
             .engine
             .lock()
@@ -302,12 +304,15 @@ impl StackWorker for DpdkWorker {
     }
 }
 
-/// Socket buffer sizes: the messenger's options where set, else the stack's defaults.
-fn buffers(opts: &SocketOptions) -> (usize, usize) {
-    (
-        opts.recv_buffer.unwrap_or(1 << 20),
-        opts.send_buffer.unwrap_or(1 << 20),
-    )
+impl DpdkWorker {
+    /// Socket buffer sizes: the messenger's options where set, else the stack's
+    /// (`DpdkConfig::socket_rx_buffer` / `socket_tx_buffer`).
+    fn buffers(&self, opts: &SocketOptions) -> (usize, usize) {
+        (
+            opts.recv_buffer.unwrap_or(self.default_buffers.0),
+            opts.send_buffer.unwrap_or(self.default_buffers.1),
+        )
+    }
 }
 
 /// Runs the engine on every loop iteration of the worker.
