@@ -14,7 +14,9 @@ use anyhow::{bail, Result};
 
 use crate::cli::Backend;
 use crate::row::Row;
-use crate::systems::{dataplane_posix, iperf3, rings, sockperf, std_blocking, tokio_framed};
+use crate::systems::{
+    dataplane_dpdk, dataplane_posix, iperf3, rings, sockperf, std_blocking, tokio_framed,
+};
 
 /// One KiB.
 pub const KIB: usize = 1024;
@@ -229,7 +231,23 @@ pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
             )
             .with_scaling(),
         )],
-        Backend::Rdma | Backend::Dpdk => bail!(
+        // DPDK rows beside the POSIX rows of the same run (the comparison that matters).
+        Backend::Dpdk => vec![
+            Box::new(TransportSystem::new(
+                dataplane_dpdk::NAME,
+                dataplane_dpdk::stream,
+                dataplane_dpdk::pingpong,
+            )),
+            Box::new(
+                TransportSystem::new(
+                    "dataplane-posix",
+                    dataplane_posix::stream,
+                    dataplane_posix::pingpong,
+                )
+                .with_scaling(),
+            ),
+        ],
+        Backend::Rdma => bail!(
             "backend `{}` is not built yet / not available: only `posix` can be measured",
             backend.name()
         ),
@@ -428,6 +446,17 @@ mod tests {
         c.sizes = Some(vec![64]);
         let jobs = plan(&systems, &c).unwrap();
         assert!(jobs.iter().all(|j| j.workload == Workload::PingPong));
+    }
+
+    #[test]
+    fn dpdk_runs_beside_posix() {
+        let systems = systems(Backend::Dpdk).unwrap();
+        let names: Vec<_> = systems.iter().map(|s| s.name()).collect();
+        assert_eq!(&names[..2], &["dataplane-dpdk", "dataplane-posix"]);
+        let jobs = plan(&systems, &cfg()).unwrap();
+        assert!(jobs
+            .iter()
+            .any(|j| systems[j.system].name() == "dataplane-dpdk" && j.params.size == 64));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! client half, so they can also run on two hosts); external tools and rings expose
 //! plain functions. The suite (`crate::suite`) decides which ones run.
 
+pub mod dataplane_dpdk;
 pub mod dataplane_posix;
 pub mod external;
 pub mod iperf3;

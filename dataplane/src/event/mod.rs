@@ -50,6 +50,13 @@ pub trait Poller: Send {
     /// Polls once. Returns `true` if it found work, which keeps the loop spinning instead of
     /// sleeping. It may report readiness through `ready`.
     fn poll(&mut self, ready: &mut Vec<Fired>) -> bool;
+
+    /// The longest the loop may sleep before this poller must run again (`None`: no limit).
+    /// A poller with no file descriptor to wake the loop (a DPDK queue) backs off with this
+    /// instead of spinning when idle. Defaults to `None`.
+    fn max_wait(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The eventfd-backed waker that a [`Doorbell`] uses to interrupt `epoll_wait`.
@@ -153,7 +160,8 @@ impl EventCenter {
             .timers
             .next_due()
             .map(|t| t.saturating_duration_since(now));
-        if let Some(m) = max_wait {
+        let pollers_wait = self.pollers.iter().filter_map(|p| p.max_wait()).min();
+        for m in max_wait.into_iter().chain(pollers_wait) {
             timeout = Some(timeout.map_or(m, |t| t.min(m)));
         }
         if busy || !out.is_empty() || has_external() {

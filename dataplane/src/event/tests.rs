@@ -64,3 +64,31 @@ fn pending_external_work_never_parks() {
     assert!(start.elapsed() < Duration::from_secs(1));
     assert_eq!(c.parks(), 0);
 }
+
+/// A poller with no file descriptor bounds the sleep with `max_wait`: the loop comes back to
+/// poll it even with no timer and no `max_wait` from the caller.
+#[test]
+fn poller_max_wait_bounds_the_sleep() {
+    struct Idle(u32);
+    impl Poller for Idle {
+        fn poll(&mut self, _ready: &mut Vec<Fired>) -> bool {
+            self.0 += 1;
+            false
+        }
+        fn max_wait(&self) -> Option<Duration> {
+            Some(Duration::from_millis(2))
+        }
+    }
+    let mut c = EventCenter::new(EventConfig::default()).unwrap();
+    c.add_poller(Box::new(Idle(0)));
+    let mut out = Vec::new();
+    let start = Instant::now();
+    for _ in 0..5 {
+        c.wait(&mut out, None, &|| false).unwrap();
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "each wait slept about 2 ms, not forever"
+    );
+    assert_eq!(c.parks(), 5, "it did sleep (parked) rather than spin");
+}

@@ -1,0 +1,197 @@
+//! Configuration of the DPDK stack: EAL arguments, the port, its address and the tuning of
+//! the user-space TCP/IP stack.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// How the EAL is started and which port the stack drives.
+#[derive(Debug, Clone)]
+pub struct DpdkConfig {
+    /// Cores for the EAL (`-l`), e.g. `"0"` or `"2-3"`. The messenger's workers register as
+    /// DPDK lcores on top of this (they are pinned by the messenger's core list).
+    pub cores: String,
+    /// Memory in MiB (`-m`).
+    pub memory_mb: u32,
+    /// Run without hugepages (`--no-huge`): slower DMA set-up, fine for virtual devices.
+    /// When false and no hugepage is free, the stack falls back to `--no-huge` with one
+    /// warning.
+    pub no_huge: bool,
+    /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=veth0` or
+    /// `net_memif0,role=server,socket=/run/memif.sock`.
+    pub vdevs: Vec<String>,
+    /// PCI devices to use (`-a`); empty with `no_pci` set means no PCI scan at all.
+    pub pci_allow: Vec<String>,
+    /// Skip the PCI bus (`--no-pci`), for machines with only virtual devices.
+    pub no_pci: bool,
+    /// `--file-prefix` for the runtime files; `None` runs `--in-memory` (or `--no-shconf`
+    /// with `no_huge`): no shared files, so several DPDK processes can run side by side.
+    pub file_prefix: Option<String>,
+    /// Extra raw EAL arguments, appended last.
+    pub extra_eal_args: Vec<String>,
+    /// The port: a device name (`net_af_packet0`) or, if it parses as a number, a port id.
+    pub port: String,
+    /// The interface's IPv4 address.
+    pub ip: Ipv4Addr,
+    /// Prefix length of the interface's subnet.
+    pub prefix_len: u8,
+    /// Default gateway, if peers are off-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// Packet buffers in the mbuf pool (shared by all queues of the port).
+    pub mbufs: u32,
+    /// Per-lcore mbuf cache.
+    pub mbuf_cache: u32,
+    /// RX / TX descriptors per queue.
+    pub rx_desc: u16,
+    /// TX descriptors per queue.
+    pub tx_desc: u16,
+    /// Frames taken per `rx_burst`, and the `max_burst_size` told to smoltcp (≤ 64).
+    pub burst: usize,
+    /// Receive buffer of each TCP socket (bytes; above 64 KiB uses window scaling).
+    pub socket_rx_buffer: usize,
+    /// Send buffer of each TCP socket.
+    pub socket_tx_buffer: usize,
+    /// After the last packet, keep busy-polling this long before backing off.
+    pub busy_poll: Duration,
+    /// Longest sleep of an idle worker between two polls of its queue.
+    pub idle_sleep: Duration,
+    /// While busy-polling, give the core away (`sched_yield`) after a round that found
+    /// nothing. On by default: right when cores are shared (laptops, CI, this project's 2-core
+    /// machines); turn it off on isolated cores (`isolcpus`) for the lowest latency.
+    pub yield_when_idle: bool,
+}
+
+impl Default for DpdkConfig {
+    fn default() -> Self {
+        DpdkConfig {
+            cores: "0".into(),
+            memory_mb: 256,
+            no_huge: false,
+            vdevs: Vec::new(),
+            pci_allow: Vec::new(),
+            no_pci: false,
+            file_prefix: None,
+            extra_eal_args: Vec::new(),
+            port: "0".into(),
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            prefix_len: 24,
+            gateway: None,
+            mbufs: 8191,
+            mbuf_cache: 256,
+            rx_desc: 1024,
+            tx_desc: 1024,
+            burst: 32,
+            socket_rx_buffer: 1 << 20,
+            socket_tx_buffer: 1 << 20,
+            busy_poll: Duration::from_millis(2),
+            idle_sleep: Duration::from_millis(1),
+            yield_when_idle: true,
+        }
+    }
+}
+
+impl DpdkConfig {
+    /// Checks the values the TCP/IP stack would otherwise reject with a panic.
+    pub fn validate(&self) -> Result<(), crate::DpdkError> {
+        let bad = |m: String| Err(crate::DpdkError::InvalidArgument(m));
+        if self.prefix_len > 32 {
+            return bad(format!("prefix length {} > 32", self.prefix_len));
+        }
+        if self.ip.is_unspecified() || self.ip.is_multicast() || self.ip.is_broadcast() {
+            return bad(format!("{} is not a unicast interface address", self.ip));
+        }
+        if self.burst == 0 || self.burst > 64 {
+            return bad(format!("burst {} must be 1..=64", self.burst));
+        }
+        if self.mbufs < 64 {
+            return bad(format!("{} mbufs are too few (at least 64)", self.mbufs));
+        }
+        Ok(())
+    }
+
+    /// The EAL command line this configuration stands for (`argv[0]` included).
+    pub fn eal_args(&self) -> Vec<String> {
+        let mut a = vec!["dataplane".to_string(), "-l".into(), self.cores.clone()];
+        a.push("-m".into());
+        a.push(self.memory_mb.to_string());
+        if self.no_huge {
+            a.push("--no-huge".into());
+        }
+        if self.no_pci {
+            a.push("--no-pci".into());
+        }
+        for p in &self.pci_allow {
+            a.push("-a".into());
+            a.push(p.clone());
+        }
+        for v in &self.vdevs {
+            a.push(format!("--vdev={v}"));
+        }
+        match &self.file_prefix {
+            Some(p) => a.push(format!("--file-prefix={p}")),
+            // `--in-memory` needs hugepages; without them `--no-shconf` gives the same
+            // independence (no shared runtime files).
+            None if self.no_huge => a.push("--no-shconf".into()),
+            None => a.push("--in-memory".into()),
+        }
+        a.push("--log-level=*:warning".into());
+        a.extend(self.extra_eal_args.iter().cloned());
+        a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eal_args_follow_the_config() {
+        let c = DpdkConfig {
+            no_huge: true,
+            no_pci: true,
+            vdevs: vec!["net_null0".into()],
+            pci_allow: vec!["0000:3b:00.0".into()],
+            ..DpdkConfig::default()
+        };
+        let a = c.eal_args();
+        for want in [
+            "--no-huge",
+            "--no-pci",
+            "--vdev=net_null0",
+            "--no-shconf",
+            "-a",
+        ] {
+            assert!(a.iter().any(|x| x == want), "{want} missing from {a:?}");
+        }
+        let h = DpdkConfig::default().eal_args();
+        assert!(h.iter().any(|x| x == "--in-memory"), "{h:?}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(DpdkConfig::default().validate().is_ok());
+        for c in [
+            DpdkConfig {
+                prefix_len: 33,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ip: Ipv4Addr::UNSPECIFIED,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ip: Ipv4Addr::new(224, 0, 0, 1),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                burst: 0,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                mbufs: 10,
+                ..DpdkConfig::default()
+            },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+}

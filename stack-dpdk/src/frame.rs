@@ -1,0 +1,153 @@
+//! Checks on received frames, done before smoltcp sees them so that every dropped frame is
+//! counted by cause (smoltcp drops bad frames silently).
+
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpAddress, IpProtocol, Ipv4Packet, TcpPacket,
+};
+
+/// Why a received frame was dropped before smoltcp saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Shorter than an Ethernet header.
+    Runt,
+    /// Neither IPv4 nor ARP.
+    NotIp,
+    /// An IPv4 or TCP header or length that does not fit the frame.
+    Truncated,
+    /// Wrong IPv4 header or TCP checksum.
+    Checksum,
+}
+
+/// Checks one received frame. `ip_ok` / `tcp_ok`: the NIC already verified that checksum;
+/// `hw_bad`: the NIC flagged a bad checksum.
+pub fn check_frame(frame: &[u8], ip_ok: bool, tcp_ok: bool, hw_bad: bool) -> Result<(), Drop> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Runt)?;
+    match eth.ethertype() {
+        EthernetProtocol::Arp => return Ok(()),
+        EthernetProtocol::Ipv4 => {}
+        _ => return Err(Drop::NotIp),
+    }
+    if hw_bad {
+        return Err(Drop::Checksum);
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| Drop::Truncated)?;
+    if !ip_ok && !ip.verify_checksum() {
+        return Err(Drop::Checksum);
+    }
+    if ip.next_header() == IpProtocol::Tcp && !ip.more_frags() && ip.frag_offset() == 0 {
+        let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| Drop::Truncated)?;
+        let (src, dst) = (
+            IpAddress::Ipv4(ip.src_addr()),
+            IpAddress::Ipv4(ip.dst_addr()),
+        );
+        if !tcp_ok && !tcp.verify_checksum(&src, &dst) {
+            return Err(Drop::Checksum);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        EthernetAddress, EthernetRepr, IpAddress, Ipv4Address, Ipv4Repr, TcpControl, TcpRepr,
+        TcpSeqNumber,
+    };
+
+    /// A valid Ethernet + IPv4 + TCP frame with `payload`.
+    fn tcp_frame(payload: &[u8]) -> Vec<u8> {
+        let src = Ipv4Address::new(10, 0, 0, 1);
+        let dst = Ipv4Address::new(10, 0, 0, 2);
+        let tcp = TcpRepr {
+            src_port: 1000,
+            dst_port: 2000,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(1),
+            ack_number: None,
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut f);
+        let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
+        ip.emit(&mut p, &caps);
+        let mut t = TcpPacket::new_unchecked(p.payload_mut());
+        tcp.emit(&mut t, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps);
+        buf
+    }
+
+    #[test]
+    fn good_frame_passes() {
+        assert_eq!(
+            check_frame(&tcp_frame(b"hello"), false, false, false),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn runt_and_non_ip_dropped() {
+        assert_eq!(
+            check_frame(&[0u8; 10], false, false, false),
+            Err(Drop::Runt)
+        );
+        let mut f = tcp_frame(b"x");
+        f[12] = 0x86;
+        f[13] = 0xdd; // IPv6
+        assert_eq!(check_frame(&f, false, false, false), Err(Drop::NotIp));
+        // net_null's all-zero frames: ethertype 0.
+        assert_eq!(
+            check_frame(&[0u8; 64], false, false, false),
+            Err(Drop::NotIp)
+        );
+    }
+
+    #[test]
+    fn truncated_dropped() {
+        let f = tcp_frame(b"hello world");
+        assert_eq!(
+            check_frame(&f[..30], false, false, false),
+            Err(Drop::Truncated)
+        );
+        assert_eq!(
+            check_frame(&f[..f.len() - 3], false, false, false),
+            Err(Drop::Truncated)
+        );
+    }
+
+    #[test]
+    fn bad_checksums_dropped_unless_offloaded() {
+        let mut f = tcp_frame(b"hello");
+        let last = f.len() - 1;
+        f[last] ^= 0xff; // payload byte: TCP checksum now wrong
+        assert_eq!(check_frame(&f, false, false, false), Err(Drop::Checksum));
+        assert_eq!(check_frame(&f, false, true, false), Ok(()));
+        let mut g = tcp_frame(b"hello");
+        g[14 + 8] ^= 1; // TTL: IPv4 header checksum now wrong
+        assert_eq!(check_frame(&g, false, false, false), Err(Drop::Checksum));
+        assert_eq!(
+            check_frame(&tcp_frame(b"x"), true, true, true),
+            Err(Drop::Checksum)
+        );
+    }
+}

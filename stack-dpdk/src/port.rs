@@ -1,0 +1,166 @@
+//! The EAL (initialised once per process) and the ports the stacks drive.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
+
+use crate::config::DpdkConfig;
+use crate::error::DpdkError;
+use crate::sys::safe::{self, Mempool, PortInfo};
+
+/// The EAL's command line of this process, or why `rte_eal_init` failed. DPDK allows one
+/// `rte_eal_init` per process, so the first stack's configuration decides; later stacks must
+/// ask for the same EAL arguments (their ports may differ).
+static EAL: OnceLock<Result<Vec<String>, DpdkError>> = OnceLock::new();
+
+/// One mbuf pool per port, created with the port's first stack and kept for the process's
+/// lifetime: a stopped port's RX ring still holds mbufs of it, so it can never be freed safely
+/// while the port may be started again.
+static POOLS: Mutex<Option<HashMap<u16, &'static Mempool>>> = Mutex::new(None);
+
+/// Ports claimed by a live stack (one stack per port).
+static CLAIMED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+
+/// Initialises the EAL with `cfg`'s arguments, once per process.
+pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
+    let args = if !cfg.no_huge && hugepages_free() == 0 {
+        // A laptop or CI box without reserved hugepages: run without them rather than fail.
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                "no free hugepages (reserve some: echo 512 > /proc/sys/vm/nr_hugepages); \
+                 the DPDK EAL runs with --no-huge (slower memory, fine for virtual devices)"
+            );
+        });
+        DpdkConfig {
+            no_huge: true,
+            ..cfg.clone()
+        }
+        .eal_args()
+    } else {
+        cfg.eal_args()
+    };
+    let r = EAL.get_or_init(|| {
+        tracing::info!(args = ?args, "initialising DPDK EAL");
+        safe::eal_init(&args).map(|()| args.clone())
+    });
+    match r {
+        Ok(first) if *first == args => Ok(()),
+        Ok(first) => Err(DpdkError::EalArgs {
+            running: first.clone(),
+            asked: args,
+        }),
+        Err(e) => Err(e.clone()),
+    }
+}
+
+/// Free hugepages of the default size (`/proc/meminfo`), 0 if unknown.
+fn hugepages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A started port: its queues, its mbuf pool, what it can do. Stopped on drop.
+#[derive(Debug)]
+pub(crate) struct Port {
+    /// DPDK port id.
+    pub(crate) id: u16,
+    /// The pool every RX queue fills from and every worker allocates TX frames from.
+    pub(crate) pool: &'static Mempool,
+    /// What the device offers.
+    pub(crate) info: PortInfo,
+}
+
+impl Port {
+    /// Finds, configures and starts the port named in `cfg` with `queues` queue pairs.
+    pub(crate) fn open(cfg: &DpdkConfig, queues: u16) -> Result<Port, DpdkError> {
+        let id = match cfg.port.parse::<u16>() {
+            Ok(id) => id,
+            Err(_) => safe::port_by_name(&cfg.port).ok_or_else(|| DpdkError::NoPort {
+                port: cfg.port.clone(),
+                probed: safe::port_count(),
+            })?,
+        };
+        if id >= safe::port_count() {
+            return Err(DpdkError::NoPort {
+                port: cfg.port.clone(),
+                probed: safe::port_count(),
+            });
+        }
+        {
+            let mut c = CLAIMED
+                .lock()
+                .map_err(|_| DpdkError::Poisoned("port registry"))?;
+            if !c.get_or_insert_with(HashSet::new).insert(id) {
+                return Err(DpdkError::PortInUse(id));
+            }
+        }
+        let opened = (|| {
+            let pool = pool_for(id, cfg)?;
+            let info = safe::port_setup(id, queues, pool, cfg.rx_desc, cfg.tx_desc)?;
+            Ok::<_, DpdkError>((pool, info))
+        })();
+        match opened {
+            Ok((pool, info)) => {
+                tracing::info!(port = id, driver = %info.driver, mac = ?info.mac, mtu = info.mtu,
+                    rss = info.rss, queues, "DPDK port started");
+                Ok(Port { id, pool, info })
+            }
+            Err(e) => {
+                unclaim(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the link is up (unknown counts as up).
+    pub(crate) fn link_up(&self) -> bool {
+        safe::link_up(self.id).unwrap_or(true)
+    }
+}
+
+/// The port's pool, created on first use (headroom 128 B + 2 KiB data room: a whole
+/// 1500-byte frame fits one segment).
+fn pool_for(id: u16, cfg: &DpdkConfig) -> Result<&'static Mempool, DpdkError> {
+    let mut pools = POOLS
+        .lock()
+        .map_err(|_| DpdkError::Poisoned("pool registry"))?;
+    let pools = pools.get_or_insert_with(HashMap::new);
+    if let Some(p) = pools.get(&id) {
+        return Ok(p);
+    }
+    let pool = Mempool::new(
+        &format!("dp_mbuf_p{id}"),
+        cfg.mbufs,
+        cfg.mbuf_cache,
+        2048 + 128,
+    )?;
+    let pool: &'static Mempool = Box::leak(Box::new(pool));
+    pools.insert(id, pool);
+    Ok(pool)
+}
+
+fn unclaim(id: u16) {
+    if let Ok(mut c) = CLAIMED.lock() {
+        if let Some(set) = c.as_mut() {
+            set.remove(&id);
+        }
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // Every worker (the only users of the queues) holds an `Arc<Port>`: none is left.
+        // The port is stopped, not closed, so a later stack of this process can start it
+        // again (closing releases a virtual device for good).
+        safe::port_stop(self.id);
+        unclaim(self.id);
+        tracing::info!(port = self.id, "DPDK port stopped");
+    }
+}

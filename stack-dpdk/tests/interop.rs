@@ -1,0 +1,349 @@
+//! Interop across a veth pair between two network namespaces: a DPDK messenger on
+//! `net_af_packet` at one end (this process runs in that namespace), a POSIX messenger on the
+//! Linux kernel's TCP at the other (a thread of this process enters the peer namespace and
+//! builds it there). Set up by `scripts/test-dpdk.sh`; run as root with `--ignored`.
+//!
+//! Environment: `DPDK_IFACE` (veth end in this namespace, no address), `DPDK_IP`,
+//! `PEER_NETNS`, `PEER_IP`, `INTEROP_MESSAGES` (default 100 000 each way).
+
+#![cfg(dpdk_available)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use dataplane::{Message, Messenger};
+use dataplane_stack_dpdk::{check_frame, DpdkConfig, DpdkStack, FrameDrop};
+use dataplane_stack_posix::PosixStack;
+
+const T: Duration = Duration::from_secs(120);
+
+#[test]
+#[ignore = "needs root, DPDK and the veth/netns set-up of scripts/test-dpdk.sh"]
+fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
+    let iface = env_or("DPDK_IFACE", "dpveth0");
+    let ip = env_ip("DPDK_IP", "10.77.0.2");
+    let peer_ns = env_or("PEER_NETNS", "dp-peer");
+    let peer_ip = env_ip("PEER_IP", "10.77.0.1");
+    let n: u64 = env_or("INTEROP_MESSAGES", "100000").parse().expect("count");
+
+    // The DPDK node, in this namespace.
+    let stack = Arc::new(
+        DpdkStack::new(DpdkConfig {
+            no_huge: no_huge(),
+            no_pci: true,
+            vdevs: vec![format!("net_af_packet0,iface={iface}")],
+            port: "net_af_packet0".into(),
+            ip,
+            prefix_len: 24,
+            ..DpdkConfig::default()
+        })
+        .expect("DPDK stack"),
+    );
+    eprintln!(
+        "dpdk port {} driver {} mac {:02x?}",
+        stack.port_id(),
+        stack.driver(),
+        stack.mac()
+    );
+    let dpdk_rx = Checker::new();
+    let dpdk = Messenger::builder("dpdk-node")
+        .config(dpdk_config())
+        .stack(stack.clone())
+        .dispatcher(dpdk_rx.clone())
+        .build()
+        .expect("dpdk messenger");
+    let dpdk_addr = dpdk.bind(SocketAddr::from((ip, 7100))).expect("bind dpdk");
+    dpdk.start().expect("start dpdk");
+
+    // The POSIX node, built on a thread inside the peer namespace.
+    let posix_rx = Checker::new();
+    let prx = posix_rx.clone();
+    let posix = std::thread::spawn(move || {
+        enter_netns(&peer_ns);
+        let m = Messenger::builder("posix-node")
+            .config(test_config())
+            .stack(Arc::new(PosixStack::new()))
+            .dispatcher(prx)
+            .build()
+            .expect("posix messenger");
+        m.bind(SocketAddr::from((peer_ip, 7200)))
+            .expect("bind posix");
+        m.start().expect("start posix");
+        m
+    })
+    .join()
+    .expect("posix thread");
+    let posix_addr = posix.addr().expect("posix bound");
+
+    // ARP + ICMP echo, answered by smoltcp on the DPDK port.
+    let ping = std::process::Command::new("ip")
+        .args(["netns", "exec", &env_or("PEER_NETNS", "dp-peer"), "ping"])
+        .args(["-c", "3", "-i", "0.2", "-W", "2", &ip.to_string()])
+        .output()
+        .expect("run ping");
+    let out = String::from_utf8_lossy(&ping.stdout);
+    eprintln!("{out}");
+    assert!(ping.status.success(), "ping of the DPDK node failed: {out}");
+    assert!(out.contains("3 received"), "{out}");
+    // The peer's kernel learnt the DPDK port's MAC by ARP (answered by smoltcp).
+    let neigh = std::process::Command::new("ip")
+        .args(["netns", "exec", &env_or("PEER_NETNS", "dp-peer")])
+        .args(["ip", "neigh", "show", &ip.to_string()])
+        .output()
+        .expect("ip neigh");
+    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
+    let mac: Vec<String> = stack.mac().iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        neigh.contains(&mac.join(":")),
+        "ARP entry of the DPDK node: {neigh:?}, want {}",
+        mac.join(":")
+    );
+
+    // Bad input from the wire, sent raw from the peer namespace: every frame is dropped
+    // before the TCP/IP stack and counted by cause; the node keeps working (the messages
+    // below). And a kernel TCP connect to a port nobody listens on gets smoltcp's RST.
+    let before = stack.stats();
+    let (dmac, dip) = (stack.mac(), ip.octets());
+    let (peer_ns2, peer_iface) = (
+        env_or("PEER_NETNS", "dp-peer"),
+        env_or("PEER_IFACE", "dpveth1"),
+    );
+    let refused = std::thread::spawn(move || {
+        enter_netns(&peer_ns2);
+        let frames = bad_frames(dmac, dip);
+        send_raw(&peer_iface, &frames, 5);
+        std::net::TcpStream::connect_timeout(&SocketAddr::from((dip, 9)), Duration::from_secs(3))
+    })
+    .join()
+    .expect("raw sender");
+    let err = refused.expect_err("connect to a closed DPDK port must fail");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let a = stack.stats();
+            a.drop_checksum >= before.drop_checksum + 5
+                && a.drop_truncated >= before.drop_truncated + 10
+                && a.drop_not_ip >= before.drop_not_ip + 5
+        }),
+        "bad frames not all counted: before {before:?}, after {:?}",
+        stack.stats()
+    );
+    eprintln!("bad frames counted: {:?}", stack.stats());
+
+    // Both directions at once: the POSIX node connects to the DPDK node and the DPDK node
+    // connects to the POSIX node (so both the DPDK stack's accept and connect are used).
+    let start = Instant::now();
+    let to_dpdk = posix.connect(dpdk_addr).expect("posix -> dpdk");
+    let to_posix = dpdk.connect(posix_addr).expect("dpdk -> posix");
+    let a = std::thread::spawn(move || {
+        for i in 0..n {
+            send_retry(
+                &to_dpdk,
+                Message::new(1, payload(1, i, 16 + (i % 200) as usize)),
+            );
+        }
+        to_dpdk
+    });
+    let b = std::thread::spawn(move || {
+        for i in 0..n {
+            send_retry(
+                &to_posix,
+                Message::new(1, payload(2, i, 16 + (i % 200) as usize)),
+            );
+        }
+        to_posix
+    });
+    let to_dpdk = a.join().expect("sender a");
+    let to_posix = b.join().expect("sender b");
+    let ok = wait_until(T, || dpdk_rx.count() >= n && posix_rx.count() >= n);
+    let secs = start.elapsed().as_secs_f64();
+    let st = stack.stats();
+    assert!(
+        ok,
+        "delivered {} to dpdk, {} to posix of {n}; stats {st:?}",
+        dpdk_rx.count(),
+        posix_rx.count()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(dpdk_rx.count(), n, "exactly once to the DPDK node");
+    assert_eq!(posix_rx.count(), n, "exactly once to the POSIX node");
+    dpdk_rx.assert_clean();
+    posix_rx.assert_clean();
+    assert!(
+        wait_until(T, || to_dpdk.queued() == (0, 0)),
+        "all acknowledged"
+    );
+    assert!(
+        wait_until(T, || to_posix.queued() == (0, 0)),
+        "all acknowledged"
+    );
+    eprintln!(
+        "interop: {n} messages each way in {secs:.2} s ({:.0} msg/s total), {} + {} bytes; dpdk stats {st:?}",
+        2.0 * n as f64 / secs,
+        dpdk_rx.bytes(),
+        posix_rx.bytes()
+    );
+    assert_eq!(st.rx_frames, st.rx_delivered + st.rx_dropped(), "{st:?}");
+
+    // A real link failure: the DPDK port is stopped for 500 ms in the middle of a paced
+    // stream from the POSIX node (af_packet closes its sockets; the kernel peer's frames go
+    // nowhere), then started again. The lossless session delivers everything once, in order.
+    let m2: u64 = 50_000;
+    let paced = std::thread::spawn({
+        let c = to_dpdk.clone();
+        move || {
+            let t0 = Instant::now();
+            for i in 0..m2 {
+                send_retry(&c, Message::new(1, payload(3, i, 64)));
+                if i % 500 == 499 {
+                    // ~50k messages/s: one second of stream.
+                    if let Some(w) = Duration::from_micros(i * 20).checked_sub(t0.elapsed()) {
+                        std::thread::sleep(w);
+                    }
+                }
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stack.set_link(false).expect("link down");
+    assert!(!stack.link_up(), "port reports link down");
+    let undelivered = m2 - (dpdk_rx.count() - n);
+    std::thread::sleep(Duration::from_millis(500));
+    stack.set_link(true).expect("link up");
+    paced.join().expect("paced sender");
+    assert!(undelivered > 0, "the stream was running at the failure");
+    assert!(
+        wait_until(T, || dpdk_rx.count() >= n + m2),
+        "after the link failure: {} of {m2}; {:?}",
+        dpdk_rx.count() - n,
+        stack.stats()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        dpdk_rx.count(),
+        n + m2,
+        "exactly once across the link failure"
+    );
+    dpdk_rx.assert_clean();
+    eprintln!("link down/up on af_packet: {undelivered} messages were in flight, all delivered");
+
+    // Idle: the DPDK worker backs off and sleeps on its event loop instead of spinning.
+    std::thread::sleep(Duration::from_millis(300));
+    let cpu0 = process_cpu_seconds();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_cpu = (process_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "idle CPU of the whole process: {:.1}% of one core",
+        idle_cpu * 100.0
+    );
+    assert!(
+        idle_cpu < 0.25,
+        "an idle DPDK node must not spin: {:.0}%",
+        idle_cpu * 100.0
+    );
+    posix.shutdown();
+    dpdk.shutdown();
+}
+
+/// User + system CPU time of this process, in seconds.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().expect("utime") + f[12].parse::<f64>().expect("stime");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// Frames to `mac`/`ip` that the DPDK node must drop: a bare IPv4 ethertype with no header,
+/// IPv6 (non-IP for this stack), IPv4 claiming more bytes than the frame has, TCP with a wrong
+/// checksum. Each
+/// is checked against `check_frame` so the test knows what it sends.
+fn bad_frames(mac: [u8; 6], ip: [u8; 4]) -> Vec<Vec<u8>> {
+    let eth = |ethertype: [u8; 2]| {
+        let mut f = mac.to_vec();
+        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        f.extend_from_slice(&ethertype);
+        f
+    };
+    // (A frame shorter than an Ethernet header cannot be sent through AF_PACKET: the kernel
+    // refuses it. Runts are covered by `frame.rs`'s unit tests and net_null's frames.)
+    let bare = eth([0x08, 0x00]); // an IPv4 ethertype and no IPv4 header at all
+    let mut ipv6 = eth([0x86, 0xdd]);
+    ipv6.extend_from_slice(&[0x60; 40]);
+    // IPv4 + TCP to ip:7100 with a valid IPv4 header checksum and a wrong TCP checksum.
+    let mut tcp = eth([0x08, 0x00]);
+    let mut iph = [
+        0x45, 0, 0, 40, 0, 1, 0x40, 0, 64, 6, 0, 0, 10, 77, 0, 1, ip[0], ip[1], ip[2], ip[3],
+    ];
+    let sum = iph
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    let ck = !((sum & 0xffff) + (sum >> 16)) as u16;
+    iph[10..12].copy_from_slice(&ck.to_be_bytes());
+    tcp.extend_from_slice(&iph);
+    tcp.extend_from_slice(&[0x30, 0x39, 0x1b, 0xbc, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02]);
+    tcp.extend_from_slice(&[0xff, 0xff, 0xde, 0xad, 0, 0]);
+    // The same IPv4 header claiming 1000 bytes in a 54-byte frame.
+    let mut trunc = tcp.clone();
+    trunc[16..18].copy_from_slice(&1000u16.to_be_bytes());
+    let frames = vec![bare, ipv6, trunc, tcp];
+    let want = [
+        FrameDrop::Truncated,
+        FrameDrop::NotIp,
+        FrameDrop::Truncated,
+        FrameDrop::Checksum,
+    ];
+    for (f, w) in frames.iter().zip(want) {
+        assert_eq!(
+            check_frame(f, false, false, false),
+            Err(w),
+            "test frame {f:02x?}"
+        );
+    }
+    frames
+}
+
+/// Sends each frame `times` times on `iface` through an `AF_PACKET` socket.
+fn send_raw(iface: &str, frames: &[Vec<u8>], times: usize) {
+    let name = std::ffi::CString::new(iface).expect("name");
+    // SAFETY: plain libc calls on a socket this function owns; the address struct is
+    // zero-initialised and filled with valid values; buffers outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index > 0, "no interface {iface}");
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        for _ in 0..times {
+            for f in frames {
+                let r = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert!(r >= 0, "sendto: {}", std::io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+    }
+}
