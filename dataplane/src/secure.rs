@@ -82,7 +82,9 @@ pub struct SessionKeys {
 }
 
 struct Direction {
-    cipher: Aes128Gcm,
+    /// Boxed: the expanded key is several hundred bytes, and every session holds room for
+    /// a sealer and an opener that idle or crc-mode connections never use.
+    cipher: Box<Aes128Gcm>,
     salt: [u8; 4],
 }
 
@@ -107,7 +109,7 @@ impl SessionKeys {
             unreachable!("HKDF output of 40 bytes is within bounds");
         }
         let dir = |k: &[u8], s: &[u8]| Direction {
-            cipher: Aes128Gcm::new(aes_gcm::Key::<Aes128Gcm>::from_slice(k)),
+            cipher: Box::new(Aes128Gcm::new(aes_gcm::Key::<Aes128Gcm>::from_slice(k))),
             salt: [s[0], s[1], s[2], s[3]],
         };
         let keys = SessionKeys {
@@ -319,6 +321,14 @@ mod tests {
         assert_ne!(base, seal(&key, &nc, &[3; 32], &hd, "c"));
         assert_ne!(base, seal(&key, &nc, &ns, &hello_digest(b"hellO"), "c"));
         assert_ne!(base, seal(&key, &nc, &ns, &hd, "d"));
+    }
+
+    #[test]
+    fn an_unused_sealer_and_opener_cost_a_session_little() {
+        // Sessions hold `Option<Sealer>` and `Option<Opener>`: keep them pointer-sized plus
+        // counters, not the expanded AES key.
+        assert!(std::mem::size_of::<Option<Sealer>>() <= 32);
+        assert!(std::mem::size_of::<Option<Opener>>() <= 32);
     }
 
     #[test]
