@@ -143,7 +143,9 @@ impl RdmaSocket {
         tcp.set_nodelay(true)?;
         let mut s = Self::new(dev, tcp, peer, Phase::Hello)?;
         s.ctl_out.extend_from_slice(&s.hello.encode());
-        s.pump_ctl()?;
+        // Only write here: whatever the peer sent is judged in `read`, so a bad peer fails
+        // its own connection and never the listener's accept loop.
+        s.flush_ctl();
         Ok(s)
     }
 
