@@ -30,6 +30,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 VM_TIMEOUT=${VM_TIMEOUT:-1500}
+BENCH_SECS=${BENCH_SECS:-3}
 
 say() { echo "=== $*"; }
 
@@ -121,20 +122,11 @@ echo \$fail > \$OUT/tests-status
 EOF
 if [ "$BENCH" = 1 ]; then
     cat >> "$GUEST" <<EOF
-echo "--- perftest and dataplane-bench on rxe0"
-ib_send_bw -d rxe0 -x 1 -s 65536 -n 2000 -F --report_gbits > \$OUT/bw-server.log 2>&1 &
-sleep 1
-timeout 120 ib_send_bw -d rxe0 -x 1 -s 65536 -n 2000 -F --report_gbits 10.77.0.1 > \$OUT/ib_send_bw.log 2>&1
-wait
-cat \$OUT/ib_send_bw.log
-ib_send_lat -d rxe0 -x 1 -s 64 -n 2000 -F > \$OUT/lat-server.log 2>&1 &
-sleep 1
-timeout 120 ib_send_lat -d rxe0 -x 1 -s 64 -n 2000 -F 10.77.0.1 > \$OUT/ib_send_lat.log 2>&1
-wait
-cat \$OUT/ib_send_lat.log
-DATAPLANE_RDMA_ADDR=10.77.0.1 timeout 600 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
-    --workloads stream,pingpong --sizes 64,64K --workers 1 --duration 3 \
-    --perftest-logs \$OUT --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
+echo "--- perftest (ib_send_bw, ib_send_lat) and dataplane-rdma on rxe0, same boot"
+export DATAPLANE_RDMA_DEVICE=rxe0 DATAPLANE_RDMA_GID_INDEX=1 RUST_LOG=warn
+timeout 900 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
+    --workloads stream,pingpong --sizes 64,64K --workers 1 --duration $BENCH_SECS \
+    --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
 [ -s \$OUT/bench.json ] || { echo "FAIL: no benchmark JSON"; echo 1 > \$OUT/bench-status; }
 EOF
 fi

@@ -14,7 +14,9 @@ use anyhow::{bail, Result};
 
 use crate::cli::Backend;
 use crate::row::Row;
-use crate::systems::{dataplane_posix, iperf3, rings, sockperf, std_blocking, tokio_framed};
+use crate::systems::{
+    dataplane_posix, dataplane_rdma, iperf3, perftest, rings, sockperf, std_blocking, tokio_framed,
+};
 
 /// One KiB.
 pub const KIB: usize = 1024;
@@ -229,7 +231,17 @@ pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
             )
             .with_scaling(),
         )],
-        Backend::Rdma | Backend::Dpdk => bail!(
+        // perftest runs beside the RDMA stack on the same device: the baselines that matter.
+        Backend::Rdma => vec![
+            Box::new(TransportSystem::new(
+                dataplane_rdma::NAME,
+                dataplane_rdma::stream,
+                dataplane_rdma::pingpong,
+            )),
+            Box::new(perftest::BW_SYSTEM),
+            Box::new(perftest::LAT_SYSTEM),
+        ],
+        Backend::Dpdk => bail!(
             "backend `{}` is not built yet / not available: only `posix` can be measured",
             backend.name()
         ),
@@ -432,7 +444,7 @@ mod tests {
 
     #[test]
     fn other_backends_are_refused() {
-        let err = systems(Backend::Rdma).err().unwrap().to_string();
+        let err = systems(Backend::Dpdk).err().unwrap().to_string();
         assert!(err.contains("not built yet"), "{err}");
     }
 

@@ -16,7 +16,8 @@
 //!   protection domain (one MR per arena, see `memory`); nothing is registered per message.
 //! - **Send**: `writev` copies the gather list into registered send slots (one SEND per slot,
 //!   inline below `max_inline_data`) and posts the whole batch with one doorbell; only every
-//!   `send_depth / 4`-th and the last WR of a batch are signalled. The copy is a staging copy:
+//!   `send_depth / 4`-th WR and the one that fills the ring are signalled (RC completes in
+//!   order, so one completion frees every slot before it). The copy is a staging copy:
 //!   the stack interface lets the caller reuse its buffers as soon as `writev` returns, so
 //!   SGEs pointing at the caller's memory would be unsound without a completion callback
 //!   into the messenger.
@@ -28,8 +29,10 @@
 //!   has been consumed.
 //! - **Completions**: one CQ and completion channel per connection. `read`/`writev` poll the CQ
 //!   while there is work; when drained, the CQ is armed and the channel's fd wakes the
-//!   worker's `EventCenter`. An eventfd per socket raises the writable event when credits or
-//!   send slots come back.
+//!   worker's `EventCenter`. With [`RdmaConfig::busy_poll`] the worker's poller (`poller`)
+//!   keeps polling the CQs of its sockets for that long after the last completion and arms
+//!   them only before the loop sleeps. An eventfd per socket raises the writable event when
+//!   credits or send slots come back.
 //! - **Thread-agnostic sockets**: QP, CQ, channel and slots belong to the socket, not to a
 //!   worker, so the messenger may hand an accepted socket to another worker (`Adopt`) and it
 //!   re-registers its fds there. No change to the messenger was needed.
@@ -40,6 +43,7 @@
 //! messages) and for setting up a rack.
 
 mod memory;
+mod poller;
 mod socket;
 mod sys;
 mod wire;
@@ -124,8 +128,11 @@ pub struct RdmaConfig {
     pub max_inline: u32,
     /// Bytes per registered arena (grown on demand, one MR each).
     pub arena_bytes: usize,
-    /// Poll the CQ this long before arming the completion channel and sleeping
-    /// (Ceph's `ms_async_rdma_polling_us`). Zero sleeps at once.
+    /// After the last completion, the worker's event loop keeps polling the CQs of its
+    /// sockets this long instead of sleeping on the completion channels (Ceph's
+    /// `ms_async_rdma_polling_us`, 1 ms there). Zero (the default) sleeps at once: on the
+    /// 2-vCPU test VM spinning workers took the CPU from Soft-RoCE and made latency worse
+    /// (see docs/rdma.md); on hardware with a core per worker, 50–1000 µs pays off.
     pub busy_poll: Duration,
 }
 
@@ -353,6 +360,7 @@ impl NetworkStack for RdmaStack {
     fn create_worker(&self, _index: usize) -> Result<Box<dyn StackWorker>, StackError> {
         Ok(Box::new(RdmaWorker {
             dev: self.dev.clone(),
+            poller: Some(poller::CqPoller::new(self.dev.cfg.busy_poll)),
         }))
     }
 }
@@ -362,6 +370,7 @@ impl NetworkStack for RdmaStack {
 #[derive(Debug)]
 pub struct RdmaWorker {
     dev: Arc<Device>,
+    poller: Option<poller::CqPoller>,
 }
 
 impl StackWorker for RdmaWorker {
@@ -385,6 +394,14 @@ impl StackWorker for RdmaWorker {
         let s = RdmaSocket::connect(self.dev.clone(), addr)
             .map_err(|source| StackError::Connect { addr, source })?;
         Ok(Box::new(s))
+    }
+
+    fn take_pollers(&mut self) -> Vec<Box<dyn dataplane::event::Poller>> {
+        self.poller
+            .take()
+            .map(|p| Box::new(p) as Box<dyn dataplane::event::Poller>)
+            .into_iter()
+            .collect()
     }
 }
 

@@ -16,8 +16,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
 use sideway::ibverbs::completion::{
-    BasicCompletionQueue, CompletionChannel, GenericCompletionQueue, PollCompletionQueueError,
-    WorkCompletionStatus,
+    BasicCompletionQueue, CompletionChannel, GenericCompletionQueue, WorkCompletionStatus,
 };
 use sideway::ibverbs::device_context::Mtu;
 use sideway::ibverbs::queue_pair::{
@@ -27,6 +26,7 @@ use sideway::ibverbs::queue_pair::{
 use sideway::ibverbs::AccessFlags;
 
 use crate::memory::Slot;
+use crate::poller::{self, CqShared, Wc};
 use crate::sys::{self, Kick, QpHandle};
 use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
 use crate::{Device, RdmaStats};
@@ -53,20 +53,11 @@ enum Phase {
 /// Verbs resources of one connection. Field order is drop order: QP before CQ before channel.
 struct Res {
     qp: BasicQueuePair,
+    shared: Arc<CqShared>,
     cq: Arc<BasicCompletionQueue>,
     chan: Arc<CompletionChannel>,
     send_slots: Vec<Slot>,
     recv_slots: Vec<Slot>,
-}
-
-/// One completion, copied out of the CQ so the poller's borrow ends before we act on it.
-#[derive(Debug, Clone, Copy)]
-struct Wc {
-    wr_id: u64,
-    status: u32,
-    vendor_err: u32,
-    byte_len: u32,
-    imm: u32,
 }
 
 /// An RDMA connection (see the crate docs for the protocol).
@@ -86,13 +77,13 @@ pub struct RdmaSocket {
     kicked: bool,
     res: Option<Res>,
     failed: Option<String>,
-    armed: bool,
     // Send side.
     credits: u32,
     chunk: usize,
     send_seq: u64,
     send_done: u64,
     unsignaled: u32,
+    last_signaled: Option<u64>,
     want_write: bool,
     sent_total: u32,
     // Receive side.
@@ -186,12 +177,12 @@ impl RdmaSocket {
             kicked: false,
             res: Some(res),
             failed: None,
-            armed: false,
             credits: 0,
             chunk: 0,
             send_seq: 0,
             send_done: 0,
             unsignaled: 0,
+            last_signaled: None,
             want_write: false,
             sent_total: 0,
             ready: VecDeque::new(),
@@ -226,9 +217,15 @@ impl RdmaSocket {
     fn arm(&mut self) -> io::Result<()> {
         if let Some(res) = &self.res {
             sys::req_notify(&res.cq).map_err(verr("arm completion queue"))?;
-            self.armed = true;
+            res.shared.armed.store(true, Ordering::Release);
         }
         Ok(())
+    }
+
+    fn armed(&self) -> bool {
+        self.res
+            .as_ref()
+            .is_some_and(|r| r.shared.armed.load(Ordering::Acquire))
     }
 
     /// Writes pending control bytes and reads what the peer sent on the side channel.
@@ -361,24 +358,14 @@ impl RdmaSocket {
         Ok(())
     }
 
-    /// Polls the CQ dry and acts on every completion. Returns how many there were.
+    /// Takes every completion (those the worker's poller already fetched, then the CQ's)
+    /// and acts on it. Returns how many there were.
     fn poll_cq(&mut self) -> io::Result<usize> {
         let mut wcs = std::mem::take(&mut self.wc_buf);
         wcs.clear();
-        let polled = match self.res.as_ref().map(|r| r.cq.start_poll()) {
-            None | Some(Err(PollCompletionQueueError::CompletionQueueEmpty)) => Ok(()),
-            // Every completion the poller fetched must be taken, or it is lost.
-            Some(Ok(poller)) => {
-                wcs.extend(poller.map(|wc| Wc {
-                    wr_id: wc.wr_id(),
-                    status: wc.status(),
-                    vendor_err: wc.vendor_err(),
-                    byte_len: wc.byte_len(),
-                    imm: u32::from_be(wc.imm_data()),
-                }));
-                Ok(())
-            }
-            Some(Err(e)) => Err(e.to_string()),
+        let polled = match self.res.as_ref() {
+            Some(r) => r.shared.take(&mut wcs),
+            None => Ok(()),
         };
         let n = wcs.len();
         let mut r = polled.map_err(|e| self.fail(format!("poll CQ: {e}")));
@@ -544,11 +531,14 @@ impl RdmaSocket {
         let Some(mut res) = self.res.take() else {
             return;
         };
-        // Let in-flight sends complete (the last of every batch is signalled).
+        // Let in-flight sends complete: wait for the last signalled one; the unsignalled
+        // tail behind it completes or is flushed (the messenger resends what the peer did
+        // not acknowledge).
         let end = Instant::now() + DRAIN_WAIT;
         if self.failed.is_none() && self.phase == Phase::Established {
             self.res = Some(res);
-            while self.send_done < self.send_seq && Instant::now() < end {
+            let target = self.last_signaled.map_or(0, |s| s + 1);
+            while self.send_done < target && Instant::now() < end {
                 if self.poll_cq().is_err() {
                     break;
                 }
@@ -580,12 +570,15 @@ impl RdmaSocket {
         let _ = sys::drain_events(&res.chan, &res.cq);
         let Res {
             qp,
+            shared,
             cq,
             chan,
             mut send_slots,
             mut recv_slots,
         } = res;
         drop(qp);
+        shared.set_token(None);
+        drop(shared);
         drop(cq);
         drop(chan);
         self.dev.pool.give_back(&mut send_slots);
@@ -647,6 +640,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
     };
     let mut res = Res {
         qp,
+        shared: CqShared::new(cq.clone()),
         cq,
         chan,
         send_slots,
@@ -694,6 +688,9 @@ impl ConnectedSocket for RdmaSocket {
             token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
+        if let Some(res) = &self.res {
+            poller::join(&res.shared, token);
+        }
         // Completions may have arrived while no loop watched us: make the new owner look.
         self.kick.kick();
         Ok(())
@@ -703,6 +700,7 @@ impl ConnectedSocket for RdmaSocket {
         let r = registry.deregister(&mut self.tcp);
         if let Some(res) = &self.res {
             let _ = registry.deregister(&mut SourceFd(&res.chan.as_raw_fd()));
+            poller::leave(&res.shared);
         }
         let _ = registry.deregister(&mut SourceFd(&self.kick.fd()));
         r
@@ -747,13 +745,11 @@ impl ConnectedSocket for RdmaSocket {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
         }
-        if self.armed {
-            if let Some(res) = &self.res {
+        if let Some(res) = &self.res {
+            if res.shared.armed.swap(false, Ordering::AcqRel) {
                 sys::drain_events(&res.chan, &res.cq).map_err(verr("completion channel"))?;
             }
-            self.armed = false;
         }
-        let mut spin_until: Option<Instant> = None;
         loop {
             let polled = self.poll_cq();
             let copied = self.copy_out(buf);
@@ -775,16 +771,8 @@ impl ConnectedSocket for RdmaSocket {
             if self.drained_eof() {
                 return Ok(0);
             }
-            // Busy-poll a little before sleeping (Ceph's ms_async_rdma_polling_us).
-            let busy = self.dev.cfg.busy_poll;
-            if !busy.is_zero() {
-                let until = *spin_until.get_or_insert_with(|| Instant::now() + busy);
-                if Instant::now() < until {
-                    std::hint::spin_loop();
-                    continue;
-                }
-            }
-            if !self.armed {
+            // With busy polling the worker's poller arms the CQ before the loop sleeps.
+            if self.dev.cfg.busy_poll.is_zero() && !self.armed() {
                 self.arm()?;
                 // A completion that landed between the last poll and arming raised no event.
                 continue;
@@ -850,14 +838,15 @@ impl ConnectedSocket for RdmaSocket {
             let imm = self.owed.min(0xffff);
             self.owed -= imm;
             self.credits -= 1;
-            let last = self.credits == 0
-                || self.send_seq + 1 - self.send_done >= depth
-                || total + len == wanted;
+            // Selective signalling: every `signal_every`-th WR, and the one that fills the
+            // ring (its completion frees every slot before it: RC completes in order).
+            let fills = self.send_seq + 1 - self.send_done >= depth;
             self.unsignaled += 1;
             let mut flags = WorkRequestFlags::none();
-            if last || self.unsignaled >= signal_every {
+            if fills || self.unsignaled >= signal_every {
                 flags |= WorkRequestFlags::Signaled;
                 self.unsignaled = 0;
+                self.last_signaled = Some(self.send_seq);
             }
             if len <= inline_max {
                 flags |= WorkRequestFlags::Inline;

@@ -20,29 +20,25 @@ pub(crate) fn req_notify(cq: &BasicCompletionQueue) -> io::Result<()> {
     }
 }
 
-/// Reads every pending event from the (non-blocking) completion channel and acknowledges it.
-/// Returns how many there were.
+/// Takes the pending event, if any, from the (non-blocking) completion channel and
+/// acknowledges it. One arming raises at most one event, so one read is enough.
 pub(crate) fn drain_events(chan: &CompletionChannel, cq: &BasicCompletionQueue) -> io::Result<u32> {
-    let mut n = 0u32;
-    loop {
-        let mut ev_cq: *mut ffi::ibv_cq = std::ptr::null_mut();
-        let mut ev_ctx: *mut libc::c_void = std::ptr::null_mut();
-        // SAFETY: the channel is live and non-blocking; the out pointers are valid locals.
-        let rc =
-            unsafe { ffi::ibv_get_cq_event(chan.comp_channel().as_ptr(), &mut ev_cq, &mut ev_ctx) };
-        if rc != 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock || n > 0 || e.raw_os_error() == Some(0) {
-                break;
-            }
-            return Err(e);
-        }
-        n += 1;
-        // Only one CQ is attached to each channel (ours), so `ev_cq` is `cq`.
-        // SAFETY: acknowledging an event we just took from this CQ's channel; the CQ is live.
-        unsafe { ffi::ibv_ack_cq_events(cq.cq().as_ptr(), 1) };
+    let mut ev_cq: *mut ffi::ibv_cq = std::ptr::null_mut();
+    let mut ev_ctx: *mut libc::c_void = std::ptr::null_mut();
+    // SAFETY: the channel is live and non-blocking; the out pointers are valid locals.
+    let rc =
+        unsafe { ffi::ibv_get_cq_event(chan.comp_channel().as_ptr(), &mut ev_cq, &mut ev_ctx) };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        return match e.kind() {
+            io::ErrorKind::WouldBlock => Ok(0),
+            _ => Err(e),
+        };
     }
-    Ok(n)
+    // Only one CQ is attached to each channel (ours), so `ev_cq` is `cq`.
+    // SAFETY: acknowledging the event we just took from this CQ's channel; the CQ is live.
+    unsafe { ffi::ibv_ack_cq_events(cq.cq().as_ptr(), 1) };
+    Ok(1)
 }
 
 /// A raw queue-pair handle that may be moved to the error state from any thread.

@@ -338,10 +338,12 @@ fn rdma_sixteen_mib_messages_byte_for_byte() {
 #[test]
 fn rdma_thousands_of_messages_never_exceed_credits() {
     // A small window so that the sender really runs out of credits and waits.
+    // Busy polling on: this test also covers the worker's CQ poller and its arming.
     let cfg = RdmaConfig {
         recv_depth: 8,
         send_depth: 16,
         slot_size: 8 << 10,
+        busy_poll: Duration::from_micros(200),
         ..RdmaConfig::default()
     };
     let Some(p) = pair_with(cfg) else { return };
@@ -439,8 +441,15 @@ fn rdma_lossless_reconnect_after_qp_forced_to_error() {
 
 #[test]
 fn rdma_ping_pong_echo_round_trips() {
+    // Client busy-polls its CQ, server sleeps on its completion channel: both paths.
+    let busy = RdmaConfig {
+        busy_poll: Duration::from_micros(200),
+        ..RdmaConfig::default()
+    };
     let Some(srv_stack) = stack() else { return };
-    let Some(cli_stack) = stack() else { return };
+    let Some(cli_stack) = stack_with(busy) else {
+        return;
+    };
     let echo = Arc::new(Checker {
         echo: true,
         ..Checker::default()

@@ -3,8 +3,10 @@
 //! plain functions. The suite (`crate::suite`) decides which ones run.
 
 pub mod dataplane_posix;
+pub mod dataplane_rdma;
 pub mod external;
 pub mod iperf3;
+pub mod perftest;
 pub mod rings;
 pub mod sockperf;
 pub mod std_blocking;
