@@ -134,6 +134,22 @@ pub struct RdmaConfig {
     /// 2-vCPU test VM spinning workers took the CPU from Soft-RoCE and made latency worse
     /// (see docs/rdma.md); on hardware with a core per worker, 50–1000 µs pays off.
     pub busy_poll: Duration,
+    /// Test hook: behave like a broken or hostile peer. [`Misbehave::No`] outside tests.
+    #[doc(hidden)]
+    pub misbehave: Misbehave,
+}
+
+/// Ways a test peer misbehaves (fault injection for the bad-input tests).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Misbehave {
+    /// Behave.
+    #[default]
+    No,
+    /// Ignore credits: post SENDs whether or not the receiver has buffers posted.
+    OverrunCredits,
+    /// Set the reserved bits of every SEND's immediate value.
+    BadImmediate,
 }
 
 impl Default for RdmaConfig {
@@ -148,6 +164,7 @@ impl Default for RdmaConfig {
             max_inline: 64,
             arena_bytes: 16 << 20,
             busy_poll: Duration::ZERO,
+            misbehave: Misbehave::No,
         }
     }
 }
@@ -172,6 +189,8 @@ pub struct RdmaStats {
     pub failures: AtomicU64,
     /// Queue pairs alive now.
     pub live_qps: AtomicU64,
+    /// Why the last connection failed, for logs and tests.
+    pub last_failure: Mutex<Option<String>>,
 }
 
 impl RdmaStats {

@@ -29,7 +29,7 @@ use crate::memory::Slot;
 use crate::poller::{self, CqShared, Wc};
 use crate::sys::{self, Kick, QpHandle};
 use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
-use crate::{Device, RdmaStats};
+use crate::{Device, Misbehave, RdmaStats};
 
 /// Receive work-request ids have this bit set; the rest is the slot index.
 const RECV_BIT: u64 = 1 << 63;
@@ -202,6 +202,7 @@ impl RdmaSocket {
         if self.failed.is_none() {
             tracing::warn!(socket = self.id, peer = %self.peer_addr, reason = %why, "RDMA connection failed");
             RdmaStats::bump(&self.dev.stats.failures, 1);
+            *self.dev.stats.last_failure.lock() = Some(why.clone());
             self.failed = Some(why);
         }
         self.failed_err()
@@ -796,6 +797,7 @@ impl ConnectedSocket for RdmaSocket {
         let signal_every = (self.dev.cfg.send_depth / 4).max(1);
         let inline_max = self.dev.max_inline as usize;
         let chunk = self.chunk;
+        let misbehave = self.dev.cfg.misbehave;
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
@@ -804,7 +806,8 @@ impl ConnectedSocket for RdmaSocket {
         let mut posted = 0u32;
         let mut guard = res.qp.start_post_send();
         let (mut vi, mut off) = (0usize, 0usize);
-        while self.credits > 0 && self.send_seq - self.send_done < depth {
+        let overrun = misbehave == Misbehave::OverrunCredits;
+        while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
             // Skip exhausted / empty slices.
             while vi < iov.len() && off == iov[vi].len() {
                 vi += 1;
@@ -835,9 +838,12 @@ impl ConnectedSocket for RdmaSocket {
                     off = 0;
                 }
             }
-            let imm = self.owed.min(0xffff);
+            let mut imm = self.owed.min(0xffff);
             self.owed -= imm;
-            self.credits -= 1;
+            self.credits = self.credits.saturating_sub(1);
+            if misbehave == Misbehave::BadImmediate {
+                imm |= 1 << 16;
+            }
             // Selective signalling: every `signal_every`-th WR, and the one that fills the
             // ring (its completion frees every slot before it: RC completes in order).
             let fills = self.send_seq + 1 - self.send_done >= depth;

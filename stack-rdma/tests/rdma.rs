@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::stack::NetworkStack;
 use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
-use dataplane_stack_rdma::{RdmaConfig, RdmaStack, NO_DEVICE};
+use dataplane_stack_rdma::{Misbehave, RdmaConfig, RdmaStack, NO_DEVICE};
 use parking_lot::Mutex;
 
 const T: Duration = Duration::from_secs(120);
@@ -498,4 +498,94 @@ fn rdma_bad_side_channel_peer_is_refused_and_others_continue() {
     p.srv_d.assert_clean();
     assert!(p.srv_stack.stats().failures.load(Ordering::Relaxed) >= 1);
     assert_torn_down(p);
+}
+
+/// A misbehaving client (`misbehave`) and a good one talk to the same server: the bad
+/// connection is torn down with `want` in the reason (on the side that detects it), the good
+/// one delivers everything, and nothing leaks.
+fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool) {
+    // A narrow receive window of small buffers and a deep send ring of small slots on the
+    // bad side: an overrun cannot hide behind the receiver re-posting fast enough.
+    let Some(srv_stack) = stack_with(RdmaConfig {
+        recv_depth: 4,
+        slot_size: 8 << 10,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(bad_stack) = stack_with(RdmaConfig {
+        misbehave,
+        send_depth: 64,
+        slot_size: 8 << 10,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(good_stack) = stack() else { return };
+    let srv_d = Arc::new(Checker::default());
+    let server = messenger("server", &srv_stack, srv_d.clone(), true);
+    let addr = server.addr().expect("bound");
+    let bad = messenger("bad", &bad_stack, Arc::new(Checker::default()), false);
+    let good = messenger("good", &good_stack, Arc::new(Checker::default()), false);
+    let bad_conn = bad.connect(addr).expect("connect");
+    let good_conn = good.connect(addr).expect("connect");
+    // The bad client streams enough to overrun any window; failures only queue, never panic.
+    for i in 0..400u64 {
+        let _ = bad_conn.send(Message::new(1, payload(1, i, 16 << 10)));
+    }
+    const N: u64 = 2000;
+    for i in 0..N {
+        send_retry(&good_conn, Message::new(1, payload(0, i, 500)));
+    }
+    let detector = if detector_is_server {
+        &srv_stack
+    } else {
+        &bad_stack
+    };
+    assert!(
+        wait_until(T, || detector.stats().last_failure.lock().is_some()),
+        "the bad peer was never detected"
+    );
+    let why = detector
+        .stats()
+        .last_failure
+        .lock()
+        .clone()
+        .unwrap_or_default();
+    eprintln!("bad peer ({misbehave:?}): torn down with \"{why}\"");
+    assert!(why.contains(want), "unexpected reason: {why}");
+    let good_done = || srv_d.next.lock().get(&0).copied() == Some(N);
+    assert!(wait_until(T, good_done), "the good connection stalled");
+    srv_d.assert_clean();
+    assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
+    drop(bad_conn);
+    drop(good_conn);
+    for m in [&bad, &good, &server] {
+        m.shutdown();
+    }
+    drop((bad, good, server));
+    for s in [&srv_stack, &bad_stack, &good_stack] {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq"]);
+}
+
+#[test]
+fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue() {
+    // The receiver has no buffer posted: RNR, and with rnr_retry 0 the overrunning sender's
+    // connection fails at once instead of retrying forever.
+    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false);
+}
+
+#[test]
+fn rdma_bad_immediate_is_torn_down_and_others_continue() {
+    bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true);
 }
