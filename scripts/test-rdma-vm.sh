@@ -157,6 +157,26 @@ if [ ! -e "$OUT/done" ]; then
     echo "FAIL: the guest script did not finish (vng exit $vm_rc)"
     status=1
 fi
+if [ "$BENCH" = 1 ] && [ -s "$OUT/bench.json" ]; then
+    # The rows the comparison needs must carry numbers.
+    python3 - "$OUT/bench.json" <<'PY' || status=1
+import json, sys
+rows = json.load(open(sys.argv[1]))["results"]
+need = [("dataplane-rdma", "stream", 65536, "gbit_per_sec"),
+        ("dataplane-rdma", "pingpong", 64, "p50_us"),
+        ("ib_send_bw", "stream", 65536, "gbit_per_sec"),
+        ("ib_send_lat", "pingpong", 64, "p50_us")]
+bad = 0
+for system, workload, size, field in need:
+    r = [x for x in rows if (x["system"], x["workload"], x["size_bytes"]) == (system, workload, size)]
+    v = r[0].get(field) if r else None
+    print(f"{system:15} {workload:9} {size:6} {field:13} {v}")
+    bad |= v is None
+if bad:
+    print("FAIL: benchmark rows without numbers")
+    sys.exit(1)
+PY
+fi
 if [ -n "$BENCH_JSON" ] && [ -s "$OUT/bench.json" ]; then
     cp "$OUT/bench.json" "$BENCH_JSON"
     echo "benchmark JSON: $BENCH_JSON"
