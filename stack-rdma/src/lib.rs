@@ -437,13 +437,20 @@ impl ServerSocket for RdmaListener {
         &mut self,
         _opts: &SocketOptions,
     ) -> io::Result<Option<(Box<dyn ConnectedSocket>, SocketAddr)>> {
-        match self.inner.accept() {
-            Ok((stream, peer)) => {
-                let s = RdmaSocket::accepted(self.dev.clone(), stream, peer)?;
-                Ok(Some((Box::new(s), peer)))
+        loop {
+            match self.inner.accept() {
+                Ok((stream, peer)) => match RdmaSocket::accepted(self.dev.clone(), stream, peer) {
+                    Ok(s) => return Ok(Some((Box::new(s), peer))),
+                    // Out of verbs resources or registered memory for this one connection:
+                    // refuse it (the TCP side channel closes) and keep accepting, so one
+                    // failure never stalls the listener's edge-triggered accept loop.
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot set up an RDMA connection, refusing it");
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
         }
     }
 
