@@ -138,9 +138,19 @@ fn config() -> Config {
 }
 
 fn messenger(name: &str, s: &RdmaStack, d: Arc<dyn Dispatcher>, bind: bool) -> Messenger {
+    messenger_cfg(name, s, d, bind, config())
+}
+
+fn messenger_cfg(
+    name: &str,
+    s: &RdmaStack,
+    d: Arc<dyn Dispatcher>,
+    bind: bool,
+    cfg: Config,
+) -> Messenger {
     let stack: Arc<dyn NetworkStack> = Arc::new(s.clone());
     let m = Messenger::builder(name)
-        .config(config())
+        .config(cfg)
         .stack(stack)
         .dispatcher(d)
         .default_policy(Policy::lossless_client())
@@ -588,4 +598,76 @@ fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue() {
 #[test]
 fn rdma_bad_immediate_is_torn_down_and_others_continue() {
     bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true);
+}
+
+#[test]
+fn rdma_sockets_handed_to_another_worker_deliver_everything() {
+    // Two server workers: accepted sockets go to the least-loaded worker (`Adopt`), so some
+    // QPs are created on one thread and driven from another.
+    let Some(srv_stack) = stack() else { return };
+    let d = Arc::new(Checker::default());
+    let server = messenger_cfg(
+        "server",
+        &srv_stack,
+        d.clone(),
+        true,
+        Config {
+            workers: 2,
+            ..config()
+        },
+    );
+    let addr = server.addr().expect("bound");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let Some(st) = stack() else { return };
+        let m = messenger(
+            &format!("client{i}"),
+            &st,
+            Arc::new(Checker::default()),
+            false,
+        );
+        let c = m.connect(addr).expect("connect");
+        clients.push((st, m, c));
+    }
+    const N: u64 = 1500;
+    for i in 0..N {
+        for (s, (_, _, c)) in clients.iter().enumerate() {
+            send_retry(
+                c,
+                Message::new(1, payload(s as u32, i, 200 + (i % 700) as usize)),
+            );
+        }
+    }
+    let total = N * clients.len() as u64;
+    assert!(
+        wait_until(T, || d.count() == total),
+        "got {} of {total}",
+        d.count()
+    );
+    d.assert_clean();
+    let loads = server.worker_loads();
+    eprintln!("server worker loads: {loads:?}");
+    assert!(
+        loads.iter().all(|l| *l >= 1),
+        "connections on both workers: {loads:?}"
+    );
+    assert_eq!(srv_stack.stats().failures.load(Ordering::Relaxed), 0);
+    for (_, m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop(server);
+    let stacks: Vec<RdmaStack> = clients.into_iter().map(|(st, _, _)| st).collect();
+    for s in stacks.iter().chain([&srv_stack]) {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq"]);
 }
