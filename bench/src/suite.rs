@@ -15,7 +15,8 @@ use anyhow::{bail, Result};
 use crate::cli::Backend;
 use crate::row::Row;
 use crate::systems::{
-    dataplane_dpdk, dataplane_posix, iperf3, rings, sockperf, std_blocking, tokio_framed,
+    dataplane_dpdk, dataplane_posix, dataplane_rdma, iperf3, perftest, rings, sockperf,
+    std_blocking, tokio_framed,
 };
 
 /// One KiB.
@@ -247,10 +248,16 @@ pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
                 .with_scaling(),
             ),
         ],
-        Backend::Rdma => bail!(
-            "backend `{}` is not built yet / not available: only `posix` can be measured",
-            backend.name()
-        ),
+        // perftest runs beside the RDMA stack on the same device: the baselines that matter.
+        Backend::Rdma => vec![
+            Box::new(TransportSystem::new(
+                dataplane_rdma::NAME,
+                dataplane_rdma::stream,
+                dataplane_rdma::pingpong,
+            )),
+            Box::new(perftest::BW_SYSTEM),
+            Box::new(perftest::LAT_SYSTEM),
+        ],
     };
     all.extend([
         Box::new(TransportSystem::new(
@@ -460,9 +467,13 @@ mod tests {
     }
 
     #[test]
-    fn other_backends_are_refused() {
-        let err = systems(Backend::Rdma).err().unwrap().to_string();
-        assert!(err.contains("not built yet"), "{err}");
+    fn rdma_runs_beside_perftest() {
+        let systems = systems(Backend::Rdma).unwrap();
+        let names: Vec<_> = systems.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            &names[..3],
+            &["dataplane-rdma", "ib_send_bw", "ib_send_lat"]
+        );
     }
 
     #[test]

@@ -4,8 +4,10 @@
 
 pub mod dataplane_dpdk;
 pub mod dataplane_posix;
+pub mod dataplane_rdma;
 pub mod external;
 pub mod iperf3;
+pub mod perftest;
 pub mod rings;
 pub mod sockperf;
 pub mod std_blocking;

@@ -1,0 +1,468 @@
+//! RDMA verbs network stack for the dataplane messenger: reliable-connected (RC) queue pairs
+//! through [`sideway`], which loads libibverbs at run time, so this crate builds on every
+//! machine and a machine without RDMA gets [`StackError::Unavailable`] ("no RDMA device found;
+//! install rdma-core or use --backend posix"), never a crash.
+//!
+//! # How a connection works
+//!
+//! - **Set-up over a TCP side channel** (Ceph's way, not rdmacm): the connecting end opens a
+//!   TCP connection to the listener's address; both ends send a [`wire`] hello with QP number,
+//!   GID, PSN, MTU, receive credits and receive-buffer size, move their QP to RTR and RTS and
+//!   send `READY`. The messenger's own hello, authentication and session frames then flow over
+//!   the RDMA socket exactly as over TCP. The TCP connection stays open: it carries credit
+//!   updates that must not consume credits themselves and `CLOSE`, and its hang-up tells us
+//!   the peer process went away.
+//! - **Memory**: send and receive slots come from hugepage arenas registered once per
+//!   protection domain (one MR per arena, see `memory`); nothing is registered per message.
+//! - **Send**: `writev` copies the gather list into registered send slots (one SEND per slot,
+//!   inline below `max_inline_data`) and posts the whole batch with one doorbell; only every
+//!   `send_depth / 4`-th WR and the one that fills the ring are signalled (RC completes in
+//!   order, so one completion frees every slot before it). The copy is a staging copy:
+//!   the stack interface lets the caller reuse its buffers as soon as `writev` returns, so
+//!   SGEs pointing at the caller's memory would be unsound without a completion callback
+//!   into the messenger.
+//! - **Credit-based flow control**: a sender starts with the receive buffers the peer posted
+//!   (`recv_credits`) and spends one per SEND; it never posts more than that, so the receiver
+//!   never takes an RNR (and RNR retry is 0: a peer that overruns its credits fails the
+//!   connection). Credits come back in the immediate data of the peer's SENDs, or, when the
+//!   peer has nothing to send, in a `CREDIT` message on the side channel once half the window
+//!   has been consumed.
+//! - **Completions**: one CQ and completion channel per connection. `read`/`writev` poll the CQ
+//!   while there is work; when drained, the CQ is armed and the channel's fd wakes the
+//!   worker's `EventCenter`. With [`RdmaConfig::busy_poll`] the worker's poller (`poller`)
+//!   keeps polling the CQs of its sockets for that long after the last completion and arms
+//!   them only before the loop sleeps. An eventfd per socket raises the writable event when
+//!   credits or send slots come back.
+//! - **Thread-agnostic sockets**: QP, CQ, channel and slots belong to the socket, not to a
+//!   worker, so the messenger may hand an accepted socket to another worker (`Adopt`) and it
+//!   re-registers its fds there. No change to the messenger was needed.
+//! - **Teardown**: QP to the error state, wait (bounded) for the flush, destroy QP, CQ and
+//!   channel, then return the slots, so a slot is never reused while the NIC may write it.
+//!
+//! See `docs/rdma.md` for what is not done yet (per-worker SRQ, RDMA WRITE for large
+//! messages) and for setting up a rack.
+
+mod memory;
+mod poller;
+mod socket;
+mod sys;
+mod wire;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataplane::stack::{
+    ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
+};
+use mio::net::TcpListener;
+use mio::{Interest, Registry, Token};
+use parking_lot::Mutex;
+use sideway::ibverbs::address::{Gid, GidType};
+use sideway::ibverbs::device::{DeviceInfo, DeviceList};
+use sideway::ibverbs::device_context::{DeviceContext, LinkLayer};
+use sideway::ibverbs::protection_domain::ProtectionDomain;
+
+use crate::memory::SlotPool;
+pub use crate::socket::RdmaSocket;
+use crate::sys::QpHandle;
+
+/// The message users see when a machine has no usable RDMA device.
+pub const NO_DEVICE: &str = "no RDMA device found; install rdma-core or use --backend posix";
+
+/// Why the RDMA stack failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RdmaError {
+    /// No device, no libibverbs, or the named device is missing.
+    #[error("{0}")]
+    NoDevice(String),
+    /// A verbs call failed.
+    #[error("{what}: {source}")]
+    Verbs {
+        /// What was being done.
+        what: &'static str,
+        /// The error the provider returned.
+        source: io::Error,
+    },
+    /// Registered memory could not be mapped or registered.
+    #[error("registered memory: {0}")]
+    Memory(String),
+}
+
+impl From<RdmaError> for StackError {
+    fn from(e: RdmaError) -> StackError {
+        match e {
+            RdmaError::NoDevice(reason) => StackError::Unavailable {
+                backend: "rdma".into(),
+                reason,
+            },
+            RdmaError::Verbs { what, source } => StackError::Io { what, source },
+            RdmaError::Memory(m) => StackError::Io {
+                what: "rdma memory",
+                source: io::Error::other(m),
+            },
+        }
+    }
+}
+
+/// Tuning of the RDMA stack.
+#[derive(Debug, Clone)]
+pub struct RdmaConfig {
+    /// Device name (`mlx5_0`, `rxe0`); `None` takes the first device.
+    pub device: Option<String>,
+    /// Port number on the device (1-based).
+    pub port: u8,
+    /// GID index; `None` picks a RoCEv2 IPv4-mapped GID when there is one, else index 0.
+    /// On RoCE racks this is the knob that selects RoCEv2 (`show_gids`).
+    pub gid_index: Option<u32>,
+    /// Bytes per send / receive slot: the largest single SEND.
+    pub slot_size: usize,
+    /// Receive buffers posted per connection: the peer's send window (credits).
+    pub recv_depth: u32,
+    /// Send slots per connection (send-queue depth).
+    pub send_depth: u32,
+    /// Sends up to this many bytes go inline in the work request (capped by the device).
+    pub max_inline: u32,
+    /// Bytes per registered arena (grown on demand, one MR each).
+    pub arena_bytes: usize,
+    /// After the last completion, the worker's event loop keeps polling the CQs of its
+    /// sockets this long instead of sleeping on the completion channels (Ceph's
+    /// `ms_async_rdma_polling_us`, 1 ms there). Zero (the default) sleeps at once: on the
+    /// 2-vCPU test VM spinning workers took the CPU from Soft-RoCE and made latency worse
+    /// (see docs/rdma.md); on hardware with a core per worker, 50–1000 µs pays off.
+    pub busy_poll: Duration,
+    /// Test hook: behave like a broken or hostile peer. [`Misbehave::No`] outside tests.
+    #[doc(hidden)]
+    pub misbehave: Misbehave,
+}
+
+/// Ways a test peer misbehaves (fault injection for the bad-input tests).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Misbehave {
+    /// Behave.
+    #[default]
+    No,
+    /// Ignore credits: post SENDs whether or not the receiver has buffers posted.
+    OverrunCredits,
+    /// Set the reserved bits of every SEND's immediate value.
+    BadImmediate,
+}
+
+impl Default for RdmaConfig {
+    fn default() -> Self {
+        RdmaConfig {
+            device: None,
+            port: 1,
+            gid_index: None,
+            slot_size: 128 << 10,
+            recv_depth: 32,
+            send_depth: 32,
+            max_inline: 64,
+            arena_bytes: 16 << 20,
+            busy_poll: Duration::ZERO,
+            misbehave: Misbehave::No,
+        }
+    }
+}
+
+/// Live counters of the stack, for tests and metrics.
+#[derive(Debug, Default)]
+pub struct RdmaStats {
+    /// Data SENDs posted.
+    pub sends: AtomicU64,
+    /// Data SENDs received.
+    pub recvs: AtomicU64,
+    /// Doorbells (post_send calls with at least one WR).
+    pub doorbells: AtomicU64,
+    /// Highest number of our receive buffers the peer had consumed and we had not yet
+    /// re-posted at once, over all connections. Never above `recv_depth` if credits hold.
+    pub max_recv_outstanding: AtomicU64,
+    /// Times a sender found itself out of credits (and waited).
+    pub credit_stalls: AtomicU64,
+    /// Credit updates sent on the side channel.
+    pub credit_messages: AtomicU64,
+    /// Connections torn down because of a QP error, a bad peer or a protocol violation.
+    pub failures: AtomicU64,
+    /// Queue pairs alive now.
+    pub live_qps: AtomicU64,
+    /// Why the last connection failed, for logs and tests.
+    pub last_failure: Mutex<Option<String>>,
+}
+
+impl RdmaStats {
+    pub(crate) fn bump(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// The opened device, shared by every worker and socket of one stack.
+pub(crate) struct Device {
+    pub(crate) ctx: Arc<DeviceContext>,
+    pub(crate) pd: Arc<ProtectionDomain>,
+    pub(crate) name: String,
+    pub(crate) port: u8,
+    pub(crate) gid_index: u32,
+    pub(crate) gid: Gid,
+    pub(crate) lid: u16,
+    pub(crate) mtu: u8,
+    pub(crate) max_inline: u32,
+    pub(crate) cfg: RdmaConfig,
+    pub(crate) pool: SlotPool,
+    pub(crate) stats: RdmaStats,
+    /// Live QPs, by socket id, for [`RdmaStack::force_qp_errors`]. A socket removes its entry
+    /// under this lock before destroying its QP.
+    pub(crate) qps: Mutex<Vec<(u64, QpHandle)>>,
+    pub(crate) next_id: AtomicU64,
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("name", &self.name)
+            .field("port", &self.port)
+            .field("gid_index", &self.gid_index)
+            .field("gid", &self.gid.to_string())
+            .field("mtu", &self.mtu)
+            .finish()
+    }
+}
+
+fn verbs<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> RdmaError {
+    move |e| RdmaError::Verbs {
+        what,
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
+    let list = DeviceList::new().map_err(|e| RdmaError::NoDevice(format!("{NO_DEVICE} ({e})")))?;
+    let dev = match &cfg.device {
+        Some(name) => list.iter().find(|d| d.name() == *name).ok_or_else(|| {
+            RdmaError::NoDevice(format!("RDMA device {name} not found; {NO_DEVICE}"))
+        })?,
+        None => list
+            .iter()
+            .next()
+            .ok_or_else(|| RdmaError::NoDevice(NO_DEVICE.into()))?,
+    };
+    let name = dev.name();
+    let ctx = dev.open().map_err(verbs("open device"))?;
+    let port_attr = ctx.query_port(cfg.port).map_err(verbs("query port"))?;
+    let gid_index = match cfg.gid_index {
+        Some(i) => i,
+        None => pick_gid(&ctx, cfg.port, port_attr.link_layer()),
+    };
+    let gid = ctx
+        .query_gid(cfg.port, gid_index)
+        .map_err(verbs("query GID"))?;
+    let pd = ctx
+        .alloc_pd()
+        .map_err(verbs("allocate protection domain"))?;
+    let mtu = port_attr.active_mtu() as u32 as u8;
+    let pool = SlotPool::new(pd.clone(), cfg.slot_size, cfg.arena_bytes);
+    tracing::info!(device = %name, port = cfg.port, gid_index, gid = %gid, mtu, "RDMA device opened");
+    Ok(Device {
+        ctx,
+        pd,
+        name,
+        port: cfg.port,
+        gid_index,
+        gid,
+        lid: port_attr.lid(),
+        mtu,
+        max_inline: cfg.max_inline,
+        cfg: cfg.clone(),
+        pool,
+        stats: RdmaStats::default(),
+        qps: Mutex::new(Vec::new()),
+        next_id: AtomicU64::new(1),
+    })
+}
+
+/// On Ethernet (RoCE) prefers a RoCEv2 GID carrying an IPv4 address (routable, what
+/// `show_gids` lists as v2 with an address); falls back to index 0.
+fn pick_gid(ctx: &DeviceContext, port: u8, link: LinkLayer) -> u32 {
+    if link != LinkLayer::Ethernet {
+        return 0;
+    }
+    let Ok(table) = ctx.query_gid_table() else {
+        return 0;
+    };
+    let v4 = table.iter().find(|e| {
+        e.port_num() == u32::from(port)
+            && e.gid_type() == GidType::RoceV2
+            && std::net::Ipv6Addr::from(e.gid()).to_ipv4_mapped().is_some()
+    });
+    v4.map_or(0, |e| e.gid_index())
+}
+
+/// The RDMA backend. Opens the device once; every worker and socket shares its protection
+/// domain and registered memory.
+#[derive(Debug, Clone)]
+pub struct RdmaStack {
+    dev: Arc<Device>,
+}
+
+impl RdmaStack {
+    /// Opens the first RDMA device with default tuning.
+    ///
+    /// # Errors
+    /// [`StackError::Unavailable`] when there is no device or no libibverbs.
+    pub fn new() -> Result<RdmaStack, StackError> {
+        Self::with_config(RdmaConfig::default())
+    }
+
+    /// Opens the device `cfg` names.
+    ///
+    /// # Errors
+    /// [`StackError::Unavailable`] when there is no device or no libibverbs; [`StackError::Io`]
+    /// when a verbs call fails.
+    pub fn with_config(cfg: RdmaConfig) -> Result<RdmaStack, StackError> {
+        if cfg.slot_size < 4096 || cfg.recv_depth < 4 || cfg.send_depth < 4 {
+            return Err(StackError::Io {
+                what: "rdma config",
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "slot_size must be >= 4096, recv_depth and send_depth >= 4",
+                ),
+            });
+        }
+        Ok(RdmaStack {
+            dev: Arc::new(open_device(&cfg)?),
+        })
+    }
+
+    /// Device name, port, GID index and GID in use, for logs.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} port {} gid[{}] {}",
+            self.dev.name, self.dev.port, self.dev.gid_index, self.dev.gid
+        )
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &RdmaStats {
+        &self.dev.stats
+    }
+
+    /// (registered arenas, slots in use) of the stack's memory.
+    pub fn memory_usage(&self) -> (usize, usize) {
+        self.dev.pool.usage()
+    }
+
+    /// Fault injection for tests: moves every live queue pair of this stack to the error state,
+    /// as a NIC or link failure would. Returns how many were failed.
+    pub fn force_qp_errors(&self) -> usize {
+        let qps = self.dev.qps.lock();
+        let mut n = 0;
+        for (id, qp) in qps.iter() {
+            // SAFETY: the entry is in the registry, and sockets remove theirs under this lock
+            // before destroying the QP, so the QP is live for the duration of the call.
+            match unsafe { qp.to_error() } {
+                Ok(()) => n += 1,
+                Err(e) => tracing::warn!(socket = id, error = %e, "cannot force QP error"),
+            }
+        }
+        n
+    }
+}
+
+impl NetworkStack for RdmaStack {
+    fn name(&self) -> &'static str {
+        "rdma"
+    }
+
+    fn create_worker(&self, _index: usize) -> Result<Box<dyn StackWorker>, StackError> {
+        Ok(Box::new(RdmaWorker {
+            dev: self.dev.clone(),
+            poller: Some(poller::CqPoller::new(self.dev.cfg.busy_poll)),
+        }))
+    }
+}
+
+/// One worker's share of the RDMA stack. Sockets own their verbs resources (see the crate
+/// docs), so the worker only hands out sockets.
+#[derive(Debug)]
+pub struct RdmaWorker {
+    dev: Arc<Device>,
+    poller: Option<poller::CqPoller>,
+}
+
+impl StackWorker for RdmaWorker {
+    fn listen(
+        &mut self,
+        addr: SocketAddr,
+        _opts: &SocketOptions,
+    ) -> Result<Box<dyn ServerSocket>, StackError> {
+        let inner = TcpListener::bind(addr).map_err(|source| StackError::Bind { addr, source })?;
+        Ok(Box::new(RdmaListener {
+            inner,
+            dev: self.dev.clone(),
+        }))
+    }
+
+    fn connect(
+        &mut self,
+        addr: SocketAddr,
+        _opts: &SocketOptions,
+    ) -> Result<Box<dyn ConnectedSocket>, StackError> {
+        let s = RdmaSocket::connect(self.dev.clone(), addr)
+            .map_err(|source| StackError::Connect { addr, source })?;
+        Ok(Box::new(s))
+    }
+
+    fn take_pollers(&mut self) -> Vec<Box<dyn dataplane::event::Poller>> {
+        self.poller
+            .take()
+            .map(|p| Box::new(p) as Box<dyn dataplane::event::Poller>)
+            .into_iter()
+            .collect()
+    }
+}
+
+/// A listening side channel: accepted TCP connections become [`RdmaSocket`]s that finish the
+/// queue-pair exchange on their own.
+#[derive(Debug)]
+pub struct RdmaListener {
+    inner: TcpListener,
+    dev: Arc<Device>,
+}
+
+impl ServerSocket for RdmaListener {
+    fn accept(
+        &mut self,
+        _opts: &SocketOptions,
+    ) -> io::Result<Option<(Box<dyn ConnectedSocket>, SocketAddr)>> {
+        loop {
+            match self.inner.accept() {
+                Ok((stream, peer)) => match RdmaSocket::accepted(self.dev.clone(), stream, peer) {
+                    Ok(s) => return Ok(Some((Box::new(s), peer))),
+                    // Out of verbs resources or registered memory for this one connection:
+                    // refuse it (the TCP side channel closes) and keep accepting, so one
+                    // failure never stalls the listener's edge-triggered accept loop.
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot set up an RDMA connection, refusing it");
+                    }
+                },
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.inner, token, Interest::READABLE)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.deregister(&mut self.inner)
+    }
+}

@@ -1,0 +1,917 @@
+//! One RDMA connection as a byte stream: an RC queue pair with its own CQ and completion
+//! channel, registered send and receive slots, credits, and the TCP side channel.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::buf::BufMut;
+use dataplane::stack::ConnectedSocket;
+use mio::net::TcpStream;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
+use sideway::ibverbs::completion::{
+    BasicCompletionQueue, CompletionChannel, GenericCompletionQueue, WorkCompletionStatus,
+};
+use sideway::ibverbs::device_context::Mtu;
+use sideway::ibverbs::queue_pair::{
+    BasicQueuePair, PostSendGuard, QueuePair, QueuePairAttribute, QueuePairState,
+    SetScatterGatherEntry, WorkRequestFlags,
+};
+use sideway::ibverbs::AccessFlags;
+
+use crate::memory::Slot;
+use crate::poller::{self, CqShared, Wc};
+use crate::sys::{self, Kick, QpHandle};
+use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
+use crate::{Device, Misbehave, RdmaStats};
+
+/// Receive work-request ids have this bit set; the rest is the slot index.
+const RECV_BIT: u64 = 1 << 63;
+/// How long teardown waits for in-flight sends and flushed work requests.
+const DRAIN_WAIT: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Outgoing TCP connect in progress.
+    TcpConnecting,
+    /// Hello sent, waiting for the peer's.
+    Hello,
+    /// QP at RTS, `READY` sent, waiting for the peer's `READY`.
+    WaitReady,
+    /// Data flows.
+    Established,
+    /// Shut down by us.
+    Closed,
+}
+
+/// Verbs resources of one connection. Field order is drop order: QP before CQ before channel.
+struct Res {
+    qp: BasicQueuePair,
+    shared: Arc<CqShared>,
+    cq: Arc<BasicCompletionQueue>,
+    chan: Arc<CompletionChannel>,
+    send_slots: Vec<Slot>,
+    recv_slots: Vec<Slot>,
+}
+
+/// An RDMA connection (see the crate docs for the protocol).
+pub struct RdmaSocket {
+    id: u64,
+    dev: Arc<Device>,
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    phase: Phase,
+    hello: Hello,
+    peer: Option<Hello>,
+    ctl_in: Vec<u8>,
+    ctl_out: Vec<u8>,
+    tcp_eof: bool,
+    peer_close: Option<u32>,
+    kick: Kick,
+    kicked: bool,
+    res: Option<Res>,
+    failed: Option<String>,
+    // Send side.
+    credits: u32,
+    chunk: usize,
+    send_seq: u64,
+    send_done: u64,
+    unsignaled: u32,
+    last_signaled: Option<u64>,
+    want_write: bool,
+    sent_total: u32,
+    // Receive side.
+    ready: VecDeque<(u32, u32)>,
+    ready_off: usize,
+    repost: Vec<u32>,
+    owed: u32,
+    outstanding: u32,
+    recvd_total: u32,
+    wc_buf: Vec<Wc>,
+}
+
+impl std::fmt::Debug for RdmaSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdmaSocket")
+            .field("id", &self.id)
+            .field("peer", &self.peer_addr)
+            .field("phase", &self.phase)
+            .field("credits", &self.credits)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+fn other(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+fn verr<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> io::Error + '_ {
+    move |e| other(format!("{what}: {e}"))
+}
+
+impl RdmaSocket {
+    /// Starts an outgoing connection: TCP connect to `addr`, QP created and receives posted.
+    pub(crate) fn connect(dev: Arc<Device>, addr: SocketAddr) -> io::Result<RdmaSocket> {
+        let tcp = TcpStream::connect(addr)?;
+        let mut s = Self::new(dev, tcp, addr, Phase::TcpConnecting)?;
+        s.ctl_out.extend_from_slice(&s.hello.encode());
+        Ok(s)
+    }
+
+    /// An accepted side-channel connection; sends our hello at once.
+    pub(crate) fn accepted(
+        dev: Arc<Device>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<RdmaSocket> {
+        tcp.set_nodelay(true)?;
+        let mut s = Self::new(dev, tcp, peer, Phase::Hello)?;
+        s.ctl_out.extend_from_slice(&s.hello.encode());
+        // Only write here: whatever the peer sent is judged in `read`, so a bad peer fails
+        // its own connection and never the listener's accept loop.
+        s.flush_ctl();
+        Ok(s)
+    }
+
+    fn new(
+        dev: Arc<Device>,
+        tcp: TcpStream,
+        peer_addr: SocketAddr,
+        phase: Phase,
+    ) -> io::Result<RdmaSocket> {
+        let res = create_res(&dev)?;
+        let id = dev.next_id.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: only reads the handle; registry entries are removed before the QP is freed.
+        let handle = QpHandle(unsafe { res.qp.qp() }.as_ptr() as usize);
+        dev.qps.lock().push((id, handle));
+        RdmaStats::bump(&dev.stats.live_qps, 1);
+        let hello = Hello {
+            qpn: res.qp.qp_number(),
+            psn: rand::random::<u32>() & 0x00ff_ffff,
+            gid: dev.gid.raw,
+            lid: dev.lid,
+            mtu: dev.mtu,
+            recv_credits: dev.cfg.recv_depth,
+            slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
+        };
+        let mut s = RdmaSocket {
+            id,
+            dev,
+            tcp,
+            peer_addr,
+            phase,
+            hello,
+            peer: None,
+            ctl_in: Vec::new(),
+            ctl_out: Vec::new(),
+            tcp_eof: false,
+            peer_close: None,
+            kick: Kick::new()?,
+            kicked: false,
+            res: Some(res),
+            failed: None,
+            credits: 0,
+            chunk: 0,
+            send_seq: 0,
+            send_done: 0,
+            unsignaled: 0,
+            last_signaled: None,
+            want_write: false,
+            sent_total: 0,
+            ready: VecDeque::new(),
+            ready_off: 0,
+            repost: Vec::new(),
+            owed: 0,
+            outstanding: 0,
+            recvd_total: 0,
+            wc_buf: Vec::with_capacity(64),
+        };
+        s.arm()?;
+        Ok(s)
+    }
+
+    /// Marks the connection failed (first reason wins) and returns the error to report.
+    fn fail(&mut self, why: String) -> io::Error {
+        if self.failed.is_none() {
+            tracing::warn!(socket = self.id, peer = %self.peer_addr, reason = %why, "RDMA connection failed");
+            RdmaStats::bump(&self.dev.stats.failures, 1);
+            *self.dev.stats.last_failure.lock() = Some(why.clone());
+            self.failed = Some(why);
+        }
+        self.failed_err()
+    }
+
+    fn failed_err(&self) -> io::Error {
+        other(format!(
+            "rdma: {}",
+            self.failed.as_deref().unwrap_or("connection failed")
+        ))
+    }
+
+    fn arm(&mut self) -> io::Result<()> {
+        if let Some(res) = &self.res {
+            sys::req_notify(&res.cq).map_err(verr("arm completion queue"))?;
+            res.shared.armed.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn armed(&self) -> bool {
+        self.res
+            .as_ref()
+            .is_some_and(|r| r.shared.armed.load(Ordering::Acquire))
+    }
+
+    /// Writes pending control bytes and reads what the peer sent on the side channel.
+    fn pump_ctl(&mut self) -> io::Result<()> {
+        if self.phase == Phase::TcpConnecting {
+            return Ok(());
+        }
+        self.flush_ctl();
+        let mut tmp = [0u8; 512];
+        while !self.tcp_eof {
+            match self.tcp.read(&mut tmp) {
+                Ok(0) => self.tcp_eof = true,
+                Ok(n) => self.ctl_in.extend_from_slice(&tmp[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.tcp_eof = true,
+            }
+        }
+        let mut at = 0;
+        if self.peer.is_none() {
+            if self.ctl_in.len() < HELLO_LEN {
+                if self.tcp_eof {
+                    return Err(self.fail("peer closed the side channel during set-up".into()));
+                }
+                return Ok(());
+            }
+            let mut b = [0u8; HELLO_LEN];
+            b.copy_from_slice(&self.ctl_in[..HELLO_LEN]);
+            at = HELLO_LEN;
+            let h = Hello::decode(&b).map_err(|e| self.fail(e))?;
+            self.on_peer_hello(h)?;
+        }
+        while self.ctl_in.len() - at >= CTL_LEN {
+            let c = Ctl::decode(&self.ctl_in[at..at + CTL_LEN]).map_err(|e| self.fail(e))?;
+            at += CTL_LEN;
+            match c {
+                Ctl::Ready if self.phase == Phase::WaitReady => {
+                    self.phase = Phase::Established;
+                    tracing::debug!(socket = self.id, peer = %self.peer_addr, "RDMA connection established");
+                }
+                Ctl::Ready => {}
+                Ctl::Credit(n) => self.add_credits(n)?,
+                Ctl::Close(n) => self.peer_close = Some(n),
+            }
+        }
+        self.ctl_in.drain(..at);
+        self.flush_ctl();
+        if self.tcp_eof && self.phase < Phase::Established {
+            return Err(self.fail("peer closed the side channel during set-up".into()));
+        }
+        Ok(())
+    }
+
+    fn flush_ctl(&mut self) {
+        while !self.ctl_out.is_empty() {
+            match self.tcp.write(&self.ctl_out) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.ctl_out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn add_credits(&mut self, n: u32) -> io::Result<()> {
+        let window = self.peer.map_or(0, |p| p.recv_credits);
+        match self.credits.checked_add(n) {
+            Some(c) if c <= window => {
+                self.credits = c;
+                Ok(())
+            }
+            _ => Err(self.fail(format!(
+                "peer returned {n} credits on top of {} (window {window}): more than it posted",
+                self.credits
+            ))),
+        }
+    }
+
+    /// The peer's hello arrived: connect the QP (INIT → RTR → RTS) and tell the peer.
+    fn on_peer_hello(&mut self, h: Hello) -> io::Result<()> {
+        let dev = self.dev.clone();
+        let mtu = Mtu::from(u32::from(h.mtu.min(dev.mtu)));
+        let Some(res) = self.res.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::ReadyToReceive)
+            .setup_path_mtu(mtu)
+            .setup_dest_qp_num(h.qpn)
+            .setup_rq_psn(h.psn)
+            .setup_max_dest_read_atomic(0)
+            .setup_min_rnr_timer(12);
+        let mut ah = AddressHandleAttribute::new();
+        ah.setup_dest_lid(h.lid)
+            .setup_port(dev.port)
+            .setup_service_level(0)
+            .setup_grh_src_gid_index(u8::try_from(dev.gid_index).unwrap_or(0))
+            .setup_grh_dest_gid(&Gid { raw: h.gid })
+            .setup_grh_hop_limit(64);
+        attr.setup_address_vector(&ah);
+        let r = res.qp.modify(&attr);
+        r.map_err(|e| self.fail(format!("QP to RTR: {e}")))?;
+        let Some(res) = self.res.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::ReadyToSend)
+            .setup_sq_psn(self.hello.psn)
+            .setup_timeout(14)
+            .setup_retry_cnt(7)
+            // RNR retry 0: with credits a receive is always posted, so an RNR means the peer
+            // overran its credits; fail fast instead of retrying forever.
+            .setup_rnr_retry(0)
+            .setup_max_read_atomic(0);
+        let r = res.qp.modify(&attr);
+        r.map_err(|e| self.fail(format!("QP to RTS: {e}")))?;
+        self.credits = h.recv_credits;
+        self.chunk = (h.slot_size as usize).min(dev.pool.slot_size());
+        self.peer = Some(h);
+        self.phase = Phase::WaitReady;
+        self.ctl_out.extend_from_slice(&Ctl::Ready.encode());
+        tracing::debug!(
+            socket = self.id,
+            local_qpn = self.hello.qpn,
+            peer_qpn = h.qpn,
+            "QP connected"
+        );
+        Ok(())
+    }
+
+    /// Takes every completion (those the worker's poller already fetched, then the CQ's)
+    /// and acts on it. Returns how many there were.
+    fn poll_cq(&mut self) -> io::Result<usize> {
+        let mut wcs = std::mem::take(&mut self.wc_buf);
+        wcs.clear();
+        let polled = match self.res.as_ref() {
+            Some(r) => r.shared.take(&mut wcs),
+            None => Ok(()),
+        };
+        let n = wcs.len();
+        let mut r = polled.map_err(|e| self.fail(format!("poll CQ: {e}")));
+        for wc in &wcs {
+            if r.is_err() {
+                break;
+            }
+            r = self.on_completion(*wc);
+        }
+        self.wc_buf = wcs;
+        r.map(|()| n)
+    }
+
+    fn on_completion(&mut self, wc: Wc) -> io::Result<()> {
+        let recv = wc.wr_id & RECV_BIT != 0;
+        if wc.status != WorkCompletionStatus::Success as u32 {
+            if self.failed.is_some() {
+                return Err(self.failed_err());
+            }
+            let what = if recv { "receive" } else { "send" };
+            let why = if wc.status == WorkCompletionStatus::WorkRequestFlushedError as u32 {
+                format!("{what} flushed: the queue pair is in the error state")
+            } else if wc.status
+                == WorkCompletionStatus::ResponderNotReadyRetryCounterExceededError as u32
+            {
+                format!("{what} failed: receiver not ready (credits exceeded)")
+            } else {
+                // `WorkCompletionStatus::from` panics on codes it does not know.
+                let name = if wc.status <= 23 {
+                    format!("{:?}", WorkCompletionStatus::from(wc.status))
+                } else {
+                    "unknown status".to_string()
+                };
+                format!(
+                    "{what} work request failed: {name} (status {}, vendor error {:#x})",
+                    wc.status, wc.vendor_err
+                )
+            };
+            return Err(self.fail(why));
+        }
+        if recv {
+            let idx = (wc.wr_id & !RECV_BIT) as u32;
+            let slots = self.res.as_ref().map_or(0, |r| r.recv_slots.len());
+            if idx as usize >= slots {
+                return Err(self.fail(format!("receive completion for unknown slot {idx}")));
+            }
+            if wc.byte_len == 0 || wc.byte_len as usize > self.dev.pool.slot_size() {
+                return Err(self.fail(format!("received a SEND of {} bytes", wc.byte_len)));
+            }
+            let c = wire::imm_credits(wc.imm).map_err(|e| self.fail(e))?;
+            if c > 0 {
+                self.add_credits(c)?;
+            }
+            self.outstanding += 1;
+            if self.outstanding > self.dev.cfg.recv_depth {
+                return Err(self.fail(format!(
+                    "peer exceeded its credits ({} receives outstanding, {} posted)",
+                    self.outstanding, self.dev.cfg.recv_depth
+                )));
+            }
+            self.dev
+                .stats
+                .max_recv_outstanding
+                .fetch_max(u64::from(self.outstanding), Ordering::Relaxed);
+            RdmaStats::bump(&self.dev.stats.recvs, 1);
+            self.recvd_total = self.recvd_total.wrapping_add(1);
+            self.ready.push_back((idx, wc.byte_len));
+        } else {
+            let seq = wc.wr_id;
+            if seq < self.send_done || seq >= self.send_seq {
+                return Err(self.fail(format!("send completion for unknown request {seq}")));
+            }
+            self.send_done = seq + 1;
+        }
+        Ok(())
+    }
+
+    fn send_room(&self) -> bool {
+        self.credits > 0 && self.send_seq - self.send_done < u64::from(self.dev.cfg.send_depth)
+    }
+
+    fn maybe_kick(&mut self) {
+        if self.want_write && self.phase == Phase::Established && self.send_room() {
+            self.want_write = false;
+            self.kicked = true;
+            self.kick.kick();
+        }
+    }
+
+    /// Re-posts consumed receive slots (one doorbell) and returns credits on the side channel
+    /// once half the window is owed and no SEND has carried them.
+    fn repost_and_return(&mut self) -> io::Result<()> {
+        if !self.repost.is_empty() {
+            let Some(res) = self.res.as_mut() else {
+                return Err(self.failed_err());
+            };
+            let slot = self.dev.pool.slot_size() as u32;
+            let mut guard = res.qp.start_post_recv();
+            for &i in &self.repost {
+                let s = res.recv_slots[i as usize];
+                let wr = guard.construct_wr(RECV_BIT | u64::from(i));
+                // SAFETY: the slot lies in a registered arena owned by this socket until the
+                // QP is destroyed; it was fully consumed, so nothing reads it any more.
+                unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
+            }
+            let r = guard.post();
+            r.map_err(|e| self.fail(format!("post receive: {e}")))?;
+            let n = self.repost.len() as u32;
+            self.repost.clear();
+            self.outstanding -= n;
+            self.owed += n;
+        }
+        if self.owed >= (self.dev.cfg.recv_depth / 2).max(1) && self.failed.is_none() {
+            self.ctl_out
+                .extend_from_slice(&Ctl::Credit(self.owed).encode());
+            self.owed = 0;
+            RdmaStats::bump(&self.dev.stats.credit_messages, 1);
+            self.flush_ctl();
+        }
+        Ok(())
+    }
+
+    /// Copies ready receive slots into `buf`.
+    fn copy_out(&mut self, buf: &mut BufMut) -> usize {
+        let Some(res) = self.res.as_ref() else {
+            return 0;
+        };
+        let mut copied = 0;
+        while let Some(&(idx, len)) = self.ready.front() {
+            let spare = buf.spare_mut();
+            if spare.is_empty() {
+                break;
+            }
+            let s = res.recv_slots[idx as usize];
+            let avail = len as usize - self.ready_off;
+            let n = avail.min(spare.len());
+            // SAFETY: the slot is in our registered arena; its receive completed, so the NIC
+            // no longer writes it, and `ready_off + n <= len <= slot_size`.
+            let src = unsafe {
+                std::slice::from_raw_parts((s.addr as usize + self.ready_off) as *const u8, n)
+            };
+            spare[..n].copy_from_slice(src);
+            buf.advance(n);
+            copied += n;
+            self.ready_off += n;
+            if self.ready_off == len as usize {
+                self.ready.pop_front();
+                self.ready_off = 0;
+                self.repost.push(idx);
+            }
+        }
+        copied
+    }
+
+    fn drained_eof(&self) -> bool {
+        self.ready.is_empty()
+            && (self.tcp_eof || self.peer_close == Some(self.recvd_total))
+            && self.phase >= Phase::Established
+    }
+
+    /// QP to error, bounded drain, destroy; slots go back only after the QP is gone.
+    fn teardown(&mut self) {
+        let Some(mut res) = self.res.take() else {
+            return;
+        };
+        // Let in-flight sends complete: wait for the last signalled one; the unsignalled
+        // tail behind it completes or is flushed (the messenger resends what the peer did
+        // not acknowledge).
+        let end = Instant::now() + DRAIN_WAIT;
+        if self.failed.is_none() && self.phase == Phase::Established {
+            self.res = Some(res);
+            let target = self.last_signaled.map_or(0, |s| s + 1);
+            while self.send_done < target && Instant::now() < end {
+                if self.poll_cq().is_err() {
+                    break;
+                }
+            }
+            let Some(r) = self.res.take() else { return };
+            res = r;
+        }
+        self.dev.qps.lock().retain(|(id, _)| *id != self.id);
+        let mut attr = QueuePairAttribute::new();
+        attr.setup_state(QueuePairState::Error);
+        if let Err(e) = res.qp.modify(&attr) {
+            tracing::debug!(socket = self.id, error = %e, "QP to error at teardown");
+        }
+        // Flushed completions: every posted receive and unfinished send comes back.
+        // Receives still posted come back flushed; wait (bounded) until they have.
+        let expect = res.recv_slots.len() as u64 - u64::from(self.outstanding);
+        let mut seen = 0u64;
+        while seen < expect && Instant::now() < end {
+            match res.cq.start_poll() {
+                Ok(p) => seen += p.filter(|wc| wc.wr_id() & RECV_BIT != 0).count() as u64,
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        while let Ok(p) = res.cq.start_poll() {
+            if p.count() == 0 {
+                break;
+            }
+        }
+        let _ = sys::drain_events(&res.chan, &res.cq);
+        let Res {
+            qp,
+            shared,
+            cq,
+            chan,
+            mut send_slots,
+            mut recv_slots,
+        } = res;
+        drop(qp);
+        shared.set_token(None);
+        drop(shared);
+        drop(cq);
+        drop(chan);
+        self.dev.pool.give_back(&mut send_slots);
+        self.dev.pool.give_back(&mut recv_slots);
+        self.dev.stats.live_qps.fetch_sub(1, Ordering::Relaxed);
+        tracing::debug!(socket = self.id, "RDMA connection torn down");
+    }
+}
+
+/// Creates CQ + channel + QP (at INIT) and posts every receive slot.
+fn create_res(dev: &Device) -> io::Result<Res> {
+    let cfg = &dev.cfg;
+    let chan = dev
+        .ctx
+        .create_comp_channel()
+        .map_err(verr("create completion channel"))?;
+    chan.set_nonblocking(true)?;
+    let cq = dev
+        .ctx
+        .create_cq_builder()
+        .setup_cqe(cfg.send_depth + cfg.recv_depth + 8)
+        .setup_comp_channel(&chan, 0)
+        .build()
+        .map_err(verr("create completion queue"))?;
+    let build = |inline: u32| {
+        dev.pd
+            .create_qp_builder()
+            .setup_max_send_wr(cfg.send_depth)
+            .setup_max_recv_wr(cfg.recv_depth)
+            .setup_max_send_sge(1)
+            .setup_max_recv_sge(1)
+            .setup_max_inline_data(inline)
+            .setup_send_cq(GenericCompletionQueue::from(cq.clone()))
+            .setup_recv_cq(GenericCompletionQueue::from(cq.clone()))
+            .build()
+    };
+    let mut qp = match build(dev.max_inline) {
+        Ok(qp) => qp,
+        // Some devices support no inline data at all.
+        Err(_) => build(0).map_err(verr("create queue pair"))?,
+    };
+    let mut attr = QueuePairAttribute::new();
+    attr.setup_state(QueuePairState::Init)
+        .setup_pkey_index(0)
+        .setup_port(dev.port)
+        .setup_access_flags(AccessFlags::LocalWrite);
+    qp.modify(&attr).map_err(verr("QP to INIT"))?;
+    let send_slots = dev
+        .pool
+        .take(cfg.send_depth as usize)
+        .map_err(|e| other(e.to_string()))?;
+    let recv_slots = match dev.pool.take(cfg.recv_depth as usize) {
+        Ok(s) => s,
+        Err(e) => {
+            let mut s = send_slots;
+            dev.pool.give_back(&mut s);
+            return Err(other(e.to_string()));
+        }
+    };
+    let mut res = Res {
+        qp,
+        shared: CqShared::new(cq.clone()),
+        cq,
+        chan,
+        send_slots,
+        recv_slots,
+    };
+    let slot = dev.pool.slot_size() as u32;
+    let mut guard = res.qp.start_post_recv();
+    for (i, s) in res.recv_slots.iter().enumerate() {
+        let wr = guard.construct_wr(RECV_BIT | i as u64);
+        // SAFETY: the slot is registered memory owned by this connection until its QP is
+        // destroyed (teardown returns slots only afterwards).
+        unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
+    }
+    if let Err(e) = guard.post() {
+        let Res {
+            qp,
+            mut send_slots,
+            mut recv_slots,
+            ..
+        } = res;
+        drop(qp);
+        dev.pool.give_back(&mut send_slots);
+        dev.pool.give_back(&mut recv_slots);
+        return Err(other(format!("post receives: {e}")));
+    }
+    Ok(res)
+}
+
+impl ConnectedSocket for RdmaSocket {
+    fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(
+            &mut self.tcp,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if let Some(res) = &self.res {
+            registry.register(
+                &mut SourceFd(&res.chan.as_raw_fd()),
+                token,
+                Interest::READABLE,
+            )?;
+        }
+        registry.register(
+            &mut SourceFd(&self.kick.fd()),
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        if let Some(res) = &self.res {
+            poller::join(&res.shared, token);
+        }
+        // Completions may have arrived while no loop watched us: make the new owner look.
+        self.kick.kick();
+        Ok(())
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        let r = registry.deregister(&mut self.tcp);
+        if let Some(res) = &self.res {
+            let _ = registry.deregister(&mut SourceFd(&res.chan.as_raw_fd()));
+            poller::leave(&res.shared);
+        }
+        let _ = registry.deregister(&mut SourceFd(&self.kick.fd()));
+        r
+    }
+
+    fn finish_connect(&mut self) -> io::Result<bool> {
+        if self.failed.is_some() {
+            return Err(self.failed_err());
+        }
+        if self.phase == Phase::TcpConnecting {
+            if let Some(e) = self.tcp.take_error()? {
+                return Err(e);
+            }
+            match self.tcp.peer_addr() {
+                Ok(_) => {
+                    self.tcp.set_nodelay(true)?;
+                    self.phase = Phase::Hello;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        self.pump_ctl()?;
+        Ok(self.phase >= Phase::Established)
+    }
+
+    fn read(&mut self, buf: &mut BufMut) -> io::Result<usize> {
+        if self.kicked {
+            self.kicked = false;
+            self.kick.clear();
+        }
+        if self.phase == Phase::Closed {
+            return Ok(0);
+        }
+        if self.phase < Phase::Established {
+            if self.phase == Phase::TcpConnecting {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.pump_ctl()?;
+            if self.phase < Phase::Established {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
+        if let Some(res) = &self.res {
+            if res.shared.armed.swap(false, Ordering::AcqRel) {
+                sys::drain_events(&res.chan, &res.cq).map_err(verr("completion channel"))?;
+            }
+        }
+        loop {
+            let polled = self.poll_cq();
+            let copied = self.copy_out(buf);
+            self.repost_and_return()?;
+            if copied > 0 {
+                self.maybe_kick();
+                return Ok(copied);
+            }
+            // Data that arrived before a failure is delivered first.
+            polled?;
+            if let Some(_why) = &self.failed {
+                return Err(self.failed_err());
+            }
+            if buf.remaining() == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.pump_ctl()?;
+            self.maybe_kick();
+            if self.drained_eof() {
+                return Ok(0);
+            }
+            // With busy polling the worker's poller arms the CQ before the loop sleeps.
+            if self.dev.cfg.busy_poll.is_zero() && !self.armed() {
+                self.arm()?;
+                // A completion that landed between the last poll and arming raised no event.
+                continue;
+            }
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+    }
+
+    fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.failed.is_some() {
+            return Err(self.failed_err());
+        }
+        match self.phase {
+            Phase::Established => {}
+            Phase::Closed => return Err(io::ErrorKind::NotConnected.into()),
+            _ => return Err(io::ErrorKind::WouldBlock.into()),
+        }
+        // Reap send completions and credits without a system call.
+        self.poll_cq()?;
+        let depth = u64::from(self.dev.cfg.send_depth);
+        let signal_every = (self.dev.cfg.send_depth / 4).max(1);
+        let inline_max = self.dev.max_inline as usize;
+        let chunk = self.chunk;
+        let misbehave = self.dev.cfg.misbehave;
+        let Some(res) = self.res.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let wanted: usize = iov.iter().map(|s| s.len()).sum();
+        let mut total = 0usize;
+        let mut posted = 0u32;
+        let mut guard = res.qp.start_post_send();
+        let (mut vi, mut off) = (0usize, 0usize);
+        let overrun = misbehave == Misbehave::OverrunCredits;
+        while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
+            // Skip exhausted / empty slices.
+            while vi < iov.len() && off == iov[vi].len() {
+                vi += 1;
+                off = 0;
+            }
+            if vi == iov.len() {
+                break;
+            }
+            let slot = res.send_slots[(self.send_seq % depth) as usize];
+            let mut len = 0usize;
+            while len < chunk && vi < iov.len() {
+                let src = &iov[vi][off..];
+                let n = src.len().min(chunk - len);
+                // SAFETY: the slot is registered memory owned by this socket; its previous
+                // SEND completed (`send_seq - send_done < depth`), so the NIC no longer reads
+                // it, and `len + n <= chunk <= slot_size`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        src.as_ptr(),
+                        (slot.addr as usize + len) as *mut u8,
+                        n,
+                    )
+                };
+                len += n;
+                off += n;
+                if off == iov[vi].len() {
+                    vi += 1;
+                    off = 0;
+                }
+            }
+            let mut imm = self.owed.min(0xffff);
+            self.owed -= imm;
+            self.credits = self.credits.saturating_sub(1);
+            if misbehave == Misbehave::BadImmediate {
+                imm |= 1 << 16;
+            }
+            // Selective signalling: every `signal_every`-th WR, and the one that fills the
+            // ring (its completion frees every slot before it: RC completes in order).
+            let fills = self.send_seq + 1 - self.send_done >= depth;
+            self.unsignaled += 1;
+            let mut flags = WorkRequestFlags::none();
+            if fills || self.unsignaled >= signal_every {
+                flags |= WorkRequestFlags::Signaled;
+                self.unsignaled = 0;
+                self.last_signaled = Some(self.send_seq);
+            }
+            if len <= inline_max {
+                flags |= WorkRequestFlags::Inline;
+            }
+            let wr = guard
+                .construct_wr(self.send_seq, flags)
+                .setup_send_imm(imm.to_be());
+            // SAFETY: as above; `len` bytes of the slot were just written.
+            unsafe { wr.setup_sge(slot.lkey, slot.addr, len as u32) };
+            self.send_seq += 1;
+            self.sent_total = self.sent_total.wrapping_add(1);
+            total += len;
+            posted += 1;
+        }
+        if posted > 0 {
+            let r = guard.post();
+            if let Err(e) = r {
+                return Err(self.fail(format!("post send: {e}")));
+            }
+            RdmaStats::bump(&self.dev.stats.sends, u64::from(posted));
+            RdmaStats::bump(&self.dev.stats.doorbells, 1);
+        } else {
+            drop(guard);
+        }
+        if total < wanted {
+            self.want_write = true;
+            if self.credits == 0 {
+                RdmaStats::bump(&self.dev.stats.credit_stalls, 1);
+            }
+            // Completions may already have made room.
+            self.maybe_kick();
+        }
+        if total == 0 && wanted > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(total)
+    }
+
+    fn peer_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.peer_addr)
+    }
+
+    fn shutdown(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        if self.phase == Phase::Established && self.failed.is_none() {
+            self.ctl_out
+                .extend_from_slice(&Ctl::Close(self.sent_total).encode());
+            self.flush_ctl();
+        }
+        self.teardown();
+        self.phase = Phase::Closed;
+        let _ = self.tcp.shutdown(Shutdown::Both);
+    }
+}
+
+impl Drop for RdmaSocket {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

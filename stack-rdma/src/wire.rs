@@ -1,0 +1,209 @@
+//! The TCP side channel: what the two ends exchange to connect their queue pairs, then the
+//! small control messages that must not need receive credits themselves.
+//!
+//! ```text
+//! hello   (44 B): magic "DPRD" | version u16 | reserved u16 | qpn u32 | psn u32 | gid [16]
+//!                 | lid u16 | mtu u8 | reserved u8 | recv_credits u32 | slot_size u32
+//! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(sends posted)
+//! ```
+//!
+//! All integers little-endian. Every field is checked before use: a bad peer gets a clear
+//! error, never a panic.
+
+/// `"DPRD"`.
+pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"DPRD");
+/// Side-channel protocol version.
+pub(crate) const VERSION: u16 = 1;
+/// Encoded size of [`Hello`].
+pub(crate) const HELLO_LEN: usize = 44;
+/// Encoded size of a control message.
+pub(crate) const CTL_LEN: usize = 8;
+/// Most receive credits a peer may announce (bounds what we must track).
+pub(crate) const MAX_CREDITS: u32 = 1 << 15;
+
+/// Queue-pair coordinates and receive-buffer terms of one end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hello {
+    pub(crate) qpn: u32,
+    pub(crate) psn: u32,
+    pub(crate) gid: [u8; 16],
+    pub(crate) lid: u16,
+    /// `ibv_mtu` code (1 = 256 … 5 = 4096).
+    pub(crate) mtu: u8,
+    /// Receive buffers posted for this connection: the sender's initial credits.
+    pub(crate) recv_credits: u32,
+    /// Bytes per receive buffer: the largest SEND the peer may post.
+    pub(crate) slot_size: u32,
+}
+
+impl Hello {
+    pub(crate) fn encode(&self) -> [u8; HELLO_LEN] {
+        let mut b = [0u8; HELLO_LEN];
+        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..12].copy_from_slice(&self.qpn.to_le_bytes());
+        b[12..16].copy_from_slice(&self.psn.to_le_bytes());
+        b[16..32].copy_from_slice(&self.gid);
+        b[32..34].copy_from_slice(&self.lid.to_le_bytes());
+        b[34] = self.mtu;
+        b[36..40].copy_from_slice(&self.recv_credits.to_le_bytes());
+        b[40..44].copy_from_slice(&self.slot_size.to_le_bytes());
+        b
+    }
+
+    /// Parses and validates a peer's hello.
+    pub(crate) fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, String> {
+        let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u16_at = |i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        if u32_at(0) != MAGIC {
+            return Err("side channel: bad magic (peer is not an RDMA dataplane stack)".into());
+        }
+        if u16_at(4) != VERSION {
+            return Err(format!(
+                "side channel: version {} unsupported (want {VERSION})",
+                u16_at(4)
+            ));
+        }
+        let mut gid = [0u8; 16];
+        gid.copy_from_slice(&b[16..32]);
+        let h = Hello {
+            qpn: u32_at(8),
+            psn: u32_at(12),
+            gid,
+            lid: u16_at(32),
+            mtu: b[34],
+            recv_credits: u32_at(36),
+            slot_size: u32_at(40),
+        };
+        if h.qpn == 0 || h.qpn > 0x00ff_ffff {
+            return Err(format!("side channel: bad QP number {:#x}", h.qpn));
+        }
+        if h.psn > 0x00ff_ffff {
+            return Err(format!("side channel: bad PSN {:#x}", h.psn));
+        }
+        if !(1..=5).contains(&h.mtu) {
+            return Err(format!("side channel: bad MTU code {}", h.mtu));
+        }
+        if h.recv_credits == 0 || h.recv_credits > MAX_CREDITS {
+            return Err(format!(
+                "side channel: bad receive credits {}",
+                h.recv_credits
+            ));
+        }
+        if h.slot_size < 64 {
+            return Err(format!(
+                "side channel: receive buffers of {} bytes are too small",
+                h.slot_size
+            ));
+        }
+        Ok(h)
+    }
+}
+
+/// A control message after the hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ctl {
+    /// The sender's QP is ready to receive: RDMA traffic may start.
+    Ready,
+    /// The sender re-posted this many receive buffers for us.
+    Credit(u32),
+    /// The sender is closing after posting this many data SENDs in total (wrapping).
+    Close(u32),
+}
+
+impl Ctl {
+    pub(crate) fn encode(self) -> [u8; CTL_LEN] {
+        let (tag, v) = match self {
+            Ctl::Ready => (1u32, 0u32),
+            Ctl::Credit(n) => (2, n),
+            Ctl::Close(n) => (3, n),
+        };
+        let mut b = [0u8; CTL_LEN];
+        b[0..4].copy_from_slice(&tag.to_le_bytes());
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        b
+    }
+
+    pub(crate) fn decode(b: &[u8]) -> Result<Ctl, String> {
+        if b.len() < CTL_LEN {
+            return Err("side channel: short control message".into());
+        }
+        let tag = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let v = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+        match tag {
+            1 => Ok(Ctl::Ready),
+            2 => Ok(Ctl::Credit(v)),
+            3 => Ok(Ctl::Close(v)),
+            t => Err(format!("side channel: unknown control tag {t}")),
+        }
+    }
+}
+
+/// Immediate data of every data SEND: low 16 bits are receive credits returned to the peer,
+/// the high 16 bits are reserved and must be zero.
+pub(crate) fn imm_credits(imm: u32) -> Result<u32, String> {
+    if imm >> 16 != 0 {
+        return Err(format!(
+            "bad immediate value {imm:#010x} (reserved bits set)"
+        ));
+    }
+    Ok(imm & 0xffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello() -> Hello {
+        Hello {
+            qpn: 17,
+            psn: 0x12_3456,
+            gid: [7; 16],
+            lid: 0,
+            mtu: 3,
+            recv_credits: 32,
+            slot_size: 65536,
+        }
+    }
+
+    #[test]
+    fn hello_round_trips() {
+        assert_eq!(Hello::decode(&hello().encode()), Ok(hello()));
+    }
+
+    #[test]
+    fn bad_hellos_are_refused_with_a_reason() {
+        let mut b = hello().encode();
+        b[0] ^= 1;
+        assert!(Hello::decode(&b).unwrap_err().contains("magic"));
+        type Case = (fn(&mut Hello), &'static str);
+        let cases: [Case; 5] = [
+            (|h| h.qpn = 0, "QP number"),
+            (|h| h.psn = 1 << 24, "PSN"),
+            (|h| h.mtu = 9, "MTU"),
+            (|h| h.recv_credits = MAX_CREDITS + 1, "credits"),
+            (|h| h.slot_size = 1, "too small"),
+        ];
+        for (f, want) in cases {
+            let mut h = hello();
+            f(&mut h);
+            let e = Hello::decode(&h.encode()).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
+    #[test]
+    fn control_messages_round_trip_and_unknown_tags_fail() {
+        for c in [Ctl::Ready, Ctl::Credit(5), Ctl::Close(u32::MAX)] {
+            assert_eq!(Ctl::decode(&c.encode()), Ok(c));
+        }
+        assert!(Ctl::decode(&[9, 0, 0, 0, 0, 0, 0, 0]).is_err());
+        assert!(Ctl::decode(&[1, 0]).is_err());
+    }
+
+    #[test]
+    fn immediate_reserved_bits_are_checked() {
+        assert_eq!(imm_credits(12), Ok(12));
+        assert!(imm_credits(1 << 16).is_err());
+    }
+}

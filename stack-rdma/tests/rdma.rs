@@ -1,0 +1,673 @@
+//! Integration tests of the messenger over real verbs (Soft-RoCE `rxe0` inside the VM of
+//! `scripts/test-rdma-vm.sh`). Without an RDMA device each test prints
+//! "skipped: no RDMA device" and passes, so `cargo test --workspace` passes on a laptop; with
+//! `DATAPLANE_RDMA_REQUIRED=1` (set by the VM script) a missing device fails them loudly.
+//!
+//! The messengers bind to `DATAPLANE_RDMA_ADDR` (the address of the netdev under `rxe0`),
+//! 127.0.0.1 when unset.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::stack::NetworkStack;
+use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane_stack_rdma::{Misbehave, RdmaConfig, RdmaStack, NO_DEVICE};
+use parking_lot::Mutex;
+
+const T: Duration = Duration::from_secs(120);
+const HDR: usize = 12;
+
+/// The stack, or `None` (with a message) when this machine has no RDMA device.
+fn stack_with(cfg: RdmaConfig) -> Option<RdmaStack> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+    match RdmaStack::with_config(cfg) {
+        Ok(s) => Some(s),
+        Err(e) if std::env::var_os("DATAPLANE_RDMA_REQUIRED").is_some() => {
+            panic!("DATAPLANE_RDMA_REQUIRED is set but the RDMA stack failed: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipped: no RDMA device ({e})");
+            None
+        }
+    }
+}
+
+fn stack() -> Option<RdmaStack> {
+    stack_with(RdmaConfig::default())
+}
+
+fn ip() -> IpAddr {
+    std::env::var("DATAPLANE_RDMA_ADDR")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(IpAddr::from([127, 0, 0, 1]))
+}
+
+fn payload(stream: u32, seq: u64, len: usize) -> Buf {
+    let len = len.max(HDR);
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&stream.to_le_bytes());
+    v.extend_from_slice(&seq.to_le_bytes());
+    v.extend((HDR..len).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8));
+    Buf::from_vec(v)
+}
+
+/// Checks exactly-once, in-order, byte-exact delivery per stream.
+#[derive(Default)]
+struct Checker {
+    next: Mutex<HashMap<u32, u64>>,
+    received: AtomicU64,
+    bytes: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    echo: bool,
+}
+
+impl Checker {
+    fn count(&self) -> u64 {
+        self.received.load(Ordering::Acquire)
+    }
+    fn assert_clean(&self) {
+        let e = self.errors.lock();
+        assert!(e.is_empty(), "delivery errors: {e:?}");
+    }
+}
+
+impl Dispatcher for Checker {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, m: Message) {
+        let data = m.payload.to_vec();
+        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if data.len() < HDR {
+            self.errors
+                .lock()
+                .push(format!("short message {}", data.len()));
+        } else {
+            let stream = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+            let mut s = [0u8; 8];
+            s.copy_from_slice(&data[4..12]);
+            let seq = u64::from_le_bytes(s);
+            let mut next = self.next.lock();
+            let e = next.entry(stream).or_insert(0);
+            if seq != *e {
+                self.errors
+                    .lock()
+                    .push(format!("stream {stream}: expected {}, got {seq}", *e));
+            }
+            *e = seq + 1;
+            let bad = data[HDR..]
+                .iter()
+                .enumerate()
+                .any(|(i, b)| *b != (seq as usize).wrapping_mul(31).wrapping_add(i + HDR) as u8);
+            if bad {
+                self.errors
+                    .lock()
+                    .push(format!("stream {stream} seq {seq}: payload corrupted"));
+            }
+        }
+        if self.echo {
+            let _ = conn.send(m);
+        }
+        self.received.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn config() -> Config {
+    Config {
+        workers: 1,
+        backend: "rdma".into(),
+        rx_buffers: 64,
+        hugepages: false,
+        keepalive_interval_ms: 500,
+        peer_timeout_ms: 20_000,
+        handshake_timeout_ms: 20_000,
+        reconnect_min_ms: 5,
+        reconnect_max_ms: 200,
+        ..Config::default()
+    }
+}
+
+fn messenger(name: &str, s: &RdmaStack, d: Arc<dyn Dispatcher>, bind: bool) -> Messenger {
+    messenger_cfg(name, s, d, bind, config())
+}
+
+fn messenger_cfg(
+    name: &str,
+    s: &RdmaStack,
+    d: Arc<dyn Dispatcher>,
+    bind: bool,
+    cfg: Config,
+) -> Messenger {
+    let stack: Arc<dyn NetworkStack> = Arc::new(s.clone());
+    let m = Messenger::builder(name)
+        .config(cfg)
+        .stack(stack)
+        .dispatcher(d)
+        .default_policy(Policy::lossless_client())
+        .build()
+        .expect("build messenger");
+    if bind {
+        m.bind(SocketAddr::new(ip(), 0)).expect("bind");
+    }
+    m.start().expect("start");
+    m
+}
+
+fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+fn send_retry(conn: &Connection, mut m: Message) {
+    let end = Instant::now() + T;
+    loop {
+        match conn.send(m) {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind,
+                        dataplane::SendErrorKind::QueueFull { .. }
+                            | dataplane::SendErrorKind::RingFull
+                    ),
+                    "send failed: {e}"
+                );
+                assert!(Instant::now() < end, "backpressure never released");
+                m = e.message;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// Client and server messengers, each on its own stack (own PD, CQs, registered memory).
+struct Pair {
+    srv_stack: RdmaStack,
+    cli_stack: RdmaStack,
+    srv_d: Arc<Checker>,
+    server: Messenger,
+    client: Messenger,
+    conn: Connection,
+}
+
+fn pair() -> Option<Pair> {
+    pair_with(RdmaConfig::default())
+}
+
+fn pair_with(cfg: RdmaConfig) -> Option<Pair> {
+    let srv_stack = stack_with(cfg.clone())?;
+    let cli_stack = stack_with(cfg)?;
+    let srv_d = Arc::new(Checker::default());
+    let server = messenger("server", &srv_stack, srv_d.clone(), true);
+    let client = messenger("client", &cli_stack, Arc::new(Checker::default()), false);
+    let conn = client
+        .connect(server.addr().expect("bound"))
+        .expect("connect");
+    Some(Pair {
+        srv_stack,
+        cli_stack,
+        srv_d,
+        server,
+        client,
+        conn,
+    })
+}
+
+fn assert_torn_down(p: Pair) {
+    let Pair {
+        srv_stack,
+        cli_stack,
+        server,
+        client,
+        conn,
+        ..
+    } = p;
+    drop(conn);
+    client.shutdown();
+    server.shutdown();
+    drop(client);
+    drop(server);
+    for (who, s) in [("client", &cli_stack), ("server", &srv_stack)] {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "{who}: {} QPs still alive after shutdown",
+            s.stats().live_qps.load(Ordering::Relaxed)
+        );
+        let (arenas, in_use) = s.memory_usage();
+        assert_eq!(
+            in_use, 0,
+            "{who}: {in_use} registered slots still in use ({arenas} arenas)"
+        );
+    }
+    assert_no_kernel_objects(&["qp", "cq"]);
+}
+
+/// How many user-space `kind` objects (`qp`, `cq`, `mr`, `pd`) the kernel lists
+/// (`rdma resource show`; kernel-owned ones carry no pid); `None` without the iproute2 `rdma`
+/// tool. The kernel records the creating *thread*, so this counts every user process's
+/// objects: in the VM the tests run one at a time and nothing else uses RDMA.
+fn kernel_objects(kind: &str) -> Option<usize> {
+    let pid = " pid ";
+    let out = std::process::Command::new("rdma")
+        .args(["resource", "show", kind])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.lines().filter(|l| l.contains(pid)).count())
+}
+
+/// Only the protection domains and arena MRs of the still-open stacks may remain.
+fn assert_no_kernel_objects(kinds: &[&str]) {
+    for kind in kinds {
+        if let Some(n) = kernel_objects(kind) {
+            assert_eq!(n, 0, "the kernel still lists {n} {kind}s of this process");
+        }
+    }
+}
+
+#[test]
+fn no_device_is_a_clear_error_not_a_crash() {
+    match RdmaStack::new() {
+        Ok(s) => eprintln!("RDMA device present: {}", s.describe()),
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("skipped: no RDMA device; the stack said: {msg}");
+            assert!(msg.contains(NO_DEVICE), "unexpected error: {msg}");
+            assert!(
+                std::env::var_os("DATAPLANE_RDMA_REQUIRED").is_none(),
+                "DATAPLANE_RDMA_REQUIRED is set but: {msg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rdma_connect_and_small_messages_byte_for_byte() {
+    let Some(p) = pair() else { return };
+    for i in 0..1000u64 {
+        send_retry(
+            &p.conn,
+            Message::new(1, payload(0, i, 16 + (i % 200) as usize)),
+        );
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == 1000),
+        "got {}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    assert_eq!(p.cli_stack.stats().failures.load(Ordering::Relaxed), 0);
+    assert_eq!(p.srv_stack.stats().failures.load(Ordering::Relaxed), 0);
+    assert!(p.cli_stack.stats().sends.load(Ordering::Relaxed) > 0);
+    // The leak check below can see our objects: while connected, the kernel lists our QPs.
+    if let Some(n) = kernel_objects("qp") {
+        assert!(
+            n >= 2,
+            "the kernel lists {n} QPs of this process while connected"
+        );
+    }
+    assert_torn_down(p);
+}
+
+#[test]
+fn rdma_sixteen_mib_messages_byte_for_byte() {
+    let Some(p) = pair() else { return };
+    for i in 0..3 {
+        send_retry(&p.conn, Message::new(1, payload(0, i, 16 << 20)));
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == 3),
+        "got {}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    assert_eq!(p.srv_d.bytes.load(Ordering::Relaxed), 3 * (16 << 20));
+    assert_torn_down(p);
+}
+
+#[test]
+fn rdma_thousands_of_messages_never_exceed_credits() {
+    // A small window so that the sender really runs out of credits and waits.
+    // Busy polling on: this test also covers the worker's CQ poller and its arming.
+    let cfg = RdmaConfig {
+        recv_depth: 8,
+        send_depth: 16,
+        slot_size: 8 << 10,
+        busy_poll: Duration::from_micros(200),
+        ..RdmaConfig::default()
+    };
+    let Some(p) = pair_with(cfg) else { return };
+    const N: u64 = 20_000;
+    for i in 0..N {
+        send_retry(
+            &p.conn,
+            Message::new(1, payload(0, i, 64 + (i % 3000) as usize)),
+        );
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == N),
+        "got {} of {N}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
+    let max = s.max_recv_outstanding.load(Ordering::Relaxed);
+    eprintln!(
+        "credits: {} sends, {} doorbells, {} stalls, {} credit messages, max outstanding {max}/8",
+        c.sends.load(Ordering::Relaxed),
+        c.doorbells.load(Ordering::Relaxed),
+        c.credit_stalls.load(Ordering::Relaxed),
+        s.credit_messages.load(Ordering::Relaxed),
+    );
+    assert!(max <= 8, "receiver had {max} > 8 receives outstanding");
+    assert!(
+        c.credit_stalls.load(Ordering::Relaxed) > 0,
+        "the sender never ran out of credits: the test did not exercise flow control"
+    );
+    assert_eq!(c.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
+    assert!(
+        c.doorbells.load(Ordering::Relaxed) < c.sends.load(Ordering::Relaxed),
+        "work requests were batched under one doorbell"
+    );
+    assert_torn_down(p);
+}
+
+#[test]
+fn rdma_lossless_reconnect_after_qp_forced_to_error() {
+    let Some(p) = pair() else { return };
+    const ROUNDS: u64 = 4;
+    const PER_ROUND: u64 = 1500;
+    let mut sent = 0u64;
+    let mut forced = 0;
+    for round in 0..ROUNDS {
+        for _ in 0..PER_ROUND {
+            send_retry(
+                &p.conn,
+                Message::new(1, payload(0, sent, 100 + (sent % 900) as usize)),
+            );
+            sent += 1;
+        }
+        // Let traffic flow on a live QP, then break every QP of the client (as a NIC or
+        // link failure would) while messages are still in flight.
+        let live = &p.cli_stack.stats().live_qps;
+        assert!(
+            wait_until(T, || p.srv_d.count() >= sent - PER_ROUND / 2
+                && live.load(Ordering::Relaxed) >= 1),
+            "round {round}: delivered {} of {sent}",
+            p.srv_d.count()
+        );
+        let n = p.cli_stack.force_qp_errors();
+        assert!(n >= 1, "round {round}: no QP to fail");
+        forced += n;
+        assert!(
+            wait_until(T, || p.client.counters().reconnects > round),
+            "round {round}: the client never reconnected"
+        );
+    }
+    let n = sent;
+    assert!(
+        wait_until(T, || p.srv_d.count() >= n),
+        "delivered {} of {n}",
+        p.srv_d.count()
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(p.srv_d.count(), n, "exactly once");
+    p.srv_d.assert_clean();
+    let c = p.client.counters();
+    assert!(c.reconnects >= ROUNDS, "reconnected {} times", c.reconnects);
+    assert!(p.cli_stack.stats().failures.load(Ordering::Relaxed) >= ROUNDS);
+    assert!(
+        wait_until(T, || p.conn.queued() == (0, 0)),
+        "everything acknowledged: {:?}",
+        p.conn.queued()
+    );
+    eprintln!(
+        "reconnect: {forced} QPs forced to error, {} reconnects, {n} delivered exactly once in order",
+        c.reconnects
+    );
+    assert_torn_down(p);
+}
+
+#[test]
+fn rdma_ping_pong_echo_round_trips() {
+    // Client busy-polls its CQ, server sleeps on its completion channel: both paths.
+    let busy = RdmaConfig {
+        busy_poll: Duration::from_micros(200),
+        ..RdmaConfig::default()
+    };
+    let Some(srv_stack) = stack() else { return };
+    let Some(cli_stack) = stack_with(busy) else {
+        return;
+    };
+    let echo = Arc::new(Checker {
+        echo: true,
+        ..Checker::default()
+    });
+    let server = messenger("server", &srv_stack, echo, true);
+    let back = Arc::new(Checker::default());
+    let client = messenger("client", &cli_stack, back.clone(), false);
+    let conn = client
+        .connect(server.addr().expect("bound"))
+        .expect("connect");
+    for i in 0..500u64 {
+        send_retry(&conn, Message::new(1, payload(0, i, 64)));
+        assert!(
+            wait_until(T, || back.count() == i + 1),
+            "echo {i} never came back"
+        );
+    }
+    back.assert_clean();
+    drop(conn);
+    client.shutdown();
+    server.shutdown();
+}
+
+#[test]
+fn rdma_bad_side_channel_peer_is_refused_and_others_continue() {
+    use std::io::{Read, Write};
+    let Some(p) = pair() else { return };
+    let addr = p.server.addr().expect("bound");
+    // A peer that speaks garbage instead of the queue-pair hello.
+    let mut bad = std::net::TcpStream::connect(addr).expect("tcp connect");
+    bad.write_all(&[0xAB; 64]).expect("write");
+    bad.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut sink = Vec::new();
+    // The server closes it: read returns EOF (after our hello bytes) or an error.
+    let _ = bad.read_to_end(&mut sink);
+    // The good connection is unaffected.
+    for i in 0..200u64 {
+        send_retry(&p.conn, Message::new(1, payload(0, i, 300)));
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == 200),
+        "got {}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    assert!(p.srv_stack.stats().failures.load(Ordering::Relaxed) >= 1);
+    assert_torn_down(p);
+}
+
+/// A misbehaving client (`misbehave`) and a good one talk to the same server: the bad
+/// connection is torn down with `want` in the reason (on the side that detects it), the good
+/// one delivers everything, and nothing leaks.
+fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool) {
+    // A narrow receive window of small buffers and a deep send ring of small slots on the
+    // bad side: an overrun cannot hide behind the receiver re-posting fast enough.
+    let Some(srv_stack) = stack_with(RdmaConfig {
+        recv_depth: 4,
+        slot_size: 8 << 10,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(bad_stack) = stack_with(RdmaConfig {
+        misbehave,
+        send_depth: 64,
+        slot_size: 8 << 10,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(good_stack) = stack() else { return };
+    let srv_d = Arc::new(Checker::default());
+    let server = messenger("server", &srv_stack, srv_d.clone(), true);
+    let addr = server.addr().expect("bound");
+    let bad = messenger("bad", &bad_stack, Arc::new(Checker::default()), false);
+    let good = messenger("good", &good_stack, Arc::new(Checker::default()), false);
+    let bad_conn = bad.connect(addr).expect("connect");
+    let good_conn = good.connect(addr).expect("connect");
+    // The bad client streams enough to overrun any window; failures only queue, never panic.
+    for i in 0..400u64 {
+        let _ = bad_conn.send(Message::new(1, payload(1, i, 16 << 10)));
+    }
+    const N: u64 = 2000;
+    for i in 0..N {
+        send_retry(&good_conn, Message::new(1, payload(0, i, 500)));
+    }
+    let detector = if detector_is_server {
+        &srv_stack
+    } else {
+        &bad_stack
+    };
+    assert!(
+        wait_until(T, || detector.stats().last_failure.lock().is_some()),
+        "the bad peer was never detected"
+    );
+    let why = detector
+        .stats()
+        .last_failure
+        .lock()
+        .clone()
+        .unwrap_or_default();
+    eprintln!("bad peer ({misbehave:?}): torn down with \"{why}\"");
+    assert!(why.contains(want), "unexpected reason: {why}");
+    let good_done = || srv_d.next.lock().get(&0).copied() == Some(N);
+    assert!(wait_until(T, good_done), "the good connection stalled");
+    srv_d.assert_clean();
+    assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
+    drop(bad_conn);
+    drop(good_conn);
+    for m in [&bad, &good, &server] {
+        m.shutdown();
+    }
+    drop((bad, good, server));
+    for s in [&srv_stack, &bad_stack, &good_stack] {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq"]);
+}
+
+#[test]
+fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue() {
+    // The receiver has no buffer posted: RNR, and with rnr_retry 0 the overrunning sender's
+    // connection fails at once instead of retrying forever.
+    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false);
+}
+
+#[test]
+fn rdma_bad_immediate_is_torn_down_and_others_continue() {
+    bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true);
+}
+
+#[test]
+fn rdma_sockets_handed_to_another_worker_deliver_everything() {
+    // Two server workers: accepted sockets go to the least-loaded worker (`Adopt`), so some
+    // QPs are created on one thread and driven from another.
+    let Some(srv_stack) = stack() else { return };
+    let d = Arc::new(Checker::default());
+    let server = messenger_cfg(
+        "server",
+        &srv_stack,
+        d.clone(),
+        true,
+        Config {
+            workers: 2,
+            ..config()
+        },
+    );
+    let addr = server.addr().expect("bound");
+    let mut clients = Vec::new();
+    for i in 0..4 {
+        let Some(st) = stack() else { return };
+        let m = messenger(
+            &format!("client{i}"),
+            &st,
+            Arc::new(Checker::default()),
+            false,
+        );
+        let c = m.connect(addr).expect("connect");
+        clients.push((st, m, c));
+    }
+    const N: u64 = 1500;
+    for i in 0..N {
+        for (s, (_, _, c)) in clients.iter().enumerate() {
+            send_retry(
+                c,
+                Message::new(1, payload(s as u32, i, 200 + (i % 700) as usize)),
+            );
+        }
+    }
+    let total = N * clients.len() as u64;
+    assert!(
+        wait_until(T, || d.count() == total),
+        "got {} of {total}",
+        d.count()
+    );
+    d.assert_clean();
+    let loads = server.worker_loads();
+    eprintln!("server worker loads: {loads:?}");
+    assert!(
+        loads.iter().all(|l| *l >= 1),
+        "connections on both workers: {loads:?}"
+    );
+    assert_eq!(srv_stack.stats().failures.load(Ordering::Relaxed), 0);
+    for (_, m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop(server);
+    let stacks: Vec<RdmaStack> = clients.into_iter().map(|(st, _, _)| st).collect();
+    for s in stacks.iter().chain([&srv_stack]) {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq"]);
+}
