@@ -1,0 +1,294 @@
+//! The stream and ping-pong harness shared by every `dataplane-*` system: the same
+//! messengers, dispatchers and clocks, with only the stack swapped (POSIX over loopback, DPDK
+//! over memif, RDMA verbs), so their rows compare like with like.
+//!
+//! Stream rows are measured at the receiver: the clock stops when the server has received
+//! every message sent during the measured interval. Payloads are one shared `Buf`, so each
+//! send is a refcount bump: the library's zero-copy path, as a user would use it. Ping-pong
+//! runs on the client's worker thread (fast dispatch): each pong's round trip is recorded and
+//! the next ping sent at once, the way a latency-sensitive application uses the messenger.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Result};
+use dataplane::{Buf, Connection, Dispatcher, Message, Messenger, Policy};
+
+use crate::measure::{LatencyRecorder, Throughput};
+use crate::row::Row;
+use crate::systems::warmup;
+
+/// Messages per `send_batch` in stream rows (fewer for large messages, see [`batch_len`]).
+const BATCH: usize = 256;
+/// Payload bytes per batch at most: a batch is reserved whole against the queue limit.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Messages per batch for `size`-byte messages.
+fn batch_len(size: usize) -> usize {
+    (BATCH_BYTES / size.max(1)).clamp(1, BATCH)
+}
+
+/// What a `dataplane-*` system brings to the harness: its messengers and where they meet.
+pub trait Backend {
+    /// System name of the rows.
+    fn name(&self) -> &'static str;
+    /// A started messenger on this backend's stack; `server` says which end it is.
+    fn messenger(
+        &self,
+        name: &str,
+        server: bool,
+        workers: u32,
+        d: Arc<dyn Dispatcher>,
+    ) -> Result<Messenger>;
+    /// Where the server binds (port 0: any).
+    fn bind_addr(&self) -> Result<SocketAddr>;
+    /// Sender threads at most in stream rows.
+    fn max_senders(&self) -> usize {
+        2
+    }
+    /// Worker count the rows really use, when the backend fixes it.
+    fn workers(&self, asked: u32) -> u32 {
+        asked
+    }
+    /// Called when a stream row's clock starts; the closure, given the row's elapsed time
+    /// when it stops, returns a note for the row (e.g. frames per second through a port).
+    fn stream_probe(&self) -> Box<dyn FnOnce(Duration) -> Option<String>> {
+        Box::new(|_| None)
+    }
+    /// A note for ping-pong rows.
+    fn pingpong_note(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Counts what arrives; echoes when asked to.
+pub struct Sink {
+    /// Messages received.
+    pub msgs: AtomicU64,
+    /// Payload bytes received.
+    pub bytes: AtomicU64,
+    echo: bool,
+}
+
+impl Dispatcher for Sink {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, m: Message) {
+        self.bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
+        if self.echo {
+            // One message in flight: the queue cannot be full.
+            let _ = conn.send(m);
+        }
+        self.msgs.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A counting (or echoing) dispatcher.
+pub fn sink(echo: bool) -> Arc<Sink> {
+    Arc::new(Sink {
+        msgs: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        echo,
+    })
+}
+
+/// Sends, waiting under backpressure (the library parks the thread until the queue drains).
+pub fn send(conn: &Connection, msg: Message) -> Result<()> {
+    conn.send_wait(msg, Duration::from_secs(60))
+        .map_err(|e| anyhow!("send failed: {e}"))
+}
+
+/// Waits until `counter` reaches `target`, at most `limit`.
+pub fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> Result<()> {
+    let end = Instant::now() + limit;
+    while counter.load(Ordering::Acquire) < target {
+        if Instant::now() > end {
+            bail!(
+                "only {} of {target} messages arrived within {limit:?}",
+                counter.load(Ordering::Acquire)
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(())
+}
+
+/// A started server on `b` and the address it listens on.
+pub fn server(
+    b: &dyn Backend,
+    workers: u32,
+    d: Arc<dyn Dispatcher>,
+) -> Result<(Messenger, SocketAddr)> {
+    let m = b.messenger("bench-server", true, workers, d)?;
+    let addr = m.bind(b.bind_addr()?)?;
+    Ok((m, addr))
+}
+
+/// One-way stream of `size`-byte messages on `connections` lossless connections.
+pub fn stream(
+    b: &dyn Backend,
+    size: usize,
+    connections: u32,
+    workers: u32,
+    duration: Duration,
+) -> Result<Row> {
+    let workers = b.workers(workers);
+    let d = sink(false);
+    let (srv, addr) = server(b, workers, d.clone())?;
+    let client = b.messenger("bench-client", false, workers, sink(false))?;
+    let conns: Vec<Connection> = (0..connections.max(1))
+        .map(|_| client.open(addr, Policy::lossless_client()))
+        .collect::<Result<_, _>>()?;
+    let payload = Buf::from_vec(vec![0xAB; size]);
+    // Warm-up: every connection handshaken and carrying traffic.
+    for c in &conns {
+        send(c, Message::new(1, payload.clone()))?;
+    }
+    wait_for(&d.msgs, conns.len() as u64, Duration::from_secs(30))?;
+    let base = d.msgs.load(Ordering::Acquire);
+    let base_bytes = d.bytes.load(Ordering::Acquire);
+    let senders = conns.len().min(b.max_senders()).max(1);
+    let per_batch = batch_len(size);
+    let probe = b.stream_probe();
+    let start = Instant::now();
+    let deadline = start + duration;
+    let sent: u64 = std::thread::scope(|s| -> Result<u64> {
+        let handles: Vec<_> = (0..senders)
+            .map(|t| {
+                let mine: Vec<&Connection> = conns.iter().skip(t).step_by(senders).collect();
+                let payload = payload.clone();
+                s.spawn(move || -> Result<u64> {
+                    // Batches of BATCH messages per connection: one queue reservation, one
+                    // ring slot and one wake-up each (tokio-framed flushes every 256 frames).
+                    let mut n = 0u64;
+                    loop {
+                        for c in &mine {
+                            let batch: Vec<Message> = (0..per_batch)
+                                .map(|_| Message::new(1, payload.clone()))
+                                .collect();
+                            c.send_batch_wait(batch, Duration::from_secs(60))
+                                .map_err(|e| anyhow!("send failed: {e}"))?;
+                            n += per_batch as u64;
+                        }
+                        if Instant::now() >= deadline {
+                            return Ok(n);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for h in handles {
+            total += h.join().map_err(|_| anyhow!("sender panicked"))??;
+        }
+        Ok(total)
+    })?;
+    wait_for(&d.msgs, base + sent, Duration::from_secs(120))?;
+    let elapsed = start.elapsed();
+    let mut row = Row::new(b.name(), "stream", size, connections);
+    row.workers = Some(workers);
+    Throughput {
+        messages: sent,
+        bytes: d.bytes.load(Ordering::Acquire) - base_bytes,
+        elapsed,
+    }
+    .fill(&mut row);
+    row.note = probe(elapsed);
+    drop(conns);
+    client.shutdown();
+    srv.shutdown();
+    Ok(row)
+}
+
+/// Client side of the ping-pong: records the round trip of each pong on the client's
+/// worker thread and sends the next ping at once.
+struct Pinger {
+    payload: Buf,
+    state: Mutex<PingState>,
+    done: AtomicU64,
+}
+
+struct PingState {
+    sent_at: Instant,
+    warm_until: Instant,
+    start: Instant,
+    deadline: Instant,
+    duration: Duration,
+    recorder: LatencyRecorder,
+    error: Option<String>,
+}
+
+impl Dispatcher for Pinger {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, _m: Message) {
+        let now = Instant::now();
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        if now < st.warm_until {
+            // still warming up
+        } else if st.start < st.warm_until {
+            st.start = now;
+            st.deadline = now + st.duration;
+        } else {
+            let rtt = now - st.sent_at;
+            st.recorder.record(rtt);
+        }
+        if now >= st.deadline && st.start >= st.warm_until {
+            self.done.store(1, Ordering::Release);
+            return;
+        }
+        st.sent_at = Instant::now();
+        if let Err(e) = conn.send(Message::new(1, self.payload.clone())) {
+            st.error = Some(e.to_string());
+            self.done.store(1, Ordering::Release);
+        }
+    }
+}
+
+/// Ping-pong of `size`-byte messages on one lossless connection; full round trip measured on
+/// the client's worker thread.
+pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row> {
+    let (srv, addr) = server(b, 1, sink(true))?;
+    let now = Instant::now();
+    let pinger = Arc::new(Pinger {
+        payload: Buf::from_vec(vec![0x5A; size]),
+        state: Mutex::new(PingState {
+            sent_at: now,
+            warm_until: now + warmup(duration),
+            start: now,
+            deadline: now + warmup(duration) + duration,
+            duration,
+            recorder: LatencyRecorder::new()?,
+            error: None,
+        }),
+        done: AtomicU64::new(0),
+    });
+    let client = b.messenger("bench-client", false, 1, pinger.clone())?;
+    let conn = client.connect(addr)?;
+    send(&conn, Message::new(1, pinger.payload.clone()))?;
+    wait_for(&pinger.done, 1, duration + Duration::from_secs(30))?;
+    let st = pinger
+        .state
+        .lock()
+        .map_err(|_| anyhow!("ping-pong state poisoned"))?;
+    if let Some(e) = &st.error {
+        bail!("ping-pong send failed: {e}");
+    }
+    let elapsed = st.deadline.saturating_duration_since(st.start);
+    let mut row = Row::new(b.name(), "pingpong", size, 1);
+    row.workers = Some(1);
+    row.msgs_per_sec = Some(st.recorder.len() as f64 / elapsed.as_secs_f64());
+    row.duration_secs = Some(elapsed.as_secs_f64());
+    st.recorder.fill(&mut row);
+    row.note = b.pingpong_note();
+    drop(st);
+    client.shutdown();
+    srv.shutdown();
+    Ok(row)
+}
