@@ -6,7 +6,7 @@
 //! # How a connection works
 //!
 //! - **Set-up over a TCP side channel** (Ceph's way, not rdmacm): the connecting end opens a
-//!   TCP connection to the listener's address; both ends send a [`wire`] hello with QP number,
+//!   TCP connection to the listener's address; both ends send a `wire` hello with QP number,
 //!   GID, PSN, MTU, receive credits and receive-buffer size, move their QP to RTR and RTS and
 //!   send `READY`. The messenger's own hello, authentication and session frames then flow over
 //!   the RDMA socket exactly as over TCP. The TCP connection stays open: it carries credit
