@@ -128,15 +128,10 @@ impl Tx for DpSpscTx {
     }
 }
 
-struct DpSpscRx(dataplane::ring::spsc::Consumer<Command>, Vec<Command>);
+struct DpSpscRx(dataplane::ring::spsc::Consumer<Command>);
 impl Rx for DpSpscRx {
     fn drain(&mut self, max: usize, sum: &mut u64) -> usize {
-        self.1.clear();
-        let n = self.0.pop_batch(&mut self.1, max);
-        for c in &self.1 {
-            *sum = sum.wrapping_add(c.seq());
-        }
-        n
+        self.0.pop_each(max, |c| *sum = sum.wrapping_add(c.seq()))
     }
 }
 
@@ -394,10 +389,7 @@ pub fn run(kind: RingKind, mpsc: bool, producers: u32, duration: Duration) -> Re
                 (txs, Box::new(DpMpscRx(rx, Vec::with_capacity(BATCH))))
             } else {
                 let (tx, rx) = dataplane::ring::spsc::channel::<Command>(CAPACITY);
-                (
-                    vec![Box::new(DpSpscTx(tx))],
-                    Box::new(DpSpscRx(rx, Vec::with_capacity(BATCH))),
-                )
+                (vec![Box::new(DpSpscTx(tx))], Box::new(DpSpscRx(rx)))
             };
             harness(txs, rx, Some((bell, slot)), duration)?
         }

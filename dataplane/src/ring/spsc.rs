@@ -307,6 +307,52 @@ impl<T> Consumer<T> {
         n
     }
 
+    /// Pops up to `max` items, handing each to `f` in FIFO order, and frees their slots with a
+    /// single store: [`pop_batch`](Consumer::pop_batch) without the intermediate `Vec` (each
+    /// item is moved once, out of its slot into `f`). Returns how many were popped. If `f`
+    /// panics, the items already handed over stay popped and the rest stay in the ring.
+    #[inline]
+    pub fn pop_each(&mut self, max: usize, mut f: impl FnMut(T)) -> usize {
+        let mut avail = self.cached_tail.wrapping_sub(self.head);
+        if avail < max {
+            self.cached_tail = self.shared.tail.load(Ordering::Acquire);
+            avail = self.cached_tail.wrapping_sub(self.head);
+        }
+        let n = avail.min(max);
+        if n == 0 {
+            return 0;
+        }
+        /// Publishes the consumer's progress when dropped, also while unwinding from `f`, so
+        /// a moved-out slot is never read or dropped again.
+        struct Publish<'a, T> {
+            shared: &'a Shared<T>,
+            head: &'a mut usize,
+        }
+        impl<T> Drop for Publish<'_, T> {
+            fn drop(&mut self) {
+                self.shared.head.store(*self.head, Ordering::Release);
+            }
+        }
+        let mask = self.mask;
+        let progress = Publish {
+            shared: &self.shared,
+            head: &mut self.head,
+        };
+        for _ in 0..n {
+            let at = *progress.head;
+            // SAFETY: as in `pop`, for each of the `n <= tail - head` published slots; the
+            // head moves past the slot before `f` runs, so it is read exactly once.
+            let v = progress
+                .shared
+                .slot(at, mask)
+                .with(|p| unsafe { p.read().assume_init() });
+            *progress.head = at.wrapping_add(1);
+            f(v);
+        }
+        drop(progress);
+        n
+    }
+
     /// How many items are in the ring right now (a lower bound once this returns: the producer
     /// may push more concurrently).
     #[inline]

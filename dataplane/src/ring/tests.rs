@@ -743,3 +743,45 @@ fn stress_doorbell_spsc_no_stranded_items() {
     println!("{total} items, {parks} sleeps, {} wake-ups", bell.wakeups());
     assert!(parks > 0, "the test never exercised parking");
 }
+
+#[test]
+fn spsc_pop_each_is_fifo_and_partial() {
+    let (mut tx, mut rx) = spsc::channel::<u32>(8);
+    for i in 0..6 {
+        tx.push(i).unwrap();
+    }
+    let mut got = Vec::new();
+    assert_eq!(rx.pop_each(4, |v| got.push(v)), 4);
+    assert_eq!(got, [0, 1, 2, 3]);
+    // The freed slots are visible to the producer at once (one store for the batch).
+    for i in 6..12 {
+        tx.push(i).unwrap();
+    }
+    assert!(tx.push(99).is_err());
+    assert_eq!(rx.pop_each(100, |v| got.push(v)), 8);
+    assert_eq!(got, (0..12).collect::<Vec<_>>());
+    assert_eq!(rx.pop_each(100, |_| unreachable!()), 0);
+}
+
+#[test]
+fn spsc_pop_each_panicking_callback_drops_each_item_once() {
+    let (drops, mut make) = tracked(6);
+    let (mut tx, mut rx) = spsc::channel(8);
+    for id in 0..6 {
+        tx.push(make(id)).unwrap();
+    }
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rx.pop_each(6, |t| {
+            if t.id == 2 {
+                panic!("callback fails on item 2");
+            }
+        })
+    }));
+    assert!(r.is_err());
+    // Items 0..=2 were handed over (and dropped by the callback or the unwind); 3..6 remain.
+    assert_eq!(rx.len(), 3);
+    assert_eq!(rx.pop().map(|t| t.id), Some(3));
+    drop(tx);
+    drop(rx);
+    assert_each_dropped_once(&drops);
+}
