@@ -31,7 +31,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 unsafe fn small_sse42(crc: u32, data: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut c = u64::from(!crc);
     let mut chunks = data.chunks_exact(8);
     for ch in &mut chunks {
@@ -40,7 +40,13 @@ unsafe fn small_sse42(crc: u32, data: &[u8]) -> u32 {
         c = _mm_crc32_u64(c, u64::from_le_bytes(w));
     }
     let mut c = c as u32;
-    for b in chunks.remainder() {
+    let mut rest = chunks.remainder();
+    // At most 7 bytes left: one 4-byte step, then single bytes.
+    if let Some((w, tail)) = rest.split_first_chunk::<4>() {
+        c = _mm_crc32_u32(c, u32::from_le_bytes(*w));
+        rest = tail;
+    }
+    for b in rest {
         c = _mm_crc32_u8(c, *b);
     }
     !c

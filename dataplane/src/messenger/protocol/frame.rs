@@ -6,7 +6,8 @@ use std::io::IoSlice;
 
 use crate::buf::Buf;
 use crate::secure::Sealer;
-use crate::wire::{self, FrameHead, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
+use crate::wire::{self, FrameHead, Preamble, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
+use zerocopy::IntoBytes;
 
 /// Payloads up to this size are copied into the staging buffer next to their preamble
 /// instead of being sent by reference.
@@ -138,48 +139,52 @@ impl TxFrame {
         }
     }
 
+    /// Plain mode: preamble, front, the payload when it is small (else it is sent by
+    /// reference), then the crc epilogue. Everything is written straight into `stage` after
+    /// one reservation, and the payload crc is computed in the same pass that copies it.
     fn encode_plain(
         stage: &mut Vec<u8>,
         mut head: FrameHead,
         front: &[u8],
         kind: TxKind,
     ) -> TxFrame {
-        let data = match &kind {
-            TxKind::Message { msg, .. } => Some(&msg.payload),
-            TxKind::Control => None,
+        let payload: &[Buf] = match &kind {
+            TxKind::Message { msg, .. } => msg.payload.bufs(),
+            TxKind::Control => &[],
         };
-        let data_len = data.map_or(0, |d| d.len());
+        let data_len: usize = match &kind {
+            TxKind::Message { msg, .. } => msg.payload.len(),
+            TxKind::Control => 0,
+        };
         // Lengths were bounded by the sender (message size limit, small control bodies).
         head.front_len = front.len() as u32;
         head.data_len = data_len as u32;
-        let stage_off = stage.len();
-        stage.extend_from_slice(&wire::encode_preamble(&head));
-        stage.extend_from_slice(front);
-        let has_epilogue = front.len() + data_len > 0;
-        let crc = has_epilogue.then(|| {
-            let parts = std::iter::once(front).chain(
-                data.into_iter()
-                    .flat_map(|d| d.iter().map(|b| b.as_slice())),
-            );
-            wire::payload_crc(parts)
-        });
         let external = data_len > INLINE_MAX;
-        if !external {
-            if let Some(d) = data {
-                for b in d.iter() {
-                    stage.extend_from_slice(b);
-                }
+        let has_epilogue = front.len() + data_len > 0;
+        let epilogue_len = if has_epilogue { EPILOGUE_LEN } else { 0 };
+        let len = PREAMBLE_LEN + front.len() + data_len + epilogue_len;
+        let stage_off = stage.len();
+        stage.reserve(if external { len - data_len } else { len });
+        stage.extend_from_slice(Preamble::new(&head).as_bytes());
+        let mut crc = 0;
+        if !front.is_empty() {
+            stage.extend_from_slice(front);
+            crc = wire::crc32c_append(crc, front);
+        }
+        for b in payload {
+            crc = wire::crc32c_append(crc, b);
+            if !external {
+                stage.extend_from_slice(b);
             }
         }
         let head_len = stage.len() - stage_off;
-        if let Some(c) = crc {
-            stage.extend_from_slice(&wire::encode_epilogue(c));
+        if has_epilogue {
+            stage.extend_from_slice(&wire::encode_epilogue(crc));
         }
-        let staged = stage.len() - stage_off;
         let (head_len, tail_len) = if external {
-            (head_len, staged - head_len)
+            (head_len, epilogue_len)
         } else {
-            (staged, 0)
+            (head_len + epilogue_len, 0)
         };
         TxFrame {
             stage_off,
@@ -187,10 +192,7 @@ impl TxFrame {
             tail_len,
             external,
             kind,
-            len: PREAMBLE_LEN
-                + front.len()
-                + data_len
-                + if has_epilogue { EPILOGUE_LEN } else { 0 },
+            len,
         }
     }
 
