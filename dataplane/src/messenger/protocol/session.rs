@@ -295,6 +295,10 @@ pub struct Session {
     last_rx: Instant,
     last_tx: Instant,
     events: VecDeque<SessionEvent>,
+    /// `Message` and `Established` events in `events`: while there are none, a message
+    /// received in order can be handed straight to the driver (see [`Session::receive`])
+    /// without passing anything whose order matters.
+    ordered_events: usize,
 }
 
 impl Session {
@@ -332,6 +336,7 @@ impl Session {
             last_rx: now,
             last_tx: now,
             events: VecDeque::new(),
+            ordered_events: 0,
         }
     }
 
@@ -387,7 +392,20 @@ impl Session {
 
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        if matches!(
+            ev,
+            SessionEvent::Message(_) | SessionEvent::Established { .. }
+        ) {
+            self.ordered_events -= 1;
+        }
+        Some(ev)
+    }
+
+    /// Queues an event whose order relative to messages matters.
+    fn push_ordered(&mut self, ev: SessionEvent) {
+        self.ordered_events += 1;
+        self.events.push_back(ev);
     }
 
     /// Queues an application message. On a closed session it is released as dropped at once.
@@ -641,7 +659,7 @@ impl Session {
         self.last_rx = now;
         self.hello_deadline = None;
         if let Some(peer) = self.peer.clone() {
-            self.events.push_back(SessionEvent::Established {
+            self.push_ordered(SessionEvent::Established {
                 peer,
                 remote_reset,
                 reconnect,
@@ -699,14 +717,26 @@ impl Session {
         }
     }
 
-    /// Feeds one received frame.
+    /// Feeds one received frame. A message it completes becomes a
+    /// [`SessionEvent::Message`].
     pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
+        if let Some(m) = self.receive(f, now)? {
+            self.push_ordered(SessionEvent::Message(m));
+        }
+        Ok(())
+    }
+
+    /// As [`Session::handle_frame`], but a message received in order with no message or
+    /// handshake event waiting before it is returned instead of queued as an event: the
+    /// driver delivers it at once, saving the event queue's round trip. Messages behind
+    /// pending events are queued, so events still come out in order.
+    pub fn receive(&mut self, f: Frame, now: Instant) -> Result<Option<Message>, Fault> {
         self.last_rx = now;
         if self.state == SessionState::Closed {
             // We are closing (our close frame may still be on its way out): what the peer
             // sent meanwhile no longer matters, and treating it as a protocol error would cut
             // the socket before the peer is told.
-            return Ok(());
+            return Ok(None);
         }
         let ack = f.ack();
         match (f.tag, self.state) {
@@ -727,14 +757,24 @@ impl Session {
                         self.ack_deadline = Some(now + self.cfg.ack_delay);
                     }
                     // The payload moves into the message: no reference-count traffic.
-                    self.events
-                        .push_back(SessionEvent::Message(Message::received(
-                            f.msg_type, f.priority, f.data,
-                        )));
+                    let m = Message::received(f.msg_type, f.priority, f.data);
+                    let direct = if self.ordered_events == 0 {
+                        Some(m)
+                    } else {
+                        self.push_ordered(SessionEvent::Message(m));
+                        None
+                    };
                     if let Some(ack) = ack {
-                        self.handle_ack(ack)?;
+                        if let Err(e) = self.handle_ack(ack) {
+                            // The message was accepted (counted in `in_seq`): it must still
+                            // reach the driver, which polls events before handling the fault.
+                            if let Some(m) = direct {
+                                self.push_ordered(SessionEvent::Message(m));
+                            }
+                            return Err(e);
+                        }
                     }
-                    return Ok(());
+                    return Ok(direct);
                 }
             }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
@@ -758,7 +798,7 @@ impl Session {
         if let Some(ack) = ack {
             self.handle_ack(ack)?;
         }
-        Ok(())
+        Ok(None)
     }
 
     fn handle_hello_reply(&mut self, f: &Frame, now: Instant) -> Result<(), Fault> {
@@ -801,7 +841,7 @@ impl Session {
         self.state = SessionState::Open;
         self.hello_deadline = None;
         self.last_rx = now;
-        self.events.push_back(SessionEvent::Established {
+        self.push_ordered(SessionEvent::Established {
             peer,
             remote_reset,
             reconnect,
