@@ -285,8 +285,13 @@ pub struct Session {
     /// Staged bytes of the frames in `tx` (see `TxFrame`); cleared whenever `tx` empties.
     stage: Vec<u8>,
     tx_off: usize,
-    /// Lossless: written, waiting for the peer's ack.
-    sent: VecDeque<(u64, Message)>,
+    /// Framed messages in sequence order (consecutive numbers): the first `flight_written`
+    /// were written and (lossless) wait for the peer's ack; the rest have frames in `tx`.
+    /// Frames refer to their message here, so nothing moves when a frame is written.
+    flight: VecDeque<(u64, Message)>,
+    /// Leading entries of `flight` that were written (always 0 on lossy sessions, which
+    /// release messages once written).
+    flight_written: usize,
     out_seq: u64,
     in_seq: u64,
     acked_in_seq: u64,
@@ -327,7 +332,8 @@ impl Session {
             tx: VecDeque::new(),
             stage: Vec::new(),
             tx_off: 0,
-            sent: VecDeque::new(),
+            flight: VecDeque::new(),
+            flight_written: 0,
             out_seq: 0,
             in_seq: 0,
             acked_in_seq: 0,
@@ -372,7 +378,7 @@ impl Session {
 
     /// Messages queued, in flight or unacknowledged.
     pub fn backlog(&self) -> usize {
-        self.out.len() + self.resend.len() + self.tx.len() + self.sent.len()
+        self.out.len() + self.resend.len() + self.flight.len()
     }
 
     /// Secure mode, client: the opener agreed in the handshake frame just handled. The
@@ -455,13 +461,12 @@ impl Session {
             &mut self.stage,
             head,
             &[],
-            TxKind::Message {
-                seq: self.out_seq,
-                msg,
-            },
+            TxKind::Message { seq: self.out_seq },
+            msg.payload.bufs(),
             self.sealer.as_mut(),
         );
         self.tx.push_back(f);
+        self.flight.push_back((self.out_seq, msg));
     }
 
     /// Client: the transport is connected; sends our hello.
@@ -533,6 +538,7 @@ impl Session {
             head,
             front,
             TxKind::Control,
+            &[],
             self.sealer.as_mut(),
         );
         self.tx.push_back(f);
@@ -546,9 +552,10 @@ impl Session {
         self.push_frame(Tag::Close, 0, &body);
     }
 
-    /// Forgets every frame waiting for the socket.
+    /// Forgets every frame waiting for the socket (and the messages they carried).
     fn clear_tx(&mut self) {
         self.tx.clear();
+        self.flight.truncate(self.flight_written);
         self.stage.clear();
         self.tx_off = 0;
     }
@@ -616,7 +623,7 @@ impl Session {
                 tag: Tag::HelloReply as u8,
                 ..FrameHead::default()
             };
-            TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
+            TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
         }
         let body = wire::encode_close(&wire::Close {
             code: 1,
@@ -626,7 +633,7 @@ impl Session {
             tag: Tag::Close as u8,
             ..FrameHead::default()
         };
-        TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
+        TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
         stage
     }
 
@@ -896,11 +903,15 @@ impl Session {
             )));
         }
         let (mut msgs, mut bytes) = (0usize, 0usize);
-        while let Some((seq, _)) = self.sent.front() {
-            if *seq > ack {
-                break;
+        // Only written messages can have been acknowledged (a peer claiming more is only
+        // believed as far as what it can have received).
+        while self.flight_written > 0 {
+            match self.flight.front() {
+                Some((seq, _)) if *seq <= ack => {}
+                _ => break,
             }
-            if let Some((_, m)) = self.sent.pop_front() {
+            if let Some((_, m)) = self.flight.pop_front() {
+                self.flight_written -= 1;
                 msgs += 1;
                 bytes += m.len();
             }
@@ -921,16 +932,12 @@ impl Session {
     pub fn on_fault(&mut self, permanent: bool) -> SessionState {
         if self.cfg.lossy || permanent {
             let (mut msgs, mut bytes) = self.out.clear();
-            for (_, m) in self.resend.drain(..).chain(self.sent.drain(..)) {
+            for (_, m) in self.resend.drain(..).chain(self.flight.drain(..)) {
                 msgs += 1;
                 bytes += m.len();
             }
-            for f in self.tx.drain(..) {
-                if let TxKind::Message { msg, .. } = f.kind {
-                    msgs += 1;
-                    bytes += msg.len();
-                }
-            }
+            self.flight_written = 0;
+            self.tx.clear();
             self.stage.clear();
             if msgs > 0 {
                 self.events.push_back(SessionEvent::Released {
@@ -943,12 +950,11 @@ impl Session {
             self.state = SessionState::Closed;
             return self.state;
         }
-        let mut resend: VecDeque<(u64, Message)> = self.sent.drain(..).collect();
-        for f in self.tx.drain(..) {
-            if let TxKind::Message { seq, msg } = f.kind {
-                resend.push_back((seq, msg));
-            }
-        }
+        // Written or not, every message not acknowledged goes again, in order, ahead of
+        // anything left from an earlier transport.
+        let mut resend = std::mem::take(&mut self.flight);
+        self.flight_written = 0;
+        self.tx.clear();
         self.stage.clear();
         resend.append(&mut self.resend);
         self.resend = resend;
@@ -1097,8 +1103,21 @@ impl Session {
         let start = out.len();
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
+        let first_seq = self.flight.front().map_or(0, |(seq, _)| *seq);
         for f in &self.tx {
-            if !b.has_room() || !b.frame(f, skip) {
+            // A payload sent by reference is read from its message in `flight` (found by
+            // sequence number: the numbers there are consecutive).
+            let payload = match f.seq() {
+                Some(seq) if f.is_external() => {
+                    let m = usize::try_from(seq - first_seq)
+                        .ok()
+                        .and_then(|i| self.flight.get(i));
+                    debug_assert!(m.is_some_and(|(s, _)| *s == seq), "frame without message");
+                    m.map_or(&[][..], |(_, m)| m.payload.bufs())
+                }
+                _ => &[],
+            };
+            if !b.has_room() || !b.frame(f, payload, skip) {
                 break;
             }
             skip = 0;
@@ -1130,13 +1149,15 @@ impl Session {
             n -= rest;
             self.tx_off = 0;
             if let Some(f) = self.tx.pop_front() {
-                if let TxKind::Message { seq, msg } = f.kind {
+                if f.seq().is_some() {
                     written += 1;
                     if self.cfg.lossy {
-                        msgs += 1;
-                        bytes += msg.len();
+                        if let Some((_, m)) = self.flight.pop_front() {
+                            msgs += 1;
+                            bytes += m.len();
+                        }
                     } else {
-                        self.sent.push_back((seq, msg));
+                        self.flight_written += 1;
                     }
                 }
             }
