@@ -12,6 +12,9 @@ const SMALL: usize = 256;
 /// `crc32c::crc32c_append`.
 #[inline]
 pub fn crc32c_append(crc: u32, data: &[u8]) -> u32 {
+    if data.is_empty() {
+        return crc;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if data.len() < SMALL && std::is_x86_feature_detected!("sse4.2") {
@@ -31,22 +34,24 @@ pub fn crc32c(data: &[u8]) -> u32 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 unsafe fn small_sse42(crc: u32, data: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut c = u64::from(!crc);
-    let mut chunks = data.chunks_exact(8);
-    for ch in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(ch);
-        c = _mm_crc32_u64(c, u64::from_le_bytes(w));
+    let mut rest = data;
+    while let Some((w, tail)) = rest.split_first_chunk::<8>() {
+        c = _mm_crc32_u64(c, u64::from_le_bytes(*w));
+        rest = tail;
     }
+    // At most 7 bytes left: one step each of 4, 2 and 1 bytes at most.
     let mut c = c as u32;
-    let mut rest = chunks.remainder();
-    // At most 7 bytes left: one 4-byte step, then single bytes.
     if let Some((w, tail)) = rest.split_first_chunk::<4>() {
         c = _mm_crc32_u32(c, u32::from_le_bytes(*w));
         rest = tail;
     }
-    for b in rest {
+    if let Some((w, tail)) = rest.split_first_chunk::<2>() {
+        c = _mm_crc32_u16(c, u16::from_le_bytes(*w));
+        rest = tail;
+    }
+    if let Some(b) = rest.first() {
         c = _mm_crc32_u8(c, *b);
     }
     !c
