@@ -727,23 +727,31 @@ impl Session {
     /// Feeds one received frame. A message it completes becomes a
     /// [`SessionEvent::Message`].
     pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
-        if let Some(m) = self.receive(f, now)? {
+        let mut direct = None;
+        let r = self.receive(f, now, |m| direct = Some(m));
+        if let Some(m) = direct {
             self.push_ordered(SessionEvent::Message(m));
         }
-        Ok(())
+        r
     }
 
     /// As [`Session::handle_frame`], but a message received in order with no message or
-    /// handshake event waiting before it is returned instead of queued as an event: the
-    /// driver delivers it at once, saving the event queue's round trip. Messages behind
-    /// pending events are queued, so events still come out in order.
-    pub fn receive(&mut self, f: Frame, now: Instant) -> Result<Option<Message>, Fault> {
+    /// handshake event waiting before it is given to `deliver` at once instead of queued as
+    /// an event, saving the event queue's round trip. Messages behind pending events are
+    /// queued, so events still come out in order. A message given to `deliver` counts as
+    /// delivered even if the frame then turns out to carry a fault (a bogus ack).
+    pub fn receive(
+        &mut self,
+        f: Frame,
+        now: Instant,
+        deliver: impl FnOnce(Message),
+    ) -> Result<(), Fault> {
         self.last_rx = now;
         if self.state == SessionState::Closed {
             // We are closing (our close frame may still be on its way out): what the peer
             // sent meanwhile no longer matters, and treating it as a protocol error would cut
             // the socket before the peer is told.
-            return Ok(None);
+            return Ok(());
         }
         let ack = f.ack();
         match (f.tag, self.state) {
@@ -765,23 +773,15 @@ impl Session {
                     }
                     // The payload moves into the message: no reference-count traffic.
                     let m = Message::received(f.msg_type, f.priority, f.data);
-                    let direct = if self.ordered_events == 0 {
-                        Some(m)
+                    if self.ordered_events == 0 {
+                        deliver(m);
                     } else {
                         self.push_ordered(SessionEvent::Message(m));
-                        None
-                    };
-                    if let Some(ack) = ack {
-                        if let Err(e) = self.handle_ack(ack) {
-                            // The message was accepted (counted in `in_seq`): it must still
-                            // reach the driver, which polls events before handling the fault.
-                            if let Some(m) = direct {
-                                self.push_ordered(SessionEvent::Message(m));
-                            }
-                            return Err(e);
-                        }
                     }
-                    return Ok(direct);
+                    if let Some(ack) = ack {
+                        self.handle_ack(ack)?;
+                    }
+                    return Ok(());
                 }
             }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
@@ -805,7 +805,7 @@ impl Session {
         if let Some(ack) = ack {
             self.handle_ack(ack)?;
         }
-        Ok(None)
+        Ok(())
     }
 
     fn handle_hello_reply(&mut self, f: &Frame, now: Instant) -> Result<(), Fault> {

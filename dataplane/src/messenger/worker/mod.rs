@@ -530,11 +530,11 @@ impl Worker {
                     // are summed and published once per read.
                     let (mut msgs_in, mut bytes_in) = (0u64, 0u64);
                     let r = st.decoder.decode_keyed(|f| {
-                        if let Some(m) = session.receive(f, now)? {
+                        session.receive(f, now, |m| {
                             msgs_in += 1;
                             bytes_in += m.len() as u64;
                             deliver(shared, handle, m);
-                        }
+                        })?;
                         Ok(session.take_opener())
                     });
                     if msgs_in > 0 {
