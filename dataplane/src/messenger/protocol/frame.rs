@@ -107,6 +107,11 @@ impl TxFrame {
         }
     }
 
+    /// Where the frame's staged bytes start in the staging buffer.
+    pub(crate) fn stage_off(&self) -> usize {
+        self.stage_off
+    }
+
     /// True when the payload is sent by reference rather than staged.
     pub(crate) fn is_external(&self) -> bool {
         self.external

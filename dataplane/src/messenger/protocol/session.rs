@@ -282,6 +282,9 @@ pub struct Session {
     /// Lossless: messages from a failed transport, to send again first (seq kept).
     resend: VecDeque<(u64, Message)>,
     tx: VecDeque<TxFrame>,
+    /// Frames in `tx` whose payload is sent by reference. While there are none, the bytes
+    /// to write are one contiguous range of `stage`.
+    tx_external: usize,
     /// Staged bytes of the frames in `tx` (see `TxFrame`); cleared whenever `tx` empties.
     stage: Vec<u8>,
     tx_off: usize,
@@ -330,6 +333,7 @@ impl Session {
             out: OutQueue::default(),
             resend: VecDeque::new(),
             tx: VecDeque::new(),
+            tx_external: 0,
             stage: Vec::new(),
             tx_off: 0,
             flight: VecDeque::new(),
@@ -446,6 +450,7 @@ impl Session {
     }
 
     /// Frames `msg` with the next sequence number and the current ack.
+    #[inline]
     fn frame_message(&mut self, msg: Message) {
         self.out_seq += 1;
         let head = FrameHead {
@@ -465,7 +470,7 @@ impl Session {
             msg.payload.bufs(),
             self.sealer.as_mut(),
         );
-        self.tx.push_back(f);
+        self.push_tx(f);
         self.flight.push_back((self.out_seq, msg));
     }
 
@@ -541,7 +546,7 @@ impl Session {
             &[],
             self.sealer.as_mut(),
         );
-        self.tx.push_back(f);
+        self.push_tx(f);
     }
 
     fn push_close(&mut self, code: u16, reason: &str) {
@@ -552,9 +557,21 @@ impl Session {
         self.push_frame(Tag::Close, 0, &body);
     }
 
+    /// Queues a frame for the socket.
+    fn push_tx(&mut self, f: TxFrame) {
+        self.tx_external += usize::from(f.is_external());
+        self.tx.push_back(f);
+    }
+
+    /// Drops the frames in `tx` (their staged bytes stay until `stage` is cleared).
+    fn clear_tx_frames(&mut self) {
+        self.tx.clear();
+        self.tx_external = 0;
+    }
+
     /// Forgets every frame waiting for the socket (and the messages they carried).
     fn clear_tx(&mut self) {
-        self.tx.clear();
+        self.clear_tx_frames();
         self.flight.truncate(self.flight_written);
         self.stage.clear();
         self.tx_off = 0;
@@ -937,7 +954,7 @@ impl Session {
                 bytes += m.len();
             }
             self.flight_written = 0;
-            self.tx.clear();
+            self.clear_tx_frames();
             self.stage.clear();
             if msgs > 0 {
                 self.events.push_back(SessionEvent::Released {
@@ -954,7 +971,7 @@ impl Session {
         // anything left from an earlier transport.
         let mut resend = std::mem::take(&mut self.flight);
         self.flight_written = 0;
-        self.tx.clear();
+        self.clear_tx_frames();
         self.stage.clear();
         resend.append(&mut self.resend);
         self.resend = resend;
@@ -1061,9 +1078,9 @@ impl Session {
             && external < MAX_EXTERNAL
             && self.rekey_due().is_none()
         {
-            let (msg, from_resend) = if let Some((seq, m)) = self.resend.pop_front() {
+            let msg = if let Some((seq, m)) = self.resend.pop_front() {
                 debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");
-                (m, true)
+                m
             } else if let Some(q) = self.out.pop() {
                 if self.cfg.lossy
                     && !self.cfg.lossy_max_age.is_zero()
@@ -1076,11 +1093,10 @@ impl Session {
                     });
                     continue;
                 }
-                (q.msg, false)
+                q.msg
             } else {
                 break;
             };
-            let _ = from_resend;
             if msg.len() > super::frame::INLINE_MAX {
                 external += msg.payload.buf_count();
             }
@@ -1100,6 +1116,18 @@ impl Session {
     /// Fills `out` with the gather list of the framed output, at most `max_iov` slices.
     /// Returns the number of bytes those slices cover.
     pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+        if self.tx_external == 0 {
+            // Every frame is staged, back to back to the end of `stage`: one slice.
+            let Some(front) = self.tx.front() else {
+                return 0;
+            };
+            let bytes = self
+                .stage
+                .get(front.stage_off() + self.tx_off..)
+                .unwrap_or(&[]);
+            out.push(IoSlice::new(bytes));
+            return bytes.len();
+        }
         let start = out.len();
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
@@ -1149,6 +1177,7 @@ impl Session {
             n -= rest;
             self.tx_off = 0;
             if let Some(f) = self.tx.pop_front() {
+                self.tx_external -= usize::from(f.is_external());
                 if f.seq().is_some() {
                     written += 1;
                     if self.cfg.lossy {
