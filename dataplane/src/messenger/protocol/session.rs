@@ -912,13 +912,29 @@ impl Session {
         Ok(())
     }
 
+    /// Every message frame carries an ack, which usually releases nothing new: that case
+    /// is checked inline, the rest is in [`Session::release_acked`].
+    #[inline]
     fn handle_ack(&mut self, ack: u64) -> Result<(), Fault> {
         if ack > self.out_seq {
-            return Err(Fault::Protocol(format!(
-                "peer acknowledged seq {ack} but only {} were sent",
-                self.out_seq
-            )));
+            return Err(self.bogus_ack(ack));
         }
+        if self.flight_written > 0 && self.flight.front().is_some_and(|(seq, _)| *seq <= ack) {
+            self.release_acked(ack);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn bogus_ack(&self, ack: u64) -> Fault {
+        Fault::Protocol(format!(
+            "peer acknowledged seq {ack} but only {} were sent",
+            self.out_seq
+        ))
+    }
+
+    /// Releases the written messages `ack` covers.
+    fn release_acked(&mut self, ack: u64) {
         let (mut msgs, mut bytes) = (0usize, 0usize);
         // Only written messages can have been acknowledged (a peer claiming more is only
         // believed as far as what it can have received).
@@ -940,7 +956,6 @@ impl Session {
                 dropped: false,
             });
         }
-        Ok(())
     }
 
     /// The transport failed. Lossless: everything not acknowledged is kept for resending and
