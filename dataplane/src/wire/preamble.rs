@@ -105,8 +105,11 @@ impl Preamble {
     /// crc32c over the first [`PREAMBLE_CRC_OFFSET`] bytes, i.e. what `crc` should hold.
     pub fn computed_crc(&self) -> u32 {
         let bytes = self.as_bytes();
-        let covered = bytes.get(..PREAMBLE_CRC_OFFSET).unwrap_or(bytes);
-        super::crc::crc32c(covered)
+        match bytes.first_chunk::<PREAMBLE_CRC_OFFSET>() {
+            Some(covered) => super::crc::crc32c_array(covered),
+            // Unreachable: a preamble is longer than the part its crc covers.
+            None => super::crc::crc32c(bytes),
+        }
     }
 
     /// The frame kind; errors if the tag byte is unknown.

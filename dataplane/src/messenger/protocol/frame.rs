@@ -6,7 +6,8 @@ use std::io::IoSlice;
 
 use crate::buf::Buf;
 use crate::secure::Sealer;
-use crate::wire::{self, FrameHead, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
+use crate::wire::{self, FrameHead, Preamble, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
+use zerocopy::IntoBytes;
 
 /// Payloads up to this size are copied into the staging buffer next to their preamble
 /// instead of being sent by reference.
@@ -51,14 +52,13 @@ impl Frame {
 }
 
 /// What a frame being sent stands for, so the session knows what to do once it is written.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TxKind {
-    /// A sequenced application message.
+    /// A sequenced application message. The message itself stays with the session (held
+    /// for resending on lossless connections), which finds it by `seq`.
     Message {
         /// Its sequence number.
         seq: u64,
-        /// The message, kept for resending on lossless connections.
-        msg: crate::messenger::Message,
     },
     /// A control frame (hello, ack, keepalive, close).
     Control,
@@ -74,25 +74,47 @@ pub struct TxFrame {
     head_len: usize,
     tail_len: usize,
     external: bool,
-    pub(crate) kind: TxKind,
+    kind: TxKind,
     len: usize,
 }
 
 impl TxFrame {
-    /// Encodes a frame around `front` (a control body) and the message payload of `kind`,
-    /// appending its staged bytes to `stage`. With a `sealer` (secure mode) the frame is
-    /// sealed.
+    /// Encodes a frame of `kind` around `front` (a control body) and `payload` (a message's
+    /// payload, empty for control frames), appending its staged bytes to `stage`. With a
+    /// `sealer` (secure mode) the frame is sealed.
+    ///
+    /// A payload larger than [`INLINE_MAX`] is not copied: [`IovBuilder::frame`] must then be
+    /// given the same payload.
     pub(crate) fn encode(
         stage: &mut Vec<u8>,
         head: FrameHead,
         front: &[u8],
         kind: TxKind,
+        payload: &[Buf],
         sealer: Option<&mut Sealer>,
     ) -> TxFrame {
         match sealer {
-            Some(s) => TxFrame::encode_sealed(stage, head, front, kind, s),
-            None => TxFrame::encode_plain(stage, head, front, kind),
+            Some(s) => TxFrame::encode_sealed(stage, head, front, kind, payload, s),
+            None => TxFrame::encode_plain(stage, head, front, kind, payload),
         }
+    }
+
+    /// The message sequence number, for message frames.
+    pub(crate) fn seq(&self) -> Option<u64> {
+        match self.kind {
+            TxKind::Message { seq } => Some(seq),
+            TxKind::Control => None,
+        }
+    }
+
+    /// Where the frame's staged bytes start in the staging buffer.
+    pub(crate) fn stage_off(&self) -> usize {
+        self.stage_off
+    }
+
+    /// True when the payload is sent by reference rather than staged.
+    pub(crate) fn is_external(&self) -> bool {
+        self.external
     }
 
     /// Secure mode: preamble (flagged sealed, authenticated as associated data), then the
@@ -107,22 +129,18 @@ impl TxFrame {
         mut head: FrameHead,
         front: &[u8],
         kind: TxKind,
+        payload: &[Buf],
         sealer: &mut Sealer,
     ) -> TxFrame {
-        let data_len = match &kind {
-            TxKind::Message { msg, .. } => msg.payload.len(),
-            TxKind::Control => 0,
-        };
+        let data_len: usize = payload.iter().map(Buf::len).sum();
         head.flags |= wire::FLAG_SEALED;
         head.front_len = front.len() as u32;
         head.data_len = data_len as u32;
         let stage_off = stage.len();
         stage.extend_from_slice(&wire::encode_preamble(&head));
         stage.extend_from_slice(front);
-        if let TxKind::Message { msg, .. } = &kind {
-            for b in msg.payload.iter() {
-                stage.extend_from_slice(b);
-            }
+        for b in payload {
+            stage.extend_from_slice(b);
         }
         let (aad, payload) = stage[stage_off..].split_at_mut(PREAMBLE_LEN);
         let tag = sealer.seal(aad, payload);
@@ -138,48 +156,46 @@ impl TxFrame {
         }
     }
 
+    /// Plain mode: preamble, front, the payload when it is small (else it is sent by
+    /// reference), then the crc epilogue. Everything is written straight into `stage` after
+    /// one reservation, and the payload crc is computed in the same pass that copies it.
     fn encode_plain(
         stage: &mut Vec<u8>,
         mut head: FrameHead,
         front: &[u8],
         kind: TxKind,
+        payload: &[Buf],
     ) -> TxFrame {
-        let data = match &kind {
-            TxKind::Message { msg, .. } => Some(&msg.payload),
-            TxKind::Control => None,
-        };
-        let data_len = data.map_or(0, |d| d.len());
+        let data_len: usize = payload.iter().map(Buf::len).sum();
         // Lengths were bounded by the sender (message size limit, small control bodies).
         head.front_len = front.len() as u32;
         head.data_len = data_len as u32;
-        let stage_off = stage.len();
-        stage.extend_from_slice(&wire::encode_preamble(&head));
-        stage.extend_from_slice(front);
-        let has_epilogue = front.len() + data_len > 0;
-        let crc = has_epilogue.then(|| {
-            let parts = std::iter::once(front).chain(
-                data.into_iter()
-                    .flat_map(|d| d.iter().map(|b| b.as_slice())),
-            );
-            wire::payload_crc(parts)
-        });
         let external = data_len > INLINE_MAX;
-        if !external {
-            if let Some(d) = data {
-                for b in d.iter() {
-                    stage.extend_from_slice(b);
-                }
+        let has_epilogue = front.len() + data_len > 0;
+        let epilogue_len = if has_epilogue { EPILOGUE_LEN } else { 0 };
+        let len = PREAMBLE_LEN + front.len() + data_len + epilogue_len;
+        let stage_off = stage.len();
+        stage.reserve(if external { len - data_len } else { len });
+        stage.extend_from_slice(Preamble::new(&head).as_bytes());
+        let mut crc = 0;
+        if !front.is_empty() {
+            stage.extend_from_slice(front);
+            crc = wire::crc32c_append(crc, front);
+        }
+        for b in payload {
+            crc = wire::crc32c_append(crc, b);
+            if !external {
+                stage.extend_from_slice(b);
             }
         }
         let head_len = stage.len() - stage_off;
-        if let Some(c) = crc {
-            stage.extend_from_slice(&wire::encode_epilogue(c));
+        if has_epilogue {
+            stage.extend_from_slice(&wire::encode_epilogue(crc));
         }
-        let staged = stage.len() - stage_off;
         let (head_len, tail_len) = if external {
-            (head_len, staged - head_len)
+            (head_len, epilogue_len)
         } else {
-            (staged, 0)
+            (head_len + epilogue_len, 0)
         };
         TxFrame {
             stage_off,
@@ -187,10 +203,7 @@ impl TxFrame {
             tail_len,
             external,
             kind,
-            len: PREAMBLE_LEN
-                + front.len()
-                + data_len
-                + if has_epilogue { EPILOGUE_LEN } else { 0 },
+            len,
         }
     }
 
@@ -269,10 +282,11 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         }
     }
 
-    /// Adds `f`, skipping its first `skip` bytes (already written). Returns false if the
+    /// Adds `f`, skipping its first `skip` bytes (already written). `payload` is the one the
+    /// frame was encoded with (only read when it is sent by reference). Returns false if the
     /// slice budget ran out part-way: the rest of the frame goes in a later `writev` (the
     /// session tracks partly written frames by byte offset).
-    pub(crate) fn frame(&mut self, f: &'a TxFrame, mut skip: usize) -> bool {
+    pub(crate) fn frame(&mut self, f: &TxFrame, payload: &'a [Buf], mut skip: usize) -> bool {
         let head = (f.stage_off, f.stage_off + f.head_len);
         if skip < f.head_len {
             if !self.stage_range(head.0 + skip, head.1) {
@@ -283,17 +297,15 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
             skip -= f.head_len;
         }
         if f.external {
-            if let TxKind::Message { msg, .. } = &f.kind {
-                for b in msg.payload.iter() {
-                    if skip >= b.len() {
-                        skip -= b.len();
-                        continue;
-                    }
-                    if !self.external(&b.as_slice()[skip..]) {
-                        return false;
-                    }
-                    skip = 0;
+            for b in payload {
+                if skip >= b.len() {
+                    skip -= b.len();
+                    continue;
                 }
+                if !self.external(&b.as_slice()[skip..]) {
+                    return false;
+                }
+                skip = 0;
             }
         }
         if f.tail_len > 0 && skip < f.tail_len {

@@ -26,6 +26,7 @@ pub struct OutQueue {
 
 impl OutQueue {
     /// Queues a message behind others of its priority.
+    #[inline]
     pub fn push(&mut self, q: Queued) {
         self.len += 1;
         self.bytes += q.msg.len();
@@ -41,6 +42,7 @@ impl OutQueue {
     }
 
     /// Takes the oldest message of the highest non-empty priority.
+    #[inline]
     pub fn pop(&mut self) -> Option<Queued> {
         let q = self.classes.iter_mut().find_map(|(_, c)| c.pop_front())?;
         self.len -= 1;

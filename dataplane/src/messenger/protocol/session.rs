@@ -282,11 +282,19 @@ pub struct Session {
     /// Lossless: messages from a failed transport, to send again first (seq kept).
     resend: VecDeque<(u64, Message)>,
     tx: VecDeque<TxFrame>,
+    /// Frames in `tx` whose payload is sent by reference. While there are none, the bytes
+    /// to write are one contiguous range of `stage`.
+    tx_external: usize,
     /// Staged bytes of the frames in `tx` (see `TxFrame`); cleared whenever `tx` empties.
     stage: Vec<u8>,
     tx_off: usize,
-    /// Lossless: written, waiting for the peer's ack.
-    sent: VecDeque<(u64, Message)>,
+    /// Framed messages in sequence order (consecutive numbers): the first `flight_written`
+    /// were written and (lossless) wait for the peer's ack; the rest have frames in `tx`.
+    /// Frames refer to their message here, so nothing moves when a frame is written.
+    flight: VecDeque<(u64, Message)>,
+    /// Leading entries of `flight` that were written (always 0 on lossy sessions, which
+    /// release messages once written).
+    flight_written: usize,
     out_seq: u64,
     in_seq: u64,
     acked_in_seq: u64,
@@ -295,6 +303,10 @@ pub struct Session {
     last_rx: Instant,
     last_tx: Instant,
     events: VecDeque<SessionEvent>,
+    /// `Message` and `Established` events in `events`: while there are none, a message
+    /// received in order can be handed straight to the driver (see [`Session::receive`])
+    /// without passing anything whose order matters.
+    ordered_events: usize,
 }
 
 impl Session {
@@ -321,9 +333,11 @@ impl Session {
             out: OutQueue::default(),
             resend: VecDeque::new(),
             tx: VecDeque::new(),
+            tx_external: 0,
             stage: Vec::new(),
             tx_off: 0,
-            sent: VecDeque::new(),
+            flight: VecDeque::new(),
+            flight_written: 0,
             out_seq: 0,
             in_seq: 0,
             acked_in_seq: 0,
@@ -332,6 +346,7 @@ impl Session {
             last_rx: now,
             last_tx: now,
             events: VecDeque::new(),
+            ordered_events: 0,
         }
     }
 
@@ -367,7 +382,7 @@ impl Session {
 
     /// Messages queued, in flight or unacknowledged.
     pub fn backlog(&self) -> usize {
-        self.out.len() + self.resend.len() + self.tx.len() + self.sent.len()
+        self.out.len() + self.resend.len() + self.flight.len()
     }
 
     /// Secure mode, client: the opener agreed in the handshake frame just handled. The
@@ -387,7 +402,20 @@ impl Session {
 
     /// Next event for the driver.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        if matches!(
+            ev,
+            SessionEvent::Message(_) | SessionEvent::Established { .. }
+        ) {
+            self.ordered_events -= 1;
+        }
+        Some(ev)
+    }
+
+    /// Queues an event whose order relative to messages matters.
+    fn push_ordered(&mut self, ev: SessionEvent) {
+        self.ordered_events += 1;
+        self.events.push_back(ev);
     }
 
     /// Queues an application message. On a closed session it is released as dropped at once.
@@ -422,6 +450,7 @@ impl Session {
     }
 
     /// Frames `msg` with the next sequence number and the current ack.
+    #[inline]
     fn frame_message(&mut self, msg: Message) {
         self.out_seq += 1;
         let head = FrameHead {
@@ -437,13 +466,12 @@ impl Session {
             &mut self.stage,
             head,
             &[],
-            TxKind::Message {
-                seq: self.out_seq,
-                msg,
-            },
+            TxKind::Message { seq: self.out_seq },
+            msg.payload.bufs(),
             self.sealer.as_mut(),
         );
-        self.tx.push_back(f);
+        self.push_tx(f);
+        self.flight.push_back((self.out_seq, msg));
     }
 
     /// Client: the transport is connected; sends our hello.
@@ -515,9 +543,10 @@ impl Session {
             head,
             front,
             TxKind::Control,
+            &[],
             self.sealer.as_mut(),
         );
-        self.tx.push_back(f);
+        self.push_tx(f);
     }
 
     fn push_close(&mut self, code: u16, reason: &str) {
@@ -528,9 +557,22 @@ impl Session {
         self.push_frame(Tag::Close, 0, &body);
     }
 
-    /// Forgets every frame waiting for the socket.
-    fn clear_tx(&mut self) {
+    /// Queues a frame for the socket.
+    fn push_tx(&mut self, f: TxFrame) {
+        self.tx_external += usize::from(f.is_external());
+        self.tx.push_back(f);
+    }
+
+    /// Drops the frames in `tx` (their staged bytes stay until `stage` is cleared).
+    fn clear_tx_frames(&mut self) {
         self.tx.clear();
+        self.tx_external = 0;
+    }
+
+    /// Forgets every frame waiting for the socket (and the messages they carried).
+    fn clear_tx(&mut self) {
+        self.clear_tx_frames();
+        self.flight.truncate(self.flight_written);
         self.stage.clear();
         self.tx_off = 0;
     }
@@ -598,7 +640,7 @@ impl Session {
                 tag: Tag::HelloReply as u8,
                 ..FrameHead::default()
             };
-            TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
+            TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
         }
         let body = wire::encode_close(&wire::Close {
             code: 1,
@@ -608,7 +650,7 @@ impl Session {
             tag: Tag::Close as u8,
             ..FrameHead::default()
         };
-        TxFrame::encode(&mut stage, head, &body, TxKind::Control, None);
+        TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
         stage
     }
 
@@ -641,7 +683,7 @@ impl Session {
         self.last_rx = now;
         self.hello_deadline = None;
         if let Some(peer) = self.peer.clone() {
-            self.events.push_back(SessionEvent::Established {
+            self.push_ordered(SessionEvent::Established {
                 peer,
                 remote_reset,
                 reconnect,
@@ -699,8 +741,28 @@ impl Session {
         }
     }
 
-    /// Feeds one received frame.
+    /// Feeds one received frame. A message it completes becomes a
+    /// [`SessionEvent::Message`].
     pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
+        let mut direct = None;
+        let r = self.receive(f, now, |m| direct = Some(m));
+        if let Some(m) = direct {
+            self.push_ordered(SessionEvent::Message(m));
+        }
+        r
+    }
+
+    /// As [`Session::handle_frame`], but a message received in order with no message or
+    /// handshake event waiting before it is given to `deliver` at once instead of queued as
+    /// an event, saving the event queue's round trip. Messages behind pending events are
+    /// queued, so events still come out in order. A message given to `deliver` counts as
+    /// delivered even if the frame then turns out to carry a fault (a bogus ack).
+    pub fn receive(
+        &mut self,
+        f: Frame,
+        now: Instant,
+        deliver: impl FnOnce(Message),
+    ) -> Result<(), Fault> {
         self.last_rx = now;
         if self.state == SessionState::Closed {
             // We are closing (our close frame may still be on its way out): what the peer
@@ -727,10 +789,12 @@ impl Session {
                         self.ack_deadline = Some(now + self.cfg.ack_delay);
                     }
                     // The payload moves into the message: no reference-count traffic.
-                    self.events
-                        .push_back(SessionEvent::Message(Message::received(
-                            f.msg_type, f.priority, f.data,
-                        )));
+                    let m = Message::received(f.msg_type, f.priority, f.data);
+                    if self.ordered_events == 0 {
+                        deliver(m);
+                    } else {
+                        self.push_ordered(SessionEvent::Message(m));
+                    }
                     if let Some(ack) = ack {
                         self.handle_ack(ack)?;
                     }
@@ -801,7 +865,7 @@ impl Session {
         self.state = SessionState::Open;
         self.hello_deadline = None;
         self.last_rx = now;
-        self.events.push_back(SessionEvent::Established {
+        self.push_ordered(SessionEvent::Established {
             peer,
             remote_reset,
             reconnect,
@@ -848,19 +912,39 @@ impl Session {
         Ok(())
     }
 
+    /// Every message frame carries an ack, which usually releases nothing new: that case
+    /// is checked inline, the rest is in [`Session::release_acked`].
+    #[inline]
     fn handle_ack(&mut self, ack: u64) -> Result<(), Fault> {
         if ack > self.out_seq {
-            return Err(Fault::Protocol(format!(
-                "peer acknowledged seq {ack} but only {} were sent",
-                self.out_seq
-            )));
+            return Err(self.bogus_ack(ack));
         }
+        if self.flight_written > 0 && self.flight.front().is_some_and(|(seq, _)| *seq <= ack) {
+            self.release_acked(ack);
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn bogus_ack(&self, ack: u64) -> Fault {
+        Fault::Protocol(format!(
+            "peer acknowledged seq {ack} but only {} were sent",
+            self.out_seq
+        ))
+    }
+
+    /// Releases the written messages `ack` covers.
+    fn release_acked(&mut self, ack: u64) {
         let (mut msgs, mut bytes) = (0usize, 0usize);
-        while let Some((seq, _)) = self.sent.front() {
-            if *seq > ack {
-                break;
+        // Only written messages can have been acknowledged (a peer claiming more is only
+        // believed as far as what it can have received).
+        while self.flight_written > 0 {
+            match self.flight.front() {
+                Some((seq, _)) if *seq <= ack => {}
+                _ => break,
             }
-            if let Some((_, m)) = self.sent.pop_front() {
+            if let Some((_, m)) = self.flight.pop_front() {
+                self.flight_written -= 1;
                 msgs += 1;
                 bytes += m.len();
             }
@@ -872,7 +956,6 @@ impl Session {
                 dropped: false,
             });
         }
-        Ok(())
     }
 
     /// The transport failed. Lossless: everything not acknowledged is kept for resending and
@@ -881,16 +964,12 @@ impl Session {
     pub fn on_fault(&mut self, permanent: bool) -> SessionState {
         if self.cfg.lossy || permanent {
             let (mut msgs, mut bytes) = self.out.clear();
-            for (_, m) in self.resend.drain(..).chain(self.sent.drain(..)) {
+            for (_, m) in self.resend.drain(..).chain(self.flight.drain(..)) {
                 msgs += 1;
                 bytes += m.len();
             }
-            for f in self.tx.drain(..) {
-                if let TxKind::Message { msg, .. } = f.kind {
-                    msgs += 1;
-                    bytes += msg.len();
-                }
-            }
+            self.flight_written = 0;
+            self.clear_tx_frames();
             self.stage.clear();
             if msgs > 0 {
                 self.events.push_back(SessionEvent::Released {
@@ -903,12 +982,11 @@ impl Session {
             self.state = SessionState::Closed;
             return self.state;
         }
-        let mut resend: VecDeque<(u64, Message)> = self.sent.drain(..).collect();
-        for f in self.tx.drain(..) {
-            if let TxKind::Message { seq, msg } = f.kind {
-                resend.push_back((seq, msg));
-            }
-        }
+        // Written or not, every message not acknowledged goes again, in order, ahead of
+        // anything left from an earlier transport.
+        let mut resend = std::mem::take(&mut self.flight);
+        self.flight_written = 0;
+        self.clear_tx_frames();
         self.stage.clear();
         resend.append(&mut self.resend);
         self.resend = resend;
@@ -1015,9 +1093,9 @@ impl Session {
             && external < MAX_EXTERNAL
             && self.rekey_due().is_none()
         {
-            let (msg, from_resend) = if let Some((seq, m)) = self.resend.pop_front() {
+            let msg = if let Some((seq, m)) = self.resend.pop_front() {
                 debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");
-                (m, true)
+                m
             } else if let Some(q) = self.out.pop() {
                 if self.cfg.lossy
                     && !self.cfg.lossy_max_age.is_zero()
@@ -1030,11 +1108,10 @@ impl Session {
                     });
                     continue;
                 }
-                (q.msg, false)
+                q.msg
             } else {
                 break;
             };
-            let _ = from_resend;
             if msg.len() > super::frame::INLINE_MAX {
                 external += msg.payload.buf_count();
             }
@@ -1054,11 +1131,36 @@ impl Session {
     /// Fills `out` with the gather list of the framed output, at most `max_iov` slices.
     /// Returns the number of bytes those slices cover.
     pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+        if self.tx_external == 0 {
+            // Every frame is staged, back to back to the end of `stage`: one slice.
+            let Some(front) = self.tx.front() else {
+                return 0;
+            };
+            let bytes = self
+                .stage
+                .get(front.stage_off() + self.tx_off..)
+                .unwrap_or(&[]);
+            out.push(IoSlice::new(bytes));
+            return bytes.len();
+        }
         let start = out.len();
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
+        let first_seq = self.flight.front().map_or(0, |(seq, _)| *seq);
         for f in &self.tx {
-            if !b.has_room() || !b.frame(f, skip) {
+            // A payload sent by reference is read from its message in `flight` (found by
+            // sequence number: the numbers there are consecutive).
+            let payload = match f.seq() {
+                Some(seq) if f.is_external() => {
+                    let m = usize::try_from(seq - first_seq)
+                        .ok()
+                        .and_then(|i| self.flight.get(i));
+                    debug_assert!(m.is_some_and(|(s, _)| *s == seq), "frame without message");
+                    m.map_or(&[][..], |(_, m)| m.payload.bufs())
+                }
+                _ => &[],
+            };
+            if !b.has_room() || !b.frame(f, payload, skip) {
                 break;
             }
             skip = 0;
@@ -1090,13 +1192,16 @@ impl Session {
             n -= rest;
             self.tx_off = 0;
             if let Some(f) = self.tx.pop_front() {
-                if let TxKind::Message { seq, msg } = f.kind {
+                self.tx_external -= usize::from(f.is_external());
+                if f.seq().is_some() {
                     written += 1;
                     if self.cfg.lossy {
-                        msgs += 1;
-                        bytes += msg.len();
+                        if let Some((_, m)) = self.flight.pop_front() {
+                            msgs += 1;
+                            bytes += m.len();
+                        }
                     } else {
-                        self.sent.push_back((seq, msg));
+                        self.flight_written += 1;
                     }
                 }
             }

@@ -684,11 +684,15 @@ fn sealed_stream(sealer: &mut crate::secure::Sealer, n: usize) -> (Vec<u8>, Vec<
             ..FrameHead::default()
         };
         let msg = Message::new(3, Buf::from_vec(body.clone()));
-        let kind = frame::TxKind::Message {
-            seq: i as u64 + 1,
-            msg,
-        };
-        let f = TxFrame::encode(&mut stage, head, &[], kind, Some(sealer));
+        let kind = frame::TxKind::Message { seq: i as u64 + 1 };
+        let f = TxFrame::encode(
+            &mut stage,
+            head,
+            &[],
+            kind,
+            msg.payload.bufs(),
+            Some(sealer),
+        );
         assert_eq!(
             f.len(),
             wire::PREAMBLE_LEN + body.len() + crate::secure::TAG_LEN
@@ -701,7 +705,14 @@ fn sealed_stream(sealer: &mut crate::secure::Sealer, n: usize) -> (Vec<u8>, Vec<
         ack: 5,
         ..FrameHead::default()
     };
-    TxFrame::encode(&mut stage, head, &[], frame::TxKind::Control, Some(sealer));
+    TxFrame::encode(
+        &mut stage,
+        head,
+        &[],
+        frame::TxKind::Control,
+        &[],
+        Some(sealer),
+    );
     (stage, bodies)
 }
 
@@ -815,7 +826,8 @@ fn sealed_and_plain_frames_do_not_mix() {
         &mut stage,
         head,
         &[],
-        frame::TxKind::Message { seq: 1, msg },
+        frame::TxKind::Message { seq: 1 },
+        msg.payload.bufs(),
         None,
     );
     let mut dec = FrameDecoder::new(Limits::default());

@@ -211,6 +211,7 @@ impl Worker {
                     head,
                     &wire::encode_auth(&nonce_s, &proof),
                     TxKind::Control,
+                    &[],
                     None,
                 );
                 // A fresh socket's buffer is empty: the 108-byte challenge fits whole.

@@ -524,10 +524,23 @@ impl Worker {
                 }
                 Ok(n) => {
                     let session = &mut st.session;
+                    let (handle, shared) = (&st.handle, &*self.shared);
+                    // Messages are dispatched as they are decoded (the session hands them
+                    // over directly unless an earlier event must go first); their counters
+                    // are summed and published once per read.
+                    let (mut msgs_in, mut bytes_in) = (0u64, 0u64);
                     let r = st.decoder.decode_keyed(|f| {
-                        session.handle_frame(f, now)?;
+                        session.receive(f, now, |m| {
+                            msgs_in += 1;
+                            bytes_in += m.len() as u64;
+                            deliver(shared, handle, m);
+                        })?;
                         Ok(session.take_opener())
                     });
+                    if msgs_in > 0 {
+                        Counters::add(&shared.counters.msgs_in, msgs_in);
+                        Counters::add(&shared.counters.bytes_in, bytes_in);
+                    }
                     // Stop early only between frames: inside a large frame more bytes are
                     // on their way, and reading on saves a trip through epoll.
                     if stop_short && n < offered && st.decoder.pending() == 0 {
@@ -587,11 +600,7 @@ impl Worker {
                 SessionEvent::Message(m) => {
                     msgs_in += 1;
                     bytes_in += m.len() as u64;
-                    if shared.dispatcher.can_fast_dispatch(&m) {
-                        shared.dispatcher.fast_dispatch(&st.handle, m);
-                    } else {
-                        shared.dispatch.push(Item::Message(st.handle.clone(), m));
-                    }
+                    deliver(shared, &st.handle, m);
                 }
                 SessionEvent::Released {
                     msgs,
@@ -907,6 +916,17 @@ impl Worker {
 }
 
 /// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
+/// Hands a received message to the application: inline on the worker thread when the
+/// dispatcher takes it (fast dispatch), else through the dispatch queue.
+#[inline]
+fn deliver(shared: &Shared, handle: &Connection, m: Message) {
+    if shared.dispatcher.can_fast_dispatch(&m) {
+        shared.dispatcher.fast_dispatch(handle, m);
+    } else {
+        shared.dispatch.push(Item::Message(handle.clone(), m));
+    }
+}
+
 fn close_socket(registry: &mio::Registry, mut s: Box<dyn ConnectedSocket>) {
     let _ = s.deregister(registry);
     s.shutdown();

@@ -1,0 +1,102 @@
+//! Per-message cost of the small-message stream: sends N 64-byte messages over one lossless
+//! loopback connection in batches of 256 (one client worker, one server worker, a
+//! fast-dispatch sink that counts) and prints the rate.
+//!
+//! Meant to be run under callgrind, whose instruction counts are deterministic enough to
+//! compare changes on a noisy machine (total Ir divided by N is the per-message cost, setup
+//! included):
+//!
+//! ```text
+//! cargo build --release --example stream_cost
+//! valgrind --tool=callgrind --callgrind-out-file=/tmp/x.out \
+//!     ./target/release/examples/stream_cost 100096
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane_stack_posix::PosixStack;
+
+/// Messages per `send_batch_wait`.
+const BATCH: usize = 256;
+/// Payload size in bytes.
+const SIZE: usize = 64;
+
+/// Counts what arrives, on the worker thread.
+struct Sink {
+    msgs: AtomicU64,
+}
+
+impl Dispatcher for Sink {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, _c: &Connection, _m: Message) {
+        self.msgs.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn messenger(name: &str, sink: Arc<Sink>) -> Result<Messenger, Box<dyn std::error::Error>> {
+    let cfg = Config {
+        workers: 1,
+        hugepages: false,
+        ..Config::default()
+    };
+    let m = Messenger::builder(name)
+        .config(cfg)
+        .stack(Arc::new(PosixStack::new()))
+        .dispatcher(sink)
+        .build()?;
+    m.start()?;
+    Ok(m)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let n: usize = match std::env::args().nth(1) {
+        Some(a) => a.parse()?,
+        None => 100_096,
+    };
+    let sink = Arc::new(Sink {
+        msgs: AtomicU64::new(0),
+    });
+    let server = messenger("server", sink.clone())?;
+    let addr = server.bind("127.0.0.1:0".parse()?)?;
+    let client = messenger(
+        "client",
+        Arc::new(Sink {
+            msgs: AtomicU64::new(0),
+        }),
+    )?;
+    let conn = client.open(addr, Policy::lossless_client())?;
+    let payload = Buf::from_vec(vec![0xAB; SIZE]);
+
+    let start = Instant::now();
+    let mut sent = 0;
+    while sent < n {
+        let k = BATCH.min(n - sent);
+        let batch: Vec<Message> = (0..k).map(|_| Message::new(1, payload.clone())).collect();
+        conn.send_batch_wait(batch, Duration::from_secs(60))
+            .map_err(|e| format!("send failed: {e}"))?;
+        sent += k;
+    }
+    let end = Instant::now() + Duration::from_secs(120);
+    while sink.msgs.load(Ordering::Acquire) < n as u64 {
+        if Instant::now() > end {
+            return Err(
+                format!("only {} of {n} arrived", sink.msgs.load(Ordering::Acquire)).into(),
+            );
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "stream {SIZE} B x {n}: {:.2} M msg/s",
+        n as f64 / secs / 1e6
+    );
+    drop(conn);
+    client.shutdown();
+    server.shutdown();
+    Ok(())
+}
