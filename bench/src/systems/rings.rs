@@ -3,7 +3,8 @@
 //! All rings run in the same harness: producer threads push 64-byte commands as fast
 //! as they can (spinning, then yielding, while the ring is full); one consumer thread
 //! drains in batches of up to [`BATCH`]. Only the dataplane ring has a doorbell, and
-//! it is measured *with* its wake-up protocol: producers call `doorbell.ring()` after
+//! it is measured *with* its wake-up protocol (`Doorbell::with_membarrier`: the asymmetric
+//! variant, for consumers that spin before parking): producers call `doorbell.ring()` after
 //! every push, and the consumer polls an empty ring for [`SPIN_BEFORE_PARK`] (spinning, and
 //! yielding every [`POLLS_PER_CLOCK_CHECK`] polls) before parking
 //! through `prepare_park` / re-check / park / `unpark`. The baselines' consumer spins
@@ -379,7 +380,9 @@ pub fn run(kind: RingKind, mpsc: bool, producers: u32, duration: Duration) -> Re
     let outcome = match (kind, mpsc) {
         (RingKind::Dataplane, _) => {
             let slot = Arc::new(OnceLock::new());
-            let bell = Arc::new(Doorbell::new(Box::new(ThreadWaker(Arc::clone(&slot)))));
+            let bell = Arc::new(Doorbell::with_membarrier(Box::new(ThreadWaker(
+                Arc::clone(&slot),
+            ))));
             doorbell_used = Some(Arc::clone(&bell));
             let (txs, rx): (Vec<Box<dyn Tx>>, Box<dyn Rx>) = if mpsc {
                 let (tx, rx) = dataplane::ring::mpsc::channel::<Command>(CAPACITY);

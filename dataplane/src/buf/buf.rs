@@ -33,6 +33,11 @@ impl HeapBytes {
     pub(super) fn ptr(&self) -> NonNull<u8> {
         self.ptr
     }
+
+    /// Number of initialised bytes.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
 }
 
 impl Drop for HeapBytes {
@@ -40,7 +45,9 @@ impl Drop for HeapBytes {
         // SAFETY: ptr/len/cap are exactly the parts of the Vec taken apart in `from_vec`,
         // which has not been freed since; this is its only owner and nothing else can still
         // reference the bytes (all views hold the `Arc<HeapBytes>` being dropped).
-        drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.len, self.cap) });
+        let v = unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.len, self.cap) };
+        // Large buffers go back for the next large frame (see `recycle`).
+        super::recycle::give(v);
     }
 }
 

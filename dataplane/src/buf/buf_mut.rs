@@ -61,6 +61,18 @@ impl BufMut {
         unsafe { BufMut::from_raw(ptr, cap, Owner::Heap(Arc::new(heap))) }
     }
 
+    /// A heap-backed buffer of at least `cap` bytes (at most an eighth more) for a frame larger
+    /// than a pool chunk, recycled from an earlier large frame when possible (see
+    /// `buf::recycle`); its bytes are initialised but their contents unspecified, like
+    /// [`spare_mut`](BufMut::spare_mut)'s. The caller is responsible for bounding `cap`.
+    pub fn for_frame(cap: usize) -> BufMut {
+        let heap = HeapBytes::from_vec(super::recycle::take(cap));
+        let (ptr, len) = (heap.ptr(), heap.len());
+        // SAFETY: all `len` bytes of the Vec are initialised (`take`'s contract), owned solely
+        // by the new Arc, and nothing else has a pointer into them.
+        unsafe { BufMut::from_raw(ptr, len, Owner::Heap(Arc::new(heap))) }
+    }
+
     /// Bytes this buffer can still hold in total (filled + spare). Shrinks as bytes are split
     /// off the front.
     pub fn capacity(&self) -> usize {

@@ -23,6 +23,7 @@ mod buf_mut;
 mod error;
 mod list;
 mod pool;
+pub mod recycle;
 
 #[cfg(test)]
 mod tests;

@@ -670,3 +670,41 @@ fn multithread_stress_no_leak() {
     assert_eq!(p.available(), p.capacity(), "chunks leaked");
     assert_eq!(p.handle_count(), 1, "pool references leaked");
 }
+
+#[test]
+fn large_frame_buffers_are_recycled_and_small_ones_are_not() {
+    use crate::buf::recycle;
+    // An unusual size, so that no other test running in parallel asks for this one.
+    let cap = (5 << 20) + 123;
+    let mut m = BufMut::for_frame(cap);
+    assert!(m.capacity() >= cap && m.capacity() <= cap + cap / 8);
+    let n = m.extend_from_slice(&vec![0xEE; cap]);
+    assert_eq!(n, cap);
+    let b = m.freeze();
+    let first = b.as_slice().as_ptr();
+    let view = b.slice(10..20);
+    drop(b);
+    // A view still holds the buffer: nothing is recycled yet.
+    let mut again = BufMut::for_frame(cap);
+    let second: *const u8 = again.spare_mut().as_ptr();
+    assert_ne!(second, first);
+    drop(again);
+    drop(view);
+    let (count, bytes) = recycle::cached();
+    assert!(
+        count >= 1 && bytes >= cap,
+        "kept: {count} buffers, {bytes} bytes"
+    );
+    assert!(count <= recycle::MAX_CACHED && bytes <= recycle::MAX_CACHED_BYTES);
+    // The same allocation comes back for a frame of about the same size, with its old
+    // (initialised) bytes: `for_frame` promises no zeroes.
+    let mut reused = BufMut::for_frame(cap - 1000);
+    let p: *const u8 = reused.spare_mut().as_ptr();
+    assert!(
+        p == first || p == second,
+        "a kept buffer is handed out again"
+    );
+    // Small buffers are left to the allocator.
+    drop(BufMut::for_frame(1000).freeze());
+    assert!(recycle::cached().1 >= bytes - (cap + cap / 8));
+}

@@ -58,26 +58,27 @@ mod imp {
         MODE.store(if on { 1 } else { 2 }, Ordering::Release);
     }
 
-    /// True when the asymmetric (membarrier) protocol is in use.
+    /// True when the asymmetric (membarrier) protocol can be used in this process.
     #[inline(always)]
     pub(crate) fn asymmetric() -> bool {
         MODE.load(Ordering::Relaxed) == 1
     }
 
-    /// The hot side's StoreLoad barrier.
+    /// The hot side's StoreLoad barrier; `asym` only where [`asymmetric`] said true.
     #[inline(always)]
-    pub(crate) fn light() {
-        if asymmetric() {
+    pub(crate) fn light(asym: bool) {
+        if asym {
             compiler_fence(Ordering::SeqCst);
         } else {
             fence(Ordering::SeqCst);
         }
     }
 
-    /// The rare side's StoreLoad barrier, which also orders the hot side's accesses.
+    /// The rare side's StoreLoad barrier, which with `asym` also orders the hot side's
+    /// accesses.
     #[inline]
-    pub(crate) fn heavy() {
-        if asymmetric() && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
+    pub(crate) fn heavy(asym: bool) {
+        if asym && membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0 {
             // Cannot happen once registration succeeded (the kernel only fails
             // unregistered or unsupported commands); if it ever does, producers may have
             // skipped their fence, so keep a loud trace of it.
@@ -100,11 +101,11 @@ mod imp {
         false
     }
 
-    pub(crate) fn light() {
+    pub(crate) fn light(_asym: bool) {
         fence(Ordering::SeqCst);
     }
 
-    pub(crate) fn heavy() {
+    pub(crate) fn heavy(_asym: bool) {
         fence(Ordering::SeqCst);
     }
 }

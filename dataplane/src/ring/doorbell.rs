@@ -18,10 +18,11 @@
 //! | 2. [`ring`](Doorbell::ring): `SeqCst` fence, load `parked` | 2. re-check **every** ring it serves |
 //! | 3. if parked: clear it, `wake()`     | 3. something there → [`unpark`](Doorbell::unpark) and process it; nothing → sleep until woken, then [`unpark`](Doorbell::unpark) |
 //!
-//! On Linux the two fences are asymmetric (see `barrier`): the consumer, which parks rarely,
-//! calls `membarrier(2)`, which forces a full barrier on every running thread of the process,
-//! so the producer, which rings on every push, needs only a compiler fence. Without
-//! `membarrier` both sides use a `SeqCst` fence, as described here.
+//! A doorbell made with [`Doorbell::with_membarrier`] makes the two fences asymmetric on Linux
+//! (see `barrier`): the consumer, which should park rarely, calls `membarrier(2)`, which
+//! forces a full barrier on every running thread of the process, so the producer, which rings
+//! on every push, needs only a compiler fence. Otherwise (and without `membarrier`) both sides
+//! use a `SeqCst` fence, as described here.
 //!
 //! The two `SeqCst` fences are totally ordered. If the producer's fence comes first, the
 //! consumer's re-check (after its fence) sees the item; if the consumer's fence comes first, the
@@ -113,24 +114,40 @@ pub struct Doorbell {
     waker: Box<dyn Wake>,
     /// How many times `ring` called the waker.
     wakeups: AtomicU64,
+    /// The asymmetric (membarrier) protocol is in use for this doorbell.
+    asymmetric: bool,
 }
 
 impl Doorbell {
     /// Creates a doorbell that calls `waker` when it has to wake the consumer. The consumer
     /// starts out not parked.
     pub fn new(waker: Box<dyn Wake>) -> Doorbell {
-        barrier::init();
         Doorbell {
             parked: CachePadded::new(AtomicBool::new(false)),
             waker,
             wakeups: AtomicU64::new(0),
+            asymmetric: false,
         }
     }
 
-    /// True when this process uses the asymmetric (`membarrier`) park protocol, false when
+    /// Like [`new`](Doorbell::new), but with the asymmetric protocol where the kernel has
+    /// `membarrier(2)`: a ring then costs the producer no fence, and every park costs the
+    /// consumer a `membarrier` system call (an inter-processor interrupt to each core running
+    /// a thread of the process). Worth it when producers ring far more often than the consumer
+    /// parks (it spins a while before parking); not for an event loop that parks whenever it
+    /// runs dry (a messenger worker receiving a stream spent ~9% of its time in `membarrier`).
+    pub fn with_membarrier(waker: Box<dyn Wake>) -> Doorbell {
+        barrier::init();
+        Doorbell {
+            asymmetric: barrier::asymmetric(),
+            ..Doorbell::new(waker)
+        }
+    }
+
+    /// True when this doorbell uses the asymmetric (`membarrier`) park protocol, false when
     /// both sides use `SeqCst` fences.
-    pub fn uses_membarrier() -> bool {
-        barrier::asymmetric()
+    pub fn uses_membarrier(&self) -> bool {
+        self.asymmetric
     }
 
     /// Producer side, call after pushing: a barrier, then if the consumer is parked, clear
@@ -142,7 +159,7 @@ impl Doorbell {
         // Orders the caller's publication of its item before the load of `parked`; pairs with
         // the barrier in `prepare_park` (a compiler fence where that one is a membarrier, see
         // `barrier`).
-        barrier::light();
+        barrier::light(self.asymmetric);
         // Plain load first so the common case (consumer running) does not take the cache line
         // exclusively; the swap makes sure only one producer wakes the consumer.
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::AcqRel) {
@@ -165,7 +182,7 @@ impl Doorbell {
         // Orders the store of `parked` before the caller's re-check of its rings; pairs with the
         // barrier in `ring`. With membarrier this also orders every producer's push before its
         // load of `parked` (see `barrier`), which is what lets `ring` skip its fence.
-        barrier::heavy();
+        barrier::heavy(self.asymmetric);
     }
 
     /// Consumer side, after waking or when cancelling a park.

@@ -696,8 +696,8 @@ fn stress_doorbell_no_stranded_items() {
 fn stress_doorbell_spsc_no_stranded_items() {
     let total = scaled(1_000_000);
     let waker = Arc::new(CondvarWaker::default());
-    let bell = Arc::new(Doorbell::new(Box::new(waker.clone())));
-    println!("membarrier: {}", Doorbell::uses_membarrier());
+    let bell = Arc::new(Doorbell::with_membarrier(Box::new(waker.clone())));
+    println!("membarrier: {}", bell.uses_membarrier());
     let (mut tx, mut rx) = spsc::channel::<u64>(256);
     let producer = {
         let bell = bell.clone();

@@ -90,11 +90,11 @@ impl FrameDecoder {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::debug!(error = %e, "receive pool exhausted, using a heap buffer");
-                        BufMut::with_capacity(cap)
+                        BufMut::for_frame(cap)
                     }
                 }
             } else {
-                BufMut::with_capacity(cap)
+                BufMut::for_frame(cap)
             };
             if let Some(old) = self.rx.take() {
                 // The one copy on the receive path: the head of a frame that straddles the
