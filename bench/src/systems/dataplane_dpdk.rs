@@ -13,8 +13,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
-use dataplane::{Config, Dispatcher, Messenger};
+use anyhow::{anyhow, Result};
+use dataplane::stack::NetworkStack;
+use dataplane::Config;
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
 
 use crate::row::Row;
@@ -95,28 +96,19 @@ impl Backend for Dpdk {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn messenger(
-        &self,
-        name: &str,
-        server: bool,
-        _workers: u32,
-        d: Arc<dyn Dispatcher>,
-    ) -> Result<Messenger> {
+    fn config(&self, _workers: u32) -> Config {
+        Config {
+            workers: 1,
+            backend: "dpdk".into(),
+            send_buffer_bytes: SOCKET_BUFFER,
+            recv_buffer_bytes: SOCKET_BUFFER,
+            ..Config::default()
+        }
+    }
+    fn stack(&self, server: bool) -> Result<Arc<dyn NetworkStack>> {
         let (s, c) = pair()?;
-        let m = Messenger::builder(name)
-            .config(Config {
-                workers: 1,
-                backend: "dpdk".into(),
-                send_buffer_bytes: SOCKET_BUFFER,
-                recv_buffer_bytes: SOCKET_BUFFER,
-                ..Config::default()
-            })
-            .stack(if server { s } else { c })
-            .dispatcher(d)
-            .build()
-            .with_context(|| format!("building messenger {name}"))?;
-        m.start()?;
-        Ok(m)
+        let stack: Arc<dyn NetworkStack> = if server { s } else { c };
+        Ok(stack)
     }
     fn bind_addr(&self) -> Result<SocketAddr> {
         Ok(SocketAddr::from((SERVER_IP, 0)))

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane::stack::NetworkStack;
+use dataplane::{Buf, Config, Connection, Message, Policy};
 use dataplane_stack_posix::PosixStack;
 
 use crate::row::Row;
@@ -24,24 +25,14 @@ impl Backend for Posix {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn messenger(
-        &self,
-        name: &str,
-        _server: bool,
-        workers: u32,
-        d: Arc<dyn Dispatcher>,
-    ) -> Result<Messenger> {
-        let m = Messenger::builder(name)
-            .config(Config {
-                workers: workers.max(1) as usize,
-                ..Config::default()
-            })
-            .stack(Arc::new(PosixStack::new()))
-            .dispatcher(d)
-            .build()
-            .with_context(|| format!("building messenger {name}"))?;
-        m.start()?;
-        Ok(m)
+    fn config(&self, workers: u32) -> Config {
+        Config {
+            workers: workers.max(1) as usize,
+            ..Config::default()
+        }
+    }
+    fn stack(&self, _server: bool) -> Result<Arc<dyn NetworkStack>> {
+        Ok(Arc::new(PosixStack::new()))
     }
     fn bind_addr(&self) -> Result<SocketAddr> {
         Ok("127.0.0.1:0".parse()?)
@@ -76,7 +67,7 @@ fn rss_bytes() -> Result<u64> {
 /// in RSS and not counted.
 pub fn idle_connection_bytes(n: usize) -> Result<u64> {
     let (srv, addr) = server(&Posix, 1, sink(false))?;
-    let client = Posix.messenger("bench-client", false, 1, sink(false))?;
+    let client = messenger_rows::messenger(&Posix, "bench-client", false, 1, sink(false))?;
     // Warm up: pools, first connection, thread stacks.
     let first = client.open(addr, Policy::lossless_client())?;
     send(&first, Message::new(1, Buf::from_static(b"warm-up")))?;

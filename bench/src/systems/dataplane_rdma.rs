@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use dataplane::stack::NetworkStack;
-use dataplane::{Config, Dispatcher, Messenger};
+use dataplane::Config;
 use dataplane_stack_rdma::{RdmaConfig, RdmaStack};
 
 use crate::row::Row;
@@ -58,25 +58,15 @@ impl Backend for Rdma {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn messenger(
-        &self,
-        name: &str,
-        _server: bool,
-        workers: u32,
-        d: Arc<dyn Dispatcher>,
-    ) -> Result<Messenger> {
-        let m = Messenger::builder(name)
-            .config(Config {
-                workers: workers.max(1) as usize,
-                backend: "rdma".into(),
-                ..Config::default()
-            })
-            .stack(stack()?)
-            .dispatcher(d)
-            .build()
-            .with_context(|| format!("building messenger {name}"))?;
-        m.start()?;
-        Ok(m)
+    fn config(&self, workers: u32) -> Config {
+        Config {
+            workers: workers.max(1) as usize,
+            backend: "rdma".into(),
+            ..Config::default()
+        }
+    }
+    fn stack(&self, _server: bool) -> Result<Arc<dyn NetworkStack>> {
+        stack()
     }
     fn bind_addr(&self) -> Result<SocketAddr> {
         bind_addr()

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
-use dataplane::{Buf, Connection, Dispatcher, Message, Messenger, Policy};
+use anyhow::{anyhow, bail, Context, Result};
+use dataplane::stack::NetworkStack;
+use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
 
 use crate::measure::{LatencyRecorder, Throughput};
 use crate::row::Row;
@@ -34,14 +35,10 @@ fn batch_len(size: usize) -> usize {
 pub trait Backend {
     /// System name of the rows.
     fn name(&self) -> &'static str;
-    /// A started messenger on this backend's stack; `server` says which end it is.
-    fn messenger(
-        &self,
-        name: &str,
-        server: bool,
-        workers: u32,
-        d: Arc<dyn Dispatcher>,
-    ) -> Result<Messenger>;
+    /// Messenger configuration for `workers` workers.
+    fn config(&self, workers: u32) -> Config;
+    /// The stack of one end; `server` says which.
+    fn stack(&self, server: bool) -> Result<Arc<dyn NetworkStack>>;
     /// Where the server binds (port 0: any).
     fn bind_addr(&self) -> Result<SocketAddr>;
     /// Sender threads at most in stream rows.
@@ -116,13 +113,31 @@ pub fn wait_for(counter: &AtomicU64, target: u64, limit: Duration) -> Result<()>
     Ok(())
 }
 
+/// A started messenger on `b`'s stack; `server` says which end it is.
+pub fn messenger(
+    b: &dyn Backend,
+    name: &str,
+    server: bool,
+    workers: u32,
+    d: Arc<dyn Dispatcher>,
+) -> Result<Messenger> {
+    let m = Messenger::builder(name)
+        .config(b.config(workers))
+        .stack(b.stack(server)?)
+        .dispatcher(d)
+        .build()
+        .with_context(|| format!("building messenger {name}"))?;
+    m.start()?;
+    Ok(m)
+}
+
 /// A started server on `b` and the address it listens on.
 pub fn server(
     b: &dyn Backend,
     workers: u32,
     d: Arc<dyn Dispatcher>,
 ) -> Result<(Messenger, SocketAddr)> {
-    let m = b.messenger("bench-server", true, workers, d)?;
+    let m = messenger(b, "bench-server", true, workers, d)?;
     let addr = m.bind(b.bind_addr()?)?;
     Ok((m, addr))
 }
@@ -138,7 +153,7 @@ pub fn stream(
     let workers = b.workers(workers);
     let d = sink(false);
     let (srv, addr) = server(b, workers, d.clone())?;
-    let client = b.messenger("bench-client", false, workers, sink(false))?;
+    let client = messenger(b, "bench-client", false, workers, sink(false))?;
     let conns: Vec<Connection> = (0..connections.max(1))
         .map(|_| client.open(addr, Policy::lossless_client()))
         .collect::<Result<_, _>>()?;
@@ -269,7 +284,7 @@ pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row>
         }),
         done: AtomicU64::new(0),
     });
-    let client = b.messenger("bench-client", false, 1, pinger.clone())?;
+    let client = messenger(b, "bench-client", false, 1, pinger.clone())?;
     let conn = client.connect(addr)?;
     send(&conn, Message::new(1, pinger.payload.clone()))?;
     wait_for(&pinger.done, 1, duration + Duration::from_secs(30))?;
