@@ -67,7 +67,9 @@ pub struct Config {
     pub send_buffer_bytes: usize,
     /// Kernel receive buffer per socket in bytes (0 = the OS default and auto-tuning).
     pub recv_buffer_bytes: usize,
-    /// Feature bits we support.
+    /// Feature bits we support. The default offers
+    /// [`FEATURE_BATCH`](crate::wire::FEATURE_BATCH): when the peer offers it too, runs of
+    /// small messages travel in batch frames (one preamble and one crc per batch).
     pub features: u64,
     /// Feature bits we require of peers.
     pub required_features: u64,
@@ -127,7 +129,7 @@ impl Default for Config {
             nodelay: true,
             send_buffer_bytes: 0,
             recv_buffer_bytes: 0,
-            features: 0,
+            features: crate::wire::FEATURE_BATCH,
             required_features: 0,
             max_connections: 16 * 1024,
             dispatch_throttle_bytes: 256 * 1024 * 1024,

@@ -64,12 +64,16 @@ pub enum WireError {
         /// The kind of the offending frame.
         tag: Tag,
     },
-    /// A frame kind that needs a front segment announced none.
-    #[error("{tag:?} frame is missing its front segment")]
+    /// A frame kind that needs a payload (a front segment, or a batch's records) announced
+    /// none.
+    #[error("{tag:?} frame is missing its payload")]
     MissingPayload {
         /// The kind of the offending frame.
         tag: Tag,
     },
+    /// A message batch whose records do not match its header (count, lengths).
+    #[error("malformed message batch: {0}")]
+    BadBatch(&'static str),
     /// The payload checksum in the epilogue does not match the payload.
     #[error("payload crc mismatch: expected {expected:#010x}, got {actual:#010x}")]
     PayloadCrc {

@@ -13,6 +13,7 @@
 //! The full byte layout is documented in `docs/wire-protocol.md`.
 
 mod auth;
+mod batch;
 mod close;
 mod crc;
 mod epilogue;
@@ -22,6 +23,9 @@ mod preamble;
 mod tag;
 
 pub use auth::{encode_auth, parse_auth, AuthBody, AUTH_BODY_LEN, FEATURE_AUTH, FEATURE_SECURE};
+pub use batch::{
+    batch_records, check_batch, encode_record_head, BatchRecords, BATCH_RECORD_HEAD, FEATURE_BATCH,
+};
 pub use close::{encode_close, parse_close, Close, CloseHead, CLOSE_HEAD_LEN, MAX_CLOSE_REASON};
 pub use crc::{crc32c, crc32c_append};
 pub use epilogue::{encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN};

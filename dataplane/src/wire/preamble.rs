@@ -231,6 +231,17 @@ pub fn parse_preamble<'a>(
     if tag.is_control() && (front_len != 0 || data_len != 0) {
         return Err(WireError::UnexpectedPayload { tag });
     }
+    if tag == Tag::MessageBatch {
+        if front_len != 0 {
+            return Err(WireError::UnexpectedPayload { tag });
+        }
+        if data_len == 0 {
+            return Err(WireError::MissingPayload { tag });
+        }
+        if p.msg_type.get() == 0 {
+            return Err(WireError::BadBatch("a batch of zero records"));
+        }
+    }
     if tag.is_front_only() {
         if data_len != 0 {
             return Err(WireError::UnexpectedPayload { tag });
@@ -377,6 +388,7 @@ mod tests {
         for tag in Tag::ALL {
             let (f, d) = match tag {
                 Tag::Message => (5, 6),
+                Tag::MessageBatch => (0, 6),
                 t if t.is_control() => (0, 0),
                 _ => (5, 0),
             };
@@ -395,8 +407,34 @@ mod tests {
     }
 
     #[test]
+    fn batch_shape_is_checked() {
+        let ok = encode_preamble(&head(Tag::MessageBatch, 0, 12));
+        assert!(parse(&ok).unwrap().is_some());
+        let front = encode_preamble(&head(Tag::MessageBatch, 3, 12));
+        assert_eq!(
+            parse(&front),
+            Err(WireError::UnexpectedPayload {
+                tag: Tag::MessageBatch
+            })
+        );
+        let empty = encode_preamble(&head(Tag::MessageBatch, 0, 0));
+        assert_eq!(
+            parse(&empty),
+            Err(WireError::MissingPayload {
+                tag: Tag::MessageBatch
+            })
+        );
+        let mut h = head(Tag::MessageBatch, 0, 12);
+        h.msg_type = 0;
+        assert_eq!(
+            parse(&encode_preamble(&h)),
+            Err(WireError::BadBatch("a batch of zero records"))
+        );
+    }
+
+    #[test]
     fn rejects_unknown_tag() {
-        for t in [0u8, 9, 0xFF] {
+        for t in [0u8, 10, 0xFF] {
             let mut h = head(Tag::Message, 1, 2);
             h.tag = t;
             assert_eq!(parse(&encode_preamble(&h)), Err(WireError::UnknownTag(t)));
@@ -559,6 +597,11 @@ mod tests {
             Tag::Hello | Tag::HelloReply | Tag::Close | Tag::Auth if h.front_len == 0 => {
                 Err(WireError::MissingPayload { tag })
             }
+            Tag::MessageBatch if h.front_len != 0 => Err(WireError::UnexpectedPayload { tag }),
+            Tag::MessageBatch if h.data_len == 0 => Err(WireError::MissingPayload { tag }),
+            Tag::MessageBatch if h.msg_type == 0 => {
+                Err(WireError::BadBatch("a batch of zero records"))
+            }
             _ => Ok(()),
         }
     }
@@ -569,7 +612,7 @@ mod tests {
 
     prop_compose! {
         fn any_head()(
-            tag in prop_oneof![1u8..=8, any::<u8>()],
+            tag in prop_oneof![1u8..=9, any::<u8>()],
             flags in prop_oneof![0u8..=1, any::<u8>()],
             priority in any::<u8>(),
             msg_type in any::<u16>(),

@@ -23,11 +23,17 @@ pub enum Tag {
     /// Authentication step of the handshake; front segment is an
     /// [`AuthBody`](super::AuthBody) (nonce and/or HMAC proof).
     Auth = 8,
+    /// Several small application messages in one frame (negotiated with
+    /// [`FEATURE_BATCH`](super::FEATURE_BATCH)): `seq` is the first record's sequence number,
+    /// `msg_type` the number of records (at least one), `priority` theirs; the data segment is
+    /// the records back to back, each a [`BATCH_RECORD_HEAD`](super::BATCH_RECORD_HEAD)-byte
+    /// head (payload length `u32`, message type `u16`, little-endian) and its payload.
+    MessageBatch = 9,
 }
 
 impl Tag {
     /// All tags, in wire-value order.
-    pub const ALL: [Tag; 8] = [
+    pub const ALL: [Tag; 9] = [
         Tag::Hello,
         Tag::HelloReply,
         Tag::Message,
@@ -36,6 +42,7 @@ impl Tag {
         Tag::KeepaliveAck,
         Tag::Close,
         Tag::Auth,
+        Tag::MessageBatch,
     ];
 
     /// True for frames that must carry no payload at all (`Ack`, `Keepalive`, `KeepaliveAck`).
@@ -69,6 +76,7 @@ impl TryFrom<u8> for Tag {
             6 => Tag::KeepaliveAck,
             7 => Tag::Close,
             8 => Tag::Auth,
+            9 => Tag::MessageBatch,
             other => return Err(WireError::UnknownTag(other)),
         })
     }
@@ -83,16 +91,19 @@ mod tests {
         for t in Tag::ALL {
             assert_eq!(Tag::try_from(u8::from(t)), Ok(t));
         }
-        for v in (0..=u8::MAX).filter(|v| !(1..=8).contains(v)) {
+        for v in (0..=u8::MAX).filter(|v| !(1..=9).contains(v)) {
             assert_eq!(Tag::try_from(v), Err(WireError::UnknownTag(v)));
         }
     }
 
     #[test]
-    fn classes_are_disjoint_and_cover_all_but_message() {
+    fn classes_are_disjoint_and_cover_all_but_messages() {
         for t in Tag::ALL {
             assert!(!(t.is_control() && t.is_front_only()));
-            assert_eq!(t == Tag::Message, !t.is_control() && !t.is_front_only());
+            assert_eq!(
+                matches!(t, Tag::Message | Tag::MessageBatch),
+                !t.is_control() && !t.is_front_only()
+            );
         }
     }
 }

@@ -60,6 +60,14 @@ pub(crate) enum TxKind {
         /// Its sequence number.
         seq: u64,
     },
+    /// A batch of small messages with consecutive sequence numbers from `first`, held in the
+    /// session like single messages.
+    Batch {
+        /// Sequence number of the first record.
+        first: u64,
+        /// Number of records.
+        count: u16,
+    },
     /// A control frame (hello, ack, keepalive, close).
     Control,
 }
@@ -99,11 +107,83 @@ impl TxFrame {
         }
     }
 
-    /// The message sequence number, for message frames.
+    /// The message sequence number, for single-message frames.
     pub(crate) fn seq(&self) -> Option<u64> {
         match self.kind {
             TxKind::Message { seq } => Some(seq),
-            TxKind::Control => None,
+            TxKind::Batch { .. } | TxKind::Control => None,
+        }
+    }
+
+    /// How many messages the frame carries.
+    pub(crate) fn messages(&self) -> usize {
+        match self.kind {
+            TxKind::Message { .. } => 1,
+            TxKind::Batch { count, .. } => usize::from(count),
+            TxKind::Control => 0,
+        }
+    }
+
+    /// Starts a message batch at the end of `stage`: reserves room for its preamble, written
+    /// by [`TxFrame::batch_close`]. Returns where the batch starts.
+    pub(crate) fn batch_open(stage: &mut Vec<u8>) -> usize {
+        let off = stage.len();
+        stage.extend_from_slice(&[0; PREAMBLE_LEN]);
+        off
+    }
+
+    /// Appends one message to the open batch as a record (head, then the payload copied: the
+    /// batch path is only taken for payloads up to [`INLINE_MAX`], see there for why small
+    /// payloads are copied).
+    #[inline]
+    pub(crate) fn batch_append(stage: &mut Vec<u8>, msg_type: u16, payload: &[Buf]) {
+        let len: usize = payload.iter().map(Buf::len).sum();
+        stage.reserve(wire::BATCH_RECORD_HEAD + len);
+        // Bounded by the caller (at most INLINE_MAX bytes).
+        stage.extend_from_slice(&wire::encode_record_head(len as u32, msg_type));
+        for b in payload {
+            stage.extend_from_slice(b);
+        }
+    }
+
+    /// Closes the batch that [`TxFrame::batch_open`] started at `off`: writes its preamble
+    /// (`head` with the lengths filled in) and one crc over all records, or seals the records
+    /// in place in secure mode.
+    pub(crate) fn batch_close(
+        stage: &mut Vec<u8>,
+        off: usize,
+        mut head: FrameHead,
+        first: u64,
+        count: u16,
+        sealer: Option<&mut Sealer>,
+    ) -> TxFrame {
+        let body = stage.len() - off - PREAMBLE_LEN;
+        head.front_len = 0;
+        // Bounded by the caller (a batch is closed long before 4 GiB).
+        head.data_len = body as u32;
+        let kind = TxKind::Batch { first, count };
+        match sealer {
+            None => {
+                stage[off..off + PREAMBLE_LEN].copy_from_slice(Preamble::new(&head).as_bytes());
+                let crc = wire::crc32c(&stage[off + PREAMBLE_LEN..]);
+                stage.extend_from_slice(&wire::encode_epilogue(crc));
+            }
+            Some(s) => {
+                head.flags |= wire::FLAG_SEALED;
+                stage[off..off + PREAMBLE_LEN].copy_from_slice(&wire::encode_preamble(&head));
+                let (aad, records) = stage[off..].split_at_mut(PREAMBLE_LEN);
+                let tag = s.seal(aad, records);
+                stage.extend_from_slice(&tag);
+            }
+        }
+        let len = stage.len() - off;
+        TxFrame {
+            stage_off: off,
+            head_len: len,
+            tail_len: 0,
+            external: false,
+            kind,
+            len,
         }
     }
 

@@ -8,6 +8,7 @@
 
 mod decoder;
 mod frame;
+mod held;
 mod out_queue;
 mod session;
 

@@ -30,15 +30,39 @@ impl OutQueue {
     pub fn push(&mut self, q: Queued) {
         self.len += 1;
         self.bytes += q.msg.len();
-        let p = q.msg.priority;
-        for (prio, class) in self.classes.iter_mut() {
-            if *prio == p {
-                class.push_back(q);
-                return;
+        self.class(q.msg.priority).push_back(q);
+    }
+
+    /// Queues messages in order, each behind others of its priority. A run of one priority
+    /// (the usual batch) goes in with one reservation and one pass.
+    pub fn push_all(&mut self, msgs: std::vec::IntoIter<Message>, since: Instant) {
+        let all = msgs.as_slice();
+        let Some(p) = all.first().map(|m| m.priority) else {
+            return;
+        };
+        if all.iter().any(|m| m.priority != p) {
+            for msg in msgs {
+                self.push(Queued { msg, since });
             }
+            return;
         }
-        let at = self.classes.partition_point(|(prio, _)| *prio > p);
-        self.classes.insert(at, (p, VecDeque::from([q])));
+        self.len += all.len();
+        self.bytes += all.iter().map(Message::len).sum::<usize>();
+        self.class(p).extend(msgs.map(|msg| Queued { msg, since }));
+    }
+
+    /// The queue of priority `p`, created if needed.
+    #[inline]
+    fn class(&mut self, p: u8) -> &mut VecDeque<Queued> {
+        let at = match self.classes.iter().position(|(prio, _)| *prio == p) {
+            Some(i) => i,
+            None => {
+                let at = self.classes.partition_point(|(prio, _)| *prio > p);
+                self.classes.insert(at, (p, VecDeque::new()));
+                at
+            }
+        };
+        &mut self.classes[at].1
     }
 
     /// Takes the oldest message of the highest non-empty priority.

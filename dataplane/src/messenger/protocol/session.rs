@@ -14,6 +14,7 @@ use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
 use super::frame::{IovBuilder, TxKind};
+use super::held::{Held, RecordLog};
 use super::{Frame, OutQueue, Queued, TxFrame};
 
 /// Staging bytes framed ahead of the socket at most (plus one frame).
@@ -255,6 +256,25 @@ pub enum SessionEvent {
     Duplicate,
 }
 
+/// Largest record bytes in one batch frame: well below a receive buffer, so a batch never
+/// needs a buffer of its own and the receiver starts delivering after a few KiB.
+const BATCH_MAX: usize = 8 << 10;
+
+/// A message batch being filled (see [`wire::FEATURE_BATCH`]).
+#[derive(Debug, Clone, Copy)]
+struct OpenBatch {
+    /// Where its (reserved) preamble starts in `stage`.
+    off: usize,
+    /// Sequence number of its first record.
+    first: u64,
+    /// Records so far.
+    count: u16,
+    /// Their payload bytes.
+    bytes: usize,
+    /// Priority of every record.
+    priority: u8,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
@@ -280,8 +300,13 @@ pub struct Session {
     connect_seq: u64,
     out: OutQueue,
     /// Lossless: messages from a failed transport, to send again first (seq kept).
-    resend: VecDeque<(u64, Message)>,
+    resend: VecDeque<Held>,
     tx: VecDeque<TxFrame>,
+    /// Both ends speak [`wire::FEATURE_BATCH`]: small messages go out in batch frames.
+    batching: bool,
+    /// The batch being filled at the end of `stage`, not yet in `tx`. Closed (preamble and
+    /// crc written, frame queued) before anything else is staged and before writing.
+    batch: Option<OpenBatch>,
     /// Frames in `tx` whose payload is sent by reference. While there are none, the bytes
     /// to write are one contiguous range of `stage`.
     tx_external: usize,
@@ -291,7 +316,9 @@ pub struct Session {
     /// Framed messages in sequence order (consecutive numbers): the first `flight_written`
     /// were written and (lossless) wait for the peer's ack; the rest have frames in `tx`.
     /// Frames refer to their message here, so nothing moves when a frame is written.
-    flight: VecDeque<(u64, Message)>,
+    flight: VecDeque<Held>,
+    /// Record bytes of the batches in `flight` and `resend` (lossless only).
+    log: RecordLog,
     /// Leading entries of `flight` that were written (always 0 on lossy sessions, which
     /// release messages once written).
     flight_written: usize,
@@ -333,10 +360,13 @@ impl Session {
             out: OutQueue::default(),
             resend: VecDeque::new(),
             tx: VecDeque::new(),
+            batching: false,
+            batch: None,
             tx_external: 0,
             stage: Vec::new(),
             tx_off: 0,
             flight: VecDeque::new(),
+            log: RecordLog::default(),
             flight_written: 0,
             out_seq: 0,
             in_seq: 0,
@@ -380,9 +410,16 @@ impl Session {
         self.in_seq
     }
 
-    /// Messages queued, in flight or unacknowledged.
+    /// Messages queued, in flight or unacknowledged (counts every held entry: for tests and
+    /// diagnostics, not the hot path).
     pub fn backlog(&self) -> usize {
-        self.out.len() + self.resend.len() + self.flight.len()
+        self.out.len()
+            + self
+                .resend
+                .iter()
+                .chain(&self.flight)
+                .map(Held::msgs)
+                .sum::<usize>()
     }
 
     /// Secure mode, client: the opener agreed in the handshake frame just handled. The
@@ -428,19 +465,7 @@ impl Session {
             });
             return;
         }
-        // Nothing ahead of it and room to frame: frame a small message at once (same order
-        // as queueing it, without the queue's push and pop). Large ones, anything behind a
-        // backlog, and lossy messages with an age limit (checked when dequeued) go through the
-        // priority queue.
-        if self.state == SessionState::Open
-            && self.out.is_empty()
-            && self.resend.is_empty()
-            && msg.len() <= super::frame::INLINE_MAX
-            && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
-            && self.tx.len() < self.cfg.max_tx_frames
-            && self.stage.len() < STAGE_MAX
-            && self.rekey_due().is_none()
-        {
+        if self.can_frame_now(&msg) {
             self.frame_message(msg);
             self.acked_in_seq = self.in_seq;
             self.ack_deadline = None;
@@ -449,10 +474,61 @@ impl Session {
         self.out.push(Queued { msg, since: now });
     }
 
+    /// Queues application messages in order, as [`Session::queue`] would one by one: those
+    /// that find room are framed at once, the rest wait in the priority queue (moved there in
+    /// one pass).
+    pub fn queue_batch(&mut self, msgs: Vec<Message>, now: Instant) {
+        if self.state == SessionState::Closed {
+            let bytes = msgs.iter().map(Message::len).sum();
+            self.events.push_back(SessionEvent::Released {
+                msgs: msgs.len(),
+                bytes,
+                dropped: true,
+            });
+            return;
+        }
+        let mut it = msgs.into_iter();
+        let mut framed = false;
+        while let Some(m) = it.as_slice().first() {
+            if !self.can_frame_now(m) {
+                break;
+            }
+            if let Some(m) = it.next() {
+                self.frame_message(m);
+                framed = true;
+            }
+        }
+        if framed {
+            self.acked_in_seq = self.in_seq;
+            self.ack_deadline = None;
+        }
+        self.out.push_all(it, now);
+    }
+
+    /// Nothing ahead of it and room to frame: a small message is framed at once (same order
+    /// as queueing it, without the queue's push and pop). Large ones, anything behind a
+    /// backlog, and lossy messages with an age limit (checked when dequeued) go through the
+    /// priority queue.
+    #[inline]
+    fn can_frame_now(&self, msg: &Message) -> bool {
+        self.state == SessionState::Open
+            && self.out.is_empty()
+            && self.resend.is_empty()
+            && msg.len() <= super::frame::INLINE_MAX
+            && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
+            && self.tx.len() < self.cfg.max_tx_frames
+            && self.stage.len() < STAGE_MAX
+            && self.rekey_due().is_none()
+    }
+
     /// Frames `msg` with the next sequence number and the current ack.
     #[inline]
     fn frame_message(&mut self, msg: Message) {
         self.out_seq += 1;
+        if self.batching && msg.len() <= super::frame::INLINE_MAX {
+            return self.batch_message(msg);
+        }
+        self.close_batch();
         let head = FrameHead {
             tag: Tag::Message as u8,
             flags: wire::FLAG_ACK_VALID,
@@ -471,7 +547,162 @@ impl Session {
             self.sealer.as_mut(),
         );
         self.push_tx(f);
-        self.flight.push_back((self.out_seq, msg));
+        self.flight.push_back(Held::Msg {
+            seq: self.out_seq,
+            msg,
+        });
+    }
+
+    /// Appends a small message to the open batch, opening one if there is none or the open
+    /// one is full or of another priority.
+    #[inline]
+    fn batch_message(&mut self, msg: Message) {
+        match self.batch {
+            Some(b)
+                if b.priority == msg.priority
+                    && b.count < u16::MAX
+                    && self.stage.len() - b.off < BATCH_MAX =>
+            {
+                self.batch = Some(OpenBatch {
+                    count: b.count + 1,
+                    bytes: b.bytes + msg.len(),
+                    ..b
+                });
+            }
+            _ => {
+                self.close_batch();
+                let off = TxFrame::batch_open(&mut self.stage);
+                self.batch = Some(OpenBatch {
+                    off,
+                    first: self.out_seq,
+                    count: 1,
+                    bytes: msg.len(),
+                    priority: msg.priority,
+                });
+            }
+        }
+        TxFrame::batch_append(&mut self.stage, msg.msg_type, msg.payload.bufs());
+        // The payload is in the batch now (and its records go to the log when it closes):
+        // the message itself is dropped here, while it is still in cache.
+    }
+
+    /// Closes the open batch, if any: writes its preamble (with the current ack) and crc (or
+    /// seals it) and queues the frame.
+    fn close_batch(&mut self) {
+        let Some(b) = self.batch.take() else {
+            return;
+        };
+        let records_at = b.off + wire::PREAMBLE_LEN;
+        let len = self.stage.len() - records_at;
+        // Lossless: keep the plain records for a resend (before sealing them in place).
+        let at = (!self.cfg.lossy).then(|| self.log.append(&self.stage[records_at..]));
+        let head = FrameHead {
+            tag: Tag::MessageBatch as u8,
+            flags: wire::FLAG_ACK_VALID,
+            priority: b.priority,
+            msg_type: b.count,
+            seq: b.first,
+            ack: self.in_seq,
+            ..FrameHead::default()
+        };
+        let f = TxFrame::batch_close(
+            &mut self.stage,
+            b.off,
+            head,
+            b.first,
+            b.count,
+            self.sealer.as_mut(),
+        );
+        self.push_tx(f);
+        self.flight.push_back(Held::Batch {
+            first: b.first,
+            count: b.count,
+            bytes: b.bytes,
+            priority: b.priority,
+            at,
+            len,
+        });
+    }
+
+    /// Frames a held batch again (a resend): its records from the log in a fresh frame, same
+    /// sequence numbers, current ack.
+    fn reframe_batch(&mut self, h: Held) {
+        let Held::Batch {
+            first,
+            count,
+            priority,
+            at: Some(at),
+            len,
+            ..
+        } = h
+        else {
+            return;
+        };
+        debug_assert_eq!(first, self.out_seq + 1, "resend keeps its sequence");
+        self.close_batch();
+        let Some(records) = self.log.get(at, len) else {
+            // Unreachable: the log keeps a batch's records until it is released.
+            tracing::error!(first, count, "held batch missing from the record log");
+            return;
+        };
+        let off = TxFrame::batch_open(&mut self.stage);
+        self.stage.extend_from_slice(records);
+        let head = FrameHead {
+            tag: Tag::MessageBatch as u8,
+            flags: wire::FLAG_ACK_VALID,
+            priority,
+            msg_type: count,
+            seq: first,
+            ack: self.in_seq,
+            ..FrameHead::default()
+        };
+        let f = TxFrame::batch_close(
+            &mut self.stage,
+            off,
+            head,
+            first,
+            count,
+            self.sealer.as_mut(),
+        );
+        self.push_tx(f);
+        self.out_seq += u64::from(count);
+        self.flight.push_back(h);
+    }
+
+    /// A held batch for a peer that no longer batches (it restarted with other features):
+    /// puts its records back at the front of `resend` as single messages, same numbers.
+    #[cold]
+    fn unbatch(&mut self, h: Held) {
+        let Held::Batch {
+            first,
+            priority,
+            at: Some(at),
+            len,
+            ..
+        } = h
+        else {
+            return;
+        };
+        let Some(records) = self.log.get(at, len) else {
+            tracing::error!(first, "held batch missing from the record log");
+            return;
+        };
+        let singles: Vec<Held> = wire::batch_records(records)
+            .zip(first..)
+            .map(|((msg_type, r), seq)| Held::Msg {
+                seq,
+                // Why a copy: the records live in the log, which is released as a whole;
+                // this path only runs once, after a peer restart.
+                msg: Message::new(msg_type, crate::buf::Buf::copy_from_slice(&records[r]))
+                    .with_priority(priority),
+            })
+            .collect();
+        for s in singles.into_iter().rev() {
+            self.resend.push_front(s);
+        }
+        if let Some(end) = h.log_end() {
+            self.log.release_to(end);
+        }
     }
 
     /// Client: the transport is connected; sends our hello.
@@ -528,6 +759,7 @@ impl Session {
 
     /// Stages a control frame (no payload) with `flags` and the current ack.
     fn push_frame(&mut self, tag: Tag, flags: u8, front: &[u8]) {
+        self.close_batch();
         let head = FrameHead {
             tag: tag as u8,
             flags,
@@ -566,12 +798,24 @@ impl Session {
     /// Drops the frames in `tx` (their staged bytes stay until `stage` is cleared).
     fn clear_tx_frames(&mut self) {
         self.tx.clear();
+        self.batch = None;
         self.tx_external = 0;
     }
 
     /// Forgets every frame waiting for the socket (and the messages they carried).
     fn clear_tx(&mut self) {
         self.clear_tx_frames();
+        if let Some(at) = self
+            .flight
+            .iter()
+            .skip(self.flight_written)
+            .find_map(|h| match h {
+                Held::Batch { at, .. } => *at,
+                Held::Msg { .. } => None,
+            })
+        {
+            self.log.truncate_from(at);
+        }
         self.flight.truncate(self.flight_written);
         self.stage.clear();
         self.tx_off = 0;
@@ -672,6 +916,7 @@ impl Session {
             self.reset_sequences();
         }
         self.peer = Some(PeerIdentity::from_hello(hello));
+        self.batching = self.local.features & hello.features & wire::FEATURE_BATCH != 0;
         self.connect_seq = hello.connect_seq;
         self.lane = hello.lane;
         // Drop anything left from the old transport and answer first.
@@ -699,7 +944,7 @@ impl Session {
         let first = self
             .resend
             .front()
-            .map_or(self.out_seq.saturating_add(1), |(seq, _)| *seq);
+            .map_or(self.out_seq.saturating_add(1), Held::first);
         if peer_in_seq.saturating_add(1) < first || peer_in_seq > self.out_seq {
             tracing::warn!(
                 peer_in_seq,
@@ -709,14 +954,25 @@ impl Session {
             return false;
         }
         let mut released = (0usize, 0usize);
-        while self
-            .resend
-            .front()
-            .is_some_and(|(seq, _)| *seq <= peer_in_seq)
-        {
-            if let Some((_, m)) = self.resend.pop_front() {
-                released.0 += 1;
-                released.1 += m.len();
+        while self.resend.front().is_some_and(|h| h.last() <= peer_in_seq) {
+            if let Some(h) = self.resend.pop_front() {
+                released.0 += h.msgs();
+                released.1 += h.bytes();
+                if let Some(end) = h.log_end() {
+                    self.log.release_to(end);
+                }
+            }
+        }
+        // A batch the peer has the front of: send only the rest.
+        if let Some(h) = self.resend.front_mut() {
+            if h.first() <= peer_in_seq {
+                let skip = usize::try_from(peer_in_seq - h.first() + 1).unwrap_or(usize::MAX);
+                let (msgs, bytes) = h.skip_records(skip, &self.log);
+                released.0 += msgs;
+                released.1 += bytes;
+                if let Held::Batch { at: Some(at), .. } = h {
+                    self.log.release_to(*at);
+                }
             }
         }
         if released.0 > 0 {
@@ -736,17 +992,19 @@ impl Session {
         self.in_seq = 0;
         self.acked_in_seq = 0;
         self.ack_deadline = None;
-        for (i, (seq, _)) in self.resend.iter_mut().enumerate() {
-            *seq = i as u64 + 1;
+        let mut next = 1;
+        for h in self.resend.iter_mut() {
+            h.renumber(next);
+            next += h.msgs() as u64;
         }
     }
 
     /// Feeds one received frame. A message it completes becomes a
     /// [`SessionEvent::Message`].
     pub fn handle_frame(&mut self, f: Frame, now: Instant) -> Result<(), Fault> {
-        let mut direct = None;
-        let r = self.receive(f, now, |m| direct = Some(m));
-        if let Some(m) = direct {
+        let mut direct = Vec::new();
+        let r = self.receive(f, now, |m| direct.push(m));
+        for m in direct {
             self.push_ordered(SessionEvent::Message(m));
         }
         r
@@ -761,7 +1019,7 @@ impl Session {
         &mut self,
         f: Frame,
         now: Instant,
-        deliver: impl FnOnce(Message),
+        mut deliver: impl FnMut(Message),
     ) -> Result<(), Fault> {
         self.last_rx = now;
         if self.state == SessionState::Closed {
@@ -801,6 +1059,9 @@ impl Session {
                     return Ok(());
                 }
             }
+            (Tag::MessageBatch, SessionState::Open) => {
+                self.receive_batch(&f, now, &mut deliver)?;
+            }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
                 if f.tag == Tag::Keepalive {
                     self.push_frame(Tag::KeepaliveAck, 0, &[]);
@@ -821,6 +1082,54 @@ impl Session {
         }
         if let Some(ack) = ack {
             self.handle_ack(ack)?;
+        }
+        Ok(())
+    }
+
+    /// A batch of messages: checked whole before anything in it is delivered; records the
+    /// peer sent before (a resend across a reconnect) are counted as duplicates.
+    fn receive_batch(
+        &mut self,
+        f: &Frame,
+        now: Instant,
+        deliver: &mut impl FnMut(Message),
+    ) -> Result<(), Fault> {
+        if !self.batching {
+            return Err(Fault::Protocol(
+                "message batch received but batching was not agreed".into(),
+            ));
+        }
+        let count = f.msg_type;
+        wire::check_batch(f.data.as_slice(), count)?;
+        let first = f.seq;
+        let next = self.in_seq.saturating_add(1);
+        if first > next || first == 0 {
+            return Err(Fault::Protocol(format!(
+                "sequence gap: expected {next}, got a batch from {first}"
+            )));
+        }
+        // Records already received (first <= in_seq): a resend across a reconnect.
+        let skip = usize::try_from(next - first).unwrap_or(usize::MAX);
+        for _ in 0..skip.min(usize::from(count)) {
+            self.events.push_back(SessionEvent::Duplicate);
+        }
+        if skip >= usize::from(count) {
+            return Ok(());
+        }
+        if self.ack_deadline.is_none() {
+            self.ack_deadline = Some(now + self.cfg.ack_delay);
+        }
+        for (msg_type, range) in wire::batch_records(f.data.as_slice()).skip(skip) {
+            let Some(payload) = f.data.try_slice(range) else {
+                return Err(WireError::BadBatch("record outside the batch").into());
+            };
+            self.in_seq += 1;
+            let m = Message::received(msg_type, f.priority, payload);
+            if self.ordered_events == 0 {
+                deliver(m);
+            } else {
+                self.push_ordered(SessionEvent::Message(m));
+            }
         }
         Ok(())
     }
@@ -862,6 +1171,7 @@ impl Session {
         }
         let peer = PeerIdentity::from_hello(&reply);
         self.peer = Some(peer.clone());
+        self.batching = self.local.features & reply.features & wire::FEATURE_BATCH != 0;
         self.state = SessionState::Open;
         self.hello_deadline = None;
         self.last_rx = now;
@@ -919,7 +1229,7 @@ impl Session {
         if ack > self.out_seq {
             return Err(self.bogus_ack(ack));
         }
-        if self.flight_written > 0 && self.flight.front().is_some_and(|(seq, _)| *seq <= ack) {
+        if self.flight_written > 0 && self.flight.front().is_some_and(|h| h.last() <= ack) {
             self.release_acked(ack);
         }
         Ok(())
@@ -940,13 +1250,16 @@ impl Session {
         // believed as far as what it can have received).
         while self.flight_written > 0 {
             match self.flight.front() {
-                Some((seq, _)) if *seq <= ack => {}
+                Some(h) if h.last() <= ack => {}
                 _ => break,
             }
-            if let Some((_, m)) = self.flight.pop_front() {
+            if let Some(h) = self.flight.pop_front() {
                 self.flight_written -= 1;
-                msgs += 1;
-                bytes += m.len();
+                msgs += h.msgs();
+                bytes += h.bytes();
+                if let Some(end) = h.log_end() {
+                    self.log.release_to(end);
+                }
             }
         }
         if msgs > 0 {
@@ -962,12 +1275,15 @@ impl Session {
     /// the session waits for a new transport. Lossy: everything is dropped and the session
     /// closes. Returns the new state.
     pub fn on_fault(&mut self, permanent: bool) -> SessionState {
+        // An open batch holds messages too: it joins the held entries like a written one.
+        self.close_batch();
         if self.cfg.lossy || permanent {
             let (mut msgs, mut bytes) = self.out.clear();
-            for (_, m) in self.resend.drain(..).chain(self.flight.drain(..)) {
-                msgs += 1;
-                bytes += m.len();
+            for h in self.resend.drain(..).chain(self.flight.drain(..)) {
+                msgs += h.msgs();
+                bytes += h.bytes();
             }
+            self.log.clear();
             self.flight_written = 0;
             self.clear_tx_frames();
             self.stage.clear();
@@ -1066,7 +1382,7 @@ impl Session {
 
     /// True if [`Session::prepare_tx`] would produce something to write.
     pub fn wants_write(&self, now: Instant) -> bool {
-        !self.tx.is_empty()
+        self.has_tx()
             || (self.state == SessionState::Open
                 && (!self.out.is_empty() || !self.resend.is_empty() || self.ack_due(now)))
     }
@@ -1093,9 +1409,21 @@ impl Session {
             && external < MAX_EXTERNAL
             && self.rekey_due().is_none()
         {
-            let msg = if let Some((seq, m)) = self.resend.pop_front() {
-                debug_assert_eq!(seq, self.out_seq + 1, "resend keeps its sequence");
-                m
+            let msg = if let Some(h) = self.resend.pop_front() {
+                debug_assert_eq!(h.first(), self.out_seq + 1, "resend keeps its sequence");
+                match h {
+                    Held::Msg { msg, .. } => msg,
+                    batch if self.batching => {
+                        self.reframe_batch(batch);
+                        framed = true;
+                        continue;
+                    }
+                    batch => {
+                        // The peer came back without batching: its records go singly.
+                        self.unbatch(batch);
+                        continue;
+                    }
+                }
             } else if let Some(q) = self.out.pop() {
                 if self.cfg.lossy
                     && !self.cfg.lossy_max_age.is_zero()
@@ -1130,7 +1458,13 @@ impl Session {
 
     /// Fills `out` with the gather list of the framed output, at most `max_iov` slices.
     /// Returns the number of bytes those slices cover.
-    pub fn io_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+    /// An open message batch is closed first.
+    pub fn io_slices<'a>(&'a mut self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+        self.close_batch();
+        self.slices(out, max_iov)
+    }
+
+    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
         if self.tx_external == 0 {
             // Every frame is staged, back to back to the end of `stage`: one slice.
             let Some(front) = self.tx.front() else {
@@ -1146,17 +1480,23 @@ impl Session {
         let start = out.len();
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
-        let first_seq = self.flight.front().map_or(0, |(seq, _)| *seq);
         for f in &self.tx {
             // A payload sent by reference is read from its message in `flight` (found by
             // sequence number: the numbers there are consecutive).
             let payload = match f.seq() {
                 Some(seq) if f.is_external() => {
-                    let m = usize::try_from(seq - first_seq)
+                    let m = self
+                        .flight
+                        .binary_search_by_key(&seq, Held::first)
                         .ok()
                         .and_then(|i| self.flight.get(i));
-                    debug_assert!(m.is_some_and(|(s, _)| *s == seq), "frame without message");
-                    m.map_or(&[][..], |(_, m)| m.payload.bufs())
+                    match m {
+                        Some(Held::Msg { msg, .. }) => msg.payload.bufs(),
+                        _ => {
+                            debug_assert!(false, "frame without message");
+                            &[][..]
+                        }
+                    }
                 }
                 _ => &[],
             };
@@ -1171,7 +1511,7 @@ impl Session {
 
     /// True when framed output is waiting for the socket.
     pub fn has_tx(&self) -> bool {
-        !self.tx.is_empty()
+        !self.tx.is_empty() || self.batch.is_some()
     }
 
     /// The socket took `n` bytes of the gather list. Returns how many message frames were
@@ -1193,12 +1533,14 @@ impl Session {
             self.tx_off = 0;
             if let Some(f) = self.tx.pop_front() {
                 self.tx_external -= usize::from(f.is_external());
-                if f.seq().is_some() {
-                    written += 1;
+                let k = f.messages();
+                if k > 0 {
+                    // One held entry per message-carrying frame.
+                    written += k as u64;
                     if self.cfg.lossy {
-                        if let Some((_, m)) = self.flight.pop_front() {
-                            msgs += 1;
-                            bytes += m.len();
+                        if let Some(h) = self.flight.pop_front() {
+                            msgs += h.msgs();
+                            bytes += h.bytes();
                         }
                     } else {
                         self.flight_written += 1;
@@ -1206,7 +1548,7 @@ impl Session {
                 }
             }
         }
-        if self.tx.is_empty() {
+        if self.tx.is_empty() && self.batch.is_none() {
             self.stage.clear();
             self.tx_off = 0;
         }

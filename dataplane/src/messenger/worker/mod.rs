@@ -235,9 +235,7 @@ impl Worker {
             Command::SendBatch { conn, msgs } => match self.lookup(conn) {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-                        for msg in msgs {
-                            st.session.queue(msg, self.now);
-                        }
+                        st.session.queue_batch(msgs, self.now);
                     }
                     self.mark_dirty(t);
                 }
