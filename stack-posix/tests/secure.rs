@@ -110,11 +110,13 @@ fn secure_payload_never_appears_on_the_wire() {
 
 #[test]
 fn secure_rekeys_by_reconnecting_without_loss() {
+    // One frame per message (no batches), so that 300 frames are 300 messages.
     let rekeying = || Config {
         auth: AuthConfig {
             rekey_after_frames: 300,
             ..secure().auth
         },
+        features: 0,
         ..secure()
     };
     let sd = Checker::fast();
@@ -201,7 +203,8 @@ fn dataplane_ev_reset(id: u64) -> Ev {
 fn tampered_run(tamper: Tamper) {
     let sd = Checker::fast();
     let server = messenger("server", secure(), sd.clone(), true);
-    let proxy = Proxy::start(addr(&server), tamper, 500);
+    // Small messages travel in batch frames: the 9th message frame is a sealed batch.
+    let proxy = Proxy::start(addr(&server), tamper, 8);
     let client = messenger("client", secure(), Checker::fast(), false);
     let conn = client.connect(proxy.addr()).unwrap();
     let n = 3000u64;

@@ -182,7 +182,8 @@ fn client_to_server(
             break;
         }
         record(cap, &frame);
-        let is_target = tag == 3 && mode != Tamper::Nothing && {
+        // Message frames: single (3) or batches (9).
+        let is_target = (tag == 3 || tag == 9) && mode != Tamper::Nothing && {
             messages += 1;
             messages - 1 == nth
         };
