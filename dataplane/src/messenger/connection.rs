@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::counters::Counters;
 use crate::error::{BatchSendError, SendError, SendErrorKind};
 use crate::messenger::dispatch::{DispatchQueue, Item};
-use crate::messenger::protocol::PeerIdentity;
+use crate::messenger::protocol::{PeerIdentity, RecordBlock};
 use crate::messenger::worker::Command;
 use crate::messenger::{Message, Policy};
 use crate::ring::{mpsc, Doorbell};
@@ -268,17 +268,27 @@ impl Connection {
                     };
                     return fail(kind, msgs);
                 }
-                match ring.push(Command::SendBatch { conn: s.id, msgs }) {
+                // Small messages are encoded into record blocks here, on the sending thread,
+                // and dropped here once the worker has the blocks (see `RecordBlock`).
+                let encode = msgs.iter().all(RecordBlock::fits);
+                let (cmd, msgs) = if encode {
+                    let blocks = RecordBlock::encode(&msgs);
+                    (Command::SendRecords { conn: s.id, blocks }, Some(msgs))
+                } else {
+                    (Command::SendBatch { conn: s.id, msgs }, None)
+                };
+                match ring.push(cmd) {
                     Ok(()) => {
                         doorbell.ring();
+                        drop(msgs);
                         Ok(())
                     }
                     Err(cmd) => {
                         self.release(n, total);
                         Counters::add(&s.counters.send_refused, 1);
                         doorbell.ring();
-                        let messages = match cmd {
-                            Command::SendBatch { msgs, .. } => msgs,
+                        let messages = match (cmd, msgs) {
+                            (_, Some(msgs)) | (Command::SendBatch { msgs, .. }, None) => msgs,
                             _ => unreachable!("pushed a SendBatch"),
                         };
                         fail(SendErrorKind::RingFull, messages)

@@ -107,11 +107,12 @@ impl TxFrame {
         }
     }
 
-    /// The message sequence number, for single-message frames.
-    pub(crate) fn seq(&self) -> Option<u64> {
+    /// Sequence number of the (first) message the frame carries.
+    pub(crate) fn first_seq(&self) -> Option<u64> {
         match self.kind {
             TxKind::Message { seq } => Some(seq),
-            TxKind::Batch { .. } | TxKind::Control => None,
+            TxKind::Batch { first, .. } => Some(first),
+            TxKind::Control => None,
         }
     }
 

@@ -9,8 +9,25 @@
 //! records into the log (a few KiB, one `memcpy`), the counterpart of a kernel's
 //! retransmission queue. A resend frames the records again from the log.
 
+use crate::buf::Buf;
 use crate::messenger::Message;
 use crate::wire;
+
+/// Where a held batch's records are.
+#[derive(Debug)]
+pub(crate) enum Records {
+    /// Nowhere: a lossy session never resends (and the frame was staged).
+    Gone,
+    /// In the [`RecordLog`] at this absolute offset (batches the session built).
+    Log {
+        /// Absolute offset.
+        at: u64,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// In the block the sender encoded, which the frame also writes by reference.
+    Block(Buf),
+}
 
 /// One held entry, in sequence order.
 #[derive(Debug)]
@@ -32,11 +49,8 @@ pub(crate) enum Held {
         bytes: usize,
         /// Priority of every record.
         priority: u8,
-        /// Where its records start in the [`RecordLog`] (absolute offset), or `None` on a
-        /// lossy session, which never resends.
-        at: Option<u64>,
-        /// Length of its records in bytes.
-        len: usize,
+        /// Its records.
+        records: Records,
     },
 }
 
@@ -81,36 +95,57 @@ impl Held {
         }
     }
 
+    /// The record bytes of a batch, wherever they are.
+    pub(crate) fn records<'a>(&'a self, log: &'a RecordLog) -> Option<&'a [u8]> {
+        match self {
+            Held::Batch {
+                records: Records::Log { at, len },
+                ..
+            } => log.get(*at, *len),
+            Held::Batch {
+                records: Records::Block(b),
+                ..
+            } => Some(b.as_slice()),
+            _ => None,
+        }
+    }
+
     /// A batch whose first `k` records the peer already has: drops them (at least one record
     /// stays). Returns the messages and payload bytes dropped.
     pub(crate) fn skip_records(&mut self, k: usize, log: &RecordLog) -> (usize, usize) {
+        let (mut n, mut payload, mut end) = (0usize, 0usize, 0usize);
+        if let (Held::Batch { count, .. }, Some(recs)) = (&*self, self.records(log)) {
+            let k = k.min(usize::from(*count).saturating_sub(1));
+            for (_, r) in wire::batch_records(recs).take(k) {
+                n += 1;
+                payload += r.len();
+                end = r.end;
+            }
+        }
         let Held::Batch {
             first,
             count,
             bytes,
-            at: Some(at),
-            len,
+            records,
             ..
         } = self
         else {
             return (0, 0);
         };
-        let k = k.min(usize::from(*count).saturating_sub(1));
-        let Some(records) = log.get(*at, *len) else {
-            return (0, 0);
-        };
-        let (mut n, mut payload, mut end) = (0usize, 0usize, 0usize);
-        for (_, r) in wire::batch_records(records).take(k) {
-            n += 1;
-            payload += r.len();
-            end = r.end;
-        }
         // n <= k < count <= u16::MAX.
         *first += n as u64;
         *count -= n as u16;
         *bytes -= payload;
-        *at += end as u64;
-        *len -= end;
+        match records {
+            Records::Log { at, len } => {
+                *at += end as u64;
+                *len -= end;
+            }
+            Records::Block(b) => {
+                b.narrow(end..);
+            }
+            Records::Gone => {}
+        }
         (n, payload)
     }
 
@@ -118,8 +153,20 @@ impl Held {
     pub(crate) fn log_end(&self) -> Option<u64> {
         match self {
             Held::Batch {
-                at: Some(at), len, ..
+                records: Records::Log { at, len },
+                ..
             } => Some(at + *len as u64),
+            _ => None,
+        }
+    }
+
+    /// Start of its records in the log, if it has any there.
+    pub(crate) fn log_start(&self) -> Option<u64> {
+        match self {
+            Held::Batch {
+                records: Records::Log { at, .. },
+                ..
+            } => Some(*at),
             _ => None,
         }
     }
@@ -223,18 +270,23 @@ mod tests {
             count: 3,
             bytes: 6,
             priority: 5,
-            at: Some(at),
-            len: records.len(),
+            records: Records::Log {
+                at,
+                len: records.len(),
+            },
         };
+        let mut b = Held::Batch {
+            first: 10,
+            count: 3,
+            bytes: 6,
+            priority: 5,
+            records: Records::Block(Buf::copy_from_slice(&records)),
+        };
+        assert_eq!(b.skip_records(2, &log), (2, 5));
+        assert_eq!(b.records(&log), Some(&records[records.len() - 7..]));
         assert_eq!(h.skip_records(2, &log), (2, 5));
         assert_eq!((h.first(), h.last(), h.msgs(), h.bytes()), (12, 12, 1, 1));
-        let Held::Batch {
-            at: Some(a), len, ..
-        } = h
-        else {
-            panic!("still a batch");
-        };
-        let rest = log.get(a, len).unwrap();
+        let rest = h.records(&log).unwrap();
         let got: Vec<(u16, &[u8])> = wire::batch_records(rest)
             .map(|(t, r)| (t, &rest[r]))
             .collect();

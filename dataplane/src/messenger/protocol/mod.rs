@@ -10,12 +10,14 @@ mod decoder;
 mod frame;
 mod held;
 mod out_queue;
+mod records;
 mod session;
 
 pub use decoder::FrameDecoder;
 pub(crate) use frame::TxKind;
 pub use frame::{Frame, TxFrame};
-pub use out_queue::{OutQueue, Queued};
+pub use out_queue::{OutQueue, Outgoing, Queued};
+pub use records::{RecordBlock, BLOCK_MAX};
 pub use session::{
     Fault, LocalIdentity, PeerIdentity, Role, Session, SessionConfig, SessionEvent, SessionState,
 };

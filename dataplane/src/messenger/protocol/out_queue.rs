@@ -5,11 +5,54 @@ use std::time::Instant;
 
 use crate::messenger::Message;
 
-/// A message waiting to be framed, with the time it was queued (lossy age limit).
+use super::RecordBlock;
+
+/// What waits to be framed: a message, or a block of small messages the sender encoded.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// One message.
+    Msg(Message),
+    /// Small messages already encoded as batch records.
+    Records(RecordBlock),
+}
+
+impl Outgoing {
+    /// Payload bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Outgoing::Msg(m) => m.len(),
+            Outgoing::Records(b) => b.len(),
+        }
+    }
+
+    /// True without payload bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Messages carried.
+    pub fn msgs(&self) -> usize {
+        match self {
+            Outgoing::Msg(_) => 1,
+            Outgoing::Records(b) => b.count(),
+        }
+    }
+
+    /// Priority.
+    pub fn priority(&self) -> u8 {
+        match self {
+            Outgoing::Msg(m) => m.priority,
+            Outgoing::Records(b) => b.priority(),
+        }
+    }
+}
+
+/// A message (or record block) waiting to be framed, with the time it was queued (lossy age
+/// limit).
 #[derive(Debug)]
 pub struct Queued {
-    /// The message.
-    pub msg: Message,
+    /// What waits.
+    pub msg: Outgoing,
     /// When the application queued it.
     pub since: Instant,
 }
@@ -28,9 +71,9 @@ impl OutQueue {
     /// Queues a message behind others of its priority.
     #[inline]
     pub fn push(&mut self, q: Queued) {
-        self.len += 1;
+        self.len += q.msg.msgs();
         self.bytes += q.msg.len();
-        self.class(q.msg.priority).push_back(q);
+        self.class(q.msg.priority()).push_back(q);
     }
 
     /// Queues messages in order, each behind others of its priority. A run of one priority
@@ -42,13 +85,19 @@ impl OutQueue {
         };
         if all.iter().any(|m| m.priority != p) {
             for msg in msgs {
-                self.push(Queued { msg, since });
+                self.push(Queued {
+                    msg: Outgoing::Msg(msg),
+                    since,
+                });
             }
             return;
         }
         self.len += all.len();
         self.bytes += all.iter().map(Message::len).sum::<usize>();
-        self.class(p).extend(msgs.map(|msg| Queued { msg, since }));
+        self.class(p).extend(msgs.map(|msg| Queued {
+            msg: Outgoing::Msg(msg),
+            since,
+        }));
     }
 
     /// The queue of priority `p`, created if needed.
@@ -69,12 +118,12 @@ impl OutQueue {
     #[inline]
     pub fn pop(&mut self) -> Option<Queued> {
         let q = self.classes.iter_mut().find_map(|(_, c)| c.pop_front())?;
-        self.len -= 1;
+        self.len -= q.msg.msgs();
         self.bytes -= q.msg.len();
         Some(q)
     }
 
-    /// Messages queued.
+    /// Messages queued (a record block counts its messages).
     pub fn len(&self) -> usize {
         self.len
     }

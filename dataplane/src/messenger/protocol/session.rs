@@ -14,8 +14,9 @@ use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
 use super::frame::{IovBuilder, TxKind};
-use super::held::{Held, RecordLog};
+use super::held::{Held, RecordLog, Records};
 use super::{Frame, OutQueue, Queued, TxFrame};
+use super::{Outgoing, RecordBlock};
 
 /// Staging bytes framed ahead of the socket at most (plus one frame).
 const STAGE_MAX: usize = 256 * 1024;
@@ -471,7 +472,56 @@ impl Session {
             self.ack_deadline = None;
             return;
         }
-        self.out.push(Queued { msg, since: now });
+        self.out.push(Queued {
+            msg: Outgoing::Msg(msg),
+            since: now,
+        });
+    }
+
+    /// Queues blocks of small messages the sender encoded (see [`RecordBlock`]), in order:
+    /// framed at once as batches when nothing waits ahead of them and there is room, else
+    /// queued by priority like messages.
+    pub fn queue_records(&mut self, blocks: Vec<RecordBlock>, now: Instant) {
+        let mut framed = false;
+        for b in blocks {
+            if self.state == SessionState::Closed {
+                self.events.push_back(SessionEvent::Released {
+                    msgs: b.count(),
+                    bytes: b.len(),
+                    dropped: true,
+                });
+            } else if self.state == SessionState::Open
+                && self.out.is_empty()
+                && self.resend.is_empty()
+                && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
+                && self.tx.len() < self.cfg.max_tx_frames
+                && self.stage.len() < STAGE_MAX
+                && self.rekey_due().is_none()
+            {
+                self.push_records(b);
+                framed = true;
+            } else {
+                self.out.push(Queued {
+                    msg: Outgoing::Records(b),
+                    since: now,
+                });
+            }
+        }
+        if framed {
+            self.acked_in_seq = self.in_seq;
+            self.ack_deadline = None;
+        }
+    }
+
+    /// Frames a record block: as a batch when the peer takes batches, else message by
+    /// message (slices of the block, no copy).
+    fn push_records(&mut self, b: RecordBlock) {
+        if self.batching {
+            return self.frame_records(b);
+        }
+        for m in b.to_messages() {
+            self.frame_message(m);
+        }
     }
 
     /// Queues application messages in order, as [`Session::queue`] would one by one: those
@@ -595,16 +645,13 @@ impl Session {
         let records_at = b.off + wire::PREAMBLE_LEN;
         let len = self.stage.len() - records_at;
         // Lossless: keep the plain records for a resend (before sealing them in place).
-        let at = (!self.cfg.lossy).then(|| self.log.append(&self.stage[records_at..]));
-        let head = FrameHead {
-            tag: Tag::MessageBatch as u8,
-            flags: wire::FLAG_ACK_VALID,
-            priority: b.priority,
-            msg_type: b.count,
-            seq: b.first,
-            ack: self.in_seq,
-            ..FrameHead::default()
+        let records = if self.cfg.lossy {
+            Records::Gone
+        } else {
+            let at = self.log.append(&self.stage[records_at..]);
+            Records::Log { at, len }
         };
+        let head = self.batch_head(b.first, b.count, b.priority);
         let f = TxFrame::batch_close(
             &mut self.stage,
             b.off,
@@ -619,24 +666,89 @@ impl Session {
             count: b.count,
             bytes: b.bytes,
             priority: b.priority,
-            at,
-            len,
+            records,
         });
     }
 
-    /// Frames a held batch again (a resend): its records from the log in a fresh frame, same
-    /// sequence numbers, current ack.
-    fn reframe_batch(&mut self, h: Held) {
+    /// The header of a batch frame, with the current ack.
+    fn batch_head(&self, first: u64, count: u16, priority: u8) -> FrameHead {
+        FrameHead {
+            tag: Tag::MessageBatch as u8,
+            flags: wire::FLAG_ACK_VALID,
+            priority,
+            msg_type: count,
+            seq: first,
+            ack: self.in_seq,
+            ..FrameHead::default()
+        }
+    }
+
+    /// Frames a block of records the sender encoded, as one batch: plain, the block is written
+    /// by reference (only the preamble and crc are staged); sealed, it is encrypted into the
+    /// staging buffer. The block is held for a resend like any batch.
+    fn frame_records(&mut self, block: RecordBlock) {
+        let RecordBlock {
+            records,
+            count,
+            bytes,
+            priority,
+        } = block;
+        let first = self.out_seq + 1;
+        self.frame_held_block(Held::Batch {
+            first,
+            count,
+            bytes,
+            priority,
+            records: Records::Block(records),
+        });
+    }
+
+    /// Frames a held batch whose records are a block (first framing or resend).
+    fn frame_held_block(&mut self, h: Held) {
         let Held::Batch {
             first,
             count,
             priority,
-            at: Some(at),
-            len,
+            records: Records::Block(buf),
             ..
-        } = h
+        } = &h
         else {
             return;
+        };
+        debug_assert_eq!(*first, self.out_seq + 1, "batches keep their sequence");
+        self.close_batch();
+        let head = self.batch_head(*first, *count, *priority);
+        let f = TxFrame::encode(
+            &mut self.stage,
+            head,
+            &[],
+            TxKind::Batch {
+                first: *first,
+                count: *count,
+            },
+            std::slice::from_ref(buf),
+            self.sealer.as_mut(),
+        );
+        self.push_tx(f);
+        self.out_seq += u64::from(*count);
+        self.flight.push_back(h);
+    }
+
+    /// Frames a held batch again (a resend): same sequence numbers, current ack.
+    fn reframe_batch(&mut self, h: Held) {
+        let (first, count, priority, at, len) = match &h {
+            Held::Batch {
+                records: Records::Block(_),
+                ..
+            } => return self.frame_held_block(h),
+            Held::Batch {
+                first,
+                count,
+                priority,
+                records: Records::Log { at, len },
+                ..
+            } => (*first, *count, *priority, *at, *len),
+            _ => return,
         };
         debug_assert_eq!(first, self.out_seq + 1, "resend keeps its sequence");
         self.close_batch();
@@ -647,15 +759,7 @@ impl Session {
         };
         let off = TxFrame::batch_open(&mut self.stage);
         self.stage.extend_from_slice(records);
-        let head = FrameHead {
-            tag: Tag::MessageBatch as u8,
-            flags: wire::FLAG_ACK_VALID,
-            priority,
-            msg_type: count,
-            seq: first,
-            ack: self.in_seq,
-            ..FrameHead::default()
-        };
+        let head = self.batch_head(first, count, priority);
         let f = TxFrame::batch_close(
             &mut self.stage,
             off,
@@ -674,27 +778,23 @@ impl Session {
     #[cold]
     fn unbatch(&mut self, h: Held) {
         let Held::Batch {
-            first,
-            priority,
-            at: Some(at),
-            len,
-            ..
-        } = h
+            first, priority, ..
+        } = &h
         else {
             return;
         };
-        let Some(records) = self.log.get(at, len) else {
+        let Some(records) = h.records(&self.log) else {
             tracing::error!(first, "held batch missing from the record log");
             return;
         };
         let singles: Vec<Held> = wire::batch_records(records)
-            .zip(first..)
+            .zip(*first..)
             .map(|((msg_type, r), seq)| Held::Msg {
                 seq,
-                // Why a copy: the records live in the log, which is released as a whole;
+                // Why a copy: the records may live in the log, which is released as a whole;
                 // this path only runs once, after a peer restart.
                 msg: Message::new(msg_type, crate::buf::Buf::copy_from_slice(&records[r]))
-                    .with_priority(priority),
+                    .with_priority(*priority),
             })
             .collect();
         for s in singles.into_iter().rev() {
@@ -809,10 +909,7 @@ impl Session {
             .flight
             .iter()
             .skip(self.flight_written)
-            .find_map(|h| match h {
-                Held::Batch { at, .. } => *at,
-                Held::Msg { .. } => None,
-            })
+            .find_map(Held::log_start)
         {
             self.log.truncate_from(at);
         }
@@ -970,8 +1067,8 @@ impl Session {
                 let (msgs, bytes) = h.skip_records(skip, &self.log);
                 released.0 += msgs;
                 released.1 += bytes;
-                if let Held::Batch { at: Some(at), .. } = h {
-                    self.log.release_to(*at);
+                if let Some(at) = h.log_start() {
+                    self.log.release_to(at);
                 }
             }
         }
@@ -1430,13 +1527,21 @@ impl Session {
                     && now.saturating_duration_since(q.since) > self.cfg.lossy_max_age
                 {
                     self.events.push_back(SessionEvent::Released {
-                        msgs: 1,
+                        msgs: q.msg.msgs(),
                         bytes: q.msg.len(),
                         dropped: true,
                     });
                     continue;
                 }
-                q.msg
+                match q.msg {
+                    Outgoing::Msg(m) => m,
+                    Outgoing::Records(b) => {
+                        external += 1;
+                        self.push_records(b);
+                        framed = true;
+                        continue;
+                    }
+                }
             } else {
                 break;
             };
@@ -1481,9 +1586,9 @@ impl Session {
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
         for f in &self.tx {
-            // A payload sent by reference is read from its message in `flight` (found by
-            // sequence number: the numbers there are consecutive).
-            let payload = match f.seq() {
+            // A payload sent by reference is read from its message (or record block) in
+            // `flight`, found by its first sequence number (`flight` is in sequence order).
+            let payload = match f.first_seq() {
                 Some(seq) if f.is_external() => {
                     let m = self
                         .flight
@@ -1492,6 +1597,10 @@ impl Session {
                         .and_then(|i| self.flight.get(i));
                     match m {
                         Some(Held::Msg { msg, .. }) => msg.payload.bufs(),
+                        Some(Held::Batch {
+                            records: Records::Block(b),
+                            ..
+                        }) => std::slice::from_ref(b),
                         _ => {
                             debug_assert!(false, "frame without message");
                             &[][..]

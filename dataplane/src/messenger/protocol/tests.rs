@@ -1068,3 +1068,136 @@ fn without_the_feature_messages_go_singly_and_a_batch_is_refused() {
     let f = feed(&mut p.cd, &p.pool, &b, 1500).unwrap().remove(0);
     assert!(matches!(p.c.handle_frame(f, now), Err(Fault::Protocol(_))));
 }
+
+// ---- record blocks encoded by the sender ----
+
+fn small(i: u32) -> Message {
+    Message::new(i as u16, Buf::from_vec(vec![i as u8; (i % 97) as usize]))
+}
+
+#[test]
+fn record_blocks_go_out_by_reference_in_order_with_messages_around_them() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    let batch: Vec<Message> = (0..500).map(small).collect();
+    p.c.queue(m(1), p.now);
+    p.c.queue_records(RecordBlock::encode(&batch), p.now);
+    p.c.queue(Message::new(1, Buf::from_vec(vec![3; 4000])), p.now);
+    // The block's bytes are the caller's block: the gather list points at it.
+    let mut iov = Vec::new();
+    let n = p.c.io_slices(&mut iov, 1024);
+    assert!(
+        iov.len() >= 3,
+        "records sent by reference: {} slices",
+        iov.len()
+    );
+    drop(iov);
+    p.c.on_written(0, p.now);
+    assert!(n > 500 * 6);
+    p.c_to_s().unwrap();
+    let got = msgs(&events(&mut p.s));
+    let mut want = vec![m(1).payload.to_vec()];
+    want.extend(batch.iter().map(|x| x.payload.to_vec()));
+    want.push(vec![3; 4000]);
+    assert_eq!(got, want);
+    // Acknowledged: nothing held any more.
+    p.s_to_c().unwrap();
+    p.now += Duration::from_secs(1);
+    p.s.handle_timeout(p.now).unwrap();
+    p.s_to_c().unwrap();
+    assert_eq!(p.c.backlog(), 0);
+}
+
+#[test]
+fn record_blocks_are_resent_exactly_once_after_a_reconnect() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    let first: Vec<Message> = (0..300).map(small).collect();
+    p.c.queue_records(RecordBlock::encode(&first), p.now);
+    drain(&mut p.c, p.now);
+    p.reconnect();
+    let second: Vec<Message> = (300..400).map(small).collect();
+    p.c.queue_records(RecordBlock::encode(&second), p.now);
+    p.c_to_s().unwrap();
+    let got = msgs(&events(&mut p.s));
+    let want: Vec<Vec<u8>> = first
+        .iter()
+        .chain(&second)
+        .map(|x| x.payload.to_vec())
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn record_blocks_for_a_peer_without_batches_go_singly() {
+    let now = Instant::now();
+    let plain = Arc::new(LocalIdentity {
+        features: 0,
+        ..(*ident("server", 22)).clone()
+    });
+    let mut p = Pair {
+        c: Session::new(Role::Client, cfg(false), ident("client", 11), now),
+        s: Session::new(Role::Server, cfg(false), plain.clone(), now),
+        cd: FrameDecoder::new(Limits::default()),
+        sd: FrameDecoder::new(Limits::default()),
+        pool: pool(),
+        now,
+    };
+    p.c.start_client(now);
+    let bytes = drain(&mut p.c, now);
+    let hello = wire::parse_hello(&feed(&mut p.sd, &p.pool, &bytes, 99).unwrap()[0].front).unwrap();
+    p.s.accept_hello(&hello, None, now);
+    p.s_to_c().unwrap();
+    events(&mut p.s);
+    let batch: Vec<Message> = (0..20).map(small).collect();
+    p.c.queue_records(RecordBlock::encode(&batch), now);
+    let bytes = drain(&mut p.c, now);
+    let frames = feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap();
+    assert_eq!(frames.len(), 20);
+    assert!(frames.iter().all(|f| f.tag == Tag::Message));
+    for f in frames {
+        p.s.handle_frame(f, now).unwrap();
+    }
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(
+        got,
+        batch.iter().map(|x| x.payload.to_vec()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn lossy_record_blocks_are_released_when_written_or_dropped_on_a_fault() {
+    let mut p = Pair::new(true);
+    p.handshake();
+    events(&mut p.c);
+    let batch: Vec<Message> = (0..50).map(small).collect();
+    p.c.queue_records(RecordBlock::encode(&batch), p.now);
+    drain(&mut p.c, p.now);
+    let released: usize = events(&mut p.c)
+        .iter()
+        .map(|e| match e {
+            SessionEvent::Released {
+                msgs,
+                dropped: false,
+                ..
+            } => *msgs,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(released, 50);
+    p.c.queue_records(RecordBlock::encode(&batch), p.now);
+    p.c.on_fault(false);
+    let dropped: usize = events(&mut p.c)
+        .iter()
+        .map(|e| match e {
+            SessionEvent::Released {
+                msgs,
+                dropped: true,
+                ..
+            } => *msgs,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(dropped, 50);
+}

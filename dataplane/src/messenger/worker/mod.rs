@@ -20,7 +20,9 @@ use crate::error::Error;
 use crate::event::{EventCenter, Fired};
 use crate::messenger::dispatch::Item;
 use crate::messenger::fault::FaultInjector;
-use crate::messenger::protocol::{Fault, FrameDecoder, Role, Session, SessionEvent, SessionState};
+use crate::messenger::protocol::{
+    Fault, FrameDecoder, RecordBlock, Role, Session, SessionEvent, SessionState,
+};
 use crate::messenger::{Connection, Message, Policy, Shared};
 use crate::ring::mpsc;
 use crate::secure::Sealer;
@@ -40,6 +42,8 @@ pub(crate) enum Command {
     Send { conn: u64, msg: Message },
     /// Queue several messages on a connection, in order.
     SendBatch { conn: u64, msgs: Vec<Message> },
+    /// Queue small messages the sender encoded as record blocks, in order.
+    SendRecords { conn: u64, blocks: Vec<RecordBlock> },
     /// Open an outgoing connection on a lane (0 for the shared one from `connect`).
     Connect {
         conn: Connection,
@@ -240,6 +244,18 @@ impl Worker {
                     self.mark_dirty(t);
                 }
                 None => Counters::add(&self.shared.counters.dropped, msgs.len() as u64),
+            },
+            Command::SendRecords { conn, blocks } => match self.lookup(conn) {
+                Some(t) => {
+                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                        st.session.queue_records(blocks, self.now);
+                    }
+                    self.mark_dirty(t);
+                }
+                None => {
+                    let n: usize = blocks.iter().map(RecordBlock::count).sum();
+                    Counters::add(&self.shared.counters.dropped, n as u64);
+                }
             },
             Command::Connect { conn, addr, lane } => self.connect(conn, addr, lane),
             Command::Adopt(a) => self.adopt(*a),

@@ -1,0 +1,143 @@
+//! Small messages encoded as batch records by the thread that sends them.
+//!
+//! [`Connection::send_batch`](crate::Connection::send_batch) copies the payloads of small
+//! messages into record blocks on the caller's thread (as a codec encodes on the sending task)
+//! and drops the messages there. The worker then frames a whole block with one preamble and
+//! one crc and writes it by reference: nothing per message crosses to the worker thread, and
+//! a payload buffer's reference count is never touched from two cores.
+
+use crate::buf::Buf;
+use crate::messenger::Message;
+use crate::wire;
+
+use super::frame::INLINE_MAX;
+
+/// Record bytes in one block at most (one batch frame each; see the session's batch limit).
+pub const BLOCK_MAX: usize = 8 << 10;
+
+/// Consecutive small messages of one priority, encoded as batch records (see
+/// [`wire::batch_records`]), ready to be framed as one `MessageBatch`.
+#[derive(Debug, Clone)]
+pub struct RecordBlock {
+    pub(crate) records: Buf,
+    pub(crate) count: u16,
+    pub(crate) bytes: usize,
+    pub(crate) priority: u8,
+}
+
+impl RecordBlock {
+    /// True if `msg` may go into a block (its payload is at most `INLINE_MAX` bytes, the size
+    /// up to which payloads are copied anyway).
+    pub fn fits(msg: &Message) -> bool {
+        msg.len() <= INLINE_MAX
+    }
+
+    /// Encodes `msgs`, all of which [`fit`](RecordBlock::fits), into blocks of at most
+    /// [`BLOCK_MAX`] record bytes, a new block at every change of priority.
+    ///
+    /// Why a copy: small payloads are copied once on every send path (a gather-list entry per
+    /// 64-byte payload costs the kernel more than the copy); here the copy is made by the
+    /// sending thread, into the buffer that is then written as it is.
+    pub fn encode(msgs: &[Message]) -> Vec<RecordBlock> {
+        let mut blocks = Vec::new();
+        let mut i = 0;
+        while i < msgs.len() {
+            let priority = msgs[i].priority;
+            let mut size = 0;
+            let mut j = i;
+            while j < msgs.len()
+                && msgs[j].priority == priority
+                && j - i < usize::from(u16::MAX)
+                && (j == i || size + wire::BATCH_RECORD_HEAD + msgs[j].len() <= BLOCK_MAX)
+            {
+                size += wire::BATCH_RECORD_HEAD + msgs[j].len();
+                j += 1;
+            }
+            let mut buf = Vec::with_capacity(size);
+            let mut bytes = 0;
+            for m in &msgs[i..j] {
+                // At most INLINE_MAX bytes (checked by the caller).
+                buf.extend_from_slice(&wire::encode_record_head(m.len() as u32, m.msg_type));
+                for b in m.payload.bufs() {
+                    buf.extend_from_slice(b);
+                }
+                bytes += m.len();
+            }
+            blocks.push(RecordBlock {
+                records: Buf::from_vec(buf),
+                // j - i <= u16::MAX by the loop condition.
+                count: (j - i) as u16,
+                bytes,
+                priority,
+            });
+            i = j;
+        }
+        blocks
+    }
+
+    /// Messages in the block.
+    pub fn count(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Payload bytes in the block (record heads not counted).
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// True if the block carries no payload bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// The block's priority.
+    pub fn priority(&self) -> u8 {
+        self.priority
+    }
+
+    /// The messages again, for a peer that does not take batches (their payloads are slices
+    /// of the block: no copy).
+    pub fn to_messages(&self) -> Vec<Message> {
+        let bytes = self.records.as_slice();
+        wire::batch_records(bytes)
+            .filter_map(|(msg_type, r)| {
+                let payload = self.records.try_slice(r)?;
+                Some(Message::new(msg_type, payload).with_priority(self.priority))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messenger::priority;
+
+    #[test]
+    fn blocks_split_at_priority_changes_and_size_and_round_trip() {
+        let mut msgs: Vec<Message> = (0..300u32)
+            .map(|i| Message::new(i as u16, Buf::from_vec(vec![i as u8; (i % 200) as usize])))
+            .collect();
+        msgs[150] = msgs[150].clone().with_priority(priority::HIGH);
+        let blocks = RecordBlock::encode(&msgs);
+        assert!(blocks.iter().all(|b| b.records.len() <= BLOCK_MAX));
+        assert!(blocks
+            .iter()
+            .any(|b| b.priority == priority::HIGH && b.count == 1));
+        assert_eq!(blocks.iter().map(RecordBlock::count).sum::<usize>(), 300);
+        let again: Vec<Message> = blocks.iter().flat_map(RecordBlock::to_messages).collect();
+        assert_eq!(again.len(), msgs.len());
+        for (a, b) in again.iter().zip(&msgs) {
+            assert_eq!(a.msg_type, b.msg_type);
+            assert_eq!(a.priority, b.priority);
+            assert_eq!(a.payload.to_vec(), b.payload.to_vec());
+        }
+        for b in &blocks {
+            assert_eq!(wire::check_batch(b.records.as_slice(), b.count), Ok(()));
+            assert_eq!(
+                b.len(),
+                b.to_messages().iter().map(Message::len).sum::<usize>()
+            );
+        }
+    }
+}
