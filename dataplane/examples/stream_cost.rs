@@ -21,7 +21,7 @@ use dataplane_stack_posix::PosixStack;
 
 /// Messages per `send_batch_wait`.
 const BATCH: usize = 256;
-/// Payload size in bytes.
+/// Payload size in bytes, unless given as the second argument.
 const SIZE: usize = 64;
 
 /// Counts what arrives, on the worker thread.
@@ -70,7 +70,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }),
     )?;
     let conn = client.open(addr, Policy::lossless_client())?;
-    let payload = Buf::from_vec(vec![0xAB; SIZE]);
+    let size: usize = match std::env::args().nth(2) {
+        Some(a) => a.parse()?,
+        None => SIZE,
+    };
+    let payload = Buf::from_vec(vec![0xAB; size]);
 
     let start = Instant::now();
     let mut sent = 0;
@@ -92,7 +96,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
-        "stream {SIZE} B x {n}: {:.2} M msg/s",
+        "stream {size} B x {n}: {:.2} M msg/s",
         n as f64 / secs / 1e6
     );
     drop(conn);

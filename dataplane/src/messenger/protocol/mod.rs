@@ -17,7 +17,7 @@ pub use decoder::FrameDecoder;
 pub(crate) use frame::TxKind;
 pub use frame::{Frame, TxFrame};
 pub use out_queue::{OutQueue, Outgoing, Queued};
-pub use records::{RecordBlock, BLOCK_MAX};
+pub use records::{RecordBlock, BLOCK_COPY_MAX, BLOCK_MAX};
 pub use session::{
     Fault, LocalIdentity, PeerIdentity, Role, Session, SessionConfig, SessionEvent, SessionState,
 };

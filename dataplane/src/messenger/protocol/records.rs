@@ -10,10 +10,18 @@ use crate::buf::Buf;
 use crate::messenger::Message;
 use crate::wire;
 
-use super::frame::INLINE_MAX;
-
 /// Record bytes in one block at most (one batch frame each; see the session's batch limit).
 pub const BLOCK_MAX: usize = 8 << 10;
+
+/// Payloads up to this size are encoded into record blocks by [`Connection::send_batch`]
+/// (crate::Connection::send_batch); larger ones are sent by reference, never copied.
+///
+/// Why a copy up to 1 KiB: a message framed and written on its own costs the worker about a
+/// thousand instructions (sequence, preamble and its crc, queue entries, a gather-list
+/// segment, holding and releasing it); copying 1 KiB costs a few dozen, on the sending
+/// thread, and the crc of the block is taken in one pass. Measured with the `stream_cost`
+/// example under callgrind (`docs/benchmarks.md`).
+pub const BLOCK_COPY_MAX: usize = 1024;
 
 /// Consecutive small messages of one priority, encoded as batch records (see
 /// [`wire::batch_records`]), ready to be framed as one `MessageBatch`.
@@ -26,10 +34,9 @@ pub struct RecordBlock {
 }
 
 impl RecordBlock {
-    /// True if `msg` may go into a block (its payload is at most `INLINE_MAX` bytes, the size
-    /// up to which payloads are copied anyway).
+    /// True if `msg` may go into a block (its payload is at most [`BLOCK_COPY_MAX`] bytes).
     pub fn fits(msg: &Message) -> bool {
-        msg.len() <= INLINE_MAX
+        msg.len() <= BLOCK_COPY_MAX
     }
 
     /// Encodes `msgs`, all of which [`fit`](RecordBlock::fits), into blocks of at most

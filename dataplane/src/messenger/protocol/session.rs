@@ -1216,7 +1216,11 @@ impl Session {
         if self.ack_deadline.is_none() {
             self.ack_deadline = Some(now + self.cfg.ack_delay);
         }
-        for (msg_type, range) in wire::batch_records(f.data.as_slice()).skip(skip) {
+        let mut records = wire::batch_records(f.data.as_slice());
+        for _ in 0..skip {
+            records.next();
+        }
+        for (msg_type, range) in records {
             let Some(payload) = f.data.try_slice(range) else {
                 return Err(WireError::BadBatch("record outside the batch").into());
             };
@@ -1585,15 +1589,18 @@ impl Session {
         let start = out.len();
         let mut b = IovBuilder::new(&self.stage, out, max_iov);
         let mut skip = self.tx_off;
+        let first_seq = self.flight.front().map_or(0, Held::first);
         for f in &self.tx {
             // A payload sent by reference is read from its message (or record block) in
             // `flight`, found by its first sequence number (`flight` is in sequence order).
             let payload = match f.first_seq() {
                 Some(seq) if f.is_external() => {
-                    let m = self
-                        .flight
-                        .binary_search_by_key(&seq, Held::first)
+                    // Without batches the numbers are consecutive: index directly.
+                    let direct = usize::try_from(seq - first_seq)
                         .ok()
+                        .filter(|&i| self.flight.get(i).is_some_and(|h| h.first() == seq));
+                    let m = direct
+                        .or_else(|| self.flight.binary_search_by_key(&seq, Held::first).ok())
                         .and_then(|i| self.flight.get(i));
                     match m {
                         Some(Held::Msg { msg, .. }) => msg.payload.bufs(),
