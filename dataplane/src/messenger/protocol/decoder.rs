@@ -80,11 +80,15 @@ impl FrameDecoder {
         let want_total = self.need.max(PREAMBLE_LEN);
         let room = self.rx.as_ref().map_or(0, |b| b.remaining());
         // A fresh buffer when there is none, when the current frame cannot fit in what is left
-        // of this one, or when nothing is pending and only a sliver of room is left.
-        let replace =
-            self.rx.is_none() || have + room < want_total || (have == 0 && room < MIN_READ_ROOM);
+        // of this one, when nothing is pending and only a sliver of room is left, or when no
+        // room is left at all (bytes not yet parsed fill it: decoding stopped at a close
+        // frame, so `need` says nothing about them).
+        let replace = self.rx.is_none()
+            || have + room < want_total
+            || room == 0
+            || (have == 0 && room < MIN_READ_ROOM);
         if replace {
-            let cap = want_total.max(pool.buf_size());
+            let cap = want_total.max(have + MIN_READ_ROOM).max(pool.buf_size());
             let mut fresh = if cap <= pool.buf_size() {
                 match pool.alloc() {
                     Ok(b) => b,

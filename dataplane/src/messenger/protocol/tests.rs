@@ -1201,3 +1201,47 @@ fn lossy_record_blocks_are_released_when_written_or_dropped_on_a_fault() {
         .sum();
     assert_eq!(dropped, 50);
 }
+
+/// Found by the `frame_decoder` fuzz target: decoding stops after a close frame, so bytes
+/// behind it are not parsed and `need` says nothing about them; when they filled the buffer,
+/// `read_buf` offered no room (a driver would read 0 bytes and take it for end of stream).
+#[test]
+fn read_buf_offers_room_after_a_close_frame_fills_the_buffer() {
+    let tiny = BufPool::new(&PoolConfig {
+        buf_size: 256,
+        count: 2,
+        hugepages: false,
+        lock: false,
+    })
+    .unwrap();
+    let close = {
+        let body = wire::encode_close(&wire::Close {
+            code: 1,
+            reason: "bye".into(),
+        });
+        let head = FrameHead {
+            tag: Tag::Close as u8,
+            front_len: body.len() as u32,
+            ..FrameHead::default()
+        };
+        let mut b = wire::encode_preamble(&head).to_vec();
+        b.extend_from_slice(&body);
+        b.extend_from_slice(&wire::encode_epilogue(wire::crc32c(&body)));
+        b
+    };
+    let mut dec = FrameDecoder::new(Limits::default());
+    let buf = dec.read_buf(&tiny);
+    let room = buf.remaining();
+    let mut bytes = close.clone();
+    bytes.resize(room, 0x5A);
+    assert_eq!(buf.extend_from_slice(&bytes), room);
+    let mut tags = Vec::new();
+    dec.decode(|f| {
+        tags.push(f.tag);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(tags, [Tag::Close]);
+    let buf = dec.read_buf(&tiny);
+    assert!(buf.remaining() > 0, "no room offered after the close frame");
+}
