@@ -76,6 +76,34 @@ fn secure_round_trip_of_every_size_both_ways() {
     assert_eq!(cc.reconnects, 0);
 }
 
+#[test]
+fn secure_batched_sends_round_trip_sealed() {
+    let server = messenger("server", secure(), Checker::echo(), true);
+    let d = Checker::fast();
+    let client = messenger("client", secure(), d.clone(), false);
+    let conn = client.connect(addr(&server)).unwrap();
+    let mut n = 0u64;
+    for _ in 0..200 {
+        let batch: Vec<Message> = (0..100u64)
+            .map(|i| {
+                n += 1;
+                Message::new(1, payload(0, n - 1, 1 + ((n * 13 + i) % 1500) as usize))
+            })
+            .collect();
+        conn.send_batch_wait(batch, T).unwrap();
+    }
+    assert!(
+        wait_until(T, || d.count() == n),
+        "echoes {} of {n}",
+        d.count()
+    );
+    d.assert_clean();
+    let (sc, cc) = (server.counters(), client.counters());
+    assert_eq!(sc.integrity_failures + cc.integrity_failures, 0);
+    assert_eq!(sc.malformed + cc.malformed, 0);
+    assert_eq!(cc.reconnects, 0);
+}
+
 /// Runs traffic through a recording proxy and reports whether a distinctive payload
 /// appeared on the wire.
 fn payload_visible(cfg: fn() -> Config) -> bool {
