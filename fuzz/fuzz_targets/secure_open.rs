@@ -81,7 +81,10 @@ fn decode_all(dec: &mut FrameDecoder, bytes: &[u8], read: usize, out: &mut Vec<F
         while !rest.is_empty() {
             let buf = dec.read_buf(&p);
             let n = buf.extend_from_slice(rest);
-            assert!(n > 0, "FrameDecoder::read_buf offered a buffer with no room");
+            assert!(
+                n > 0,
+                "FrameDecoder::read_buf offered a buffer with no room"
+            );
             rest = &rest[n..];
             if dec
                 .decode(|f| {
@@ -147,6 +150,9 @@ fn run(data: &[u8]) {
         );
     }
     if stream == genuine {
-        assert!(ok && frames.len() == count, "the genuine stream was not delivered whole");
+        assert!(
+            ok && frames.len() == count,
+            "the genuine stream was not delivered whole"
+        );
     }
 }

@@ -24,7 +24,7 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use dataplane::messenger::protocol::{
-    Fault, FrameDecoder, LocalIdentity, Role, Session, SessionEvent, SessionState,
+    Fault, FrameDecoder, LocalIdentity, RecordBlock, Role, Session, SessionEvent, SessionState,
 };
 use dataplane::wire::{self, FrameHead, Limits};
 use dataplane::BufPool;
@@ -143,6 +143,36 @@ impl Harness {
                     self.unclean = true;
                 } else {
                     flow.queued.push((id, priority, len));
+                }
+            }
+            Op::QueueBlock {
+                client,
+                count,
+                len,
+                priority,
+            } => {
+                let priority = [64, 127, 196, 255][usize::from(priority % 4)];
+                let len = usize::from(len % 1025);
+                let mut msgs = Vec::new();
+                let mut ids = Vec::new();
+                for _ in 0..1 + usize::from(count % 40) {
+                    let id = self.next_id;
+                    self.next_id = self.next_id.wrapping_add(1);
+                    msgs.push(pattern_message(id, priority, len, 1));
+                    ids.push(id);
+                }
+                let (sess, flow) = if client {
+                    (&mut self.c, &mut self.cs)
+                } else {
+                    (&mut self.s, &mut self.sc)
+                };
+                let closed = sess.state() == SessionState::Closed;
+                sess.queue_records(RecordBlock::encode(&msgs), self.now);
+                if closed {
+                    self.unclean = true;
+                } else {
+                    flow.queued
+                        .extend(ids.into_iter().map(|id| (id, priority, len)));
                 }
             }
             Op::Write {

@@ -20,7 +20,8 @@ use dataplane::{Buf, BufList, BufPool, Message, PoolConfig};
 pub const CLIENT_SESSION_ID: u64 = 11;
 /// Session id (incarnation) of the server identity used by every target.
 pub const SERVER_SESSION_ID: u64 = 22;
-/// Feature bits both identities support (neither requires any). Bit 0 is
+/// Feature bits both identities support (neither requires any): bit 2 is
+/// `wire::FEATURE_BATCH`, so small messages travel in batch frames. Bit 0 is
 /// `wire::FEATURE_AUTH`, which an identity advertises exactly when it has keys.
 pub const FEATURES: u64 = 0b110;
 /// Most slices a messenger worker hands to one `writev` (Linux `IOV_MAX`).
@@ -358,6 +359,14 @@ pub mod session_ops {
             client: bool,
             len: u16,
             parts: u8,
+            priority: u8,
+        },
+        /// Queue `1 + count % 40` messages of `len % 1025` bytes encoded by the sender as
+        /// record blocks (the `send_batch` path), one priority.
+        QueueBlock {
+            client: bool,
+            count: u8,
+            len: u16,
             priority: u8,
         },
         /// `prepare_tx` (if nothing is framed), `io_slices(max_iov)`, write at most `max` bytes.

@@ -149,7 +149,8 @@ impl TxFrame {
 
     /// Closes the batch that [`TxFrame::batch_open`] started at `off`: writes its preamble
     /// (`head` with the lengths filled in) and one crc over all records, or seals the records
-    /// in place in secure mode.
+    /// in place in secure mode. (`head` may also describe a single message whose payload was
+    /// staged after the reserved preamble: the frame is the same shape.)
     pub(crate) fn batch_close(
         stage: &mut Vec<u8>,
         off: usize,

@@ -651,7 +651,18 @@ impl Session {
             let at = self.log.append(&self.stage[records_at..]);
             Records::Log { at, len }
         };
-        let head = self.batch_head(b.first, b.count, b.priority);
+        let mut head = self.batch_head(b.first, b.count, b.priority);
+        if b.count == 1 && b.bytes > 0 {
+            // A batch of one goes as a plain message frame (the record head out, no record
+            // walk at the receiver): a lone message costs what it did before batching.
+            let rec = &self.stage[records_at..records_at + wire::BATCH_RECORD_HEAD];
+            head.tag = Tag::Message as u8;
+            head.msg_type = u16::from_le_bytes([rec[4], rec[5]]);
+            self.stage
+                .copy_within(records_at + wire::BATCH_RECORD_HEAD.., records_at);
+            self.stage
+                .truncate(self.stage.len() - wire::BATCH_RECORD_HEAD);
+        }
         let f = TxFrame::batch_close(
             &mut self.stage,
             b.off,

@@ -932,8 +932,10 @@ fn small_messages_travel_in_one_batch_frame_and_arrive_in_order() {
     assert_eq!(p.s.in_seq(), 100);
     // A 5 KiB message between small ones closes the batch: batch, message, batch.
     p.c.queue(m(1), p.now);
-    p.c.queue(Message::new(1, Buf::from_vec(vec![7; 5000])), p.now);
     p.c.queue(m(2), p.now);
+    p.c.queue(Message::new(1, Buf::from_vec(vec![7; 5000])), p.now);
+    p.c.queue(m(3), p.now);
+    p.c.queue(m(4), p.now);
     let bytes = drain(&mut p.c, p.now);
     let tags: Vec<Tag> = feed(&mut p.sd, &p.pool, &bytes, 1500)
         .unwrap()
@@ -941,6 +943,15 @@ fn small_messages_travel_in_one_batch_frame_and_arrive_in_order() {
         .map(|f| f.tag)
         .collect();
     assert_eq!(tags, [Tag::MessageBatch, Tag::Message, Tag::MessageBatch]);
+    // A lone small message goes as a plain message frame, as without batching.
+    p.c.queue(m(5), p.now);
+    let bytes = drain(&mut p.c, p.now);
+    let frames = feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(frames[0].tag, Tag::Message);
+    assert_eq!(frames[0].msg_type, 7);
+    assert_eq!(frames[0].data.to_vec(), m(5).payload.to_vec());
+    assert_eq!(bytes.len(), wire::PREAMBLE_LEN + 15 + wire::EPILOGUE_LEN);
 }
 
 #[test]
