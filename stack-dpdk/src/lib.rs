@@ -26,11 +26,13 @@
 mod config;
 mod error;
 mod frame;
+mod rss;
 mod stats;
 
 pub use config::DpdkConfig;
 pub use error::DpdkError;
 pub use frame::{check_frame, Drop as FrameDrop};
+pub use rss::{tcp4_input, toeplitz, RssTable, Steering};
 pub use stats::{Stats, StatsSnapshot};
 
 #[cfg(dpdk_available)]
