@@ -527,6 +527,17 @@ impl Worker {
                 }
                 t
             }
+            None if conn.is_closed() => {
+                // The session closed for good while this socket was on its way (its load was
+                // given back then): the client reconnects and gets a fresh session.
+                tracing::debug!(
+                    worker = self.index,
+                    conn = conn.id(),
+                    "session closed meanwhile, dropping its new socket"
+                );
+                close_socket(self.center.registry(), socket);
+                return;
+            }
             None => {
                 let lossy = !hello.lossless;
                 self.new_conn_state(conn, Role::Server, lossy, None)
