@@ -304,9 +304,14 @@ impl Worker {
             Command::Connect { conn, addr, lane } => self.connect(conn, addr, lane),
             Command::Adopt(a) => self.on_adopt(*a),
             Command::Migrate(m) => self.on_migrate(*m),
-            Command::Expect { conn } => {
-                self.moved.insert(conn, Moved::Awaiting(Vec::new()));
-            }
+            Command::Expect { conn } => match self.moved.get_mut(&conn) {
+                // Still waiting for an earlier migration here: this one comes after it (the
+                // session will have left again by then), so it waits its turn.
+                Some(Moved::Awaiting(held)) => held.push(Command::Expect { conn }),
+                _ => {
+                    self.moved.insert(conn, Moved::Awaiting(Vec::new()));
+                }
+            },
             Command::Forget { conn } => {
                 if matches!(self.moved.get(&conn), Some(Moved::Forward(_))) {
                     self.moved.remove(&conn);
