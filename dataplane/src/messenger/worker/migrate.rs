@@ -194,3 +194,243 @@ impl Worker {
         self.by_id.insert(id, t);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The forwarding entries and held commands without a network: a stack that never
+    //! listens or connects, and sockets that take every byte and never have any to read.
+    //! Accepted sockets are handed straight to the route worker with the home the test
+    //! chooses, back to back, so migrations overlap (a session is still on its way when the
+    //! next socket arrives) in ways real reconnects (milliseconds apart) rarely produce.
+
+    use std::io::{self, IoSlice};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use mio::{Registry, Token};
+    use parking_lot::Mutex;
+
+    use super::super::{Adopt, Command};
+    use crate::buf::{Buf, BufMut};
+    use crate::config::Config;
+    use crate::messenger::protocol::FrameDecoder;
+    use crate::messenger::{Connection, Dispatcher, Message, Messenger};
+    use crate::stack::{
+        ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
+    };
+    use crate::wire::{Hello, HelloStatus};
+
+    struct NoNet;
+    struct NoNetWorker;
+
+    impl NetworkStack for NoNet {
+        fn name(&self) -> &'static str {
+            "posix"
+        }
+        fn create_worker(&self, _: usize) -> Result<Box<dyn StackWorker>, StackError> {
+            Ok(Box::new(NoNetWorker))
+        }
+    }
+
+    impl StackWorker for NoNetWorker {
+        fn listen(
+            &mut self,
+            addr: SocketAddr,
+            _: &SocketOptions,
+        ) -> Result<Box<dyn ServerSocket>, StackError> {
+            Err(StackError::Bind {
+                addr,
+                source: io::Error::other("no network"),
+            })
+        }
+        fn connect(
+            &mut self,
+            addr: SocketAddr,
+            _: &SocketOptions,
+        ) -> Result<Box<dyn ConnectedSocket>, StackError> {
+            Err(StackError::Connect {
+                addr,
+                source: io::Error::other("no network"),
+            })
+        }
+    }
+
+    /// Records what the server writes; reports `home` as its worker.
+    struct Sink {
+        home: usize,
+        out: Arc<Mutex<Vec<u8>>>,
+        shut: Arc<AtomicBool>,
+    }
+
+    impl ConnectedSocket for Sink {
+        fn home_worker(&self) -> Option<usize> {
+            Some(self.home)
+        }
+        fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
+            Ok(())
+        }
+        fn deregister(&mut self, _: &Registry) -> io::Result<()> {
+            Ok(())
+        }
+        fn finish_connect(&mut self) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn read(&mut self, _: &mut BufMut) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut out = self.out.lock();
+            for s in iov {
+                out.extend_from_slice(s);
+            }
+            Ok(iov.iter().map(|s| s.len()).sum())
+        }
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+        fn shutdown(&mut self) {
+            self.shut.store(true, Ordering::Release);
+        }
+    }
+
+    struct Nothing;
+    impl Dispatcher for Nothing {
+        fn dispatch(&self, _: &Connection, _: Message) {}
+    }
+
+    const MARK: &[u8; 4] = b"MIG!";
+
+    /// Indices of the test messages in a byte stream, in order (payload: MARK, u64 LE, MARK).
+    fn indices(bytes: &[u8]) -> Vec<u64> {
+        let mut v = Vec::new();
+        let mut i = 0;
+        while i + 16 <= bytes.len() {
+            if &bytes[i..i + 4] == MARK && &bytes[i + 12..i + 16] == MARK {
+                let n = u64::from_le_bytes(bytes[i + 4..i + 12].try_into().unwrap());
+                v.push(n);
+                i += 16;
+            } else {
+                i += 1;
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn overlapping_migrations_keep_every_command_in_order() {
+        const WORKERS: usize = 4;
+        const N: u64 = 8_000;
+        let m = Messenger::builder("server")
+            .config(Config {
+                workers: WORKERS,
+                hugepages: false,
+                rx_buffers: 16,
+                ..Config::default()
+            })
+            .stack(Arc::new(NoNet))
+            .dispatcher(Arc::new(Nothing))
+            .build()
+            .unwrap();
+        m.start().unwrap();
+        let shared = m.shared.clone();
+        let hello = Hello {
+            proto_version: 1,
+            entity_type: 0,
+            status: HelloStatus::Ok,
+            features: 0,
+            required: 0,
+            session_id: 77,
+            connect_seq: 1,
+            in_seq: 0,
+            lossless: true,
+            addr: None,
+            name: "client".into(),
+            lane: 0,
+        };
+        // Homes jump around: back to the route worker (0), to a worker the session is still
+        // travelling to, away and back while a previous move is unfinished (x, h, z, h).
+        let mut homes = vec![0usize, 3, 1, 2, 1, 2, 3, 2, 1, 0, 3, 0, 1, 3, 1, 2];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while homes.len() < 160 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            homes.push((x >> 33) as usize % WORKERS);
+        }
+        let mut sinks = Vec::new();
+        let conn = shared.session_for(&hello, Some(homes[0]));
+        assert_eq!(conn.worker_index(), Some(0));
+        let per_socket = N / homes.len() as u64;
+        let mut next = 0u64;
+        for (k, &home) in homes.iter().enumerate() {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let shut = Arc::new(AtomicBool::new(false));
+            sinks.push((out.clone(), shut.clone()));
+            let a = Adopt {
+                socket: Box::new(Sink { home, out, shut }),
+                decoder: FrameDecoder::new(shared.limits),
+                hello: Hello {
+                    connect_seq: k as u64 + 1,
+                    ..hello.clone()
+                },
+                conn: shared.session_for(&hello, Some(home)),
+                sealer: None,
+            };
+            assert!(shared.push_command(0, Command::Adopt(Box::new(a))));
+            // Messages pushed right behind each socket, through the application's handle.
+            for _ in 0..per_socket {
+                let mut p = Vec::with_capacity(16);
+                p.extend_from_slice(MARK);
+                p.extend_from_slice(&next.to_le_bytes());
+                p.extend_from_slice(MARK);
+                let mut msg = Message::new(1, Buf::from_vec(p));
+                loop {
+                    match conn.send(msg) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            msg = e.message;
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+                next += 1;
+            }
+        }
+        let total = next;
+        // The client never acknowledges, so the last socket carries every message, each
+        // once, in the order it was sent; every earlier socket was closed.
+        let (last, _) = sinks.last().unwrap().clone();
+        let end = Instant::now() + Duration::from_secs(30);
+        while indices(&last.lock()).len() < total as usize && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let got = indices(&last.lock());
+        let first_wrong = got.iter().zip(0..).position(|(&g, i)| g != i);
+        assert!(
+            got.len() as u64 == total && first_wrong.is_none(),
+            "last socket: {} of {total} messages, first out of place at {first_wrong:?} ({:?})",
+            got.len(),
+            first_wrong.map(|i| &got[i..(i + 5).min(got.len())])
+        );
+        for (i, (_, shut)) in sinks.iter().enumerate().take(sinks.len() - 1) {
+            assert!(shut.load(Ordering::Acquire), "socket {i} closed");
+        }
+        let c = m.counters();
+        let moves = homes.windows(2).filter(|w| w[0] != w[1]).count() as u64;
+        assert_eq!(c.sessions_migrated, moves, "{c:?}");
+        assert_eq!(c.dropped, 0, "{c:?}");
+        let loads = m.worker_loads();
+        assert_eq!(loads[*homes.last().unwrap()], 1, "{loads:?}");
+        assert_eq!(loads.iter().sum::<usize>(), 1, "{loads:?}");
+        // Closing the session drops every forwarding entry.
+        conn.mark_down();
+        let end = Instant::now() + Duration::from_secs(10);
+        while m.forwarding_entries().iter().sum::<usize>() > 0 && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(m.forwarding_entries(), vec![0; WORKERS]);
+        assert!(conn.is_closed());
+    }
+}
