@@ -100,7 +100,9 @@ pub(crate) struct Migrate {
 /// `Adopt` down the old path; the destination holds (`Awaiting`) what the route worker
 /// forwards until the session arrives from the old owner, which has by then applied every
 /// command forwarded before. Each connection's commands therefore reach its session in the
-/// order the route worker received them.
+/// order the route worker received them. Sockets can arrive faster than sessions travel: an
+/// `Expect` reaching a worker that still awaits the session for an earlier move is held too,
+/// and takes effect when replayed (after the session has left again).
 enum Moved {
     /// The session is (or is on its way) there: forward commands.
     Forward(usize),
