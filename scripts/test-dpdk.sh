@@ -149,6 +149,10 @@ test_memif() {
 
 # `dataplane-bench --backend dpdk`: dataplane-dpdk stream rows (memif port pair) beside the
 # dataplane-posix rows of the same run; every DPDK row must carry numbers, not an error.
+test_memif_multiqueue() {
+    cargo test --release -q -p dataplane-stack-dpdk --test memif_multiqueue -- --ignored --nocapture
+}
+
 test_bench() {
     local json=$CARGO_TARGET_DIR/bench-dpdk.json
     "$CARGO_TARGET_DIR/release/dataplane-bench" --backend dpdk --quick \
@@ -165,9 +169,9 @@ test_bench() {
 
 export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
 export CARGO_TARGET_DIR
-export -f setup_veth test_smoke test_interop test_memif test_bench
+export -f setup_veth test_smoke test_interop test_memif test_memif_multiqueue test_bench
 
-ALL=(smoke interop memif bench)
+ALL=(smoke interop memif memif_multiqueue bench)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
@@ -175,6 +179,7 @@ for t in "${SELECTED[@]}"; do
         smoke) run smoke_net_null_net_ring test_smoke ;;
         interop) run interop_af_packet_vs_posix test_interop ;;
         memif) run memif_two_processes_link_down_up test_memif ;;
+        memif_multiqueue) run memif_two_queues_two_workers_each test_memif_multiqueue ;;
         bench) run bench_dpdk_beside_posix test_bench ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;
     esac

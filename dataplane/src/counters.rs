@@ -49,6 +49,9 @@ counters! {
     remote_resets,
     /// Lossless reconnects completed.
     reconnects,
+    /// Sessions moved to another worker because the reconnecting client's new socket is
+    /// bound to that worker ([`ConnectedSocket::home_worker`](crate::stack::ConnectedSocket::home_worker)).
+    sessions_migrated,
     /// Transport faults of any kind.
     faults,
     /// Faults injected by the test configuration.

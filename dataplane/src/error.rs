@@ -52,6 +52,19 @@ pub enum Error {
     /// A worker did not answer (it panicked or exited).
     #[error("worker {0} is gone")]
     WorkerGone(usize),
+    /// With a stack that listens on every worker, one worker could not listen on the
+    /// address worker 0 bound (`Messenger::bind` closed the listeners it had opened).
+    #[error(
+        "worker {worker} cannot listen on {addr} (its stack listens on every worker): {source}"
+    )]
+    ListenOnWorker {
+        /// The worker that failed.
+        worker: usize,
+        /// The address worker 0 bound.
+        addr: std::net::SocketAddr,
+        /// Why it failed.
+        source: Box<Error>,
+    },
 }
 
 /// Why a message was not accepted for sending. The message is handed back.

@@ -116,6 +116,46 @@ int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, ui
     return 0;
 }
 
+int shim_rss_conf(uint16_t port, uint8_t *key, uint16_t *key_len, uint16_t *reta,
+                  uint16_t *reta_size) {
+    struct rte_eth_dev_info dev;
+    struct rte_eth_rss_conf conf;
+    struct rte_eth_rss_reta_entry64 groups[RTE_ETH_RSS_RETA_SIZE_512 / RTE_ETH_RETA_GROUP_SIZE];
+    uint8_t buf[256];
+    int ret;
+    uint16_t i, n;
+
+    ret = rte_eth_dev_info_get(port, &dev);
+    if (ret != 0)
+        return ret;
+    memset(&conf, 0, sizeof(conf));
+    memset(buf, 0, sizeof(buf));
+    conf.rss_key = buf;
+    conf.rss_key_len = dev.hash_key_size ? dev.hash_key_size : 40;
+    if (conf.rss_key_len > sizeof(buf))
+        return -EINVAL;
+    ret = rte_eth_dev_rss_hash_conf_get(port, &conf);
+    if (ret != 0)
+        return ret;
+    n = conf.rss_key_len < *key_len ? conf.rss_key_len : *key_len;
+    memcpy(key, buf, n);
+    *key_len = n;
+
+    n = dev.reta_size;
+    if (n == 0 || n > RTE_ETH_RSS_RETA_SIZE_512 || n > *reta_size)
+        return -ENOTSUP;
+    memset(groups, 0, sizeof(groups));
+    for (i = 0; i < n / RTE_ETH_RETA_GROUP_SIZE + (n % RTE_ETH_RETA_GROUP_SIZE != 0); i++)
+        groups[i].mask = ~0ULL;
+    ret = rte_eth_dev_rss_reta_query(port, groups, n);
+    if (ret != 0)
+        return ret;
+    for (i = 0; i < n; i++)
+        reta[i] = groups[i / RTE_ETH_RETA_GROUP_SIZE].reta[i % RTE_ETH_RETA_GROUP_SIZE];
+    *reta_size = n;
+    return 0;
+}
+
 int shim_link_up(uint16_t port) {
     struct rte_eth_link link;
     int ret = rte_eth_link_get_nowait(port, &link);

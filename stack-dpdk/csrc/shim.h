@@ -42,6 +42,10 @@ uint64_t shim_pktmbuf_ol_flags(const struct rte_mbuf *m);
 unsigned shim_mempool_avail(const struct rte_mempool *pool);
 int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, uint16_t rx_desc,
                     uint16_t tx_desc, struct shim_port_info *info);
+/* The port's RSS hash key and redirection table: up to `*key_len` key bytes into `key` and up
+ * to `*reta_size` queue numbers into `reta`; both sizes are set to what was filled. */
+int shim_rss_conf(uint16_t port, uint8_t *key, uint16_t *key_len, uint16_t *reta,
+                  uint16_t *reta_size);
 /* 1 if the link is up, 0 if down, negative errno on error. */
 int shim_link_up(uint16_t port);
 /* Packet counters of the port: received, sent, missed (no RX descriptor), RX errors, no-mbuf. */

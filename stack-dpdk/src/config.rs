@@ -30,6 +30,12 @@ pub struct DpdkConfig {
     pub extra_eal_args: Vec<String>,
     /// The port: a device name (`net_af_packet0`) or, if it parses as a number, a port id.
     pub port: String,
+    /// RX/TX queue pairs of the port: one per messenger worker (set it to the messenger's
+    /// `workers`). With more than one, every worker listens on the bound port with its own
+    /// smoltcp interface on its own queue; flows are spread by the device's RSS hash (TCP/IPv4),
+    /// or by queue pairing on devices without RSS whose queues are symmetric (`net_memif`,
+    /// `net_ring`). See `docs/dpdk.md`.
+    pub queues: u16,
     /// The interface's IPv4 address.
     pub ip: Ipv4Addr,
     /// Prefix length of the interface's subnet.
@@ -72,6 +78,7 @@ impl Default for DpdkConfig {
             file_prefix: None,
             extra_eal_args: Vec::new(),
             port: "0".into(),
+            queues: 1,
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: None,
@@ -101,6 +108,9 @@ impl DpdkConfig {
         }
         if self.burst == 0 || self.burst > 64 {
             return bad(format!("burst {} must be 1..=64", self.burst));
+        }
+        if self.queues == 0 {
+            return bad("queues must be at least 1 (one per messenger worker)".into());
         }
         if self.mbufs < 64 {
             return bad(format!("{} mbufs are too few (at least 64)", self.mbufs));
@@ -188,6 +198,10 @@ mod tests {
             },
             DpdkConfig {
                 mbufs: 10,
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                queues: 0,
                 ..DpdkConfig::default()
             },
         ] {

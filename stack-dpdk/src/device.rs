@@ -56,6 +56,11 @@ pub(crate) struct PortDevice {
 }
 
 impl PortDevice {
+    /// The queue pair's index.
+    pub(crate) fn queue(&self) -> u16 {
+        self.queue
+    }
+
     pub(crate) fn new(port: Arc<Port>, queue: u16, burst: usize, stats: Arc<Stats>) -> Self {
         let burst = burst.clamp(1, 64);
         PortDevice {

@@ -268,6 +268,11 @@ impl Engine {
     // ---- connecting ---------------------------------------------------------------------
 
     fn ephemeral(&mut self) -> std::io::Result<u16> {
+        self.ephemeral_where(|_| true)
+    }
+
+    /// A free local port that `fits`.
+    fn ephemeral_where(&mut self, fits: impl Fn(u16) -> bool) -> std::io::Result<u16> {
         for _ in 0..(u16::MAX - EPHEMERAL_MIN) {
             let p = self.next_ephemeral;
             self.next_ephemeral = if p >= u16::MAX - 1 {
@@ -284,7 +289,7 @@ impl Engine {
                     #[allow(unreachable_patterns)]
                     _ => false,
                 });
-            if !used {
+            if !used && fits(p) {
                 return Ok(p);
             }
         }
@@ -298,7 +303,11 @@ impl Engine {
         tx: usize,
         nodelay: bool,
     ) -> std::io::Result<SocketHandle> {
-        let local = self.ephemeral()?;
+        // A local port whose reply flow the device sends back to this worker's queue (the
+        // socket lives in this worker's interface).
+        let (queue, ip, port) = (self.dev.queue(), self.ip, self.port.clone());
+        let local =
+            self.ephemeral_where(|p| port.steering.accepts(queue, ip, p, *addr.ip(), addr.port()))?;
         let mut s = Self::new_socket(rx, tx, nodelay);
         let remote = IpEndpoint::new(IpAddress::Ipv4(*addr.ip()), addr.port());
         s.connect(self.iface.context(), remote, local)

@@ -66,7 +66,8 @@ pub enum DpdkError {
     /// More workers than queue pairs.
     #[error(
         "the DPDK stack runs one worker per port queue pair and this port has {queues}; \
-         worker {worker} has none: set the messenger's `workers` to {queues}"
+         worker {worker} has none: set the messenger's `workers` to {queues}, or \
+         `DpdkConfig::queues` to the number of workers (up to what the device allows)"
     )]
     NoQueue {
         /// The worker's index.

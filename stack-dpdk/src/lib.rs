@@ -15,9 +15,12 @@
 //!   libdpdk the crate still builds and [`DpdkStack::new`] returns
 //!   [`StackError::Unavailable`](dataplane::stack::StackError::Unavailable) saying what is
 //!   missing and how to install it.
-//! - One worker per port queue: a smoltcp socket lives in its worker's interface, so the
-//!   stack runs one worker per queue pair (this version: one queue per port) and refuses
-//!   more workers with a clear error.
+//! - One worker per port queue pair ([`DpdkConfig::queues`]): a smoltcp socket lives in its
+//!   worker's interface, so every worker listens on the bound port, keeps the sockets it
+//!   accepts and reports them bound to it (`ConnectedSocket::home_worker`); more workers than
+//!   queues is refused with a clear error. Flows reach the right queue by the device's RSS
+//!   hash (outgoing connections pick a local port whose Toeplitz hash lands on their queue:
+//!   [`Steering`]) or, on devices without RSS, by queue pairing (memif, ring).
 //! - Idle workers back off: busy-poll for [`DpdkConfig::busy_poll`] after the last frame,
 //!   then sleep on the event loop up to [`DpdkConfig::idle_sleep`] between polls.
 //!
@@ -26,11 +29,13 @@
 mod config;
 mod error;
 mod frame;
+mod rss;
 mod stats;
 
 pub use config::DpdkConfig;
 pub use error::DpdkError;
 pub use frame::{check_frame, Drop as FrameDrop};
+pub use rss::{tcp4_input, toeplitz, RssTable, Steering};
 pub use stats::{Stats, StatsSnapshot};
 
 #[cfg(dpdk_available)]

@@ -5,6 +5,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::config::DpdkConfig;
 use crate::error::DpdkError;
+use crate::rss::Steering;
 use crate::sys::safe::{self, Mempool, PortInfo};
 
 /// The EAL's command line of this process, or why `rte_eal_init` failed. DPDK allows one
@@ -75,6 +76,10 @@ pub(crate) struct Port {
     pub(crate) pool: &'static Mempool,
     /// What the device offers.
     pub(crate) info: PortInfo,
+    /// Queue pairs (one per worker).
+    pub(crate) queues: u16,
+    /// How a worker picks local ports so replies come back to its queue.
+    pub(crate) steering: Steering,
 }
 
 impl Port {
@@ -108,9 +113,16 @@ impl Port {
         })();
         match opened {
             Ok((pool, info)) => {
+                let steering = steering(id, &info, queues);
                 tracing::info!(port = id, driver = %info.driver, mac = ?info.mac, mtu = info.mtu,
-                    rss = info.rss, queues, "DPDK port started");
-                Ok(Port { id, pool, info })
+                    rss = info.rss, queues, ?steering, "DPDK port started");
+                Ok(Port {
+                    id,
+                    pool,
+                    info,
+                    queues,
+                    steering,
+                })
             }
             Err(e) => {
                 unclaim(id);
@@ -123,6 +135,29 @@ impl Port {
     pub(crate) fn link_up(&self) -> bool {
         safe::link_up(self.id).unwrap_or(true)
     }
+}
+
+/// How outgoing connections keep their flow on the connecting worker's queue: by the RSS
+/// hash where the device hashes (and its key and table can be read), else by the queue
+/// pairing of symmetric devices (memif, ring).
+fn steering(id: u16, info: &PortInfo, queues: u16) -> Steering {
+    if queues <= 1 {
+        return Steering::Single;
+    }
+    if info.rss {
+        match safe::rss_conf(id) {
+            Ok(t) if t.covers(queues) => return Steering::Rss(t),
+            Ok(t) => tracing::warn!(port = id, reta = ?t.reta, queues,
+                "the RSS table leaves queues out; steering by queue pairing instead"),
+            Err(e) => tracing::warn!(port = id, error = %e,
+                "cannot read the RSS key and table; steering by queue pairing instead"),
+        }
+    } else if !matches!(info.driver.as_str(), "net_memif" | "net_ring") {
+        tracing::warn!(port = id, driver = %info.driver, queues,
+            "several queues without RSS: connections stay on their queue only if the device \
+             pairs queues with the peer's (as net_memif and net_ring do)");
+    }
+    Steering::Symmetric { queues }
 }
 
 /// The port's pool, created on first use (headroom 128 B + 2 KiB data room: a whole

@@ -34,15 +34,16 @@ pub struct DpdkStack {
 }
 
 impl DpdkStack {
-    /// Initialises the EAL (once per process), then configures and starts the port with one
-    /// queue pair. Fails with [`StackError::Unavailable`] if DPDK, the device or the
-    /// permissions are missing.
+    /// Initialises the EAL (once per process), then configures and starts the port with
+    /// [`DpdkConfig::queues`] queue pairs (one per messenger worker). Fails with
+    /// [`StackError::Unavailable`] if DPDK, the device or the permissions are missing, and
+    /// with a port error naming the device's limits if it has fewer queues.
     pub fn new(cfg: DpdkConfig) -> Result<DpdkStack, StackError> {
         cfg.validate()?;
         port::eal(&cfg)?;
-        // One queue pair per worker; this version runs one worker per port (see `docs/dpdk.md`:
-        // a smoltcp socket lives in its worker's interface and cannot move between workers).
-        let queues = 1;
+        // One queue pair per worker: a smoltcp socket lives in its worker's interface and
+        // cannot move between workers (`home_worker`, `listen_on_every_worker`).
+        let queues = cfg.queues;
         let port = Port::open(&cfg, queues)?;
         if port.info.mac[0] & 1 != 0 {
             return Err(DpdkError::InvalidArgument(format!(
@@ -71,6 +72,17 @@ impl DpdkStack {
     /// The DPDK port id.
     pub fn port_id(&self) -> u16 {
         self.port.id
+    }
+
+    /// Queue pairs of the port (one per worker).
+    pub fn queues(&self) -> u16 {
+        self.port.queues
+    }
+
+    /// How outgoing connections pick local ports so replies reach the connecting worker's
+    /// queue.
+    pub fn steering(&self) -> &crate::rss::Steering {
+        &self.port.steering
     }
 
     /// The driver behind the port (`net_af_packet`, `net_memif`, …).
@@ -167,6 +179,12 @@ impl NetworkStack for DpdkStack {
         "dpdk"
     }
 
+    /// Always: a socket lives in the smoltcp interface of the worker whose queue received
+    /// its SYN, so every worker listens and keeps what it accepts.
+    fn listen_on_every_worker(&self) -> bool {
+        true
+    }
+
     fn create_worker(&self, index: usize) -> Result<Box<dyn StackWorker>, StackError> {
         let queue = {
             let mut taken = self.taken.lock();
@@ -199,6 +217,7 @@ impl NetworkStack for DpdkStack {
         self.engines.lock().push(Arc::downgrade(&engine));
         Ok(Box::new(DpdkWorker {
             engine,
+            index,
             poller_taken: false,
             default_buffers: (self.cfg.socket_rx_buffer, self.cfg.socket_tx_buffer),
         }))
@@ -233,6 +252,8 @@ impl Drop for QueueLease {
 #[derive(Debug)]
 pub struct DpdkWorker {
     engine: Arc<Mutex<Engine>>,
+    /// The messenger worker (and queue pair) this is.
+    index: usize,
     poller_taken: bool,
     default_buffers: (usize, usize),
 }
@@ -263,6 +284,7 @@ impl StackWorker for DpdkWorker {
             .map_err(|source| StackError::Bind { addr, source })?;
         Ok(Box::new(DpdkListener {
             engine: self.engine.clone(),
+            worker: self.index,
             port,
             local: SocketAddr::from((ip, port)),
         }))
@@ -287,6 +309,7 @@ impl StackWorker for DpdkWorker {
             .map_err(|source| StackError::Connect { addr, source })?;
         Ok(Box::new(DpdkSocket {
             engine: self.engine.clone(),
+            worker: self.index,
             handle: h,
             peer: addr,
         }))
@@ -338,6 +361,7 @@ impl Poller for DpdkPoller {
 #[derive(Debug)]
 pub struct DpdkListener {
     engine: Arc<Mutex<Engine>>,
+    worker: usize,
     port: u16,
     local: SocketAddr,
 }
@@ -353,6 +377,7 @@ impl ServerSocket for DpdkListener {
         Ok(Some((
             Box::new(DpdkSocket {
                 engine: self.engine.clone(),
+                worker: self.worker,
                 handle,
                 peer,
             }),
@@ -382,15 +407,20 @@ impl Drop for DpdkListener {
 }
 
 /// A TCP connection of the DPDK interface. It belongs to the worker whose interface holds it
-/// (the messenger keeps it there: see [`ConnectedSocket`]).
+/// (the messenger keeps it there: [`ConnectedSocket::home_worker`]).
 #[derive(Debug)]
 pub struct DpdkSocket {
     engine: Arc<Mutex<Engine>>,
+    worker: usize,
     handle: SocketHandle,
     peer: SocketAddr,
 }
 
 impl ConnectedSocket for DpdkSocket {
+    fn home_worker(&self) -> Option<usize> {
+        Some(self.worker)
+    }
+
     fn register(&mut self, _registry: &Registry, token: Token) -> io::Result<()> {
         self.engine.lock().register(self.handle, Some(token));
         Ok(())

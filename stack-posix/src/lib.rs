@@ -7,6 +7,10 @@
 //! - Reads go straight into the spare capacity of a pool buffer.
 //! - Listening sockets use `SO_REUSEADDR`, so a restarted node can bind its port again while
 //!   old connections linger in `TIME_WAIT`.
+//! - Opt-in `SO_REUSEPORT` mode ([`PosixStack::with_reuseport`]): every worker listens on the
+//!   bound port and the kernel spreads incoming connections across them (the model of
+//!   Seastar and nginx): no accepted socket is handed between threads, and each reports the
+//!   worker that accepted it ([`ConnectedSocket::home_worker`]), so its session lives there.
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -19,14 +23,31 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// The POSIX backend. Stateless: every worker gets its own [`PosixWorker`].
+/// The POSIX backend. Every worker gets its own [`PosixWorker`].
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PosixStack;
+pub struct PosixStack {
+    reuseport: bool,
+}
 
 impl PosixStack {
-    /// The POSIX stack.
+    /// The POSIX stack: worker 0 listens and accepted sockets go to whichever worker owns
+    /// their session.
     pub fn new() -> PosixStack {
-        PosixStack
+        PosixStack { reuseport: false }
+    }
+
+    /// The POSIX stack in `SO_REUSEPORT` mode: every worker listens on the bound port with
+    /// `SO_REUSEPORT` and the kernel spreads incoming connections across the workers' listen
+    /// queues (by a hash of the 4-tuple). An accepted socket stays on the worker that
+    /// accepted it ([`ConnectedSocket::home_worker`]); a lossless session whose client
+    /// reconnects to another worker migrates there. Outgoing connections are unaffected.
+    pub fn with_reuseport() -> PosixStack {
+        PosixStack { reuseport: true }
+    }
+
+    /// True in `SO_REUSEPORT` mode.
+    pub fn reuseport(&self) -> bool {
+        self.reuseport
     }
 }
 
@@ -35,14 +56,23 @@ impl NetworkStack for PosixStack {
         "posix"
     }
 
-    fn create_worker(&self, _index: usize) -> Result<Box<dyn StackWorker>, StackError> {
-        Ok(Box::new(PosixWorker))
+    fn create_worker(&self, index: usize) -> Result<Box<dyn StackWorker>, StackError> {
+        Ok(Box::new(PosixWorker {
+            home: self.reuseport.then_some(index),
+        }))
+    }
+
+    fn listen_on_every_worker(&self) -> bool {
+        self.reuseport
     }
 }
 
-/// One worker's POSIX stack (no per-worker state: sockets register with the worker's epoll).
+/// One worker's POSIX stack (sockets register with the worker's epoll).
 #[derive(Debug)]
-pub struct PosixWorker;
+pub struct PosixWorker {
+    /// `SO_REUSEPORT` mode: this worker's index, reported by the sockets it accepts.
+    home: Option<usize>,
+}
 
 fn apply(sock: &Socket, opts: &SocketOptions) -> io::Result<()> {
     if let Some(n) = opts.recv_buffer {
@@ -64,6 +94,9 @@ impl StackWorker for PosixWorker {
         let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(bind)?;
         sock.set_reuse_address(true).map_err(bind)?;
+        if self.home.is_some() {
+            sock.set_reuse_port(true).map_err(bind)?;
+        }
         sock.set_nonblocking(true).map_err(bind)?;
         apply(&sock, opts).map_err(bind)?;
         sock.bind(&addr.into()).map_err(bind)?;
@@ -72,6 +105,7 @@ impl StackWorker for PosixWorker {
         let std_listener: std::net::TcpListener = sock.into();
         Ok(Box::new(PosixListener {
             inner: TcpListener::from_std(std_listener),
+            home: self.home,
         }))
     }
 
@@ -97,6 +131,7 @@ impl StackWorker for PosixWorker {
             inner: TcpStream::from_std(std_stream),
             peer: addr,
             connected: false,
+            home: None,
         }))
     }
 }
@@ -105,6 +140,8 @@ impl StackWorker for PosixWorker {
 #[derive(Debug)]
 pub struct PosixListener {
     inner: TcpListener,
+    /// `SO_REUSEPORT` mode: the worker listening, which keeps what it accepts.
+    home: Option<usize>,
 }
 
 impl ServerSocket for PosixListener {
@@ -119,6 +156,7 @@ impl ServerSocket for PosixListener {
                     inner: stream,
                     peer,
                     connected: true,
+                    home: self.home,
                 };
                 Ok(Some((Box::new(s), peer)))
             }
@@ -146,9 +184,15 @@ pub struct PosixSocket {
     inner: TcpStream,
     peer: SocketAddr,
     connected: bool,
+    /// Accepted in `SO_REUSEPORT` mode: the worker that accepted it.
+    home: Option<usize>,
 }
 
 impl ConnectedSocket for PosixSocket {
+    fn home_worker(&self) -> Option<usize> {
+        self.home
+    }
+
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         registry.register(
             &mut self.inner,

@@ -64,6 +64,9 @@ pub(crate) struct WorkerHandle {
     ring: mpsc::Sender<Command>,
     doorbell: Arc<Doorbell>,
     load: AtomicUsize,
+    /// Connections this worker forwards to, or holds commands for, a migrated session
+    /// (published once per loop iteration).
+    forwarding: AtomicUsize,
 }
 
 /// Key of a lossless server session: the peer's entity name, announced address and lane.
@@ -74,6 +77,9 @@ pub(crate) struct Shared {
     cfg: Config,
     local: RwLock<Arc<LocalIdentity>>,
     workers: Vec<WorkerHandle>,
+    /// Per worker: its stack wants it to listen on the bound address too
+    /// ([`NetworkStack::listen_on_every_worker`]).
+    listen_everywhere: Vec<bool>,
     dispatch: Arc<DispatchQueue>,
     dispatcher: Arc<dyn Dispatcher>,
     counters: Arc<Counters>,
@@ -127,11 +133,13 @@ impl Shared {
     }
 
     /// The connection an accepted peer's session belongs to: the existing lossless session
-    /// of that peer, or a new one on the least-loaded worker.
-    fn session_for(&self, hello: &Hello) -> Connection {
+    /// of that peer, or a new one on `home` (the worker the accepted socket is bound to) or
+    /// else the least-loaded worker.
+    fn session_for(&self, hello: &Hello, home: Option<usize>) -> Connection {
         let policy = worker::server_policy(hello.lossless);
+        let place = || home.unwrap_or_else(|| self.least_loaded());
         if !hello.lossless {
-            return self.new_conn(self.least_loaded(), None, policy);
+            return self.new_conn(place(), None, policy);
         }
         let key = (hello.name.clone(), hello.addr, hello.lane);
         let mut sessions = self.sessions.lock();
@@ -140,7 +148,7 @@ impl Shared {
                 return c.clone();
             }
         }
-        let c = self.new_conn(self.least_loaded(), None, policy);
+        let c = self.new_conn(place(), None, policy);
         sessions.insert(key, c.clone());
         c
     }
@@ -327,6 +335,7 @@ impl MessengerBuilder {
                 ring: tx,
                 doorbell: center.doorbell().clone(),
                 load: AtomicUsize::new(0),
+                forwarding: AtomicUsize::new(0),
             });
             centers.push(center);
             receivers.push(rx);
@@ -338,6 +347,7 @@ impl MessengerBuilder {
             reconnect_max: Duration::from_millis(cfg.reconnect_max_ms.max(1)),
             local: RwLock::new(Arc::new(local)),
             workers: handles,
+            listen_everywhere: stacks.iter().map(|s| s.listen_on_every_worker()).collect(),
             dispatch,
             dispatcher,
             counters: Arc::new(Counters::default()),
@@ -456,29 +466,73 @@ impl Messenger {
     /// Listens on `addr` (worker 0 accepts; connections go to the least-loaded worker).
     /// Port 0 with a configured port range tries that range; otherwise the OS picks.
     /// Returns the bound address, which is also announced to peers.
+    ///
+    /// With a stack that listens on every worker
+    /// ([`NetworkStack::listen_on_every_worker`]), worker 0 binds first (resolving port 0 or
+    /// the range to a concrete port), then every other worker of such a stack listens on that
+    /// same address, and each accepted socket stays on the worker that accepted it. If any
+    /// of them fails, `bind` closes the listeners it opened and fails.
     pub fn bind(&self, addr: SocketAddr) -> Result<SocketAddr, Error> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(Error::Shutdown);
         }
         let cfg = &self.shared.cfg;
         let ports = (cfg.bind_port_max > 0).then_some((cfg.bind_port_min, cfg.bind_port_max));
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if !self.shared.push_command(
-            0,
-            Command::Listen {
-                addr,
-                ports,
-                reply: tx,
-            },
-        ) {
-            return Err(Error::WorkerGone(0));
+        let bound = self.listen_on(0, addr, ports)?;
+        let others: Vec<usize> = (1..self.shared.workers.len())
+            .filter(|&i| self.shared.listen_everywhere[i])
+            .collect();
+        let mut opened = vec![0];
+        for i in others {
+            match self.listen_on(i, bound, None) {
+                Ok(_) => opened.push(i),
+                Err(e) => {
+                    for w in opened {
+                        self.unlisten_on(w, bound);
+                    }
+                    return Err(Error::ListenOnWorker {
+                        worker: i,
+                        addr: bound,
+                        source: Box::new(e),
+                    });
+                }
+            }
         }
-        let bound = rx.recv().map_err(|_| Error::WorkerGone(0))??;
         let mut local = self.shared.local.write();
         let mut l = (**local).clone();
         l.addr = Some(bound);
         *local = Arc::new(l);
         Ok(bound)
+    }
+
+    /// Makes worker `w` listen on `addr` and waits for the bound address.
+    fn listen_on(
+        &self,
+        w: usize,
+        addr: SocketAddr,
+        ports: Option<(u16, u16)>,
+    ) -> Result<SocketAddr, Error> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let cmd = Command::Listen {
+            addr,
+            ports,
+            reply: tx,
+        };
+        if !self.shared.push_command(w, cmd) {
+            return Err(Error::WorkerGone(w));
+        }
+        rx.recv().map_err(|_| Error::WorkerGone(w))?
+    }
+
+    /// Makes worker `w` close its listeners on `addr` and waits until it did.
+    fn unlisten_on(&self, w: usize, addr: SocketAddr) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self
+            .shared
+            .push_command(w, Command::Unlisten { addr, reply: tx })
+        {
+            let _ = rx.recv();
+        }
     }
 
     /// Starts the dispatch thread. Messages received before are delivered once started.
@@ -522,6 +576,18 @@ impl Messenger {
             .workers
             .iter()
             .map(|w| w.load.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Per worker: connections whose session migrated away and whose commands this worker
+    /// therefore forwards, plus sessions on their way to it (see
+    /// [`ConnectedSocket::home_worker`](crate::stack::ConnectedSocket::home_worker)). An
+    /// entry goes when its connection closes for good. Updated once per worker loop turn.
+    pub fn forwarding_entries(&self) -> Vec<usize> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.forwarding.load(Ordering::Relaxed))
             .collect()
     }
 

@@ -86,6 +86,17 @@ pub trait NetworkStack: Send + Sync + 'static {
 
     /// Creates the per-worker part of the stack. Called on the worker thread itself, once.
     fn create_worker(&self, index: usize) -> Result<Box<dyn StackWorker>, StackError>;
+
+    /// True if every worker must listen on the bound address itself (Ceph's
+    /// `support_local_listen_table`): accepted sockets then stay on the worker that accepted them.
+    ///
+    /// [`Messenger::bind`](crate::Messenger::bind) then makes worker 0 bind first (resolving
+    /// port 0 or a port range to a concrete port) and every other worker listen on that same
+    /// address. Sockets such a stack accepts should report their worker through
+    /// [`ConnectedSocket::home_worker`].
+    fn listen_on_every_worker(&self) -> bool {
+        false
+    }
 }
 
 /// One worker's share of a stack. Lives on, and is only used from, its worker thread.
@@ -130,8 +141,16 @@ pub trait ServerSocket: Send {
 }
 
 /// An established (or connecting) byte stream. `Send` so an accepted socket can be handed to
-/// the least-loaded worker.
+/// the least-loaded worker (unless it is bound to one: [`ConnectedSocket::home_worker`]).
 pub trait ConnectedSocket: Send {
+    /// The only worker that may drive this socket, if it is bound to one (`None`: any worker).
+    ///
+    /// A new session for a bound socket is created on that worker; an existing session (a
+    /// lossless client reconnecting) owned by another worker migrates to it.
+    fn home_worker(&self) -> Option<usize> {
+        None
+    }
+
     /// Registers with an event loop for edge-triggered readability and writability.
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()>;
 

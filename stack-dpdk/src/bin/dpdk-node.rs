@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! dpdk-node --vdev <vdev> [--vdev <vdev>…] --port <name|id> --ip <a.b.c.d> [--listen <port>]
-//!           [--expect <messages>] [--no-huge] [--seconds <limit>]
+//!           [--expect <messages>] [--no-huge] [--seconds <limit>] [--workers <n>]
 //! ```
 //!
 //! It binds `ip:listen`, checks every message it receives (per stream: sequence numbers
 //! exactly once and in order, payload bytes as the tests generate them: see
 //! `tests/common/mod.rs`), prints `READY <addr>` once listening, and with `--expect N` prints
-//! `DONE <messages> <bytes> errors=<n>` and exits (0 if clean) after N messages.
+//! `DONE <messages> <bytes> errors=<n> streams=<s> accepted=<a,b,…> stats=…` and exits (0 if
+//! clean) after N messages; `loads` counts the connections each worker holds then. With
+//! `--workers N` the messenger has N workers and the port N queue pairs.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -75,6 +77,7 @@ struct Args {
     expect: Option<u64>,
     no_huge: bool,
     seconds: u64,
+    workers: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -86,6 +89,7 @@ fn parse() -> Result<Args, String> {
         expect: None,
         no_huge: false,
         seconds: 300,
+        workers: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -98,9 +102,16 @@ fn parse() -> Result<Args, String> {
             "--expect" => a.expect = Some(v()?.parse().map_err(|e| format!("--expect: {e}"))?),
             "--seconds" => a.seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--no-huge" => a.no_huge = true,
+            "--workers" => {
+                a.workers = v()?.parse().map_err(|e| format!("--workers: {e}"))?;
+                if !(1..=64).contains(&a.workers) {
+                    return Err("--workers must be 1..=64".into());
+                }
+            }
             "-h" | "--help" => {
                 return Err("usage: dpdk-node --vdev <vdev> --port <name> --ip <ip> \
-                            [--listen <port>] [--expect <n>] [--no-huge] [--seconds <s>]"
+                            [--listen <port>] [--expect <n>] [--no-huge] [--seconds <s>] \
+                            [--workers <n>]"
                     .into())
             }
             other => return Err(format!("unknown argument {other}")),
@@ -133,6 +144,7 @@ fn run(a: Args) -> Result<ExitCode, String> {
             no_pci: true,
             vdevs: a.vdevs.clone(),
             port: a.port.clone(),
+            queues: a.workers as u16,
             ip: a.ip,
             ..DpdkConfig::default()
         })
@@ -141,7 +153,7 @@ fn run(a: Args) -> Result<ExitCode, String> {
     let checker = Arc::new(Checker::default());
     let m = Messenger::builder("dpdk-node")
         .config(Config {
-            workers: 1,
+            workers: a.workers,
             backend: "dpdk".into(),
             hugepages: false,
             peer_timeout_ms: 30_000,
@@ -174,7 +186,14 @@ fn run(a: Args) -> Result<ExitCode, String> {
         checker.bytes.load(Ordering::Relaxed),
         checker.errors.load(Ordering::Relaxed),
     );
-    let _ = writeln!(out, "DONE {n} {b} errors={e} stats={:?}", stack.stats());
+    let streams = checker.next.lock().map_or(0, |s| s.len());
+    let loads: Vec<String> = m.worker_loads().iter().map(|x| x.to_string()).collect();
+    let _ = writeln!(
+        out,
+        "DONE {n} {b} errors={e} streams={streams} loads={} stats={:?}",
+        loads.join(","),
+        stack.stats()
+    );
     let _ = out.flush();
     m.shutdown();
     let clean = e == 0 && a.expect.is_none_or(|x| n == x);

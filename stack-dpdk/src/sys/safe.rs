@@ -182,6 +182,32 @@ pub fn port_start(port: u16) -> Result<(), DpdkError> {
     Ok(())
 }
 
+/// The port's RSS key and redirection table, or why they cannot be read.
+pub fn rss_conf(port: u16) -> Result<crate::rss::RssTable, String> {
+    let mut key = [0u8; 256];
+    let mut key_len: u16 = key.len() as u16;
+    let mut reta = [0u16; 512];
+    let mut reta_size: u16 = reta.len() as u16;
+    // SAFETY: the out buffers are valid for the lengths passed, which the shim never exceeds
+    // (it clamps the key to `key_len` and refuses tables above `reta_size`).
+    let r = unsafe {
+        shim_rss_conf(
+            port,
+            key.as_mut_ptr(),
+            &mut key_len,
+            reta.as_mut_ptr(),
+            &mut reta_size,
+        )
+    };
+    if r != 0 {
+        return Err(strerror(r.abs()));
+    }
+    Ok(crate::rss::RssTable {
+        key: key[..usize::from(key_len).min(key.len())].to_vec(),
+        reta: reta[..usize::from(reta_size).min(reta.len())].to_vec(),
+    })
+}
+
 /// Link state: `Some(true)` up, `Some(false)` down, `None` unknown.
 pub fn link_up(port: u16) -> Option<bool> {
     // SAFETY: plain query.

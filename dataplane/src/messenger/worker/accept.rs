@@ -314,9 +314,14 @@ impl Worker {
         if let Err(e) = socket.deregister(self.center.registry()) {
             tracing::warn!(%peer, error = %e, "deregistering accepted socket");
         }
-        let conn = self.shared.session_for(&hello);
+        // A socket bound to a worker gets its new session there; an existing session owned
+        // elsewhere migrates to it (`on_adopt`, on the connection's route worker first).
+        let home = socket
+            .home_worker()
+            .filter(|&h| h < self.shared.workers.len());
+        let conn = self.shared.session_for(&hello, home);
         let target = conn.worker_index().unwrap_or(self.index);
-        tracing::debug!(%peer, name = %hello.name, target, "hello accepted");
+        tracing::debug!(%peer, name = %hello.name, target, ?home, "hello accepted");
         let a = Adopt {
             socket,
             decoder,
@@ -325,7 +330,7 @@ impl Worker {
             sealer,
         };
         if target == self.index {
-            self.adopt(a);
+            self.on_adopt(a);
         } else {
             self.shared
                 .push_command(target, Command::Adopt(Box::new(a)));

@@ -2,10 +2,11 @@
 //! owns. Other threads reach those connections only through the worker's command ring.
 
 mod accept;
+mod migrate;
 
 use accept::Pending;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,13 +51,24 @@ pub(crate) enum Command {
         addr: SocketAddr,
         lane: u32,
     },
-    /// Take over an accepted, handshaking socket.
+    /// Take over an accepted, handshaking socket (or pass it on: see [`Worker::on_adopt`]).
     Adopt(Box<Adopt>),
+    /// Install a session migrated from another worker, with the new socket of its client.
+    Migrate(Box<Migrate>),
+    /// A session is migrating here: hold the commands for it until it arrives.
+    Expect { conn: u64 },
+    /// The connection closed for good at the worker that owned it: drop its forwarding entry.
+    Forget { conn: u64 },
     /// Listen on an address (port ranges tried in order).
     Listen {
         addr: SocketAddr,
         ports: Option<(u16, u16)>,
         reply: std::sync::mpsc::SyncSender<Result<SocketAddr, Error>>,
+    },
+    /// Stop listening on an address (a failed `bind` closing what it opened).
+    Unlisten {
+        addr: SocketAddr,
+        reply: std::sync::mpsc::SyncSender<()>,
     },
     /// Close a connection on purpose.
     MarkDown { conn: u64 },
@@ -72,6 +84,34 @@ pub(crate) struct Adopt {
     conn: Connection,
     /// Secure mode: seals what the server sends on this transport.
     sealer: Option<Sealer>,
+}
+
+/// A session handed from the worker that owned it to the home worker of its client's new
+/// socket (Ceph's ProtocolV2 `reuse_connection`). `state` is `None` when the session closed
+/// before it could move: the new socket is then taken as a new session, as `Adopt` would.
+pub(crate) struct Migrate {
+    state: Option<Box<ConnState>>,
+    adopt: Adopt,
+}
+
+/// What a worker knows about a connection it no longer, or not yet, owns.
+///
+/// A connection's handles always push to the worker in their `Route` (the *route worker*).
+/// When its session migrates away, the route worker keeps `Forward` to where it went and
+/// passes every later command on, in arrival order: one extra ring hop per command for a
+/// migrated session. When a session migrates between two other workers, the route worker
+/// tells the destination to `Expect` it, switches its `Forward` at once and sends the
+/// `Adopt` down the old path; the destination holds (`Awaiting`) what the route worker
+/// forwards until the session arrives from the old owner, which has by then applied every
+/// command forwarded before. Each connection's commands therefore reach its session in the
+/// order the route worker received them. Sockets can arrive faster than sessions travel: an
+/// `Expect` reaching a worker that still awaits the session for an earlier move is held too,
+/// and takes effect when replayed (after the session has left again).
+enum Moved {
+    /// The session is (or is on its way) there: forward commands.
+    Forward(usize),
+    /// The session is on its way here: hold its commands, replay them once it is installed.
+    Awaiting(Vec<Command>),
 }
 
 /// A connection owned by this worker.
@@ -112,6 +152,11 @@ pub(crate) struct Worker {
     pool: BufPool,
     entries: Slab<Entry>,
     by_id: HashMap<u64, usize>,
+    /// Connections whose session migrated away (route worker) or is migrating here.
+    moved: HashMap<u64, Moved>,
+    /// Commands for other workers, in order, waiting for room in their rings (a worker never
+    /// blocks on another's full ring: two workers forwarding to each other would deadlock).
+    outbox: VecDeque<(usize, Command)>,
     /// Accepted sockets still handshaking (they count against `max_connections`).
     pending: usize,
     /// (connection id, token) of the last lookup; id 0 is never used.
@@ -153,6 +198,8 @@ impl Worker {
             pool,
             entries: Slab::new(),
             by_id: HashMap::new(),
+            moved: HashMap::new(),
+            outbox: VecDeque::new(),
             pending: 0,
             last_lookup: (0, 0),
             dirty: Vec::new(),
@@ -176,6 +223,8 @@ impl Worker {
             self.fired.clear();
             let max_wait = if !self.read_again.is_empty() {
                 Some(Duration::ZERO)
+            } else if !self.outbox.is_empty() {
+                Some(Duration::from_micros(50))
             } else if !self.read_blocked.is_empty() {
                 Some(Duration::from_millis(1))
             } else {
@@ -207,6 +256,10 @@ impl Worker {
             self.fired = fired;
             self.retry_reads();
             self.flush_dirty();
+            self.flush_outbox();
+            self.shared.workers[self.index]
+                .forwarding
+                .store(self.moved.len(), std::sync::atomic::Ordering::Relaxed);
         }
         self.close_all();
     }
@@ -227,6 +280,13 @@ impl Worker {
 
     fn on_command(&mut self, c: Command) {
         match c {
+            Command::Send { conn, .. }
+            | Command::SendBatch { conn, .. }
+            | Command::MarkDown { conn }
+                if self.lookup(conn).is_none() && self.moved.contains_key(&conn) =>
+            {
+                self.divert(conn, c)
+            }
             Command::Send { conn, msg } => match self.lookup(conn) {
                 Some(t) => {
                     if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
@@ -258,7 +318,25 @@ impl Worker {
                 }
             },
             Command::Connect { conn, addr, lane } => self.connect(conn, addr, lane),
-            Command::Adopt(a) => self.adopt(*a),
+            Command::Adopt(a) => self.on_adopt(*a),
+            Command::Migrate(m) => self.on_migrate(*m),
+            Command::Expect { conn } => match self.moved.get_mut(&conn) {
+                // Still waiting for an earlier migration here: this one comes after it (the
+                // session will have left again by then), so it waits its turn.
+                Some(Moved::Awaiting(held)) => held.push(Command::Expect { conn }),
+                _ => {
+                    self.moved.insert(conn, Moved::Awaiting(Vec::new()));
+                }
+            },
+            Command::Forget { conn } => {
+                if matches!(self.moved.get(&conn), Some(Moved::Forward(_))) {
+                    self.moved.remove(&conn);
+                }
+            }
+            Command::Unlisten { addr, reply } => {
+                self.unlisten(addr);
+                let _ = reply.send(());
+            }
             Command::Listen { addr, ports, reply } => {
                 let r = self.listen(addr, ports);
                 let _ = reply.send(r);
@@ -282,6 +360,24 @@ impl Worker {
         let t = self.by_id.get(&id).copied()?;
         self.last_lookup = (id, t);
         Some(t)
+    }
+
+    /// Closes the listeners bound to `addr`.
+    fn unlisten(&mut self, addr: SocketAddr) {
+        let tokens: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(
+                |(_, e)| matches!(e, Entry::Listener(l) if l.local_addr().is_ok_and(|a| a == addr)),
+            )
+            .map(|(t, _)| t)
+            .collect();
+        for t in tokens {
+            if let Entry::Listener(mut l) = self.entries.remove(t) {
+                let _ = l.deregister(self.center.registry());
+                tracing::info!(worker = self.index, %addr, "stopped listening");
+            }
+        }
     }
 
     fn listen(&mut self, addr: SocketAddr, ports: Option<(u16, u16)>) -> Result<SocketAddr, Error> {
@@ -432,7 +528,8 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, a: Adopt) {
+    /// Takes over an accepted socket here: the session it belongs to is (or becomes) ours.
+    fn adopt_here(&mut self, a: Adopt) {
         let Adopt {
             mut socket,
             decoder,
@@ -450,6 +547,17 @@ impl Worker {
                     }
                 }
                 t
+            }
+            None if conn.is_closed() => {
+                // The session closed for good while this socket was on its way (its load was
+                // given back then): the client reconnects and gets a fresh session.
+                tracing::debug!(
+                    worker = self.index,
+                    conn = conn.id(),
+                    "session closed meanwhile, dropping its new socket"
+                );
+                close_socket(self.center.registry(), socket);
+                return;
             }
             None => {
                 let lossy = !hello.lossless;
@@ -884,6 +992,15 @@ impl Worker {
         self.by_id.remove(&st.handle.id());
         if self.last_lookup.0 == st.handle.id() {
             self.last_lookup = (0, 0);
+        }
+        if let Some(route) = st.handle.worker_index().filter(|&r| r != self.index) {
+            // The session migrated here: its route worker's forwarding entry can go.
+            self.send_to(
+                route,
+                Command::Forget {
+                    conn: st.handle.id(),
+                },
+            );
         }
         self.shared.workers[self.index]
             .load
