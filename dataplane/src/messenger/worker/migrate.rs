@@ -379,23 +379,42 @@ mod tests {
                 sealer: None,
             };
             assert!(shared.push_command(0, Command::Adopt(Box::new(a))));
-            // Messages pushed right behind each socket, through the application's handle.
-            for _ in 0..per_socket {
+            // Messages pushed right behind each socket, through the application's handle:
+            // one by one, or (every other socket) as one batch, which travels as a record
+            // block (`Command::SendRecords`).
+            let mark = |i: u64| {
                 let mut p = Vec::with_capacity(16);
                 p.extend_from_slice(MARK);
-                p.extend_from_slice(&next.to_le_bytes());
+                p.extend_from_slice(&i.to_le_bytes());
                 p.extend_from_slice(MARK);
-                let mut msg = Message::new(1, Buf::from_vec(p));
+                Message::new(1, Buf::from_vec(p))
+            };
+            if k % 2 == 0 {
+                let mut batch: Vec<Message> = (next..next + per_socket).map(mark).collect();
                 loop {
-                    match conn.send(msg) {
+                    match conn.send_batch(batch) {
                         Ok(()) => break,
                         Err(e) => {
-                            msg = e.message;
+                            batch = e.messages;
                             std::thread::yield_now();
                         }
                     }
                 }
-                next += 1;
+                next += per_socket;
+            } else {
+                for _ in 0..per_socket {
+                    let mut msg = mark(next);
+                    loop {
+                        match conn.send(msg) {
+                            Ok(()) => break,
+                            Err(e) => {
+                                msg = e.message;
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                    next += 1;
+                }
             }
         }
         let total = next;

@@ -282,6 +282,7 @@ impl Worker {
         match c {
             Command::Send { conn, .. }
             | Command::SendBatch { conn, .. }
+            | Command::SendRecords { conn, .. }
             | Command::MarkDown { conn }
                 if self.lookup(conn).is_none() && self.moved.contains_key(&conn) =>
             {
