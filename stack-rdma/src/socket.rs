@@ -1,5 +1,6 @@
 //! One RDMA connection as a byte stream: an RC queue pair with its own CQ and completion
-//! channel, registered send and receive slots, credits, and the TCP side channel.
+//! channel, registered send slots, receive buffers (its own receive queue, or a credit share
+//! of the stack's shared receive queue), credits, and the TCP side channel.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -14,25 +15,17 @@ use dataplane::stack::ConnectedSocket;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
-use sideway::ibverbs::completion::{
-    BasicCompletionQueue, CompletionChannel, GenericCompletionQueue, WorkCompletionStatus,
-};
-use sideway::ibverbs::device_context::Mtu;
-use sideway::ibverbs::queue_pair::{
-    BasicQueuePair, PostSendGuard, QueuePair, QueuePairAttribute, QueuePairState,
-    SetScatterGatherEntry, WorkRequestFlags,
-};
-use sideway::ibverbs::AccessFlags;
+use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
 use crate::memory::Slot;
 use crate::poller::{self, CqShared, Wc};
-use crate::sys::{self, Kick, QpHandle};
+use crate::srq::{SrqGen, RECV_BIT};
+use crate::sys::{self, Kick, PathTo, RawQp, RecvWr, SendWr};
 use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
-use crate::{Device, Misbehave, RdmaStats};
+use crate::{Device, Misbehave, RdmaError, RdmaStats};
 
-/// Receive work-request ids have this bit set; the rest is the slot index.
-const RECV_BIT: u64 = 1 << 63;
+/// `IBV_ACCESS_LOCAL_WRITE`: the QP allows no remote access at all.
+const ACCESS_LOCAL_WRITE: u32 = 1;
 /// How long teardown waits for in-flight sends and flushed work requests.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
@@ -52,12 +45,15 @@ enum Phase {
 
 /// Verbs resources of one connection. Field order is drop order: QP before CQ before channel.
 struct Res {
-    qp: BasicQueuePair,
+    qp: RawQp,
     shared: Arc<CqShared>,
     cq: Arc<BasicCompletionQueue>,
     chan: Arc<CompletionChannel>,
     send_slots: Vec<Slot>,
+    /// Per-QP mode: the buffers of this QP's own receive queue.
     recv_slots: Vec<Slot>,
+    /// SRQ mode: the shared receive queue and the credits granted to this connection.
+    srq: Option<(Arc<SrqGen>, u32)>,
 }
 
 /// An RDMA connection (see the crate docs for the protocol).
@@ -86,8 +82,16 @@ pub struct RdmaSocket {
     last_signaled: Option<u64>,
     want_write: bool,
     sent_total: u32,
+    send_batch: Vec<SendWr>,
     // Receive side.
-    ready: VecDeque<(u32, u32)>,
+    /// Credits granted to the peer at set-up (receive buffers reserved for it).
+    window: u32,
+    /// Credits granted to the peer so far (initial window plus every credit returned).
+    granted_total: u64,
+    /// SENDs received from the peer so far; never above `granted_total` for a correct peer.
+    recvd_count: u64,
+    /// Completed receives not yet copied out: (slot index, buffer, bytes).
+    ready: VecDeque<(u32, Slot, u32)>,
     ready_off: usize,
     repost: Vec<u32>,
     owed: u32,
@@ -147,19 +151,22 @@ impl RdmaSocket {
         phase: Phase,
     ) -> io::Result<RdmaSocket> {
         let res = create_res(&dev)?;
+        let window = res
+            .srq
+            .as_ref()
+            .map_or(dev.cfg.recv_depth, |(_, share)| *share);
         let id = dev.next_id.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: only reads the handle; registry entries are removed before the QP is freed.
-        let handle = QpHandle(unsafe { res.qp.qp() }.as_ptr() as usize);
-        dev.qps.lock().push((id, handle));
+        dev.qps.lock().push((id, res.qp.handle()));
         RdmaStats::bump(&dev.stats.live_qps, 1);
         let hello = Hello {
-            qpn: res.qp.qp_number(),
+            qpn: res.qp.qp_num(),
             psn: rand::random::<u32>() & 0x00ff_ffff,
             gid: dev.gid.raw,
             lid: dev.lid,
             mtu: dev.mtu,
-            recv_credits: dev.cfg.recv_depth,
+            recv_credits: window,
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
+            srq: res.srq.is_some(),
         };
         let mut s = RdmaSocket {
             id,
@@ -185,6 +192,10 @@ impl RdmaSocket {
             last_signaled: None,
             want_write: false,
             sent_total: 0,
+            send_batch: Vec::new(),
+            window,
+            granted_total: u64::from(window),
+            recvd_count: 0,
             ready: VecDeque::new(),
             ready_off: 0,
             repost: Vec::new(),
@@ -310,40 +321,30 @@ impl RdmaSocket {
     /// The peer's hello arrived: connect the QP (INIT → RTR → RTS) and tell the peer.
     fn on_peer_hello(&mut self, h: Hello) -> io::Result<()> {
         let dev = self.dev.clone();
-        let mtu = Mtu::from(u32::from(h.mtu.min(dev.mtu)));
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::ReadyToReceive)
-            .setup_path_mtu(mtu)
-            .setup_dest_qp_num(h.qpn)
-            .setup_rq_psn(h.psn)
-            .setup_max_dest_read_atomic(0)
-            .setup_min_rnr_timer(12);
-        let mut ah = AddressHandleAttribute::new();
-        ah.setup_dest_lid(h.lid)
-            .setup_port(dev.port)
-            .setup_service_level(0)
-            .setup_grh_src_gid_index(u8::try_from(dev.gid_index).unwrap_or(0))
-            .setup_grh_dest_gid(&Gid { raw: h.gid })
-            .setup_grh_hop_limit(64);
-        attr.setup_address_vector(&ah);
-        let r = res.qp.modify(&attr);
+        let path = PathTo {
+            port: dev.port,
+            mtu: h.mtu.min(dev.mtu),
+            dest_qpn: h.qpn,
+            rq_psn: h.psn,
+            dlid: h.lid,
+            sgid_index: u8::try_from(dev.gid_index).unwrap_or(0),
+            dgid: h.gid,
+        };
+        // RNR retry, by the peer's receive mode: with a receive queue per QP, credits
+        // guarantee a posted receive, so an RNR means we overran our credits: 0 fails fast.
+        // With the peer's SRQ, another of its peers that overruns takes buffers backing our
+        // credits until the peer detects it (it counts every SEND against the credits it
+        // granted) and tears it down; our SENDs must wait (7 = retry forever) meanwhile.
+        let rnr_retry = if h.srq { 7 } else { 0 };
+        let r = res.qp.to_rtr(&path);
         r.map_err(|e| self.fail(format!("QP to RTR: {e}")))?;
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::ReadyToSend)
-            .setup_sq_psn(self.hello.psn)
-            .setup_timeout(14)
-            .setup_retry_cnt(7)
-            // RNR retry 0: with credits a receive is always posted, so an RNR means the peer
-            // overran its credits; fail fast instead of retrying forever.
-            .setup_rnr_retry(0)
-            .setup_max_read_atomic(0);
-        let r = res.qp.modify(&attr);
+        let r = res.qp.to_rts(self.hello.psn, rnr_retry);
         r.map_err(|e| self.fail(format!("QP to RTS: {e}")))?;
         self.credits = h.recv_credits;
         self.chunk = (h.slot_size as usize).min(dev.pool.slot_size());
@@ -382,6 +383,31 @@ impl RdmaSocket {
 
     fn on_completion(&mut self, wc: Wc) -> io::Result<()> {
         let recv = wc.wr_id & RECV_BIT != 0;
+        let mut slot = None;
+        if recv {
+            let idx = u32::try_from(wc.wr_id & !RECV_BIT).ok();
+            let found = match (idx, self.res.as_ref()) {
+                (Some(i), Some(r)) => match &r.srq {
+                    Some((gen, _)) => gen.slot(i).map(|s| (i, s, Some(gen))),
+                    None => r.recv_slots.get(i as usize).map(|s| (i, *s, None)),
+                },
+                _ => None,
+            };
+            let Some((i, s, gen)) = found else {
+                return Err(self.fail(format!(
+                    "receive completion for unknown buffer {:#x}",
+                    wc.wr_id
+                )));
+            };
+            if let Some(gen) = gen {
+                gen.consumed();
+                if wc.status != WorkCompletionStatus::Success as u32 {
+                    // The SRQ buffer is ours to give back (at teardown).
+                    self.repost.push(i);
+                }
+            }
+            slot = Some((i, s));
+        }
         if wc.status != WorkCompletionStatus::Success as u32 {
             if self.failed.is_some() {
                 return Err(self.failed_err());
@@ -407,24 +433,27 @@ impl RdmaSocket {
             };
             return Err(self.fail(why));
         }
-        if recv {
-            let idx = (wc.wr_id & !RECV_BIT) as u32;
-            let slots = self.res.as_ref().map_or(0, |r| r.recv_slots.len());
-            if idx as usize >= slots {
-                return Err(self.fail(format!("receive completion for unknown slot {idx}")));
-            }
+        if let Some((idx, s)) = slot {
+            // Counted before anything else is judged, so the buffer is never lost: a failed
+            // connection hands back what it holds at teardown.
+            self.ready.push_back((idx, s, 0));
+            self.outstanding += 1;
+            self.recvd_count += 1;
             if wc.byte_len == 0 || wc.byte_len as usize > self.dev.pool.slot_size() {
                 return Err(self.fail(format!("received a SEND of {} bytes", wc.byte_len)));
+            }
+            if let Some(last) = self.ready.back_mut() {
+                last.2 = wc.byte_len;
             }
             let c = wire::imm_credits(wc.imm).map_err(|e| self.fail(e))?;
             if c > 0 {
                 self.add_credits(c)?;
             }
-            self.outstanding += 1;
-            if self.outstanding > self.dev.cfg.recv_depth {
+            if self.recvd_count > self.granted_total {
                 return Err(self.fail(format!(
-                    "peer exceeded its credits ({} receives outstanding, {} posted)",
-                    self.outstanding, self.dev.cfg.recv_depth
+                    "peer exceeded its credits (credits exceeded: {} SENDs received, {} credits \
+                     granted)",
+                    self.recvd_count, self.granted_total
                 )));
             }
             self.dev
@@ -433,7 +462,6 @@ impl RdmaSocket {
                 .fetch_max(u64::from(self.outstanding), Ordering::Relaxed);
             RdmaStats::bump(&self.dev.stats.recvs, 1);
             self.recvd_total = self.recvd_total.wrapping_add(1);
-            self.ready.push_back((idx, wc.byte_len));
         } else {
             let seq = wc.wr_id;
             if seq < self.send_done || seq >= self.send_seq {
@@ -456,32 +484,43 @@ impl RdmaSocket {
         }
     }
 
-    /// Re-posts consumed receive slots (one doorbell) and returns credits on the side channel
-    /// once half the window is owed and no SEND has carried them.
+    /// Re-posts consumed receive buffers (one doorbell, to the SRQ or the QP's own receive
+    /// queue) and returns credits on the side channel once half the window is owed and no
+    /// SEND has carried them.
     fn repost_and_return(&mut self) -> io::Result<()> {
         if !self.repost.is_empty() {
             let Some(res) = self.res.as_mut() else {
                 return Err(self.failed_err());
             };
-            let slot = self.dev.pool.slot_size() as u32;
-            let mut guard = res.qp.start_post_recv();
-            for &i in &self.repost {
-                let s = res.recv_slots[i as usize];
-                let wr = guard.construct_wr(RECV_BIT | u64::from(i));
-                // SAFETY: the slot lies in a registered arena owned by this socket until the
-                // QP is destroyed; it was fully consumed, so nothing reads it any more.
-                unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
-            }
-            let r = guard.post();
+            let r = match &res.srq {
+                Some((gen, _)) => gen.repost(&self.repost),
+                None => {
+                    let len = self.dev.pool.slot_size() as u32;
+                    let batch: Vec<RecvWr> = self
+                        .repost
+                        .iter()
+                        .filter_map(|&i| {
+                            res.recv_slots.get(i as usize).map(|s| RecvWr {
+                                wr_id: RECV_BIT | u64::from(i),
+                                addr: s.addr,
+                                len,
+                                lkey: s.lkey,
+                            })
+                        })
+                        .collect();
+                    res.qp.post_recv(&batch)
+                }
+            };
             r.map_err(|e| self.fail(format!("post receive: {e}")))?;
             let n = self.repost.len() as u32;
             self.repost.clear();
-            self.outstanding -= n;
+            self.outstanding = self.outstanding.saturating_sub(n);
             self.owed += n;
         }
-        if self.owed >= (self.dev.cfg.recv_depth / 2).max(1) && self.failed.is_none() {
+        if self.owed >= (self.window / 2).max(1) && self.failed.is_none() {
             self.ctl_out
                 .extend_from_slice(&Ctl::Credit(self.owed).encode());
+            self.granted_total += u64::from(self.owed);
             self.owed = 0;
             RdmaStats::bump(&self.dev.stats.credit_messages, 1);
             self.flush_ctl();
@@ -491,16 +530,15 @@ impl RdmaSocket {
 
     /// Copies ready receive slots into `buf`.
     fn copy_out(&mut self, buf: &mut BufMut) -> usize {
-        let Some(res) = self.res.as_ref() else {
+        if self.res.is_none() {
             return 0;
-        };
+        }
         let mut copied = 0;
-        while let Some(&(idx, len)) = self.ready.front() {
+        while let Some(&(idx, s, len)) = self.ready.front() {
             let spare = buf.spare_mut();
             if spare.is_empty() {
                 break;
             }
-            let s = res.recv_slots[idx as usize];
             let avail = len as usize - self.ready_off;
             let n = avail.min(spare.len());
             // SAFETY: the slot is in our registered arena; its receive completed, so the NIC
@@ -548,24 +586,40 @@ impl RdmaSocket {
             res = r;
         }
         self.dev.qps.lock().retain(|(id, _)| *id != self.id);
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::Error);
-        if let Err(e) = res.qp.modify(&attr) {
+        if let Err(e) = res.qp.to_error() {
             tracing::debug!(socket = self.id, error = %e, "QP to error at teardown");
         }
-        // Flushed completions: every posted receive and unfinished send comes back.
-        // Receives still posted come back flushed; wait (bounded) until they have.
-        let expect = res.recv_slots.len() as u64 - u64::from(self.outstanding);
+        // Flushed completions: every unfinished send comes back, and so does every receive
+        // still posted to this QP's own receive queue; wait (bounded) until they have. SRQ
+        // receives are not flushed (they stay in the SRQ for other QPs), but any the QP had
+        // already taken complete here: their buffers go back to the SRQ below.
+        let expect = (res.recv_slots.len() as u64).saturating_sub(u64::from(self.outstanding));
         let mut seen = 0u64;
-        while seen < expect && Instant::now() < end {
-            match res.cq.start_poll() {
-                Ok(p) => seen += p.filter(|wc| wc.wr_id() & RECV_BIT != 0).count() as u64,
-                Err(_) => std::thread::yield_now(),
-            }
-        }
-        while let Ok(p) = res.cq.start_poll() {
-            if p.count() == 0 {
+        let mut wcs = Vec::new();
+        loop {
+            wcs.clear();
+            if res.shared.take(&mut wcs).is_err() {
                 break;
+            }
+            for wc in &wcs {
+                if wc.wr_id & RECV_BIT == 0 {
+                    continue;
+                }
+                seen += 1;
+                if let Some((gen, _)) = &res.srq {
+                    if let Ok(i) = u32::try_from(wc.wr_id & !RECV_BIT) {
+                        if gen.slot(i).is_some() {
+                            gen.consumed();
+                            self.repost.push(i);
+                        }
+                    }
+                }
+            }
+            if wcs.is_empty() && (seen >= expect || Instant::now() >= end) {
+                break;
+            }
+            if wcs.is_empty() {
+                std::thread::yield_now();
             }
         }
         let _ = sys::drain_events(&res.chan, &res.cq);
@@ -576,6 +630,7 @@ impl RdmaSocket {
             chan,
             mut send_slots,
             mut recv_slots,
+            srq,
         } = res;
         drop(qp);
         shared.set_token(None);
@@ -584,12 +639,26 @@ impl RdmaSocket {
         drop(chan);
         self.dev.pool.give_back(&mut send_slots);
         self.dev.pool.give_back(&mut recv_slots);
+        if let Some((gen, share)) = srq {
+            // Buffers this connection consumed and had not re-posted (unread data, or taken
+            // by a completion seen only now) go back to the SRQ for the other connections.
+            self.repost.extend(self.ready.drain(..).map(|(i, _, _)| i));
+            if let Err(e) = gen.repost(&self.repost) {
+                tracing::warn!(socket = self.id, error = %e, "cannot re-post SRQ buffers at teardown");
+            }
+            self.repost.clear();
+            drop(gen);
+            if let Some(shared_rq) = &self.dev.srq {
+                shared_rq.release(share);
+            }
+        }
         self.dev.stats.live_qps.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(socket = self.id, "RDMA connection torn down");
     }
 }
 
-/// Creates CQ + channel + QP (at INIT) and posts every receive slot.
+/// Creates CQ + channel + QP (at INIT) and its receive buffers: a credit share of the
+/// stack's SRQ, or a receive queue of its own with every slot posted.
 fn create_res(dev: &Device) -> io::Result<Res> {
     let cfg = &dev.cfg;
     let chan = dev
@@ -597,45 +666,79 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         .create_comp_channel()
         .map_err(verr("create completion channel"))?;
     chan.set_nonblocking(true)?;
+    let recv_cqe = if dev.srq.is_some() {
+        cfg.srq_share
+    } else {
+        cfg.recv_depth
+    };
     let cq = dev
         .ctx
         .create_cq_builder()
-        .setup_cqe(cfg.send_depth + cfg.recv_depth + 8)
+        .setup_cqe(cfg.send_depth + recv_cqe + 8)
         .setup_comp_channel(&chan, 0)
         .build()
         .map_err(verr("create completion queue"))?;
-    let build = |inline: u32| {
-        dev.pd
-            .create_qp_builder()
-            .setup_max_send_wr(cfg.send_depth)
-            .setup_max_recv_wr(cfg.recv_depth)
-            .setup_max_send_sge(1)
-            .setup_max_recv_sge(1)
-            .setup_max_inline_data(inline)
-            .setup_send_cq(GenericCompletionQueue::from(cq.clone()))
-            .setup_recv_cq(GenericCompletionQueue::from(cq.clone()))
-            .build()
+    let srq = match &dev.srq {
+        Some(shared) => match shared.grant() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                if matches!(e, RdmaError::SrqExhausted { .. }) {
+                    RdmaStats::bump(&dev.stats.srq_refused, 1);
+                }
+                return Err(other(e.to_string()));
+            }
+        },
+        None => None,
     };
-    let mut qp = match build(dev.max_inline) {
+    // Gives the share back if anything below fails (the QP, if created, is dropped first).
+    let release = |srq: &Option<(Arc<SrqGen>, u32)>| {
+        if let (Some((_, share)), Some(shared)) = (srq, &dev.srq) {
+            shared.release(*share);
+        }
+    };
+    let keep = srq
+        .as_ref()
+        .map(|(gen, _)| gen.clone() as Arc<dyn std::any::Any + Send + Sync>);
+    let raw = srq.as_ref().and_then(|(gen, _)| gen.raw());
+    let qp = match RawQp::create(
+        &dev.pd,
+        &cq,
+        raw.zip(keep),
+        cfg.send_depth,
+        cfg.recv_depth,
+        dev.max_inline,
+    ) {
         Ok(qp) => qp,
-        // Some devices support no inline data at all.
-        Err(_) => build(0).map_err(verr("create queue pair"))?,
+        Err(e) => {
+            release(&srq);
+            return Err(other(format!("create queue pair: {e}")));
+        }
     };
-    let mut attr = QueuePairAttribute::new();
-    attr.setup_state(QueuePairState::Init)
-        .setup_pkey_index(0)
-        .setup_port(dev.port)
-        .setup_access_flags(AccessFlags::LocalWrite);
-    qp.modify(&attr).map_err(verr("QP to INIT"))?;
-    let send_slots = dev
-        .pool
-        .take(cfg.send_depth as usize)
-        .map_err(|e| other(e.to_string()))?;
-    let recv_slots = match dev.pool.take(cfg.recv_depth as usize) {
+    if let Err(e) = qp.to_init(dev.port, ACCESS_LOCAL_WRITE) {
+        drop(qp);
+        release(&srq);
+        return Err(other(format!("QP to INIT: {e}")));
+    }
+    let send_slots = match dev.pool.take(cfg.send_depth as usize) {
         Ok(s) => s,
         Err(e) => {
+            drop(qp);
+            release(&srq);
+            return Err(other(e.to_string()));
+        }
+    };
+    let recv_slots = if srq.is_some() {
+        Ok(Vec::new())
+    } else {
+        dev.pool.take(cfg.recv_depth as usize)
+    };
+    let recv_slots = match recv_slots {
+        Ok(s) => s,
+        Err(e) => {
+            drop(qp);
             let mut s = send_slots;
             dev.pool.give_back(&mut s);
+            release(&srq);
             return Err(other(e.to_string()));
         }
     };
@@ -646,25 +749,34 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         chan,
         send_slots,
         recv_slots,
+        srq,
     };
-    let slot = dev.pool.slot_size() as u32;
-    let mut guard = res.qp.start_post_recv();
-    for (i, s) in res.recv_slots.iter().enumerate() {
-        let wr = guard.construct_wr(RECV_BIT | i as u64);
-        // SAFETY: the slot is registered memory owned by this connection until its QP is
-        // destroyed (teardown returns slots only afterwards).
-        unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
-    }
-    if let Err(e) = guard.post() {
+    let len = dev.pool.slot_size() as u32;
+    let batch: Vec<RecvWr> = res
+        .recv_slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| RecvWr {
+            wr_id: RECV_BIT | i as u64,
+            addr: s.addr,
+            len,
+            lkey: s.lkey,
+        })
+        .collect();
+    // The slots are registered memory owned by this connection until its QP is destroyed
+    // (teardown returns them only afterwards).
+    if let Err(e) = res.qp.post_recv(&batch) {
         let Res {
             qp,
             mut send_slots,
             mut recv_slots,
+            srq,
             ..
         } = res;
         drop(qp);
         dev.pool.give_back(&mut send_slots);
         dev.pool.give_back(&mut recv_slots);
+        release(&srq);
         return Err(other(format!("post receives: {e}")));
     }
     Ok(res)
@@ -803,8 +915,8 @@ impl ConnectedSocket for RdmaSocket {
         };
         let wanted: usize = iov.iter().map(|s| s.len()).sum();
         let mut total = 0usize;
-        let mut posted = 0u32;
-        let mut guard = res.qp.start_post_send();
+        let mut batch = std::mem::take(&mut self.send_batch);
+        batch.clear();
         let (mut vi, mut off) = (0usize, 0usize);
         let overrun = misbehave == Misbehave::OverrunCredits;
         while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
@@ -840,6 +952,8 @@ impl ConnectedSocket for RdmaSocket {
             }
             let mut imm = self.owed.min(0xffff);
             self.owed -= imm;
+            // Counted as granted before the peer can see (and use) them.
+            self.granted_total += u64::from(imm);
             self.credits = self.credits.saturating_sub(1);
             if misbehave == Misbehave::BadImmediate {
                 imm |= 1 << 16;
@@ -848,34 +962,36 @@ impl ConnectedSocket for RdmaSocket {
             // ring (its completion frees every slot before it: RC completes in order).
             let fills = self.send_seq + 1 - self.send_done >= depth;
             self.unsignaled += 1;
-            let mut flags = WorkRequestFlags::none();
+            let mut signaled = false;
             if fills || self.unsignaled >= signal_every {
-                flags |= WorkRequestFlags::Signaled;
+                signaled = true;
                 self.unsignaled = 0;
                 self.last_signaled = Some(self.send_seq);
             }
-            if len <= inline_max {
-                flags |= WorkRequestFlags::Inline;
-            }
-            let wr = guard
-                .construct_wr(self.send_seq, flags)
-                .setup_send_imm(imm.to_be());
-            // SAFETY: as above; `len` bytes of the slot were just written.
-            unsafe { wr.setup_sge(slot.lkey, slot.addr, len as u32) };
+            batch.push(SendWr {
+                wr_id: self.send_seq,
+                addr: slot.addr,
+                len: len as u32,
+                lkey: slot.lkey,
+                imm,
+                signaled,
+                inline: len <= inline_max,
+            });
             self.send_seq += 1;
             self.sent_total = self.sent_total.wrapping_add(1);
             total += len;
-            posted += 1;
         }
+        let posted = batch.len() as u64;
+        // SAFETY: every WR points at a send slot of this socket's registered arena, written
+        // above and not touched again until its completion (`send_done`) passes it.
+        let r = unsafe { res.qp.post_send(&batch) };
+        self.send_batch = batch;
         if posted > 0 {
-            let r = guard.post();
             if let Err(e) = r {
                 return Err(self.fail(format!("post send: {e}")));
             }
-            RdmaStats::bump(&self.dev.stats.sends, u64::from(posted));
+            RdmaStats::bump(&self.dev.stats.sends, posted);
             RdmaStats::bump(&self.dev.stats.doorbells, 1);
-        } else {
-            drop(guard);
         }
         if total < wanted {
             self.want_write = true;

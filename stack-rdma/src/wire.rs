@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! hello   (44 B): magic "DPRD" | version u16 | reserved u16 | qpn u32 | psn u32 | gid [16]
-//!                 | lid u16 | mtu u8 | reserved u8 | recv_credits u32 | slot_size u32
+//!                 | lid u16 | mtu u8 | flags u8 | recv_credits u32 | slot_size u32
+//!                 flags: bit 0 = the sender receives through a shared receive queue
 //! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(sends posted)
 //! ```
 //!
@@ -34,6 +35,9 @@ pub(crate) struct Hello {
     pub(crate) recv_credits: u32,
     /// Bytes per receive buffer: the largest SEND the peer may post.
     pub(crate) slot_size: u32,
+    /// The sender receives through a shared receive queue (the other end then retries RNR:
+    /// another peer overrunning its credits may briefly empty the SRQ).
+    pub(crate) srq: bool,
 }
 
 impl Hello {
@@ -46,6 +50,7 @@ impl Hello {
         b[16..32].copy_from_slice(&self.gid);
         b[32..34].copy_from_slice(&self.lid.to_le_bytes());
         b[34] = self.mtu;
+        b[35] = u8::from(self.srq);
         b[36..40].copy_from_slice(&self.recv_credits.to_le_bytes());
         b[40..44].copy_from_slice(&self.slot_size.to_le_bytes());
         b
@@ -74,7 +79,11 @@ impl Hello {
             mtu: b[34],
             recv_credits: u32_at(36),
             slot_size: u32_at(40),
+            srq: b[35] & 1 != 0,
         };
+        if b[35] & !1 != 0 {
+            return Err(format!("side channel: unknown hello flags {:#04x}", b[35]));
+        }
         if h.qpn == 0 || h.qpn > 0x00ff_ffff {
             return Err(format!("side channel: bad QP number {:#x}", h.qpn));
         }
@@ -163,6 +172,7 @@ mod tests {
             mtu: 3,
             recv_credits: 32,
             slot_size: 65536,
+            srq: true,
         }
     }
 
@@ -190,6 +200,9 @@ mod tests {
             let e = Hello::decode(&h.encode()).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
+        let mut b = hello().encode();
+        b[35] = 0x82;
+        assert!(Hello::decode(&b).unwrap_err().contains("flags"));
     }
 
     #[test]
