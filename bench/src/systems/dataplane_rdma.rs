@@ -6,7 +6,8 @@
 //!
 //! Environment: `DATAPLANE_RDMA_ADDR` (address to bind, the netdev under the RDMA device;
 //! default 127.0.0.1), `DATAPLANE_RDMA_DEVICE`, `DATAPLANE_RDMA_GID_INDEX`,
-//! `DATAPLANE_RDMA_BUSY_POLL_US` (CQ busy-poll window, default the stack's).
+//! `DATAPLANE_RDMA_BUSY_POLL_US` (CQ busy-poll window, default the stack's),
+//! `DATAPLANE_RDMA_SHARED_RQ=0` (a receive queue per QP instead of the shared one).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ fn stack() -> Result<Arc<dyn NetworkStack>> {
             ..cfg
         },
         None => cfg,
+    };
+    // `DATAPLANE_RDMA_SHARED_RQ=0`: a receive queue per QP instead of the shared one.
+    let cfg = RdmaConfig {
+        shared_rq: std::env::var("DATAPLANE_RDMA_SHARED_RQ").map_or(true, |v| v != "0"),
+        ..cfg
     };
     Ok(Arc::new(RdmaStack::with_config(cfg)?))
 }
