@@ -27,6 +27,12 @@
 //!   connections are refused with [`RdmaError::SrqExhausted`]) and is destroyed with the last
 //!   connection. With [`RdmaConfig::shared_rq`] off, each QP has its own receive queue of
 //!   [`RdmaConfig::recv_depth`] buffers.
+//! - **Large messages**: each connection registers a write buffer of its own (the only MR
+//!   with remote-write access) and advertises it in the hello; a `writev` with at least
+//!   [`RdmaConfig::write_min`] left sends pieces of up to one chunk as RDMA
+//!   WRITE-with-immediate (gathering several send slots) into the next chunk of the peer's
+//!   buffer, under chunk credits. The receiver checks every WRITE's chunk, length and credit
+//!   against what it advertised and fails the connection on a mismatch.
 //! - **Credit-based flow control**: a sender starts with the credits the peer granted
 //!   (`recv_credits`) and spends one per SEND; it never posts more than that, so the receiver
 //!   never runs out of posted buffers. The receiver counts every SEND against the credits it
@@ -46,8 +52,8 @@
 //! - **Teardown**: QP to the error state, wait (bounded) for the flush, destroy QP, CQ and
 //!   channel, then return the slots, so a slot is never reused while the NIC may write it.
 //!
-//! See `docs/rdma.md` for what is not done yet (RDMA WRITE for large messages, zero-copy,
-//! CQ per worker) and for setting up a rack.
+//! See `docs/rdma.md` for what is not done yet (zero-copy, memory windows per QP, CQ per
+//! worker) and for setting up a rack.
 
 mod memory;
 mod poller;
@@ -163,6 +169,16 @@ pub struct RdmaConfig {
     pub send_depth: u32,
     /// Sends up to this many bytes go inline in the work request (capped by the device).
     pub max_inline: u32,
+    /// Chunks of the per-connection buffer the peer may RDMA-WRITE large messages into
+    /// (registered with remote-write access, that buffer only). 0 turns RDMA WRITE off: every
+    /// byte then goes in slot-sized SENDs.
+    pub write_chunks: u32,
+    /// Bytes per write chunk: the largest single RDMA WRITE into this end (the sender also
+    /// caps a WRITE at 8 of its send slots and half its send ring).
+    pub write_chunk: usize,
+    /// A `writev` with at least this many bytes left uses RDMA WRITE-with-immediate (when the
+    /// peer advertised a write buffer and a chunk is free); smaller ones use SENDs.
+    pub write_min: usize,
     /// Bytes per registered arena (grown on demand, one MR each).
     pub arena_bytes: usize,
     /// After the last completion, the worker's event loop keeps polling the CQs of its
@@ -187,6 +203,9 @@ pub enum Misbehave {
     OverrunCredits,
     /// Set the reserved bits of every SEND's immediate value.
     BadImmediate,
+    /// RDMA-WRITE into the chunk after the one the receiver expects (inside its registered
+    /// buffer, outside the window it granted).
+    WriteOutsideWindow,
 }
 
 impl Default for RdmaConfig {
@@ -202,6 +221,9 @@ impl Default for RdmaConfig {
             srq_max_wr: 4096,
             send_depth: 32,
             max_inline: 64,
+            write_chunks: 2,
+            write_chunk: 512 << 10,
+            write_min: 256 << 10,
             arena_bytes: 16 << 20,
             busy_poll: Duration::ZERO,
             misbehave: Misbehave::No,
@@ -240,6 +262,12 @@ pub struct RdmaStats {
     pub srq_posted_min: AtomicI64,
     /// Connections refused because the SRQ could not back their credits.
     pub srq_refused: AtomicU64,
+    /// RDMA WRITE-with-immediate work requests posted.
+    pub writes: AtomicU64,
+    /// Bytes sent by RDMA WRITE.
+    pub write_bytes: AtomicU64,
+    /// RDMA WRITEs received (completions of the peer's WRITE-with-immediate).
+    pub writes_received: AtomicU64,
 }
 
 impl RdmaStats {
@@ -408,13 +436,15 @@ impl RdmaStack {
             || cfg.send_depth < 4
             || cfg.srq_share < 2
             || cfg.srq_max_wr < cfg.srq_share
+            || cfg.write_chunks > wire::MAX_WRITE_CHUNKS
+            || (cfg.write_chunks > 0 && !(4096..=1 << 30).contains(&cfg.write_chunk))
         {
             return Err(StackError::Io {
                 what: "rdma config",
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "slot_size must be >= 4096, recv_depth and send_depth >= 4, srq_share >= 2 \
-                     and srq_max_wr >= srq_share",
+                    "slot_size must be >= 4096, recv_depth and send_depth >= 4, srq_share >= 2, \
+                     srq_max_wr >= srq_share, write_chunks <= 255 and write_chunk in 4 KiB..=1 GiB",
                 ),
             });
         }

@@ -17,15 +17,35 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
-use crate::memory::Slot;
+use crate::memory::{Slot, WriteRegion};
 use crate::poller::{self, CqShared, Wc};
 use crate::srq::{SrqGen, RECV_BIT};
-use crate::sys::{self, Kick, PathTo, RawQp, RecvWr, SendWr};
-use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
+use crate::sys::{self, Kick, PathTo, QpCaps, RawQp, RecvWr, SendWr, Sge};
+use crate::wire::{self, Ctl, Hello, Imm, CTL_LEN, HELLO_LEN};
 use crate::{Device, Misbehave, RdmaError, RdmaStats};
 
-/// `IBV_ACCESS_LOCAL_WRITE`: the QP allows no remote access at all.
+/// `IBV_ACCESS_LOCAL_WRITE`.
 const ACCESS_LOCAL_WRITE: u32 = 1;
+/// `IBV_ACCESS_REMOTE_WRITE` (only the write buffer's MR carries it too).
+const ACCESS_REMOTE_WRITE: u32 = 2;
+/// `IBV_WC_RECV`: a SEND arrived.
+const WC_RECV: u32 = 128;
+/// `IBV_WC_RECV_RDMA_WITH_IMM`: an RDMA WRITE-with-immediate arrived.
+const WC_RECV_RDMA_WITH_IMM: u32 = 129;
+/// Most send slots one RDMA WRITE gathers from (its SGEs).
+const WRITE_MAX_SGE: u32 = 8;
+
+/// A completed receive not yet copied out.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    /// Receive buffer to re-post once consumed (SRQ or own receive queue).
+    idx: u32,
+    /// Where the data is: the receive buffer (SEND) or a write chunk (RDMA WRITE).
+    addr: u64,
+    len: u32,
+    /// An RDMA WRITE: consuming it frees a write chunk.
+    write: bool,
+}
 /// How long teardown waits for in-flight sends and flushed work requests.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
@@ -54,6 +74,8 @@ struct Res {
     recv_slots: Vec<Slot>,
     /// SRQ mode: the shared receive queue and the credits granted to this connection.
     srq: Option<(Arc<SrqGen>, u32)>,
+    /// The buffer the peer may RDMA-WRITE into (after the QP in drop order).
+    landing: Option<WriteRegion>,
 }
 
 /// An RDMA connection (see the crate docs for the protocol).
@@ -83,15 +105,26 @@ pub struct RdmaSocket {
     want_write: bool,
     sent_total: u32,
     send_batch: Vec<SendWr>,
+    send_sges: Vec<Sge>,
+    /// Write chunks of the peer's buffer we may write now.
+    write_credits: u32,
+    /// RDMA WRITEs posted so far (the next one goes to chunk `write_seq % chunks`).
+    write_seq: u64,
     // Receive side.
+    /// RDMA WRITEs received so far (the next must name chunk `writes_recvd % chunks`).
+    writes_recvd: u64,
+    /// Write chunks granted to the peer so far (initial chunks plus every one returned).
+    writes_granted: u64,
+    /// Write chunks consumed and not yet returned to the peer.
+    owed_writes: u32,
     /// Credits granted to the peer at set-up (receive buffers reserved for it).
     window: u32,
     /// Credits granted to the peer so far (initial window plus every credit returned).
     granted_total: u64,
     /// SENDs received from the peer so far; never above `granted_total` for a correct peer.
     recvd_count: u64,
-    /// Completed receives not yet copied out: (slot index, buffer, bytes).
-    ready: VecDeque<(u32, Slot, u32)>,
+    /// Completed receives not yet copied out.
+    ready: VecDeque<Ready>,
     ready_off: usize,
     repost: Vec<u32>,
     owed: u32,
@@ -167,7 +200,14 @@ impl RdmaSocket {
             recv_credits: window,
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
             srq: res.srq.is_some(),
+            write: res.landing.as_ref().map(|l| wire::WriteRegion {
+                addr: l.base(),
+                rkey: l.rkey(),
+                chunk: dev.cfg.write_chunk as u32,
+                chunks: dev.cfg.write_chunks,
+            }),
         };
+        let write_chunks = u64::from(hello.write.map_or(0, |w| w.chunks));
         let mut s = RdmaSocket {
             id,
             dev,
@@ -193,6 +233,12 @@ impl RdmaSocket {
             want_write: false,
             sent_total: 0,
             send_batch: Vec::new(),
+            send_sges: Vec::new(),
+            write_credits: 0,
+            write_seq: 0,
+            writes_recvd: 0,
+            writes_granted: write_chunks,
+            owed_writes: 0,
             window,
             granted_total: u64::from(window),
             recvd_count: 0,
@@ -280,6 +326,7 @@ impl RdmaSocket {
                 }
                 Ctl::Ready => {}
                 Ctl::Credit(n) => self.add_credits(n)?,
+                Ctl::WriteCredit(n) => self.add_write_credits(n)?,
                 Ctl::Close(n) => self.peer_close = Some(n),
             }
         }
@@ -318,6 +365,20 @@ impl RdmaSocket {
         }
     }
 
+    fn add_write_credits(&mut self, n: u32) -> io::Result<()> {
+        let chunks = self.peer.and_then(|p| p.write).map_or(0, |w| w.chunks);
+        match self.write_credits.checked_add(n) {
+            Some(c) if c <= chunks => {
+                self.write_credits = c;
+                Ok(())
+            }
+            _ => Err(self.fail(format!(
+                "peer returned {n} write chunks on top of {} ({chunks} advertised)",
+                self.write_credits
+            ))),
+        }
+    }
+
     /// The peer's hello arrived: connect the QP (INIT → RTR → RTS) and tell the peer.
     fn on_peer_hello(&mut self, h: Hello) -> io::Result<()> {
         let dev = self.dev.clone();
@@ -347,6 +408,7 @@ impl RdmaSocket {
         let r = res.qp.to_rts(self.hello.psn, rnr_retry);
         r.map_err(|e| self.fail(format!("QP to RTS: {e}")))?;
         self.credits = h.recv_credits;
+        self.write_credits = h.write.map_or(0, |w| w.chunks);
         self.chunk = (h.slot_size as usize).min(dev.pool.slot_size());
         self.peer = Some(h);
         self.phase = Phase::WaitReady;
@@ -434,27 +496,49 @@ impl RdmaSocket {
             return Err(self.fail(why));
         }
         if let Some((idx, s)) = slot {
-            // Counted before anything else is judged, so the buffer is never lost: a failed
+            // Queued before anything else is judged, so the buffer is never lost: a failed
             // connection hands back what it holds at teardown.
-            self.ready.push_back((idx, s, 0));
+            self.ready.push_back(Ready {
+                idx,
+                addr: s.addr,
+                len: 0,
+                write: false,
+            });
             self.outstanding += 1;
             self.recvd_count += 1;
-            if wc.byte_len == 0 || wc.byte_len as usize > self.dev.pool.slot_size() {
-                return Err(self.fail(format!("received a SEND of {} bytes", wc.byte_len)));
-            }
-            if let Some(last) = self.ready.back_mut() {
-                last.2 = wc.byte_len;
-            }
-            let c = wire::imm_credits(wc.imm).map_err(|e| self.fail(e))?;
-            if c > 0 {
-                self.add_credits(c)?;
-            }
+            let imm = Imm::decode(wc.imm).map_err(|e| self.fail(e))?;
             if self.recvd_count > self.granted_total {
                 return Err(self.fail(format!(
                     "peer exceeded its credits (credits exceeded: {} SENDs received, {} credits \
                      granted)",
                     self.recvd_count, self.granted_total
                 )));
+            }
+            let (addr, max) = match (wc.opcode, imm.write) {
+                (WC_RECV, None) => (s.addr, self.dev.pool.slot_size()),
+                (WC_RECV_RDMA_WITH_IMM, Some(chunk)) => self.check_write(chunk, wc.byte_len)?,
+                (op, w) => {
+                    return Err(self.fail(format!(
+                        "receive completion opcode {op} does not match its immediate value \
+                         {:#010x} (write: {})",
+                        wc.imm,
+                        w.is_some()
+                    )))
+                }
+            };
+            if wc.byte_len == 0 || wc.byte_len as usize > max {
+                return Err(self.fail(format!("received a SEND of {} bytes", wc.byte_len)));
+            }
+            if let Some(last) = self.ready.back_mut() {
+                last.addr = addr;
+                last.len = wc.byte_len;
+                last.write = imm.write.is_some();
+            }
+            if imm.credits > 0 {
+                self.add_credits(imm.credits)?;
+            }
+            if imm.write_credits > 0 {
+                self.add_write_credits(imm.write_credits)?;
             }
             self.dev
                 .stats
@@ -463,13 +547,46 @@ impl RdmaSocket {
             RdmaStats::bump(&self.dev.stats.recvs, 1);
             self.recvd_total = self.recvd_total.wrapping_add(1);
         } else {
+            // A send WR's id is the end of the send-slot range it used.
             let seq = wc.wr_id;
-            if seq < self.send_done || seq >= self.send_seq {
+            if seq <= self.send_done || seq > self.send_seq {
                 return Err(self.fail(format!("send completion for unknown request {seq}")));
             }
-            self.send_done = seq + 1;
+            self.send_done = seq;
         }
         Ok(())
+    }
+
+    /// Checks an RDMA WRITE the peer made against what we advertised: the chunk must be the
+    /// next of the ring (so it holds nothing unread), the peer must hold a chunk credit, and
+    /// the length must fit the chunk. Returns where the data is and the chunk size.
+    fn check_write(&mut self, chunk: u32, len: u32) -> io::Result<(u64, usize)> {
+        let Some(w) = self.hello.write else {
+            return Err(self.fail(format!(
+                "RDMA write outside the advertised buffer: chunk {chunk}, {len} bytes, but no \
+                 write buffer was advertised"
+            )));
+        };
+        let expect = (self.writes_recvd % u64::from(w.chunks)) as u32;
+        self.writes_recvd += 1;
+        if chunk >= w.chunks || chunk != expect || len > w.chunk {
+            return Err(self.fail(format!(
+                "RDMA write outside the advertised buffer: chunk {chunk}, {len} bytes (advertised \
+                 {} chunks of {} bytes, next chunk {expect})",
+                w.chunks, w.chunk
+            )));
+        }
+        if self.writes_recvd > self.writes_granted {
+            return Err(self.fail(format!(
+                "peer exceeded its write chunks ({} writes, {} chunks granted)",
+                self.writes_recvd, self.writes_granted
+            )));
+        }
+        RdmaStats::bump(&self.dev.stats.writes_received, 1);
+        Ok((
+            w.addr + u64::from(chunk) * u64::from(w.chunk),
+            w.chunk as usize,
+        ))
     }
 
     fn send_room(&self) -> bool {
@@ -517,6 +634,16 @@ impl RdmaSocket {
             self.outstanding = self.outstanding.saturating_sub(n);
             self.owed += n;
         }
+        let chunks = self.hello.write.map_or(0, |w| w.chunks);
+        if self.owed_writes > 0 && self.owed_writes >= (chunks / 2).max(1) && self.failed.is_none()
+        {
+            self.ctl_out
+                .extend_from_slice(&Ctl::WriteCredit(self.owed_writes).encode());
+            self.writes_granted += u64::from(self.owed_writes);
+            self.owed_writes = 0;
+            RdmaStats::bump(&self.dev.stats.credit_messages, 1);
+            self.flush_ctl();
+        }
         if self.owed >= (self.window / 2).max(1) && self.failed.is_none() {
             self.ctl_out
                 .extend_from_slice(&Ctl::Credit(self.owed).encode());
@@ -534,19 +661,33 @@ impl RdmaSocket {
             return 0;
         }
         let mut copied = 0;
-        while let Some(&(idx, s, len)) = self.ready.front() {
+        while let Some(&Ready {
+            idx,
+            addr,
+            len,
+            write,
+        }) = self.ready.front()
+        {
             let spare = buf.spare_mut();
             if spare.is_empty() {
                 break;
             }
             let avail = len as usize - self.ready_off;
             let n = avail.min(spare.len());
-            // SAFETY: the slot is in our registered arena; its receive completed, so the NIC
-            // no longer writes it, and `ready_off + n <= len <= slot_size`.
-            let src = unsafe {
-                std::slice::from_raw_parts((s.addr as usize + self.ready_off) as *const u8, n)
+            // SAFETY: `addr` is a receive buffer of our registered arena whose receive
+            // completed (the NIC no longer writes it) or a chunk of our write buffer that the
+            // peer wrote and may not write again before we return it; `ready_off + n <= len`,
+            // which was checked against the buffer's size. The write buffer is remotely
+            // writable: a peer breaking the protocol could write the chunk while we copy, so
+            // this is a raw byte copy that never forms a reference to that memory; the worst
+            // case is garbage in that peer's own stream (the messenger's crc catches it).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (addr as usize + self.ready_off) as *const u8,
+                    spare.as_mut_ptr(),
+                    n,
+                )
             };
-            spare[..n].copy_from_slice(src);
             buf.advance(n);
             copied += n;
             self.ready_off += n;
@@ -554,6 +695,9 @@ impl RdmaSocket {
                 self.ready.pop_front();
                 self.ready_off = 0;
                 self.repost.push(idx);
+                if write {
+                    self.owed_writes += 1;
+                }
             }
         }
         copied
@@ -576,7 +720,7 @@ impl RdmaSocket {
         let end = Instant::now() + DRAIN_WAIT;
         if self.failed.is_none() && self.phase == Phase::Established {
             self.res = Some(res);
-            let target = self.last_signaled.map_or(0, |s| s + 1);
+            let target = self.last_signaled.unwrap_or(0);
             while self.send_done < target && Instant::now() < end {
                 if self.poll_cq().is_err() {
                     break;
@@ -631,8 +775,10 @@ impl RdmaSocket {
             mut send_slots,
             mut recv_slots,
             srq,
+            landing,
         } = res;
         drop(qp);
+        drop(landing);
         shared.set_token(None);
         drop(shared);
         drop(cq);
@@ -642,7 +788,7 @@ impl RdmaSocket {
         if let Some((gen, share)) = srq {
             // Buffers this connection consumed and had not re-posted (unread data, or taken
             // by a completion seen only now) go back to the SRQ for the other connections.
-            self.repost.extend(self.ready.drain(..).map(|(i, _, _)| i));
+            self.repost.extend(self.ready.drain(..).map(|r| r.idx));
             if let Err(e) = gen.repost(&self.repost) {
                 tracing::warn!(socket = self.id, error = %e, "cannot re-post SRQ buffers at teardown");
             }
@@ -700,21 +846,36 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         .as_ref()
         .map(|(gen, _)| gen.clone() as Arc<dyn std::any::Any + Send + Sync>);
     let raw = srq.as_ref().and_then(|(gen, _)| gen.raw());
-    let qp = match RawQp::create(
-        &dev.pd,
-        &cq,
-        raw.zip(keep),
-        cfg.send_depth,
-        cfg.recv_depth,
-        dev.max_inline,
-    ) {
+    let landing = if cfg.write_chunks > 0 {
+        match WriteRegion::new(&dev.pd, cfg.write_chunk * cfg.write_chunks as usize) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                release(&srq);
+                return Err(other(e.to_string()));
+            }
+        }
+    } else {
+        None
+    };
+    let caps = QpCaps {
+        send_depth: cfg.send_depth,
+        recv_depth: cfg.recv_depth,
+        max_send_sge: WRITE_MAX_SGE,
+        max_inline: dev.max_inline,
+    };
+    let qp = match RawQp::create(&dev.pd, &cq, raw.zip(keep), caps) {
         Ok(qp) => qp,
         Err(e) => {
             release(&srq);
             return Err(other(format!("create queue pair: {e}")));
         }
     };
-    if let Err(e) = qp.to_init(dev.port, ACCESS_LOCAL_WRITE) {
+    let access = if landing.is_some() {
+        ACCESS_LOCAL_WRITE | ACCESS_REMOTE_WRITE
+    } else {
+        ACCESS_LOCAL_WRITE
+    };
+    if let Err(e) = qp.to_init(dev.port, access) {
         drop(qp);
         release(&srq);
         return Err(other(format!("QP to INIT: {e}")));
@@ -750,6 +911,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         send_slots,
         recv_slots,
         srq,
+        landing,
     };
     let len = dev.pool.slot_size() as u32;
     let batch: Vec<RecvWr> = res
@@ -914,9 +1076,22 @@ impl ConnectedSocket for RdmaSocket {
             return Err(self.failed_err());
         };
         let wanted: usize = iov.iter().map(|s| s.len()).sum();
+        let slot_size = self.dev.pool.slot_size();
+        // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
+        let peer_write = self.peer.and_then(|p| p.write);
+        let write_max = peer_write.map_or(0, |w| {
+            (w.chunk as usize)
+                .min(WRITE_MAX_SGE as usize * slot_size)
+                .min((self.dev.cfg.send_depth as usize / 2).max(1) * slot_size)
+        });
+        let write_min = self.dev.cfg.write_min.max(1);
         let mut total = 0usize;
         let mut batch = std::mem::take(&mut self.send_batch);
+        let mut sges = std::mem::take(&mut self.send_sges);
         batch.clear();
+        sges.clear();
+        let mut writes = 0u64;
+        let mut write_bytes = 0u64;
         let (mut vi, mut off) = (0usize, 0usize);
         let overrun = misbehave == Misbehave::OverrunCredits;
         while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
@@ -928,39 +1103,108 @@ impl ConnectedSocket for RdmaSocket {
             if vi == iov.len() {
                 break;
             }
-            let slot = res.send_slots[(self.send_seq % depth) as usize];
-            let mut len = 0usize;
-            while len < chunk && vi < iov.len() {
-                let src = &iov[vi][off..];
-                let n = src.len().min(chunk - len);
-                // SAFETY: the slot is registered memory owned by this socket; its previous
-                // SEND completed (`send_seq - send_done < depth`), so the NIC no longer reads
-                // it, and `len + n <= chunk <= slot_size`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr(),
-                        (slot.addr as usize + len) as *mut u8,
-                        n,
-                    )
-                };
-                len += n;
-                off += n;
-                if off == iov[vi].len() {
-                    vi += 1;
-                    off = 0;
+            let left = wanted - total;
+            let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
+            // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
+            // peer's advertised buffer, gathered from several send slots.
+            let write = match peer_write {
+                Some(w) if self.write_credits > 0 && write_max > 0 && left >= write_min => {
+                    let len = left.min(write_max);
+                    let k = len.div_ceil(slot_size);
+                    (k <= free_slots).then_some((w, len, k))
                 }
+                _ => None,
+            };
+            let (want, nslots) = match write {
+                Some((_, len, k)) => (len, k),
+                None => (chunk, 1),
+            };
+            let sge_at = sges.len() as u32;
+            let mut len = 0usize;
+            for _ in 0..nslots {
+                let slot = res.send_slots[(self.send_seq % depth) as usize];
+                let mut in_slot = 0usize;
+                let room = slot_size.min(want - len);
+                while in_slot < room && vi < iov.len() {
+                    let src = &iov[vi][off..];
+                    let n = src.len().min(room - in_slot);
+                    // SAFETY: the slot is registered memory owned by this socket; its previous
+                    // WR completed (`send_seq - send_done < depth`), so the NIC no longer
+                    // reads it, and `in_slot + n <= room <= slot_size`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            (slot.addr as usize + in_slot) as *mut u8,
+                            n,
+                        )
+                    };
+                    in_slot += n;
+                    off += n;
+                    if off == iov[vi].len() {
+                        vi += 1;
+                        off = 0;
+                    }
+                }
+                if in_slot == 0 {
+                    break;
+                }
+                sges.push(Sge {
+                    addr: slot.addr,
+                    len: in_slot as u32,
+                    lkey: slot.lkey,
+                });
+                self.send_seq += 1;
+                len += in_slot;
             }
-            let mut imm = self.owed.min(0xffff);
-            self.owed -= imm;
+            let sge_n = sges.len() as u32 - sge_at;
+            let credits = self.owed.min(wire::IMM_MAX_CREDITS);
+            let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
+            self.owed -= credits;
+            self.owed_writes -= write_credits;
             // Counted as granted before the peer can see (and use) them.
-            self.granted_total += u64::from(imm);
+            self.granted_total += u64::from(credits);
+            self.writes_granted += u64::from(write_credits);
             self.credits = self.credits.saturating_sub(1);
-            if misbehave == Misbehave::BadImmediate {
+            let mut imm = Imm {
+                credits,
+                write_credits,
+                write: None,
+            };
+            let mut remote = None;
+            if let Some((w, _, _)) = write {
+                let mut idx = (self.write_seq % u64::from(w.chunks)) as u32;
+                if misbehave == Misbehave::WriteOutsideWindow {
+                    idx = (idx + 1) % w.chunks.max(2);
+                }
+                // The peer's buffer was validated at hello (no overflow); check this write
+                // stays inside it before handing the address to the NIC.
+                let at = u64::from(idx) * u64::from(w.chunk);
+                if len > w.chunk as usize
+                    || at + len as u64 > u64::from(w.chunk) * u64::from(w.chunks)
+                {
+                    let why = format!(
+                        "RDMA write of {len} bytes into chunk {idx} would leave the peer's \
+                         buffer ({} chunks of {} bytes)",
+                        w.chunks, w.chunk
+                    );
+                    self.send_batch = batch;
+                    self.send_sges = sges;
+                    return Err(self.fail(why));
+                }
+                self.write_seq += 1;
+                self.write_credits -= 1;
+                imm.write = Some(idx);
+                remote = Some((w.addr + at, w.rkey));
+                writes += 1;
+                write_bytes += len as u64;
+            }
+            let mut imm = imm.encode();
+            if misbehave == Misbehave::BadImmediate && remote.is_none() {
                 imm |= 1 << 16;
             }
             // Selective signalling: every `signal_every`-th WR, and the one that fills the
             // ring (its completion frees every slot before it: RC completes in order).
-            let fills = self.send_seq + 1 - self.send_done >= depth;
+            let fills = self.send_seq - self.send_done >= depth;
             self.unsignaled += 1;
             let mut signaled = false;
             if fills || self.unsignaled >= signal_every {
@@ -970,28 +1214,31 @@ impl ConnectedSocket for RdmaSocket {
             }
             batch.push(SendWr {
                 wr_id: self.send_seq,
-                addr: slot.addr,
-                len: len as u32,
-                lkey: slot.lkey,
+                sge_at,
+                sge_n,
                 imm,
                 signaled,
-                inline: len <= inline_max,
+                inline: remote.is_none() && len <= inline_max,
+                remote,
             });
-            self.send_seq += 1;
             self.sent_total = self.sent_total.wrapping_add(1);
             total += len;
         }
         let posted = batch.len() as u64;
-        // SAFETY: every WR points at a send slot of this socket's registered arena, written
-        // above and not touched again until its completion (`send_done`) passes it.
-        let r = unsafe { res.qp.post_send(&batch) };
+        // SAFETY: every SGE points at a send slot of this socket's registered arena, written
+        // above and not touched again until a completion (`send_done`) passes it; SGE ranges
+        // were built from `sges`.
+        let r = unsafe { res.qp.post_send(&batch, &sges) };
         self.send_batch = batch;
+        self.send_sges = sges;
         if posted > 0 {
             if let Err(e) = r {
                 return Err(self.fail(format!("post send: {e}")));
             }
             RdmaStats::bump(&self.dev.stats.sends, posted);
             RdmaStats::bump(&self.dev.stats.doorbells, 1);
+            RdmaStats::bump(&self.dev.stats.writes, writes);
+            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
         }
         if total < wanted {
             self.want_write = true;

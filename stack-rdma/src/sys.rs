@@ -116,17 +116,27 @@ pub(crate) struct RecvWr {
     pub(crate) lkey: u32,
 }
 
-/// One SEND-with-immediate work request from a registered buffer.
+/// One registered buffer a send work request gathers from.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct SendWr {
-    pub(crate) wr_id: u64,
+pub(crate) struct Sge {
     pub(crate) addr: u64,
     pub(crate) len: u32,
     pub(crate) lkey: u32,
+}
+
+/// One SEND-with-immediate, or RDMA-WRITE-with-immediate when `remote` is set, gathering
+/// `sge_n` buffers from `sge_at` of the SGE list given with the batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendWr {
+    pub(crate) wr_id: u64,
+    pub(crate) sge_at: u32,
+    pub(crate) sge_n: u32,
     /// Immediate data, host order (converted to network order here).
     pub(crate) imm: u32,
     pub(crate) signaled: bool,
     pub(crate) inline: bool,
+    /// RDMA WRITE target: (remote address, remote key).
+    pub(crate) remote: Option<(u64, u32)>,
 }
 
 /// Builds a linked chain of receive WRs over `sges` (one SGE each) in `wrs`.
@@ -252,6 +262,17 @@ pub(crate) struct RawQp {
     send_sges: Vec<ffi::ibv_sge>,
 }
 
+/// Sizes of a new queue pair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QpCaps {
+    pub(crate) send_depth: u32,
+    /// Ignored when the QP receives from an SRQ.
+    pub(crate) recv_depth: u32,
+    pub(crate) max_send_sge: u32,
+    /// Falls back to 0 when the device refuses it.
+    pub(crate) max_inline: u32,
+}
+
 // SAFETY: verbs objects may be used from any thread (see `RawSrq`); the socket owning this
 // QP is moved between worker threads but used by one at a time.
 unsafe impl Send for RawQp {}
@@ -264,10 +285,14 @@ impl RawQp {
         pd: &Arc<ProtectionDomain>,
         cq: &Arc<BasicCompletionQueue>,
         srq: Option<(&RawSrq, Arc<dyn std::any::Any + Send + Sync>)>,
-        send_depth: u32,
-        recv_depth: u32,
-        max_inline: u32,
+        caps: QpCaps,
     ) -> io::Result<RawQp> {
+        let QpCaps {
+            send_depth,
+            recv_depth,
+            max_send_sge,
+            max_inline,
+        } = caps;
         // SAFETY: only reads the handle; the CQ outlives the QP (the QP keeps an `Arc`).
         let cq_ptr = unsafe { cq.cq() }.as_ptr();
         let make = |inline: u32| {
@@ -281,7 +306,7 @@ impl RawQp {
                 cap: ffi::ibv_qp_cap {
                     max_send_wr: send_depth,
                     max_recv_wr: if srq.is_some() { 0 } else { recv_depth },
-                    max_send_sge: 1,
+                    max_send_sge,
                     max_recv_sge: 1,
                     max_inline_data: inline,
                 },
@@ -429,20 +454,27 @@ impl RawQp {
         }
     }
 
-    /// Posts `batch` as SEND-with-immediate work requests with one call (one doorbell).
+    /// Posts `batch` (SEND or RDMA WRITE, with immediate) with one call (one doorbell).
     ///
     /// # Safety
-    /// Every WR's buffer must be registered memory (`lkey`) that stays valid and unmodified
-    /// until the WR completes (or, for inline WRs, until this call returns).
-    pub(crate) unsafe fn post_send(&mut self, batch: &[SendWr]) -> io::Result<()> {
+    /// Every SGE must be registered memory (`lkey`) that stays valid and unmodified until its
+    /// WR completes (or, for inline WRs, until this call returns); every WR's SGE range must
+    /// lie within `sges`.
+    pub(crate) unsafe fn post_send(&mut self, batch: &[SendWr], sges: &[Sge]) -> io::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
+        if batch
+            .iter()
+            .any(|w| w.sge_n == 0 || (w.sge_at as usize + w.sge_n as usize) > sges.len())
+        {
+            return Err(io::Error::other("send work request with a bad SGE range"));
+        }
         self.send_sges.clear();
-        self.send_sges.extend(batch.iter().map(|w| ffi::ibv_sge {
-            addr: w.addr,
-            length: w.len,
-            lkey: w.lkey,
+        self.send_sges.extend(sges.iter().map(|g| ffi::ibv_sge {
+            addr: g.addr,
+            length: g.len,
+            lkey: g.lkey,
         }));
         self.send_wrs.clear();
         for w in batch {
@@ -450,8 +482,14 @@ impl RawQp {
             // for which all-zero is valid (null pointers, no flags).
             let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
             wr.wr_id = w.wr_id;
-            wr.num_sge = 1;
-            wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM;
+            wr.num_sge = w.sge_n as i32;
+            match w.remote {
+                Some((remote_addr, rkey)) => {
+                    wr.opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                    wr.wr.rdma = ffi::rdma_t { remote_addr, rkey };
+                }
+                None => wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
+            }
             let mut flags = 0;
             if w.signaled {
                 flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
@@ -466,11 +504,11 @@ impl RawQp {
         let sge_base = self.send_sges.as_mut_ptr();
         let wr_base = self.send_wrs.as_mut_ptr();
         let n = self.send_wrs.len();
-        for i in 0..n {
-            // SAFETY: `i` and `i + 1` (when used) are in bounds; neither vector is resized
-            // before the post below.
+        for (i, w) in batch.iter().enumerate() {
+            // SAFETY: `i` and `i + 1` (when used) are in bounds, `sge_at` was checked against
+            // the SGE list above; neither vector is resized before the post below.
             unsafe {
-                (*wr_base.add(i)).sg_list = sge_base.add(i);
+                (*wr_base.add(i)).sg_list = sge_base.add(w.sge_at as usize);
                 if i + 1 < n {
                     (*wr_base.add(i)).next = wr_base.add(i + 1);
                 }
