@@ -549,6 +549,12 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
         misbehave,
         send_depth: 64,
         slot_size: 8 << 10,
+        // The bad WRITE case must write: any backlog of 16 KiB goes by RDMA WRITE.
+        write_min: if misbehave == Misbehave::WriteOutsideWindow {
+            16 << 10
+        } else {
+            RdmaConfig::default().write_min
+        },
         ..RdmaConfig::default()
     }) else {
         return;
@@ -623,6 +629,62 @@ fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue_per_qp_receive_q
     // The receiver has no buffer posted: RNR, and with rnr_retry 0 the overrunning sender's
     // connection fails at once instead of retrying forever.
     bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false, false);
+}
+
+#[test]
+fn rdma_write_outside_the_advertised_buffer_is_torn_down_and_others_continue() {
+    // The bad peer RDMA-WRITEs into the chunk after the one the receiver's ring expects
+    // (inside the registered buffer, outside the window it granted): the receiver checks
+    // every WRITE's chunk and length against what it advertised and tears that connection
+    // down; the good peer (which also writes: 16 KiB messages in bulk) is unaffected.
+    bad_peer_case(
+        Misbehave::WriteOutsideWindow,
+        "RDMA write outside the advertised buffer",
+        true,
+        true,
+    );
+}
+
+/// Large messages go by RDMA WRITE-with-immediate into the receiver's advertised buffer
+/// (several send slots gathered into one work request), interleaved with SENDs for the small
+/// frames, and arrive byte for byte.
+#[test]
+fn rdma_large_messages_use_rdma_write_byte_for_byte() {
+    let Some(p) = pair() else { return };
+    const N: u64 = 48;
+    for i in 0..N {
+        let len = match i % 3 {
+            0 => 1 << 20,
+            1 => (300 << 10) + 7,
+            _ => 100,
+        };
+        send_retry(&p.conn, Message::new(1, payload(0, i, len)));
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == N),
+        "got {} of {N}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
+    let writes = c.writes.load(Ordering::Relaxed);
+    let wbytes = c.write_bytes.load(Ordering::Relaxed);
+    eprintln!(
+        "write: {writes} RDMA WRITEs ({wbytes} bytes), {} received, {} WRs in all, {} failures",
+        s.writes_received.load(Ordering::Relaxed),
+        c.sends.load(Ordering::Relaxed),
+        s.failures.load(Ordering::Relaxed),
+    );
+    assert!(writes > 0, "no RDMA WRITE was used");
+    assert_eq!(s.writes_received.load(Ordering::Relaxed), writes);
+    // Large pieces go by WRITE while a chunk is free, by SENDs otherwise (never waiting).
+    assert!(
+        wbytes >= 8 << 20,
+        "a good part of the bytes went by RDMA WRITE ({wbytes})"
+    );
+    assert_eq!(c.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
+    assert_torn_down(p);
 }
 
 #[test]
