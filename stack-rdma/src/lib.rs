@@ -174,7 +174,8 @@ pub struct RdmaConfig {
     /// byte then goes in slot-sized SENDs.
     pub write_chunks: u32,
     /// Bytes per write chunk: the largest single RDMA WRITE into this end (the sender also
-    /// caps a WRITE at 8 of its send slots and half its send ring).
+    /// caps a WRITE at 8 of its send slots (fewer if the device has fewer SGEs) and half its
+    /// send ring).
     pub write_chunk: usize,
     /// A `writev` with at least this many bytes left uses RDMA WRITE-with-immediate (when the
     /// peer advertised a write buffer and a chunk is free); smaller ones use SENDs.
@@ -295,6 +296,8 @@ pub(crate) struct Device {
     pub(crate) lid: u16,
     pub(crate) mtu: u8,
     pub(crate) max_inline: u32,
+    /// SGEs per send work request (1..=8, capped by the device's `max_sge`).
+    pub(crate) max_send_sge: u32,
     pub(crate) cfg: RdmaConfig,
     /// The shared receive queue (SRQ mode), created on the first connection.
     pub(crate) srq: Option<SharedRq>,
@@ -352,11 +355,16 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
     let mtu = port_attr.active_mtu() as u32 as u8;
     let pool = Arc::new(SlotPool::new(pd.clone(), cfg.slot_size, cfg.arena_bytes));
     let stats = Arc::new(RdmaStats::new());
+    let attr = ctx.query_device().ok();
+    // SGEs per send WR: an RDMA WRITE gathers up to 8 send slots; fewer if the device says so.
+    let max_send_sge = attr
+        .as_ref()
+        .map_or(1, |a| u32::try_from(a.max_sge()).unwrap_or(1))
+        .clamp(1, 8);
     let srq = if cfg.shared_rq {
-        let dev_max = ctx
-            .query_device()
-            .map(|a| u32::try_from(a.max_srq_wr()).unwrap_or(0))
-            .unwrap_or(0);
+        let dev_max = attr
+            .as_ref()
+            .map_or(0, |a| u32::try_from(a.max_srq_wr()).unwrap_or(0));
         if dev_max == 0 {
             tracing::warn!(device = %name, "device has no shared receive queues; using a receive queue per QP");
             None
@@ -383,6 +391,7 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         lid: port_attr.lid(),
         mtu,
         max_inline: cfg.max_inline,
+        max_send_sge,
         cfg: cfg.clone(),
         srq,
         pool,

@@ -32,8 +32,6 @@ const ACCESS_REMOTE_WRITE: u32 = 2;
 const WC_RECV: u32 = 128;
 /// `IBV_WC_RECV_RDMA_WITH_IMM`: an RDMA WRITE-with-immediate arrived.
 const WC_RECV_RDMA_WITH_IMM: u32 = 129;
-/// Most send slots one RDMA WRITE gathers from (its SGEs).
-const WRITE_MAX_SGE: u32 = 8;
 
 /// A completed receive not yet copied out.
 #[derive(Debug, Clone, Copy)]
@@ -860,7 +858,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
     let caps = QpCaps {
         send_depth: cfg.send_depth,
         recv_depth: cfg.recv_depth,
-        max_send_sge: WRITE_MAX_SGE,
+        max_send_sge: dev.max_send_sge,
         max_inline: dev.max_inline,
     };
     let qp = match RawQp::create(&dev.pd, &cq, raw.zip(keep), caps) {
@@ -1081,7 +1079,7 @@ impl ConnectedSocket for RdmaSocket {
         let peer_write = self.peer.and_then(|p| p.write);
         let write_max = peer_write.map_or(0, |w| {
             (w.chunk as usize)
-                .min(WRITE_MAX_SGE as usize * slot_size)
+                .min(self.dev.max_send_sge as usize * slot_size)
                 .min((self.dev.cfg.send_depth as usize / 2).max(1) * slot_size)
         });
         let write_min = self.dev.cfg.write_min.max(1);
