@@ -2,7 +2,7 @@
 # Runs the RDMA stack on real verbs: boots Debian's kernel under QEMU (TCG) with this host's
 # root filesystem (virtme-ng), creates Soft-RoCE `rxe0` on a veth inside the guest, and runs
 #   1. ibv_devices and the RDMA integration tests (each name and result printed),
-#   2. `rdma resource` to check that no QP / MR / CQ outlives the tests,
+#   2. `rdma resource` to check that no QP / MR / CQ / PD / SRQ outlives the tests,
 #   3. perftest ib_send_bw (64 KiB) and ib_send_lat (64 B) on rxe0, and
 #      `dataplane-bench --backend rdma` with the same sizes (unless --no-bench).
 #
@@ -10,6 +10,10 @@
 #   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat)
 #   --no-bench         tests only
 #   --no-install       do not apt-get / pip install (everything already present)
+# Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), VM_TIMEOUT (default 1500),
+# BENCH_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE...]; each runs dataplane-rdma
+# again in the same boot with those variables (e.g. "per-qp:DATAPLANE_RDMA_SHARED_RQ=0
+# no-write:DATAPLANE_RDMA_WRITE_CHUNKS=0") into FILE-NAME.json beside --bench-json FILE.
 #
 # Exits non-zero if the VM does not come up, the device is missing, or any test fails.
 # Bounded in time (VM_TIMEOUT seconds, default 1500); leaves nothing running.
@@ -25,12 +29,14 @@ while [ $# -gt 0 ]; do
         --bench-json) BENCH_JSON=$(realpath -m "$2"); shift 2 ;;
         --no-bench) BENCH=0; shift ;;
         --no-install) INSTALL=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
 VM_TIMEOUT=${VM_TIMEOUT:-1500}
 BENCH_SECS=${BENCH_SECS:-3}
+BENCH_SIZES=${BENCH_SIZES:-64,64K}
+BENCH_VARIANTS=${BENCH_VARIANTS:-}
 
 say() { echo "=== $*"; }
 
@@ -104,7 +110,7 @@ for bin in $(echo $TESTS); do
             r=FAIL; fail=1
             tail -n 40 \$OUT/test-\$t.log
         fi
-        grep -E "^(credits|reconnect):" \$OUT/test-\$t.log || true
+        grep -E "^(credits|reconnect|srq|write|bad peer)" \$OUT/test-\$t.log || true
         printf 'TEST %-60s %s (%d s)\n' "\$t" "\$r" "\$((SECONDS - start))"
     done
 done
@@ -112,7 +118,7 @@ echo "--- rdma resource (after the tests: only kernel-owned entries may remain)"
 rdma resource show
 # User-space objects carry a pid; kernel-owned ones (GSI QP, ib_core CQ) do not.
 leaks=0
-for kind in qp cq mr pd; do
+for kind in qp cq mr pd srq; do
     n=\$(rdma resource show \$kind 2>/dev/null | grep -c ' pid ' || true)
     echo "user \$kind objects left: \$n"
     leaks=\$((leaks + n))
@@ -125,9 +131,17 @@ if [ "$BENCH" = 1 ]; then
 echo "--- perftest (ib_send_bw, ib_send_lat) and dataplane-rdma on rxe0, same boot"
 export DATAPLANE_RDMA_DEVICE=rxe0 DATAPLANE_RDMA_GID_INDEX=1 RUST_LOG=warn
 timeout 900 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
-    --workloads stream,pingpong --sizes 64,64K --workers 1 --duration $BENCH_SECS \
+    --workloads stream,pingpong --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
     --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
 [ -s \$OUT/bench.json ] || { echo "FAIL: no benchmark JSON"; echo 1 > \$OUT/bench-status; }
+for v in $BENCH_VARIANTS; do
+    name=\${v%%:*}
+    vars=\$(echo "\${v#*:}" | tr ',' ' ')
+    echo "--- dataplane-rdma variant \$name (\$vars), same boot"
+    env \$vars timeout 600 $BENCH_BIN --backend rdma --systems dataplane-rdma \
+        --workloads stream,pingpong --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
+        --json \$OUT/bench-\$name.json 2>&1 | tee \$OUT/bench-\$name.log
+done
 EOF
 fi
 echo 'echo done > $OUT/done' >> "$GUEST"
@@ -180,6 +194,14 @@ fi
 if [ -n "$BENCH_JSON" ] && [ -s "$OUT/bench.json" ]; then
     cp "$OUT/bench.json" "$BENCH_JSON"
     echo "benchmark JSON: $BENCH_JSON"
+    for v in $BENCH_VARIANTS; do
+        name=${v%%:*}
+        if [ -s "$OUT/bench-$name.json" ]; then
+            dst="${BENCH_JSON%.json}-$name.json"
+            cp "$OUT/bench-$name.json" "$dst"
+            echo "variant $name benchmark JSON: $dst"
+        fi
+    done
 fi
 echo "logs: $OUT"
 [ $status = 0 ] && say "RDMA VM tests passed"

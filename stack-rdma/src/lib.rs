@@ -21,36 +21,50 @@
 //!   the stack interface lets the caller reuse its buffers as soon as `writev` returns, so
 //!   SGEs pointing at the caller's memory would be unsound without a completion callback
 //!   into the messenger.
-//! - **Credit-based flow control**: a sender starts with the receive buffers the peer posted
+//! - **Receive buffers**: by default one shared receive queue (SRQ) per stack (`srq`): each
+//!   connection is granted a credit share ([`RdmaConfig::srq_share`]) backed by buffers
+//!   posted to the SRQ, which grows on demand up to [`RdmaConfig::srq_max_wr`] (beyond, new
+//!   connections are refused with [`RdmaError::SrqExhausted`]) and is destroyed with the last
+//!   connection. With [`RdmaConfig::shared_rq`] off, each QP has its own receive queue of
+//!   [`RdmaConfig::recv_depth`] buffers.
+//! - **Large messages**: each connection registers a write buffer of its own (the only MR
+//!   with remote-write access) and advertises it in the hello; a `writev` with at least
+//!   [`RdmaConfig::write_min`] left sends pieces of up to one chunk as RDMA
+//!   WRITE-with-immediate (gathering several send slots) into the next chunk of the peer's
+//!   buffer, under chunk credits. The receiver checks every WRITE's chunk, length and credit
+//!   against what it advertised and fails the connection on a mismatch.
+//! - **Credit-based flow control**: a sender starts with the credits the peer granted
 //!   (`recv_credits`) and spends one per SEND; it never posts more than that, so the receiver
-//!   never takes an RNR (and RNR retry is 0: a peer that overruns its credits fails the
-//!   connection). Credits come back in the immediate data of the peer's SENDs, or, when the
-//!   peer has nothing to send, in a `CREDIT` message on the side channel once half the window
-//!   has been consumed.
+//!   never runs out of posted buffers. The receiver counts every SEND against the credits it
+//!   granted and tears down a peer that exceeds them (with a per-QP receive queue the
+//!   overrun also hits RNR, and RNR retry 0 fails the sender at once). Credits come back in
+//!   the immediate data of the peer's SENDs, or, when the peer has nothing to send, in a
+//!   `CREDIT` message on the side channel once half the window has been consumed.
 //! - **Completions**: one CQ and completion channel per connection. `read`/`writev` poll the CQ
 //!   while there is work; when drained, the CQ is armed and the channel's fd wakes the
 //!   worker's `EventCenter`. With [`RdmaConfig::busy_poll`] the worker's poller (`poller`)
 //!   keeps polling the CQs of its sockets for that long after the last completion and arms
 //!   them only before the loop sleeps. An eventfd per socket raises the writable event when
 //!   credits or send slots come back.
-//! - **Thread-agnostic sockets**: QP, CQ, channel and slots belong to the socket, not to a
-//!   worker, so the messenger may hand an accepted socket to another worker (`Adopt`) and it
+//! - **Thread-agnostic sockets**: QP, CQ, channel and send slots belong to the socket, not to
+//!   a worker (the SRQ belongs to the stack), so the messenger may hand an accepted socket to another worker (`Adopt`) and it
 //!   re-registers its fds there. No change to the messenger was needed.
 //! - **Teardown**: QP to the error state, wait (bounded) for the flush, destroy QP, CQ and
 //!   channel, then return the slots, so a slot is never reused while the NIC may write it.
 //!
-//! See `docs/rdma.md` for what is not done yet (per-worker SRQ, RDMA WRITE for large
-//! messages) and for setting up a rack.
+//! See `docs/rdma.md` for what is not done yet (zero-copy, memory windows per QP, CQ per
+//! worker) and for setting up a rack.
 
 mod memory;
 mod poller;
 mod socket;
+mod srq;
 mod sys;
 mod wire;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +81,7 @@ use sideway::ibverbs::protection_domain::ProtectionDomain;
 
 use crate::memory::SlotPool;
 pub use crate::socket::RdmaSocket;
+use crate::srq::SharedRq;
 use crate::sys::QpHandle;
 
 /// The message users see when a machine has no usable RDMA device.
@@ -90,6 +105,19 @@ pub enum RdmaError {
     /// Registered memory could not be mapped or registered.
     #[error("registered memory: {0}")]
     Memory(String),
+    /// The shared receive queue cannot back another connection's credits.
+    #[error(
+        "shared receive queue exhausted: {granted} of {max} credits granted, a connection \
+         needs {share} more (raise RdmaConfig::srq_max_wr or lower srq_share)"
+    )]
+    SrqExhausted {
+        /// Credits granted to live connections.
+        granted: u32,
+        /// Most buffers the SRQ may hold.
+        max: u32,
+        /// Credits one connection needs.
+        share: u32,
+    },
 }
 
 impl From<RdmaError> for StackError {
@@ -103,6 +131,10 @@ impl From<RdmaError> for StackError {
             RdmaError::Memory(m) => StackError::Io {
                 what: "rdma memory",
                 source: io::Error::other(m),
+            },
+            e @ RdmaError::SrqExhausted { .. } => StackError::Io {
+                what: "rdma shared receive queue",
+                source: io::Error::other(e.to_string()),
             },
         }
     }
@@ -120,12 +152,34 @@ pub struct RdmaConfig {
     pub gid_index: Option<u32>,
     /// Bytes per send / receive slot: the largest single SEND.
     pub slot_size: usize,
-    /// Receive buffers posted per connection: the peer's send window (credits).
+    /// Receive buffers posted per connection in per-QP mode (`shared_rq: false`): the peer's
+    /// send window (credits).
     pub recv_depth: u32,
+    /// Receive into one shared receive queue per stack (the default) instead of a receive
+    /// queue per QP. Each connection is granted `srq_share` credits backed by buffers posted
+    /// to the SRQ, so a connection costs `srq_share` receive buffers instead of `recv_depth`.
+    /// Falls back to per-QP receive queues (with a warning) on devices without SRQ support.
+    pub shared_rq: bool,
+    /// Credits (SRQ buffers) granted to each connection in SRQ mode: the peer's send window.
+    pub srq_share: u32,
+    /// Most buffers the SRQ may hold (capped by the device's `max_srq_wr`); a connection whose
+    /// share would exceed it is refused with [`RdmaError::SrqExhausted`].
+    pub srq_max_wr: u32,
     /// Send slots per connection (send-queue depth).
     pub send_depth: u32,
     /// Sends up to this many bytes go inline in the work request (capped by the device).
     pub max_inline: u32,
+    /// Chunks of the per-connection buffer the peer may RDMA-WRITE large messages into
+    /// (registered with remote-write access, that buffer only). 0 turns RDMA WRITE off: every
+    /// byte then goes in slot-sized SENDs.
+    pub write_chunks: u32,
+    /// Bytes per write chunk: the largest single RDMA WRITE into this end (the sender also
+    /// caps a WRITE at 8 of its send slots (fewer if the device has fewer SGEs) and half its
+    /// send ring).
+    pub write_chunk: usize,
+    /// A `writev` with at least this many bytes left uses RDMA WRITE-with-immediate (when the
+    /// peer advertised a write buffer and a chunk is free); smaller ones use SENDs.
+    pub write_min: usize,
     /// Bytes per registered arena (grown on demand, one MR each).
     pub arena_bytes: usize,
     /// After the last completion, the worker's event loop keeps polling the CQs of its
@@ -150,6 +204,9 @@ pub enum Misbehave {
     OverrunCredits,
     /// Set the reserved bits of every SEND's immediate value.
     BadImmediate,
+    /// RDMA-WRITE into the chunk after the one the receiver expects (inside its registered
+    /// buffer, outside the window it granted).
+    WriteOutsideWindow,
 }
 
 impl Default for RdmaConfig {
@@ -160,8 +217,14 @@ impl Default for RdmaConfig {
             gid_index: None,
             slot_size: 128 << 10,
             recv_depth: 32,
+            shared_rq: true,
+            srq_share: 8,
+            srq_max_wr: 4096,
             send_depth: 32,
             max_inline: 64,
+            write_chunks: 2,
+            write_chunk: 512 << 10,
+            write_min: 256 << 10,
             arena_bytes: 16 << 20,
             busy_poll: Duration::ZERO,
             misbehave: Misbehave::No,
@@ -191,6 +254,29 @@ pub struct RdmaStats {
     pub live_qps: AtomicU64,
     /// Why the last connection failed, for logs and tests.
     pub last_failure: Mutex<Option<String>>,
+    /// SRQ mode: most buffers the shared receive queue held at once.
+    pub srq_buffers_max: AtomicU64,
+    /// SRQ mode: most credits granted to connections at once (never above the buffers).
+    pub srq_granted_max: AtomicU64,
+    /// SRQ mode: lowest number of buffers posted in the SRQ seen after a receive completion
+    /// (`i64::MAX` until the first). Negative would mean a receive without a posted buffer.
+    pub srq_posted_min: AtomicI64,
+    /// Connections refused because the SRQ could not back their credits.
+    pub srq_refused: AtomicU64,
+    /// RDMA WRITE-with-immediate work requests posted.
+    pub writes: AtomicU64,
+    /// Bytes sent by RDMA WRITE.
+    pub write_bytes: AtomicU64,
+    /// RDMA WRITEs received (completions of the peer's WRITE-with-immediate).
+    pub writes_received: AtomicU64,
+}
+
+impl RdmaStats {
+    fn new() -> RdmaStats {
+        let s = RdmaStats::default();
+        s.srq_posted_min.store(i64::MAX, Ordering::Relaxed);
+        s
+    }
 }
 
 impl RdmaStats {
@@ -210,9 +296,13 @@ pub(crate) struct Device {
     pub(crate) lid: u16,
     pub(crate) mtu: u8,
     pub(crate) max_inline: u32,
+    /// SGEs per send work request (1..=8, capped by the device's `max_sge`).
+    pub(crate) max_send_sge: u32,
     pub(crate) cfg: RdmaConfig,
-    pub(crate) pool: SlotPool,
-    pub(crate) stats: RdmaStats,
+    /// The shared receive queue (SRQ mode), created on the first connection.
+    pub(crate) srq: Option<SharedRq>,
+    pub(crate) pool: Arc<SlotPool>,
+    pub(crate) stats: Arc<RdmaStats>,
     /// Live QPs, by socket id, for [`RdmaStack::force_qp_errors`]. A socket removes its entry
     /// under this lock before destroying its QP.
     pub(crate) qps: Mutex<Vec<(u64, QpHandle)>>,
@@ -263,8 +353,34 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         .alloc_pd()
         .map_err(verbs("allocate protection domain"))?;
     let mtu = port_attr.active_mtu() as u32 as u8;
-    let pool = SlotPool::new(pd.clone(), cfg.slot_size, cfg.arena_bytes);
-    tracing::info!(device = %name, port = cfg.port, gid_index, gid = %gid, mtu, "RDMA device opened");
+    let pool = Arc::new(SlotPool::new(pd.clone(), cfg.slot_size, cfg.arena_bytes));
+    let stats = Arc::new(RdmaStats::new());
+    let attr = ctx.query_device().ok();
+    // SGEs per send WR: an RDMA WRITE gathers up to 8 send slots; fewer if the device says so.
+    let max_send_sge = attr
+        .as_ref()
+        .map_or(1, |a| u32::try_from(a.max_sge()).unwrap_or(1))
+        .clamp(1, 8);
+    let srq = if cfg.shared_rq {
+        let dev_max = attr
+            .as_ref()
+            .map_or(0, |a| u32::try_from(a.max_srq_wr()).unwrap_or(0));
+        if dev_max == 0 {
+            tracing::warn!(device = %name, "device has no shared receive queues; using a receive queue per QP");
+            None
+        } else {
+            Some(SharedRq::new(
+                pd.clone(),
+                pool.clone(),
+                stats.clone(),
+                cfg.srq_max_wr.min(dev_max),
+                cfg.srq_share,
+            ))
+        }
+    } else {
+        None
+    };
+    tracing::info!(device = %name, port = cfg.port, gid_index, gid = %gid, mtu, srq = srq.is_some(), "RDMA device opened");
     Ok(Device {
         ctx,
         pd,
@@ -275,9 +391,11 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         lid: port_attr.lid(),
         mtu,
         max_inline: cfg.max_inline,
+        max_send_sge,
         cfg: cfg.clone(),
+        srq,
         pool,
-        stats: RdmaStats::default(),
+        stats,
         qps: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
     })
@@ -322,12 +440,20 @@ impl RdmaStack {
     /// [`StackError::Unavailable`] when there is no device or no libibverbs; [`StackError::Io`]
     /// when a verbs call fails.
     pub fn with_config(cfg: RdmaConfig) -> Result<RdmaStack, StackError> {
-        if cfg.slot_size < 4096 || cfg.recv_depth < 4 || cfg.send_depth < 4 {
+        if cfg.slot_size < 4096
+            || cfg.recv_depth < 4
+            || cfg.send_depth < 4
+            || cfg.srq_share < 2
+            || cfg.srq_max_wr < cfg.srq_share
+            || cfg.write_chunks > wire::MAX_WRITE_CHUNKS
+            || (cfg.write_chunks > 0 && !(4096..=1 << 30).contains(&cfg.write_chunk))
+        {
             return Err(StackError::Io {
                 what: "rdma config",
                 source: io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    "slot_size must be >= 4096, recv_depth and send_depth >= 4",
+                    "slot_size must be >= 4096, recv_depth and send_depth >= 4, srq_share >= 2, \
+                     srq_max_wr >= srq_share, write_chunks <= 255 and write_chunk in 4 KiB..=1 GiB",
                 ),
             });
         }
@@ -349,9 +475,21 @@ impl RdmaStack {
         &self.dev.stats
     }
 
-    /// (registered arenas, slots in use) of the stack's memory.
+    /// (registered arenas, slots in use) of the stack's memory; slots in use include the
+    /// buffers posted to the shared receive queue while it exists.
     pub fn memory_usage(&self) -> (usize, usize) {
         self.dev.pool.usage()
+    }
+
+    /// Whether connections receive through the shared receive queue.
+    pub fn uses_srq(&self) -> bool {
+        self.dev.srq.is_some()
+    }
+
+    /// SRQ mode: (receive buffers in the shared receive queue, credits granted to live
+    /// connections); `None` in per-QP mode. Credits granted never exceed the buffers.
+    pub fn srq_usage(&self) -> Option<(usize, u32)> {
+        self.dev.srq.as_ref().map(SharedRq::usage)
     }
 
     /// Fault injection for tests: moves every live queue pair of this stack to the error state,

@@ -135,3 +135,69 @@ impl SlotPool {
         (g.arenas.len(), g.total - g.free.len())
     }
 }
+
+/// A connection's RDMA WRITE landing buffer: its own memory region, the only one registered
+/// with remote-write access, so the rkey the peer learns covers this buffer and nothing else.
+/// Registered once per connection (at set-up), never per message.
+pub(crate) struct WriteRegion {
+    /// Deregistered before the arena is unmapped (field order).
+    mr: Arc<MemoryRegion>,
+    _arena: Arena,
+    base: u64,
+    len: usize,
+}
+
+impl std::fmt::Debug for WriteRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteRegion")
+            .field("base", &self.base)
+            .field("len", &self.len)
+            .field("rkey", &self.mr.rkey())
+            .finish()
+    }
+}
+
+impl WriteRegion {
+    /// Maps `len` bytes (hugepages when available) and registers them for local and remote
+    /// write.
+    pub(crate) fn new(pd: &Arc<ProtectionDomain>, len: usize) -> Result<WriteRegion, RdmaError> {
+        let arena = Arena::map(&ArenaOptions {
+            size: len,
+            page_size: PageSize::Huge2M,
+            lock: false,
+            allow_fallback: true,
+            populate: true,
+        })
+        .map_err(|e| RdmaError::Memory(format!("cannot map a {len}-byte write buffer: {e}")))?;
+        // SAFETY: the arena's mapping is valid for `arena.len()` bytes and stays mapped until
+        // this `WriteRegion` is dropped, which drops the MR first.
+        let mr = unsafe {
+            pd.reg_mr(
+                arena.as_ptr() as usize,
+                len,
+                AccessFlags::LocalWrite | AccessFlags::RemoteWrite,
+            )
+        }
+        .map_err(|e| {
+            RdmaError::Memory(format!(
+                "cannot register a {len}-byte write buffer (check `ulimit -l`): {e}"
+            ))
+        })?;
+        Ok(WriteRegion {
+            base: arena.as_ptr() as u64,
+            mr,
+            _arena: arena,
+            len,
+        })
+    }
+
+    /// Address of the first byte.
+    pub(crate) fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The remote key the peer writes with.
+    pub(crate) fn rkey(&self) -> u32 {
+        self.mr.rkey()
+    }
+}

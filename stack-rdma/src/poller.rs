@@ -26,6 +26,8 @@ pub(crate) struct Wc {
     pub(crate) vendor_err: u32,
     pub(crate) byte_len: u32,
     pub(crate) imm: u32,
+    /// `ibv_wc_opcode` (valid for successful completions only).
+    pub(crate) opcode: u32,
 }
 
 /// A socket's CQ plus completions the poller took from it and the socket has not seen yet.
@@ -70,6 +72,7 @@ fn poll_into(cq: &BasicCompletionQueue, out: &mut Vec<Wc>) -> Result<(), String>
                 vendor_err: wc.vendor_err(),
                 byte_len: wc.byte_len(),
                 imm: u32::from_be(wc.imm_data()),
+                opcode: wc.opcode(),
             }));
             Ok(())
         }

@@ -1,5 +1,6 @@
 //! One RDMA connection as a byte stream: an RC queue pair with its own CQ and completion
-//! channel, registered send and receive slots, credits, and the TCP side channel.
+//! channel, registered send slots, receive buffers (its own receive queue, or a credit share
+//! of the stack's shared receive queue), credits, and the TCP side channel.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -14,25 +15,35 @@ use dataplane::stack::ConnectedSocket;
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use sideway::ibverbs::address::{AddressHandleAttribute, Gid};
-use sideway::ibverbs::completion::{
-    BasicCompletionQueue, CompletionChannel, GenericCompletionQueue, WorkCompletionStatus,
-};
-use sideway::ibverbs::device_context::Mtu;
-use sideway::ibverbs::queue_pair::{
-    BasicQueuePair, PostSendGuard, QueuePair, QueuePairAttribute, QueuePairState,
-    SetScatterGatherEntry, WorkRequestFlags,
-};
-use sideway::ibverbs::AccessFlags;
+use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
-use crate::memory::Slot;
+use crate::memory::{Slot, WriteRegion};
 use crate::poller::{self, CqShared, Wc};
-use crate::sys::{self, Kick, QpHandle};
-use crate::wire::{self, Ctl, Hello, CTL_LEN, HELLO_LEN};
-use crate::{Device, Misbehave, RdmaStats};
+use crate::srq::{SrqGen, RECV_BIT};
+use crate::sys::{self, Kick, PathTo, QpCaps, RawQp, RecvWr, SendWr, Sge};
+use crate::wire::{self, Ctl, Hello, Imm, CTL_LEN, HELLO_LEN};
+use crate::{Device, Misbehave, RdmaError, RdmaStats};
 
-/// Receive work-request ids have this bit set; the rest is the slot index.
-const RECV_BIT: u64 = 1 << 63;
+/// `IBV_ACCESS_LOCAL_WRITE`.
+const ACCESS_LOCAL_WRITE: u32 = 1;
+/// `IBV_ACCESS_REMOTE_WRITE` (only the write buffer's MR carries it too).
+const ACCESS_REMOTE_WRITE: u32 = 2;
+/// `IBV_WC_RECV`: a SEND arrived.
+const WC_RECV: u32 = 128;
+/// `IBV_WC_RECV_RDMA_WITH_IMM`: an RDMA WRITE-with-immediate arrived.
+const WC_RECV_RDMA_WITH_IMM: u32 = 129;
+
+/// A completed receive not yet copied out.
+#[derive(Debug, Clone, Copy)]
+struct Ready {
+    /// Receive buffer to re-post once consumed (SRQ or own receive queue).
+    idx: u32,
+    /// Where the data is: the receive buffer (SEND) or a write chunk (RDMA WRITE).
+    addr: u64,
+    len: u32,
+    /// An RDMA WRITE: consuming it frees a write chunk.
+    write: bool,
+}
 /// How long teardown waits for in-flight sends and flushed work requests.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
@@ -52,12 +63,17 @@ enum Phase {
 
 /// Verbs resources of one connection. Field order is drop order: QP before CQ before channel.
 struct Res {
-    qp: BasicQueuePair,
+    qp: RawQp,
     shared: Arc<CqShared>,
     cq: Arc<BasicCompletionQueue>,
     chan: Arc<CompletionChannel>,
     send_slots: Vec<Slot>,
+    /// Per-QP mode: the buffers of this QP's own receive queue.
     recv_slots: Vec<Slot>,
+    /// SRQ mode: the shared receive queue and the credits granted to this connection.
+    srq: Option<(Arc<SrqGen>, u32)>,
+    /// The buffer the peer may RDMA-WRITE into (after the QP in drop order).
+    landing: Option<WriteRegion>,
 }
 
 /// An RDMA connection (see the crate docs for the protocol).
@@ -86,8 +102,27 @@ pub struct RdmaSocket {
     last_signaled: Option<u64>,
     want_write: bool,
     sent_total: u32,
+    send_batch: Vec<SendWr>,
+    send_sges: Vec<Sge>,
+    /// Write chunks of the peer's buffer we may write now.
+    write_credits: u32,
+    /// RDMA WRITEs posted so far (the next one goes to chunk `write_seq % chunks`).
+    write_seq: u64,
     // Receive side.
-    ready: VecDeque<(u32, u32)>,
+    /// RDMA WRITEs received so far (the next must name chunk `writes_recvd % chunks`).
+    writes_recvd: u64,
+    /// Write chunks granted to the peer so far (initial chunks plus every one returned).
+    writes_granted: u64,
+    /// Write chunks consumed and not yet returned to the peer.
+    owed_writes: u32,
+    /// Credits granted to the peer at set-up (receive buffers reserved for it).
+    window: u32,
+    /// Credits granted to the peer so far (initial window plus every credit returned).
+    granted_total: u64,
+    /// SENDs received from the peer so far; never above `granted_total` for a correct peer.
+    recvd_count: u64,
+    /// Completed receives not yet copied out.
+    ready: VecDeque<Ready>,
     ready_off: usize,
     repost: Vec<u32>,
     owed: u32,
@@ -147,20 +182,30 @@ impl RdmaSocket {
         phase: Phase,
     ) -> io::Result<RdmaSocket> {
         let res = create_res(&dev)?;
+        let window = res
+            .srq
+            .as_ref()
+            .map_or(dev.cfg.recv_depth, |(_, share)| *share);
         let id = dev.next_id.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: only reads the handle; registry entries are removed before the QP is freed.
-        let handle = QpHandle(unsafe { res.qp.qp() }.as_ptr() as usize);
-        dev.qps.lock().push((id, handle));
+        dev.qps.lock().push((id, res.qp.handle()));
         RdmaStats::bump(&dev.stats.live_qps, 1);
         let hello = Hello {
-            qpn: res.qp.qp_number(),
+            qpn: res.qp.qp_num(),
             psn: rand::random::<u32>() & 0x00ff_ffff,
             gid: dev.gid.raw,
             lid: dev.lid,
             mtu: dev.mtu,
-            recv_credits: dev.cfg.recv_depth,
+            recv_credits: window,
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
+            srq: res.srq.is_some(),
+            write: res.landing.as_ref().map(|l| wire::WriteRegion {
+                addr: l.base(),
+                rkey: l.rkey(),
+                chunk: dev.cfg.write_chunk as u32,
+                chunks: dev.cfg.write_chunks,
+            }),
         };
+        let write_chunks = u64::from(hello.write.map_or(0, |w| w.chunks));
         let mut s = RdmaSocket {
             id,
             dev,
@@ -185,6 +230,16 @@ impl RdmaSocket {
             last_signaled: None,
             want_write: false,
             sent_total: 0,
+            send_batch: Vec::new(),
+            send_sges: Vec::new(),
+            write_credits: 0,
+            write_seq: 0,
+            writes_recvd: 0,
+            writes_granted: write_chunks,
+            owed_writes: 0,
+            window,
+            granted_total: u64::from(window),
+            recvd_count: 0,
             ready: VecDeque::new(),
             ready_off: 0,
             repost: Vec::new(),
@@ -269,6 +324,7 @@ impl RdmaSocket {
                 }
                 Ctl::Ready => {}
                 Ctl::Credit(n) => self.add_credits(n)?,
+                Ctl::WriteCredit(n) => self.add_write_credits(n)?,
                 Ctl::Close(n) => self.peer_close = Some(n),
             }
         }
@@ -307,45 +363,50 @@ impl RdmaSocket {
         }
     }
 
+    fn add_write_credits(&mut self, n: u32) -> io::Result<()> {
+        let chunks = self.peer.and_then(|p| p.write).map_or(0, |w| w.chunks);
+        match self.write_credits.checked_add(n) {
+            Some(c) if c <= chunks => {
+                self.write_credits = c;
+                Ok(())
+            }
+            _ => Err(self.fail(format!(
+                "peer returned {n} write chunks on top of {} ({chunks} advertised)",
+                self.write_credits
+            ))),
+        }
+    }
+
     /// The peer's hello arrived: connect the QP (INIT → RTR → RTS) and tell the peer.
     fn on_peer_hello(&mut self, h: Hello) -> io::Result<()> {
         let dev = self.dev.clone();
-        let mtu = Mtu::from(u32::from(h.mtu.min(dev.mtu)));
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::ReadyToReceive)
-            .setup_path_mtu(mtu)
-            .setup_dest_qp_num(h.qpn)
-            .setup_rq_psn(h.psn)
-            .setup_max_dest_read_atomic(0)
-            .setup_min_rnr_timer(12);
-        let mut ah = AddressHandleAttribute::new();
-        ah.setup_dest_lid(h.lid)
-            .setup_port(dev.port)
-            .setup_service_level(0)
-            .setup_grh_src_gid_index(u8::try_from(dev.gid_index).unwrap_or(0))
-            .setup_grh_dest_gid(&Gid { raw: h.gid })
-            .setup_grh_hop_limit(64);
-        attr.setup_address_vector(&ah);
-        let r = res.qp.modify(&attr);
+        let path = PathTo {
+            port: dev.port,
+            mtu: h.mtu.min(dev.mtu),
+            dest_qpn: h.qpn,
+            rq_psn: h.psn,
+            dlid: h.lid,
+            sgid_index: u8::try_from(dev.gid_index).unwrap_or(0),
+            dgid: h.gid,
+        };
+        // RNR retry, by the peer's receive mode: with a receive queue per QP, credits
+        // guarantee a posted receive, so an RNR means we overran our credits: 0 fails fast.
+        // With the peer's SRQ, another of its peers that overruns takes buffers backing our
+        // credits until the peer detects it (it counts every SEND against the credits it
+        // granted) and tears it down; our SENDs must wait (7 = retry forever) meanwhile.
+        let rnr_retry = if h.srq { 7 } else { 0 };
+        let r = res.qp.to_rtr(&path);
         r.map_err(|e| self.fail(format!("QP to RTR: {e}")))?;
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::ReadyToSend)
-            .setup_sq_psn(self.hello.psn)
-            .setup_timeout(14)
-            .setup_retry_cnt(7)
-            // RNR retry 0: with credits a receive is always posted, so an RNR means the peer
-            // overran its credits; fail fast instead of retrying forever.
-            .setup_rnr_retry(0)
-            .setup_max_read_atomic(0);
-        let r = res.qp.modify(&attr);
+        let r = res.qp.to_rts(self.hello.psn, rnr_retry);
         r.map_err(|e| self.fail(format!("QP to RTS: {e}")))?;
         self.credits = h.recv_credits;
+        self.write_credits = h.write.map_or(0, |w| w.chunks);
         self.chunk = (h.slot_size as usize).min(dev.pool.slot_size());
         self.peer = Some(h);
         self.phase = Phase::WaitReady;
@@ -382,6 +443,31 @@ impl RdmaSocket {
 
     fn on_completion(&mut self, wc: Wc) -> io::Result<()> {
         let recv = wc.wr_id & RECV_BIT != 0;
+        let mut slot = None;
+        if recv {
+            let idx = u32::try_from(wc.wr_id & !RECV_BIT).ok();
+            let found = match (idx, self.res.as_ref()) {
+                (Some(i), Some(r)) => match &r.srq {
+                    Some((gen, _)) => gen.slot(i).map(|s| (i, s, Some(gen))),
+                    None => r.recv_slots.get(i as usize).map(|s| (i, *s, None)),
+                },
+                _ => None,
+            };
+            let Some((i, s, gen)) = found else {
+                return Err(self.fail(format!(
+                    "receive completion for unknown buffer {:#x}",
+                    wc.wr_id
+                )));
+            };
+            if let Some(gen) = gen {
+                gen.consumed();
+                if wc.status != WorkCompletionStatus::Success as u32 {
+                    // The SRQ buffer is ours to give back (at teardown).
+                    self.repost.push(i);
+                }
+            }
+            slot = Some((i, s));
+        }
         if wc.status != WorkCompletionStatus::Success as u32 {
             if self.failed.is_some() {
                 return Err(self.failed_err());
@@ -407,25 +493,50 @@ impl RdmaSocket {
             };
             return Err(self.fail(why));
         }
-        if recv {
-            let idx = (wc.wr_id & !RECV_BIT) as u32;
-            let slots = self.res.as_ref().map_or(0, |r| r.recv_slots.len());
-            if idx as usize >= slots {
-                return Err(self.fail(format!("receive completion for unknown slot {idx}")));
+        if let Some((idx, s)) = slot {
+            // Queued before anything else is judged, so the buffer is never lost: a failed
+            // connection hands back what it holds at teardown.
+            self.ready.push_back(Ready {
+                idx,
+                addr: s.addr,
+                len: 0,
+                write: false,
+            });
+            self.outstanding += 1;
+            self.recvd_count += 1;
+            let imm = Imm::decode(wc.imm).map_err(|e| self.fail(e))?;
+            if self.recvd_count > self.granted_total {
+                return Err(self.fail(format!(
+                    "peer exceeded its credits (credits exceeded: {} SENDs received, {} credits \
+                     granted)",
+                    self.recvd_count, self.granted_total
+                )));
             }
-            if wc.byte_len == 0 || wc.byte_len as usize > self.dev.pool.slot_size() {
+            let (addr, max) = match (wc.opcode, imm.write) {
+                (WC_RECV, None) => (s.addr, self.dev.pool.slot_size()),
+                (WC_RECV_RDMA_WITH_IMM, Some(chunk)) => self.check_write(chunk, wc.byte_len)?,
+                (op, w) => {
+                    return Err(self.fail(format!(
+                        "receive completion opcode {op} does not match its immediate value \
+                         {:#010x} (write: {})",
+                        wc.imm,
+                        w.is_some()
+                    )))
+                }
+            };
+            if wc.byte_len == 0 || wc.byte_len as usize > max {
                 return Err(self.fail(format!("received a SEND of {} bytes", wc.byte_len)));
             }
-            let c = wire::imm_credits(wc.imm).map_err(|e| self.fail(e))?;
-            if c > 0 {
-                self.add_credits(c)?;
+            if let Some(last) = self.ready.back_mut() {
+                last.addr = addr;
+                last.len = wc.byte_len;
+                last.write = imm.write.is_some();
             }
-            self.outstanding += 1;
-            if self.outstanding > self.dev.cfg.recv_depth {
-                return Err(self.fail(format!(
-                    "peer exceeded its credits ({} receives outstanding, {} posted)",
-                    self.outstanding, self.dev.cfg.recv_depth
-                )));
+            if imm.credits > 0 {
+                self.add_credits(imm.credits)?;
+            }
+            if imm.write_credits > 0 {
+                self.add_write_credits(imm.write_credits)?;
             }
             self.dev
                 .stats
@@ -433,15 +544,47 @@ impl RdmaSocket {
                 .fetch_max(u64::from(self.outstanding), Ordering::Relaxed);
             RdmaStats::bump(&self.dev.stats.recvs, 1);
             self.recvd_total = self.recvd_total.wrapping_add(1);
-            self.ready.push_back((idx, wc.byte_len));
         } else {
+            // A send WR's id is the end of the send-slot range it used.
             let seq = wc.wr_id;
-            if seq < self.send_done || seq >= self.send_seq {
+            if seq <= self.send_done || seq > self.send_seq {
                 return Err(self.fail(format!("send completion for unknown request {seq}")));
             }
-            self.send_done = seq + 1;
+            self.send_done = seq;
         }
         Ok(())
+    }
+
+    /// Checks an RDMA WRITE the peer made against what we advertised: the chunk must be the
+    /// next of the ring (so it holds nothing unread), the peer must hold a chunk credit, and
+    /// the length must fit the chunk. Returns where the data is and the chunk size.
+    fn check_write(&mut self, chunk: u32, len: u32) -> io::Result<(u64, usize)> {
+        let Some(w) = self.hello.write else {
+            return Err(self.fail(format!(
+                "RDMA write outside the advertised buffer: chunk {chunk}, {len} bytes, but no \
+                 write buffer was advertised"
+            )));
+        };
+        let expect = (self.writes_recvd % u64::from(w.chunks)) as u32;
+        self.writes_recvd += 1;
+        if chunk >= w.chunks || chunk != expect || len > w.chunk {
+            return Err(self.fail(format!(
+                "RDMA write outside the advertised buffer: chunk {chunk}, {len} bytes (advertised \
+                 {} chunks of {} bytes, next chunk {expect})",
+                w.chunks, w.chunk
+            )));
+        }
+        if self.writes_recvd > self.writes_granted {
+            return Err(self.fail(format!(
+                "peer exceeded its write chunks ({} writes, {} chunks granted)",
+                self.writes_recvd, self.writes_granted
+            )));
+        }
+        RdmaStats::bump(&self.dev.stats.writes_received, 1);
+        Ok((
+            w.addr + u64::from(chunk) * u64::from(w.chunk),
+            w.chunk as usize,
+        ))
     }
 
     fn send_room(&self) -> bool {
@@ -456,32 +599,53 @@ impl RdmaSocket {
         }
     }
 
-    /// Re-posts consumed receive slots (one doorbell) and returns credits on the side channel
-    /// once half the window is owed and no SEND has carried them.
+    /// Re-posts consumed receive buffers (one doorbell, to the SRQ or the QP's own receive
+    /// queue) and returns credits on the side channel once half the window is owed and no
+    /// SEND has carried them.
     fn repost_and_return(&mut self) -> io::Result<()> {
         if !self.repost.is_empty() {
             let Some(res) = self.res.as_mut() else {
                 return Err(self.failed_err());
             };
-            let slot = self.dev.pool.slot_size() as u32;
-            let mut guard = res.qp.start_post_recv();
-            for &i in &self.repost {
-                let s = res.recv_slots[i as usize];
-                let wr = guard.construct_wr(RECV_BIT | u64::from(i));
-                // SAFETY: the slot lies in a registered arena owned by this socket until the
-                // QP is destroyed; it was fully consumed, so nothing reads it any more.
-                unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
-            }
-            let r = guard.post();
+            let r = match &res.srq {
+                Some((gen, _)) => gen.repost(&self.repost),
+                None => {
+                    let len = self.dev.pool.slot_size() as u32;
+                    let batch: Vec<RecvWr> = self
+                        .repost
+                        .iter()
+                        .filter_map(|&i| {
+                            res.recv_slots.get(i as usize).map(|s| RecvWr {
+                                wr_id: RECV_BIT | u64::from(i),
+                                addr: s.addr,
+                                len,
+                                lkey: s.lkey,
+                            })
+                        })
+                        .collect();
+                    res.qp.post_recv(&batch)
+                }
+            };
             r.map_err(|e| self.fail(format!("post receive: {e}")))?;
             let n = self.repost.len() as u32;
             self.repost.clear();
-            self.outstanding -= n;
+            self.outstanding = self.outstanding.saturating_sub(n);
             self.owed += n;
         }
-        if self.owed >= (self.dev.cfg.recv_depth / 2).max(1) && self.failed.is_none() {
+        let chunks = self.hello.write.map_or(0, |w| w.chunks);
+        if self.owed_writes > 0 && self.owed_writes >= (chunks / 2).max(1) && self.failed.is_none()
+        {
+            self.ctl_out
+                .extend_from_slice(&Ctl::WriteCredit(self.owed_writes).encode());
+            self.writes_granted += u64::from(self.owed_writes);
+            self.owed_writes = 0;
+            RdmaStats::bump(&self.dev.stats.credit_messages, 1);
+            self.flush_ctl();
+        }
+        if self.owed >= (self.window / 2).max(1) && self.failed.is_none() {
             self.ctl_out
                 .extend_from_slice(&Ctl::Credit(self.owed).encode());
+            self.granted_total += u64::from(self.owed);
             self.owed = 0;
             RdmaStats::bump(&self.dev.stats.credit_messages, 1);
             self.flush_ctl();
@@ -491,24 +655,37 @@ impl RdmaSocket {
 
     /// Copies ready receive slots into `buf`.
     fn copy_out(&mut self, buf: &mut BufMut) -> usize {
-        let Some(res) = self.res.as_ref() else {
+        if self.res.is_none() {
             return 0;
-        };
+        }
         let mut copied = 0;
-        while let Some(&(idx, len)) = self.ready.front() {
+        while let Some(&Ready {
+            idx,
+            addr,
+            len,
+            write,
+        }) = self.ready.front()
+        {
             let spare = buf.spare_mut();
             if spare.is_empty() {
                 break;
             }
-            let s = res.recv_slots[idx as usize];
             let avail = len as usize - self.ready_off;
             let n = avail.min(spare.len());
-            // SAFETY: the slot is in our registered arena; its receive completed, so the NIC
-            // no longer writes it, and `ready_off + n <= len <= slot_size`.
-            let src = unsafe {
-                std::slice::from_raw_parts((s.addr as usize + self.ready_off) as *const u8, n)
+            // SAFETY: `addr` is a receive buffer of our registered arena whose receive
+            // completed (the NIC no longer writes it) or a chunk of our write buffer that the
+            // peer wrote and may not write again before we return it; `ready_off + n <= len`,
+            // which was checked against the buffer's size. The write buffer is remotely
+            // writable: a peer breaking the protocol could write the chunk while we copy, so
+            // this is a raw byte copy that never forms a reference to that memory; the worst
+            // case is garbage in that peer's own stream (the messenger's crc catches it).
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    (addr as usize + self.ready_off) as *const u8,
+                    spare.as_mut_ptr(),
+                    n,
+                )
             };
-            spare[..n].copy_from_slice(src);
             buf.advance(n);
             copied += n;
             self.ready_off += n;
@@ -516,6 +693,9 @@ impl RdmaSocket {
                 self.ready.pop_front();
                 self.ready_off = 0;
                 self.repost.push(idx);
+                if write {
+                    self.owed_writes += 1;
+                }
             }
         }
         copied
@@ -538,7 +718,7 @@ impl RdmaSocket {
         let end = Instant::now() + DRAIN_WAIT;
         if self.failed.is_none() && self.phase == Phase::Established {
             self.res = Some(res);
-            let target = self.last_signaled.map_or(0, |s| s + 1);
+            let target = self.last_signaled.unwrap_or(0);
             while self.send_done < target && Instant::now() < end {
                 if self.poll_cq().is_err() {
                     break;
@@ -548,24 +728,40 @@ impl RdmaSocket {
             res = r;
         }
         self.dev.qps.lock().retain(|(id, _)| *id != self.id);
-        let mut attr = QueuePairAttribute::new();
-        attr.setup_state(QueuePairState::Error);
-        if let Err(e) = res.qp.modify(&attr) {
+        if let Err(e) = res.qp.to_error() {
             tracing::debug!(socket = self.id, error = %e, "QP to error at teardown");
         }
-        // Flushed completions: every posted receive and unfinished send comes back.
-        // Receives still posted come back flushed; wait (bounded) until they have.
-        let expect = res.recv_slots.len() as u64 - u64::from(self.outstanding);
+        // Flushed completions: every unfinished send comes back, and so does every receive
+        // still posted to this QP's own receive queue; wait (bounded) until they have. SRQ
+        // receives are not flushed (they stay in the SRQ for other QPs), but any the QP had
+        // already taken complete here: their buffers go back to the SRQ below.
+        let expect = (res.recv_slots.len() as u64).saturating_sub(u64::from(self.outstanding));
         let mut seen = 0u64;
-        while seen < expect && Instant::now() < end {
-            match res.cq.start_poll() {
-                Ok(p) => seen += p.filter(|wc| wc.wr_id() & RECV_BIT != 0).count() as u64,
-                Err(_) => std::thread::yield_now(),
-            }
-        }
-        while let Ok(p) = res.cq.start_poll() {
-            if p.count() == 0 {
+        let mut wcs = Vec::new();
+        loop {
+            wcs.clear();
+            if res.shared.take(&mut wcs).is_err() {
                 break;
+            }
+            for wc in &wcs {
+                if wc.wr_id & RECV_BIT == 0 {
+                    continue;
+                }
+                seen += 1;
+                if let Some((gen, _)) = &res.srq {
+                    if let Ok(i) = u32::try_from(wc.wr_id & !RECV_BIT) {
+                        if gen.slot(i).is_some() {
+                            gen.consumed();
+                            self.repost.push(i);
+                        }
+                    }
+                }
+            }
+            if wcs.is_empty() && (seen >= expect || Instant::now() >= end) {
+                break;
+            }
+            if wcs.is_empty() {
+                std::thread::yield_now();
             }
         }
         let _ = sys::drain_events(&res.chan, &res.cq);
@@ -576,20 +772,37 @@ impl RdmaSocket {
             chan,
             mut send_slots,
             mut recv_slots,
+            srq,
+            landing,
         } = res;
         drop(qp);
+        drop(landing);
         shared.set_token(None);
         drop(shared);
         drop(cq);
         drop(chan);
         self.dev.pool.give_back(&mut send_slots);
         self.dev.pool.give_back(&mut recv_slots);
+        if let Some((gen, share)) = srq {
+            // Buffers this connection consumed and had not re-posted (unread data, or taken
+            // by a completion seen only now) go back to the SRQ for the other connections.
+            self.repost.extend(self.ready.drain(..).map(|r| r.idx));
+            if let Err(e) = gen.repost(&self.repost) {
+                tracing::warn!(socket = self.id, error = %e, "cannot re-post SRQ buffers at teardown");
+            }
+            self.repost.clear();
+            drop(gen);
+            if let Some(shared_rq) = &self.dev.srq {
+                shared_rq.release(share);
+            }
+        }
         self.dev.stats.live_qps.fetch_sub(1, Ordering::Relaxed);
         tracing::debug!(socket = self.id, "RDMA connection torn down");
     }
 }
 
-/// Creates CQ + channel + QP (at INIT) and posts every receive slot.
+/// Creates CQ + channel + QP (at INIT) and its receive buffers: a credit share of the
+/// stack's SRQ, or a receive queue of its own with every slot posted.
 fn create_res(dev: &Device) -> io::Result<Res> {
     let cfg = &dev.cfg;
     let chan = dev
@@ -597,45 +810,94 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         .create_comp_channel()
         .map_err(verr("create completion channel"))?;
     chan.set_nonblocking(true)?;
+    let recv_cqe = if dev.srq.is_some() {
+        cfg.srq_share
+    } else {
+        cfg.recv_depth
+    };
     let cq = dev
         .ctx
         .create_cq_builder()
-        .setup_cqe(cfg.send_depth + cfg.recv_depth + 8)
+        .setup_cqe(cfg.send_depth + recv_cqe + 8)
         .setup_comp_channel(&chan, 0)
         .build()
         .map_err(verr("create completion queue"))?;
-    let build = |inline: u32| {
-        dev.pd
-            .create_qp_builder()
-            .setup_max_send_wr(cfg.send_depth)
-            .setup_max_recv_wr(cfg.recv_depth)
-            .setup_max_send_sge(1)
-            .setup_max_recv_sge(1)
-            .setup_max_inline_data(inline)
-            .setup_send_cq(GenericCompletionQueue::from(cq.clone()))
-            .setup_recv_cq(GenericCompletionQueue::from(cq.clone()))
-            .build()
+    let srq = match &dev.srq {
+        Some(shared) => match shared.grant() {
+            Ok(g) => Some(g),
+            Err(e) => {
+                if matches!(e, RdmaError::SrqExhausted { .. }) {
+                    RdmaStats::bump(&dev.stats.srq_refused, 1);
+                }
+                return Err(other(e.to_string()));
+            }
+        },
+        None => None,
     };
-    let mut qp = match build(dev.max_inline) {
+    // Gives the share back if anything below fails (the QP, if created, is dropped first).
+    let release = |srq: &Option<(Arc<SrqGen>, u32)>| {
+        if let (Some((_, share)), Some(shared)) = (srq, &dev.srq) {
+            shared.release(*share);
+        }
+    };
+    let keep = srq
+        .as_ref()
+        .map(|(gen, _)| gen.clone() as Arc<dyn std::any::Any + Send + Sync>);
+    let raw = srq.as_ref().and_then(|(gen, _)| gen.raw());
+    let landing = if cfg.write_chunks > 0 {
+        match WriteRegion::new(&dev.pd, cfg.write_chunk * cfg.write_chunks as usize) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                release(&srq);
+                return Err(other(e.to_string()));
+            }
+        }
+    } else {
+        None
+    };
+    let caps = QpCaps {
+        send_depth: cfg.send_depth,
+        recv_depth: cfg.recv_depth,
+        max_send_sge: dev.max_send_sge,
+        max_inline: dev.max_inline,
+    };
+    let qp = match RawQp::create(&dev.pd, &cq, raw.zip(keep), caps) {
         Ok(qp) => qp,
-        // Some devices support no inline data at all.
-        Err(_) => build(0).map_err(verr("create queue pair"))?,
+        Err(e) => {
+            release(&srq);
+            return Err(other(format!("create queue pair: {e}")));
+        }
     };
-    let mut attr = QueuePairAttribute::new();
-    attr.setup_state(QueuePairState::Init)
-        .setup_pkey_index(0)
-        .setup_port(dev.port)
-        .setup_access_flags(AccessFlags::LocalWrite);
-    qp.modify(&attr).map_err(verr("QP to INIT"))?;
-    let send_slots = dev
-        .pool
-        .take(cfg.send_depth as usize)
-        .map_err(|e| other(e.to_string()))?;
-    let recv_slots = match dev.pool.take(cfg.recv_depth as usize) {
+    let access = if landing.is_some() {
+        ACCESS_LOCAL_WRITE | ACCESS_REMOTE_WRITE
+    } else {
+        ACCESS_LOCAL_WRITE
+    };
+    if let Err(e) = qp.to_init(dev.port, access) {
+        drop(qp);
+        release(&srq);
+        return Err(other(format!("QP to INIT: {e}")));
+    }
+    let send_slots = match dev.pool.take(cfg.send_depth as usize) {
         Ok(s) => s,
         Err(e) => {
+            drop(qp);
+            release(&srq);
+            return Err(other(e.to_string()));
+        }
+    };
+    let recv_slots = if srq.is_some() {
+        Ok(Vec::new())
+    } else {
+        dev.pool.take(cfg.recv_depth as usize)
+    };
+    let recv_slots = match recv_slots {
+        Ok(s) => s,
+        Err(e) => {
+            drop(qp);
             let mut s = send_slots;
             dev.pool.give_back(&mut s);
+            release(&srq);
             return Err(other(e.to_string()));
         }
     };
@@ -646,25 +908,35 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         chan,
         send_slots,
         recv_slots,
+        srq,
+        landing,
     };
-    let slot = dev.pool.slot_size() as u32;
-    let mut guard = res.qp.start_post_recv();
-    for (i, s) in res.recv_slots.iter().enumerate() {
-        let wr = guard.construct_wr(RECV_BIT | i as u64);
-        // SAFETY: the slot is registered memory owned by this connection until its QP is
-        // destroyed (teardown returns slots only afterwards).
-        unsafe { wr.setup_sge(s.lkey, s.addr, slot) };
-    }
-    if let Err(e) = guard.post() {
+    let len = dev.pool.slot_size() as u32;
+    let batch: Vec<RecvWr> = res
+        .recv_slots
+        .iter()
+        .enumerate()
+        .map(|(i, s)| RecvWr {
+            wr_id: RECV_BIT | i as u64,
+            addr: s.addr,
+            len,
+            lkey: s.lkey,
+        })
+        .collect();
+    // The slots are registered memory owned by this connection until its QP is destroyed
+    // (teardown returns them only afterwards).
+    if let Err(e) = res.qp.post_recv(&batch) {
         let Res {
             qp,
             mut send_slots,
             mut recv_slots,
+            srq,
             ..
         } = res;
         drop(qp);
         dev.pool.give_back(&mut send_slots);
         dev.pool.give_back(&mut recv_slots);
+        release(&srq);
         return Err(other(format!("post receives: {e}")));
     }
     Ok(res)
@@ -802,9 +1074,22 @@ impl ConnectedSocket for RdmaSocket {
             return Err(self.failed_err());
         };
         let wanted: usize = iov.iter().map(|s| s.len()).sum();
+        let slot_size = self.dev.pool.slot_size();
+        // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
+        let peer_write = self.peer.and_then(|p| p.write);
+        let write_max = peer_write.map_or(0, |w| {
+            (w.chunk as usize)
+                .min(self.dev.max_send_sge as usize * slot_size)
+                .min((self.dev.cfg.send_depth as usize / 2).max(1) * slot_size)
+        });
+        let write_min = self.dev.cfg.write_min.max(1);
         let mut total = 0usize;
-        let mut posted = 0u32;
-        let mut guard = res.qp.start_post_send();
+        let mut batch = std::mem::take(&mut self.send_batch);
+        let mut sges = std::mem::take(&mut self.send_sges);
+        batch.clear();
+        sges.clear();
+        let mut writes = 0u64;
+        let mut write_bytes = 0u64;
         let (mut vi, mut off) = (0usize, 0usize);
         let overrun = misbehave == Misbehave::OverrunCredits;
         while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
@@ -816,66 +1101,142 @@ impl ConnectedSocket for RdmaSocket {
             if vi == iov.len() {
                 break;
             }
-            let slot = res.send_slots[(self.send_seq % depth) as usize];
-            let mut len = 0usize;
-            while len < chunk && vi < iov.len() {
-                let src = &iov[vi][off..];
-                let n = src.len().min(chunk - len);
-                // SAFETY: the slot is registered memory owned by this socket; its previous
-                // SEND completed (`send_seq - send_done < depth`), so the NIC no longer reads
-                // it, and `len + n <= chunk <= slot_size`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr(),
-                        (slot.addr as usize + len) as *mut u8,
-                        n,
-                    )
-                };
-                len += n;
-                off += n;
-                if off == iov[vi].len() {
-                    vi += 1;
-                    off = 0;
+            let left = wanted - total;
+            let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
+            // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
+            // peer's advertised buffer, gathered from several send slots.
+            let write = match peer_write {
+                Some(w) if self.write_credits > 0 && write_max > 0 && left >= write_min => {
+                    let len = left.min(write_max);
+                    let k = len.div_ceil(slot_size);
+                    (k <= free_slots).then_some((w, len, k))
                 }
+                _ => None,
+            };
+            let (want, nslots) = match write {
+                Some((_, len, k)) => (len, k),
+                None => (chunk, 1),
+            };
+            let sge_at = sges.len() as u32;
+            let mut len = 0usize;
+            for _ in 0..nslots {
+                let slot = res.send_slots[(self.send_seq % depth) as usize];
+                let mut in_slot = 0usize;
+                let room = slot_size.min(want - len);
+                while in_slot < room && vi < iov.len() {
+                    let src = &iov[vi][off..];
+                    let n = src.len().min(room - in_slot);
+                    // SAFETY: the slot is registered memory owned by this socket; its previous
+                    // WR completed (`send_seq - send_done < depth`), so the NIC no longer
+                    // reads it, and `in_slot + n <= room <= slot_size`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            (slot.addr as usize + in_slot) as *mut u8,
+                            n,
+                        )
+                    };
+                    in_slot += n;
+                    off += n;
+                    if off == iov[vi].len() {
+                        vi += 1;
+                        off = 0;
+                    }
+                }
+                if in_slot == 0 {
+                    break;
+                }
+                sges.push(Sge {
+                    addr: slot.addr,
+                    len: in_slot as u32,
+                    lkey: slot.lkey,
+                });
+                self.send_seq += 1;
+                len += in_slot;
             }
-            let mut imm = self.owed.min(0xffff);
-            self.owed -= imm;
+            let sge_n = sges.len() as u32 - sge_at;
+            let credits = self.owed.min(wire::IMM_MAX_CREDITS);
+            let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
+            self.owed -= credits;
+            self.owed_writes -= write_credits;
+            // Counted as granted before the peer can see (and use) them.
+            self.granted_total += u64::from(credits);
+            self.writes_granted += u64::from(write_credits);
             self.credits = self.credits.saturating_sub(1);
-            if misbehave == Misbehave::BadImmediate {
+            let mut imm = Imm {
+                credits,
+                write_credits,
+                write: None,
+            };
+            let mut remote = None;
+            if let Some((w, _, _)) = write {
+                let mut idx = (self.write_seq % u64::from(w.chunks)) as u32;
+                if misbehave == Misbehave::WriteOutsideWindow {
+                    idx = (idx + 1) % w.chunks.max(2);
+                }
+                // The peer's buffer was validated at hello (no overflow); check this write
+                // stays inside it before handing the address to the NIC.
+                let at = u64::from(idx) * u64::from(w.chunk);
+                if len > w.chunk as usize
+                    || at + len as u64 > u64::from(w.chunk) * u64::from(w.chunks)
+                {
+                    let why = format!(
+                        "RDMA write of {len} bytes into chunk {idx} would leave the peer's \
+                         buffer ({} chunks of {} bytes)",
+                        w.chunks, w.chunk
+                    );
+                    self.send_batch = batch;
+                    self.send_sges = sges;
+                    return Err(self.fail(why));
+                }
+                self.write_seq += 1;
+                self.write_credits -= 1;
+                imm.write = Some(idx);
+                remote = Some((w.addr + at, w.rkey));
+                writes += 1;
+                write_bytes += len as u64;
+            }
+            let mut imm = imm.encode();
+            if misbehave == Misbehave::BadImmediate && remote.is_none() {
                 imm |= 1 << 16;
             }
             // Selective signalling: every `signal_every`-th WR, and the one that fills the
             // ring (its completion frees every slot before it: RC completes in order).
-            let fills = self.send_seq + 1 - self.send_done >= depth;
+            let fills = self.send_seq - self.send_done >= depth;
             self.unsignaled += 1;
-            let mut flags = WorkRequestFlags::none();
+            let mut signaled = false;
             if fills || self.unsignaled >= signal_every {
-                flags |= WorkRequestFlags::Signaled;
+                signaled = true;
                 self.unsignaled = 0;
                 self.last_signaled = Some(self.send_seq);
             }
-            if len <= inline_max {
-                flags |= WorkRequestFlags::Inline;
-            }
-            let wr = guard
-                .construct_wr(self.send_seq, flags)
-                .setup_send_imm(imm.to_be());
-            // SAFETY: as above; `len` bytes of the slot were just written.
-            unsafe { wr.setup_sge(slot.lkey, slot.addr, len as u32) };
-            self.send_seq += 1;
+            batch.push(SendWr {
+                wr_id: self.send_seq,
+                sge_at,
+                sge_n,
+                imm,
+                signaled,
+                inline: remote.is_none() && len <= inline_max,
+                remote,
+            });
             self.sent_total = self.sent_total.wrapping_add(1);
             total += len;
-            posted += 1;
         }
+        let posted = batch.len() as u64;
+        // SAFETY: every SGE points at a send slot of this socket's registered arena, written
+        // above and not touched again until a completion (`send_done`) passes it; SGE ranges
+        // were built from `sges`.
+        let r = unsafe { res.qp.post_send(&batch, &sges) };
+        self.send_batch = batch;
+        self.send_sges = sges;
         if posted > 0 {
-            let r = guard.post();
             if let Err(e) = r {
                 return Err(self.fail(format!("post send: {e}")));
             }
-            RdmaStats::bump(&self.dev.stats.sends, u64::from(posted));
+            RdmaStats::bump(&self.dev.stats.sends, posted);
             RdmaStats::bump(&self.dev.stats.doorbells, 1);
-        } else {
-            drop(guard);
+            RdmaStats::bump(&self.dev.stats.writes, writes);
+            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
         }
         if total < wanted {
             self.want_write = true;

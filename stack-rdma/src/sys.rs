@@ -1,12 +1,17 @@
-//! The few raw calls `sideway` does not wrap: completion-channel notification, forcing a queue
-//! pair into the error state from any thread, and the per-socket eventfd used to raise a
-//! writable event. Everything unsafe in this crate lives here.
+//! The raw calls `sideway` does not wrap: completion-channel notification, forcing a queue
+//! pair into the error state from any thread, the shared receive queue (`ibv_create_srq`,
+//! `ibv_post_srq_recv`), queue pairs attached to it (`sideway`'s builder always passes a null
+//! SRQ, so every QP is created, moved through its states and posted to here), and the
+//! per-socket eventfd used to raise a writable event. Everything unsafe in this crate lives
+//! here.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use rdma_mummy_sys as ffi;
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, CompletionQueue};
+use sideway::ibverbs::protection_domain::ProtectionDomain;
 
 /// Asks for one completion event on `cq`'s channel at the next completion.
 pub(crate) fn req_notify(cq: &BasicCompletionQueue) -> io::Result<()> {
@@ -99,5 +104,435 @@ impl Kick {
 
     pub(crate) fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+}
+
+/// One receive work request: a registered buffer and the id its completion carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecvWr {
+    pub(crate) wr_id: u64,
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
+    pub(crate) lkey: u32,
+}
+
+/// One registered buffer a send work request gathers from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sge {
+    pub(crate) addr: u64,
+    pub(crate) len: u32,
+    pub(crate) lkey: u32,
+}
+
+/// One SEND-with-immediate, or RDMA-WRITE-with-immediate when `remote` is set, gathering
+/// `sge_n` buffers from `sge_at` of the SGE list given with the batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SendWr {
+    pub(crate) wr_id: u64,
+    pub(crate) sge_at: u32,
+    pub(crate) sge_n: u32,
+    /// Immediate data, host order (converted to network order here).
+    pub(crate) imm: u32,
+    pub(crate) signaled: bool,
+    pub(crate) inline: bool,
+    /// RDMA WRITE target: (remote address, remote key).
+    pub(crate) remote: Option<(u64, u32)>,
+}
+
+/// Builds a linked chain of receive WRs over `sges` (one SGE each) in `wrs`.
+fn recv_chain(batch: &[RecvWr], wrs: &mut Vec<ffi::ibv_recv_wr>, sges: &mut Vec<ffi::ibv_sge>) {
+    sges.clear();
+    sges.extend(batch.iter().map(|w| ffi::ibv_sge {
+        addr: w.addr,
+        length: w.len,
+        lkey: w.lkey,
+    }));
+    wrs.clear();
+    wrs.extend(batch.iter().map(|w| ffi::ibv_recv_wr {
+        wr_id: w.wr_id,
+        next: std::ptr::null_mut(),
+        sg_list: std::ptr::null_mut(),
+        num_sge: 1,
+    }));
+    // Pointers are fixed up only once both vectors have their final size.
+    let sge_base = sges.as_mut_ptr();
+    let wr_base = wrs.as_mut_ptr();
+    for i in 0..wrs.len() {
+        // SAFETY: `i` and `i + 1` (when used) are in bounds of vectors that are not resized
+        // again before the post that reads these pointers.
+        unsafe {
+            (*wr_base.add(i)).sg_list = sge_base.add(i);
+            if i + 1 < batch.len() {
+                (*wr_base.add(i)).next = wr_base.add(i + 1);
+            }
+        }
+    }
+}
+
+/// A shared receive queue (`ibv_create_srq`): receive buffers any QP attached to it consumes.
+pub(crate) struct RawSrq {
+    srq: std::ptr::NonNull<ffi::ibv_srq>,
+    _pd: Arc<ProtectionDomain>,
+}
+
+// SAFETY: verbs objects may be used from any thread; the provider serialises posting with
+// its own lock.
+unsafe impl Send for RawSrq {}
+// SAFETY: as above; `post` takes `&self` because `ibv_post_srq_recv` is thread-safe.
+unsafe impl Sync for RawSrq {}
+
+impl std::fmt::Debug for RawSrq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawSrq").field("srq", &self.srq).finish()
+    }
+}
+
+impl RawSrq {
+    /// Creates an SRQ for up to `max_wr` posted receives of one SGE each.
+    pub(crate) fn create(pd: &Arc<ProtectionDomain>, max_wr: u32) -> io::Result<RawSrq> {
+        let mut attr = ffi::ibv_srq_init_attr {
+            srq_context: std::ptr::null_mut(),
+            attr: ffi::ibv_srq_attr {
+                max_wr,
+                max_sge: 1,
+                srq_limit: 0,
+            },
+        };
+        // SAFETY: the PD is live (we keep an `Arc` to it for the SRQ's lifetime); `attr` is a
+        // valid local the provider reads and updates.
+        let srq = unsafe { ffi::ibv_create_srq(pd.pd().as_ptr(), &mut attr) };
+        let srq = std::ptr::NonNull::new(srq).ok_or_else(io::Error::last_os_error)?;
+        Ok(RawSrq {
+            srq,
+            _pd: pd.clone(),
+        })
+    }
+
+    /// Posts `batch` with one call (one doorbell).
+    pub(crate) fn post(&self, batch: &[RecvWr]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (mut wrs, mut sges) = (Vec::with_capacity(batch.len()), Vec::new());
+        recv_chain(batch, &mut wrs, &mut sges);
+        let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
+        // SAFETY: the SRQ is live; `wrs` is a well-formed chain whose SGEs point at registered
+        // buffers the caller hands to the NIC; both vectors outlive the call.
+        let rc = unsafe { ffi::ibv_post_srq_recv(self.srq.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc.abs()))
+        }
+    }
+}
+
+impl Drop for RawSrq {
+    fn drop(&mut self) {
+        // SAFETY: every QP attached to this SRQ keeps its owner alive, so none is left.
+        let rc = unsafe { ffi::ibv_destroy_srq(self.srq.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_destroy_srq failed");
+        }
+    }
+}
+
+/// Where a QP's RTR transition points it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PathTo {
+    pub(crate) port: u8,
+    /// `ibv_mtu` code, already the smaller of both ends.
+    pub(crate) mtu: u8,
+    pub(crate) dest_qpn: u32,
+    pub(crate) rq_psn: u32,
+    pub(crate) dlid: u16,
+    pub(crate) sgid_index: u8,
+    pub(crate) dgid: [u8; 16],
+}
+
+/// An RC queue pair created with `ibv_create_qp` directly: `sideway`'s builder cannot attach
+/// a shared receive queue. Holds what it uses (PD, CQ, SRQ) alive until it is destroyed.
+pub(crate) struct RawQp {
+    qp: std::ptr::NonNull<ffi::ibv_qp>,
+    /// The owner of the SRQ this QP receives from: keeps it alive until the QP is destroyed.
+    _srq: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    _cq: Arc<BasicCompletionQueue>,
+    _pd: Arc<ProtectionDomain>,
+    send_wrs: Vec<ffi::ibv_send_wr>,
+    send_sges: Vec<ffi::ibv_sge>,
+}
+
+/// Sizes of a new queue pair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QpCaps {
+    pub(crate) send_depth: u32,
+    /// Ignored when the QP receives from an SRQ.
+    pub(crate) recv_depth: u32,
+    pub(crate) max_send_sge: u32,
+    /// Falls back to 0 when the device refuses it.
+    pub(crate) max_inline: u32,
+}
+
+// SAFETY: verbs objects may be used from any thread (see `RawSrq`); the socket owning this
+// QP is moved between worker threads but used by one at a time.
+unsafe impl Send for RawQp {}
+
+impl RawQp {
+    /// Creates an RC QP on `pd` with `cq` for both queues, receiving from `srq` when given
+    /// (then `recv_depth` is ignored; the `Arc` is the SRQ's owner, kept alive as long as the
+    /// QP). `max_inline` falls back to 0 when the device refuses it.
+    pub(crate) fn create(
+        pd: &Arc<ProtectionDomain>,
+        cq: &Arc<BasicCompletionQueue>,
+        srq: Option<(&RawSrq, Arc<dyn std::any::Any + Send + Sync>)>,
+        caps: QpCaps,
+    ) -> io::Result<RawQp> {
+        let QpCaps {
+            send_depth,
+            recv_depth,
+            max_send_sge,
+            max_inline,
+        } = caps;
+        // SAFETY: only reads the handle; the CQ outlives the QP (the QP keeps an `Arc`).
+        let cq_ptr = unsafe { cq.cq() }.as_ptr();
+        let make = |inline: u32| {
+            let mut attr = ffi::ibv_qp_init_attr {
+                qp_context: std::ptr::null_mut(),
+                send_cq: cq_ptr,
+                recv_cq: cq_ptr,
+                srq: srq
+                    .as_ref()
+                    .map_or(std::ptr::null_mut(), |s| s.0.srq.as_ptr()),
+                cap: ffi::ibv_qp_cap {
+                    max_send_wr: send_depth,
+                    max_recv_wr: if srq.is_some() { 0 } else { recv_depth },
+                    max_send_sge,
+                    max_recv_sge: 1,
+                    max_inline_data: inline,
+                },
+                qp_type: ffi::ibv_qp_type::IBV_QPT_RC,
+                sq_sig_all: 0,
+            };
+            // SAFETY: PD, CQ and SRQ are live (the caller holds them, and the QP keeps `Arc`s
+            // to them until it is destroyed); `attr` is a valid local.
+            let qp = unsafe { ffi::ibv_create_qp(pd.pd().as_ptr(), &mut attr) };
+            std::ptr::NonNull::new(qp).ok_or_else(io::Error::last_os_error)
+        };
+        // Some devices support no inline data at all.
+        let qp = match make(max_inline) {
+            Ok(qp) => qp,
+            Err(_) if max_inline > 0 => make(0)?,
+            Err(e) => return Err(e),
+        };
+        Ok(RawQp {
+            qp,
+            _srq: srq.map(|s| s.1),
+            _cq: cq.clone(),
+            _pd: pd.clone(),
+            send_wrs: Vec::new(),
+            send_sges: Vec::new(),
+        })
+    }
+
+    /// The QP number.
+    pub(crate) fn qp_num(&self) -> u32 {
+        // SAFETY: the QP is live; `qp_num` is set at creation and never changes.
+        unsafe { (*self.qp.as_ptr()).qp_num }
+    }
+
+    /// A handle for forcing the error state from another thread (see [`QpHandle`]).
+    pub(crate) fn handle(&self) -> QpHandle {
+        QpHandle(self.qp.as_ptr() as usize)
+    }
+
+    fn modify(&self, attr: &mut ffi::ibv_qp_attr, mask: u32) -> io::Result<()> {
+        // SAFETY: the QP is live; `attr` is a valid, fully initialised local.
+        let rc = unsafe { ffi::ibv_modify_qp(self.qp.as_ptr(), attr, mask as i32) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc.abs()))
+        }
+    }
+
+    fn zeroed_attr() -> ffi::ibv_qp_attr {
+        // SAFETY: `ibv_qp_attr` is a plain C struct of integers and unions of integers, for
+        // which all-zero is a valid value.
+        unsafe { std::mem::zeroed() }
+    }
+
+    /// RESET → INIT on `port`, with `access` as the remote access the QP allows.
+    pub(crate) fn to_init(&self, port: u8, access: u32) -> io::Result<()> {
+        use ffi::ibv_qp_attr_mask as m;
+        let mut a = Self::zeroed_attr();
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_INIT;
+        a.pkey_index = 0;
+        a.port_num = port;
+        a.qp_access_flags = access;
+        self.modify(
+            &mut a,
+            m::IBV_QP_STATE.0
+                | m::IBV_QP_PKEY_INDEX.0
+                | m::IBV_QP_PORT.0
+                | m::IBV_QP_ACCESS_FLAGS.0,
+        )
+    }
+
+    /// INIT → RTR towards the peer `p`.
+    pub(crate) fn to_rtr(&self, p: &PathTo) -> io::Result<()> {
+        use ffi::ibv_qp_attr_mask as m;
+        let mut a = Self::zeroed_attr();
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTR;
+        a.path_mtu = u32::from(p.mtu);
+        a.dest_qp_num = p.dest_qpn;
+        a.rq_psn = p.rq_psn;
+        a.max_dest_rd_atomic = 0;
+        a.min_rnr_timer = 12;
+        a.ah_attr.dlid = p.dlid;
+        a.ah_attr.sl = 0;
+        a.ah_attr.src_path_bits = 0;
+        a.ah_attr.port_num = p.port;
+        a.ah_attr.is_global = 1;
+        a.ah_attr.grh.dgid = ffi::ibv_gid { raw: p.dgid };
+        a.ah_attr.grh.sgid_index = p.sgid_index;
+        a.ah_attr.grh.hop_limit = 64;
+        self.modify(
+            &mut a,
+            m::IBV_QP_STATE.0
+                | m::IBV_QP_AV.0
+                | m::IBV_QP_PATH_MTU.0
+                | m::IBV_QP_DEST_QPN.0
+                | m::IBV_QP_RQ_PSN.0
+                | m::IBV_QP_MAX_DEST_RD_ATOMIC.0
+                | m::IBV_QP_MIN_RNR_TIMER.0,
+        )
+    }
+
+    /// RTR → RTS.
+    pub(crate) fn to_rts(&self, sq_psn: u32, rnr_retry: u8) -> io::Result<()> {
+        use ffi::ibv_qp_attr_mask as m;
+        let mut a = Self::zeroed_attr();
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_RTS;
+        a.sq_psn = sq_psn;
+        a.timeout = 14;
+        a.retry_cnt = 7;
+        a.rnr_retry = rnr_retry;
+        a.max_rd_atomic = 0;
+        self.modify(
+            &mut a,
+            m::IBV_QP_STATE.0
+                | m::IBV_QP_SQ_PSN.0
+                | m::IBV_QP_TIMEOUT.0
+                | m::IBV_QP_RETRY_CNT.0
+                | m::IBV_QP_RNR_RETRY.0
+                | m::IBV_QP_MAX_QP_RD_ATOMIC.0,
+        )
+    }
+
+    /// To the error state: outstanding work requests are flushed.
+    pub(crate) fn to_error(&self) -> io::Result<()> {
+        let mut a = Self::zeroed_attr();
+        a.qp_state = ffi::ibv_qp_state::IBV_QPS_ERR;
+        self.modify(&mut a, ffi::ibv_qp_attr_mask::IBV_QP_STATE.0)
+    }
+
+    /// Posts receives on the QP's own receive queue (per-QP mode) with one call.
+    pub(crate) fn post_recv(&mut self, batch: &[RecvWr]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (mut wrs, mut sges) = (Vec::with_capacity(batch.len()), Vec::new());
+        recv_chain(batch, &mut wrs, &mut sges);
+        let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
+        // SAFETY: the QP is live; `wrs` is a well-formed chain whose SGEs point at registered
+        // buffers the caller hands to the NIC; both vectors outlive the call.
+        let rc = unsafe { ffi::ibv_post_recv(self.qp.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc.abs()))
+        }
+    }
+
+    /// Posts `batch` (SEND or RDMA WRITE, with immediate) with one call (one doorbell).
+    ///
+    /// # Safety
+    /// Every SGE must be registered memory (`lkey`) that stays valid and unmodified until its
+    /// WR completes (or, for inline WRs, until this call returns); every WR's SGE range must
+    /// lie within `sges`.
+    pub(crate) unsafe fn post_send(&mut self, batch: &[SendWr], sges: &[Sge]) -> io::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if batch
+            .iter()
+            .any(|w| w.sge_n == 0 || (w.sge_at as usize + w.sge_n as usize) > sges.len())
+        {
+            return Err(io::Error::other("send work request with a bad SGE range"));
+        }
+        self.send_sges.clear();
+        self.send_sges.extend(sges.iter().map(|g| ffi::ibv_sge {
+            addr: g.addr,
+            length: g.len,
+            lkey: g.lkey,
+        }));
+        self.send_wrs.clear();
+        for w in batch {
+            // SAFETY: `ibv_send_wr` is a C struct of integers, pointers and unions of those,
+            // for which all-zero is valid (null pointers, no flags).
+            let mut wr: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+            wr.wr_id = w.wr_id;
+            wr.num_sge = w.sge_n as i32;
+            match w.remote {
+                Some((remote_addr, rkey)) => {
+                    wr.opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                    wr.wr.rdma = ffi::rdma_t { remote_addr, rkey };
+                }
+                None => wr.opcode = ffi::ibv_wr_opcode::IBV_WR_SEND_WITH_IMM,
+            }
+            let mut flags = 0;
+            if w.signaled {
+                flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+            }
+            if w.inline {
+                flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
+            }
+            wr.send_flags = flags;
+            wr.imm_data_invalidated_rkey_union.imm_data = w.imm.to_be();
+            self.send_wrs.push(wr);
+        }
+        let sge_base = self.send_sges.as_mut_ptr();
+        let wr_base = self.send_wrs.as_mut_ptr();
+        let n = self.send_wrs.len();
+        for (i, w) in batch.iter().enumerate() {
+            // SAFETY: `i` and `i + 1` (when used) are in bounds, `sge_at` was checked against
+            // the SGE list above; neither vector is resized before the post below.
+            unsafe {
+                (*wr_base.add(i)).sg_list = sge_base.add(w.sge_at as usize);
+                if i + 1 < n {
+                    (*wr_base.add(i)).next = wr_base.add(i + 1);
+                }
+            }
+        }
+        let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
+        // SAFETY: the QP is live; the chain is well formed and outlives the call; the caller
+        // guarantees the buffers (see the function's contract).
+        let rc = unsafe { ffi::ibv_post_send(self.qp.as_ptr(), wr_base, &mut bad) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc.abs()))
+        }
+    }
+}
+
+impl Drop for RawQp {
+    fn drop(&mut self) {
+        // SAFETY: the QP is live and destroyed once; the stack's fault-injection registry
+        // dropped its handle before (see `QpHandle::to_error`).
+        let rc = unsafe { ffi::ibv_destroy_qp(self.qp.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_destroy_qp failed");
+        }
     }
 }

@@ -2,9 +2,22 @@
 //! small control messages that must not need receive credits themselves.
 //!
 //! ```text
-//! hello   (44 B): magic "DPRD" | version u16 | reserved u16 | qpn u32 | psn u32 | gid [16]
-//!                 | lid u16 | mtu u8 | reserved u8 | recv_credits u32 | slot_size u32
-//! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(sends posted)
+//! hello   (64 B): magic "DPRD" | version u16 | reserved u16 | qpn u32 | psn u32 | gid [16]
+//!                 | lid u16 | mtu u8 | flags u8 | recv_credits u32 | slot_size u32
+//!                 | write_addr u64 | write_rkey u32 | write_chunk u32 | write_chunks u32
+//!                 flags: bit 0 = the sender receives through a shared receive queue
+//!                 write_*: the buffer the peer may RDMA-WRITE into (write_chunks chunks of
+//!                 write_chunk bytes from write_addr, remote key write_rkey); 0 chunks = none
+//! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(data WRs posted),
+//!                                          4 WRITE_CREDIT(n)
+//! ```
+//!
+//! Immediate data of every data work request (SEND or RDMA WRITE, both with immediate):
+//!
+//! ```text
+//! bits 0..11  receive credits returned       bits 12..15 write chunks returned
+//! bits 16..23 chunk written (WRITE only)     bit 24      1 = RDMA WRITE, 0 = SEND
+//! bits 25..31 reserved, zero
 //! ```
 //!
 //! All integers little-endian. Every field is checked before use: a bad peer gets a clear
@@ -13,13 +26,28 @@
 /// `"DPRD"`.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"DPRD");
 /// Side-channel protocol version.
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const VERSION: u16 = 2;
 /// Encoded size of [`Hello`].
-pub(crate) const HELLO_LEN: usize = 44;
+pub(crate) const HELLO_LEN: usize = 64;
 /// Encoded size of a control message.
 pub(crate) const CTL_LEN: usize = 8;
 /// Most receive credits a peer may announce (bounds what we must track).
 pub(crate) const MAX_CREDITS: u32 = 1 << 15;
+/// Most write chunks a peer may advertise (the chunk index has 8 bits).
+pub(crate) const MAX_WRITE_CHUNKS: u32 = 255;
+/// Most receive credits one immediate value carries.
+pub(crate) const IMM_MAX_CREDITS: u32 = 0xfff;
+/// Most write-chunk credits one immediate value carries.
+pub(crate) const IMM_MAX_WRITE_CREDITS: u32 = 0xf;
+
+/// A buffer the peer may RDMA-WRITE into: `chunks` chunks of `chunk` bytes from `addr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteRegion {
+    pub(crate) addr: u64,
+    pub(crate) rkey: u32,
+    pub(crate) chunk: u32,
+    pub(crate) chunks: u32,
+}
 
 /// Queue-pair coordinates and receive-buffer terms of one end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +62,11 @@ pub(crate) struct Hello {
     pub(crate) recv_credits: u32,
     /// Bytes per receive buffer: the largest SEND the peer may post.
     pub(crate) slot_size: u32,
+    /// The sender receives through a shared receive queue (the other end then retries RNR:
+    /// another peer overrunning its credits may briefly empty the SRQ).
+    pub(crate) srq: bool,
+    /// Where the peer may RDMA-WRITE large messages, if anywhere.
+    pub(crate) write: Option<WriteRegion>,
 }
 
 impl Hello {
@@ -46,8 +79,15 @@ impl Hello {
         b[16..32].copy_from_slice(&self.gid);
         b[32..34].copy_from_slice(&self.lid.to_le_bytes());
         b[34] = self.mtu;
+        b[35] = u8::from(self.srq);
         b[36..40].copy_from_slice(&self.recv_credits.to_le_bytes());
         b[40..44].copy_from_slice(&self.slot_size.to_le_bytes());
+        if let Some(w) = self.write {
+            b[44..52].copy_from_slice(&w.addr.to_le_bytes());
+            b[52..56].copy_from_slice(&w.rkey.to_le_bytes());
+            b[56..60].copy_from_slice(&w.chunk.to_le_bytes());
+            b[60..64].copy_from_slice(&w.chunks.to_le_bytes());
+        }
         b
     }
 
@@ -74,7 +114,36 @@ impl Hello {
             mtu: b[34],
             recv_credits: u32_at(36),
             slot_size: u32_at(40),
+            srq: b[35] & 1 != 0,
+            write: None,
         };
+        let mut addr = [0u8; 8];
+        addr.copy_from_slice(&b[44..52]);
+        let w = WriteRegion {
+            addr: u64::from_le_bytes(addr),
+            rkey: u32_at(52),
+            chunk: u32_at(56),
+            chunks: u32_at(60),
+        };
+        let h = Hello {
+            write: if w.chunks == 0 { None } else { Some(w) },
+            ..h
+        };
+        if let Some(w) = h.write {
+            let span = u64::from(w.chunk) * u64::from(w.chunks);
+            if w.chunks > MAX_WRITE_CHUNKS
+                || !(4096..=1 << 30).contains(&w.chunk)
+                || w.addr.checked_add(span).is_none()
+            {
+                return Err(format!(
+                    "side channel: bad write buffer ({} chunks of {} bytes at {:#x})",
+                    w.chunks, w.chunk, w.addr
+                ));
+            }
+        }
+        if b[35] & !1 != 0 {
+            return Err(format!("side channel: unknown hello flags {:#04x}", b[35]));
+        }
         if h.qpn == 0 || h.qpn > 0x00ff_ffff {
             return Err(format!("side channel: bad QP number {:#x}", h.qpn));
         }
@@ -107,8 +176,10 @@ pub(crate) enum Ctl {
     Ready,
     /// The sender re-posted this many receive buffers for us.
     Credit(u32),
-    /// The sender is closing after posting this many data SENDs in total (wrapping).
+    /// The sender is closing after posting this many data work requests in total (wrapping).
     Close(u32),
+    /// The sender consumed this many more chunks of its write buffer: they may be written.
+    WriteCredit(u32),
 }
 
 impl Ctl {
@@ -117,6 +188,7 @@ impl Ctl {
             Ctl::Ready => (1u32, 0u32),
             Ctl::Credit(n) => (2, n),
             Ctl::Close(n) => (3, n),
+            Ctl::WriteCredit(n) => (4, n),
         };
         let mut b = [0u8; CTL_LEN];
         b[0..4].copy_from_slice(&tag.to_le_bytes());
@@ -134,20 +206,48 @@ impl Ctl {
             1 => Ok(Ctl::Ready),
             2 => Ok(Ctl::Credit(v)),
             3 => Ok(Ctl::Close(v)),
+            4 => Ok(Ctl::WriteCredit(v)),
             t => Err(format!("side channel: unknown control tag {t}")),
         }
     }
 }
 
-/// Immediate data of every data SEND: low 16 bits are receive credits returned to the peer,
-/// the high 16 bits are reserved and must be zero.
-pub(crate) fn imm_credits(imm: u32) -> Result<u32, String> {
-    if imm >> 16 != 0 {
-        return Err(format!(
-            "bad immediate value {imm:#010x} (reserved bits set)"
-        ));
+/// The decoded immediate value of a data work request (layout in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Imm {
+    /// Receive credits returned to the receiver of this work request.
+    pub(crate) credits: u32,
+    /// Write chunks returned.
+    pub(crate) write_credits: u32,
+    /// `Some(chunk)` for an RDMA WRITE into that chunk, `None` for a SEND.
+    pub(crate) write: Option<u32>,
+}
+
+impl Imm {
+    /// Encodes; the caller keeps `credits` ≤ [`IMM_MAX_CREDITS`], `write_credits` ≤
+    /// [`IMM_MAX_WRITE_CREDITS`] and the chunk below 256 (excess bits are masked off).
+    pub(crate) fn encode(self) -> u32 {
+        let mut v = (self.credits & IMM_MAX_CREDITS) | (self.write_credits & 0xf) << 12;
+        if let Some(c) = self.write {
+            v |= (c & 0xff) << 16 | 1 << 24;
+        }
+        v
     }
-    Ok(imm & 0xffff)
+
+    /// Decodes and checks a peer's immediate value.
+    pub(crate) fn decode(imm: u32) -> Result<Imm, String> {
+        let write = imm & 1 << 24 != 0;
+        if imm >> 25 != 0 || (!write && imm >> 16 != 0) {
+            return Err(format!(
+                "bad immediate value {imm:#010x} (reserved bits set)"
+            ));
+        }
+        Ok(Imm {
+            credits: imm & IMM_MAX_CREDITS,
+            write_credits: imm >> 12 & 0xf,
+            write: write.then_some(imm >> 16 & 0xff),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -163,6 +263,13 @@ mod tests {
             mtu: 3,
             recv_credits: 32,
             slot_size: 65536,
+            srq: true,
+            write: Some(WriteRegion {
+                addr: 0x7f00_0000_0000,
+                rkey: 0x1234,
+                chunk: 512 << 10,
+                chunks: 2,
+            }),
         }
     }
 
@@ -190,11 +297,46 @@ mod tests {
             let e = Hello::decode(&h.encode()).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
+        let mut b = hello().encode();
+        b[35] = 0x82;
+        assert!(Hello::decode(&b).unwrap_err().contains("flags"));
+        for w in [
+            WriteRegion {
+                chunks: 256,
+                ..hello().write.unwrap()
+            },
+            WriteRegion {
+                chunk: 100,
+                ..hello().write.unwrap()
+            },
+            WriteRegion {
+                addr: u64::MAX - 10,
+                ..hello().write.unwrap()
+            },
+        ] {
+            let h = Hello {
+                write: Some(w),
+                ..hello()
+            };
+            assert!(Hello::decode(&h.encode())
+                .unwrap_err()
+                .contains("write buffer"));
+        }
+        let none = Hello {
+            write: None,
+            ..hello()
+        };
+        assert_eq!(Hello::decode(&none.encode()), Ok(none));
     }
 
     #[test]
     fn control_messages_round_trip_and_unknown_tags_fail() {
-        for c in [Ctl::Ready, Ctl::Credit(5), Ctl::Close(u32::MAX)] {
+        for c in [
+            Ctl::Ready,
+            Ctl::Credit(5),
+            Ctl::Close(u32::MAX),
+            Ctl::WriteCredit(2),
+        ] {
             assert_eq!(Ctl::decode(&c.encode()), Ok(c));
         }
         assert!(Ctl::decode(&[9, 0, 0, 0, 0, 0, 0, 0]).is_err());
@@ -202,8 +344,26 @@ mod tests {
     }
 
     #[test]
-    fn immediate_reserved_bits_are_checked() {
-        assert_eq!(imm_credits(12), Ok(12));
-        assert!(imm_credits(1 << 16).is_err());
+    fn immediate_values_round_trip_and_reserved_bits_are_checked() {
+        for imm in [
+            Imm {
+                credits: 12,
+                ..Imm::default()
+            },
+            Imm {
+                credits: IMM_MAX_CREDITS,
+                write_credits: 15,
+                write: Some(254),
+            },
+            Imm {
+                credits: 0,
+                write_credits: 1,
+                write: Some(0),
+            },
+        ] {
+            assert_eq!(Imm::decode(imm.encode()), Ok(imm));
+        }
+        assert!(Imm::decode(1 << 16).unwrap_err().contains("reserved bits"));
+        assert!(Imm::decode(1 << 25).unwrap_err().contains("reserved bits"));
     }
 }

@@ -259,7 +259,7 @@ fn assert_torn_down(p: Pair) {
             "{who}: {in_use} registered slots still in use ({arenas} arenas)"
         );
     }
-    assert_no_kernel_objects(&["qp", "cq"]);
+    assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
 
 /// How many user-space `kind` objects (`qp`, `cq`, `mr`, `pd`) the kernel lists
@@ -347,10 +347,21 @@ fn rdma_sixteen_mib_messages_byte_for_byte() {
 
 #[test]
 fn rdma_thousands_of_messages_never_exceed_credits() {
+    thousands_of_messages(true);
+}
+
+#[test]
+fn rdma_thousands_of_messages_never_exceed_credits_per_qp_receive_queue() {
+    thousands_of_messages(false);
+}
+
+fn thousands_of_messages(shared_rq: bool) {
     // A small window so that the sender really runs out of credits and waits.
     // Busy polling on: this test also covers the worker's CQ poller and its arming.
     let cfg = RdmaConfig {
         recv_depth: 8,
+        srq_share: 8,
+        shared_rq,
         send_depth: 16,
         slot_size: 8 << 10,
         busy_poll: Duration::from_micros(200),
@@ -373,13 +384,22 @@ fn rdma_thousands_of_messages_never_exceed_credits() {
     let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
     let max = s.max_recv_outstanding.load(Ordering::Relaxed);
     eprintln!(
-        "credits: {} sends, {} doorbells, {} stalls, {} credit messages, max outstanding {max}/8",
+        "credits ({}): {} sends, {} doorbells, {} stalls, {} credit messages, max outstanding {max}/8",
+        if shared_rq { "SRQ" } else { "per-QP RQ" },
         c.sends.load(Ordering::Relaxed),
         c.doorbells.load(Ordering::Relaxed),
         c.credit_stalls.load(Ordering::Relaxed),
         s.credit_messages.load(Ordering::Relaxed),
     );
     assert!(max <= 8, "receiver had {max} > 8 receives outstanding");
+    assert_eq!(p.srv_stack.uses_srq(), shared_rq);
+    if shared_rq {
+        let low = s.srq_posted_min.load(Ordering::Relaxed);
+        assert!(low >= 0, "SRQ posted count went negative ({low})");
+        assert!(
+            s.srq_granted_max.load(Ordering::Relaxed) <= s.srq_buffers_max.load(Ordering::Relaxed)
+        );
+    }
     assert!(
         c.credit_stalls.load(Ordering::Relaxed) > 0,
         "the sender never ran out of credits: the test did not exercise flow control"
@@ -513,11 +533,13 @@ fn rdma_bad_side_channel_peer_is_refused_and_others_continue() {
 /// A misbehaving client (`misbehave`) and a good one talk to the same server: the bad
 /// connection is torn down with `want` in the reason (on the side that detects it), the good
 /// one delivers everything, and nothing leaks.
-fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool) {
+fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, shared_rq: bool) {
     // A narrow receive window of small buffers and a deep send ring of small slots on the
     // bad side: an overrun cannot hide behind the receiver re-posting fast enough.
     let Some(srv_stack) = stack_with(RdmaConfig {
         recv_depth: 4,
+        srq_share: 4,
+        shared_rq,
         slot_size: 8 << 10,
         ..RdmaConfig::default()
     }) else {
@@ -527,6 +549,12 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool) {
         misbehave,
         send_depth: 64,
         slot_size: 8 << 10,
+        // The bad WRITE case must write: any backlog of 16 KiB goes by RDMA WRITE.
+        write_min: if misbehave == Misbehave::WriteOutsideWindow {
+            16 << 10
+        } else {
+            RdmaConfig::default().write_min
+        },
         ..RdmaConfig::default()
     }) else {
         return;
@@ -585,19 +613,262 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool) {
         );
         assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
     }
-    assert_no_kernel_objects(&["qp", "cq"]);
+    assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
 
 #[test]
 fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue() {
+    // Shared receive queue: the overrunning peer's SENDs land in SRQ buffers that back the
+    // other connection's credits; the receiver counts every SEND against the credits it
+    // granted that peer and tears it down; the good peer's SENDs wait (RNR retry) meanwhile.
+    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", true, true);
+}
+
+#[test]
+fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue_per_qp_receive_queue() {
     // The receiver has no buffer posted: RNR, and with rnr_retry 0 the overrunning sender's
     // connection fails at once instead of retrying forever.
-    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false);
+    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false, false);
+}
+
+#[test]
+fn rdma_write_outside_the_advertised_buffer_is_torn_down_and_others_continue() {
+    // The bad peer RDMA-WRITEs into the chunk after the one the receiver's ring expects
+    // (inside the registered buffer, outside the window it granted): the receiver checks
+    // every WRITE's chunk and length against what it advertised and tears that connection
+    // down; the good peer (which also writes: 16 KiB messages in bulk) is unaffected.
+    bad_peer_case(
+        Misbehave::WriteOutsideWindow,
+        "RDMA write outside the advertised buffer",
+        true,
+        true,
+    );
+}
+
+/// Large messages go by RDMA WRITE-with-immediate into the receiver's advertised buffer
+/// (several send slots gathered into one work request), interleaved with SENDs for the small
+/// frames, and arrive byte for byte.
+#[test]
+fn rdma_large_messages_use_rdma_write_byte_for_byte() {
+    let Some(p) = pair() else { return };
+    const N: u64 = 48;
+    for i in 0..N {
+        let len = match i % 3 {
+            0 => 1 << 20,
+            1 => (300 << 10) + 7,
+            _ => 100,
+        };
+        send_retry(&p.conn, Message::new(1, payload(0, i, len)));
+    }
+    assert!(
+        wait_until(T, || p.srv_d.count() == N),
+        "got {} of {N}",
+        p.srv_d.count()
+    );
+    p.srv_d.assert_clean();
+    let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
+    let writes = c.writes.load(Ordering::Relaxed);
+    let wbytes = c.write_bytes.load(Ordering::Relaxed);
+    eprintln!(
+        "write: {writes} RDMA WRITEs ({wbytes} bytes), {} received, {} WRs in all, {} failures",
+        s.writes_received.load(Ordering::Relaxed),
+        c.sends.load(Ordering::Relaxed),
+        s.failures.load(Ordering::Relaxed),
+    );
+    assert!(writes > 0, "no RDMA WRITE was used");
+    assert_eq!(s.writes_received.load(Ordering::Relaxed), writes);
+    // Large pieces go by WRITE while a chunk is free, by SENDs otherwise (never waiting).
+    assert!(
+        wbytes >= 8 << 20,
+        "a good part of the bytes went by RDMA WRITE ({wbytes})"
+    );
+    assert_eq!(c.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
+    assert_torn_down(p);
 }
 
 #[test]
 fn rdma_bad_immediate_is_torn_down_and_others_continue() {
-    bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true);
+    bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true, true);
+}
+
+/// Sixteen connections into one server stack share its SRQ: every message arrives exactly
+/// once and in order, no connection ever has more receives outstanding than its share, the
+/// SRQ never runs dry, it holds far fewer buffers than sixteen per-QP receive queues would,
+/// and it is gone (with every QP, CQ and buffer) after shutdown.
+#[test]
+fn rdma_sixteen_connections_share_one_srq() {
+    const CONNS: usize = 16;
+    const N: u64 = 2000;
+    let share = 8;
+    let srv_cfg = RdmaConfig {
+        srq_share: share,
+        slot_size: 16 << 10,
+        ..RdmaConfig::default()
+    };
+    let per_qp_depth = u64::from(srv_cfg.recv_depth);
+    let Some(srv_stack) = stack_with(srv_cfg) else {
+        return;
+    };
+    assert!(srv_stack.uses_srq(), "Soft-RoCE supports SRQs");
+    let Some(cli_stack) = stack_with(RdmaConfig {
+        slot_size: 16 << 10,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let d = Arc::new(Checker::default());
+    let server = messenger("server", &srv_stack, d.clone(), true);
+    let addr = server.addr().expect("bound");
+    let clients: Vec<(Messenger, Connection)> = (0..CONNS)
+        .map(|i| {
+            let m = messenger(
+                &format!("client{i}"),
+                &cli_stack,
+                Arc::new(Checker::default()),
+                false,
+            );
+            let c = m.connect(addr).expect("connect");
+            (m, c)
+        })
+        .collect();
+    for i in 0..N {
+        for (s, (_, c)) in clients.iter().enumerate() {
+            send_retry(
+                c,
+                Message::new(1, payload(s as u32, i, 100 + (i % 2000) as usize)),
+            );
+        }
+    }
+    let total = N * CONNS as u64;
+    assert!(
+        wait_until(T, || d.count() == total),
+        "got {} of {total}",
+        d.count()
+    );
+    d.assert_clean();
+    let st = srv_stack.stats();
+    let (bufs, granted) = srv_stack.srq_usage().expect("SRQ mode");
+    let bufs_max = st.srq_buffers_max.load(Ordering::Relaxed);
+    let granted_max = st.srq_granted_max.load(Ordering::Relaxed);
+    let low = st.srq_posted_min.load(Ordering::Relaxed);
+    let max_out = st.max_recv_outstanding.load(Ordering::Relaxed);
+    eprintln!(
+        "srq: {CONNS} connections, {total} messages, {} receives, SRQ {bufs} buffers ({granted} \
+         credits granted; peak {bufs_max} buffers, {granted_max} credits) vs {} for per-QP \
+         receive queues, lowest posted {low}, max outstanding per connection {max_out}/{share}",
+        st.recvs.load(Ordering::Relaxed),
+        CONNS as u64 * per_qp_depth,
+    );
+    assert_eq!(
+        granted,
+        CONNS as u32 * share,
+        "one share per live connection"
+    );
+    assert!(
+        granted_max <= bufs_max,
+        "credits granted beyond posted buffers"
+    );
+    assert!(low >= 0, "SRQ posted count went negative ({low})");
+    assert!(
+        max_out <= u64::from(share),
+        "a peer exceeded its share ({max_out})"
+    );
+    assert!(
+        bufs_max < CONNS as u64 * per_qp_depth,
+        "SRQ ({bufs_max} buffers) not smaller than per-QP receive queues"
+    );
+    assert_eq!(st.failures.load(Ordering::Relaxed), 0);
+    assert_eq!(cli_stack.stats().failures.load(Ordering::Relaxed), 0);
+    for (m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop(clients);
+    drop(server);
+    for s in [&srv_stack, &cli_stack] {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+        assert_eq!(s.srq_usage(), Some((0, 0)), "SRQ left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq", "srq"]);
+}
+
+/// A server whose SRQ may back only two connections' credits refuses the third with a
+/// clear reason and keeps serving the first two.
+#[test]
+fn rdma_srq_budget_exhausted_refuses_new_connections() {
+    let Some(srv_stack) = stack_with(RdmaConfig {
+        srq_share: 8,
+        srq_max_wr: 16,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(cli_stack) = stack() else { return };
+    let d = Arc::new(Checker::default());
+    let server = messenger("server", &srv_stack, d.clone(), true);
+    let addr = server.addr().expect("bound");
+    let mut clients = Vec::new();
+    for i in 0..2 {
+        let m = messenger(
+            &format!("client{i}"),
+            &cli_stack,
+            Arc::new(Checker::default()),
+            false,
+        );
+        let c = m.connect(addr).expect("connect");
+        send_retry(&c, Message::new(1, payload(i, 0, 100)));
+        clients.push((m, c));
+    }
+    assert!(wait_until(T, || d.count() == 2), "first two connections up");
+    let third = messenger("client2", &cli_stack, Arc::new(Checker::default()), false);
+    let c3 = third.connect(addr).expect("connect");
+    let _ = c3.send(Message::new(1, payload(2, 0, 100)));
+    let st = srv_stack.stats();
+    assert!(
+        wait_until(T, || st.srq_refused.load(Ordering::Relaxed) >= 1),
+        "the third connection was not refused"
+    );
+    eprintln!(
+        "srq budget: {} refused",
+        st.srq_refused.load(Ordering::Relaxed)
+    );
+    for i in 1..200u64 {
+        for (s, (_, c)) in clients.iter().enumerate() {
+            send_retry(c, Message::new(1, payload(s as u32, i, 300)));
+        }
+    }
+    let done = || (0..2).all(|s| d.next.lock().get(&s).copied() == Some(200));
+    assert!(wait_until(T, done), "the admitted connections stalled");
+    d.assert_clean();
+    assert_eq!(srv_stack.srq_usage().map(|u| u.1), Some(16));
+    drop(c3);
+    third.shutdown();
+    for (m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop((clients, third, server));
+    for s in [&srv_stack, &cli_stack] {
+        assert!(
+            wait_until(Duration::from_secs(10), || s
+                .stats()
+                .live_qps
+                .load(Ordering::Relaxed)
+                == 0),
+            "QPs left after shutdown"
+        );
+        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    }
+    assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
 
 #[test]

@@ -6,7 +6,10 @@
 //!
 //! Environment: `DATAPLANE_RDMA_ADDR` (address to bind, the netdev under the RDMA device;
 //! default 127.0.0.1), `DATAPLANE_RDMA_DEVICE`, `DATAPLANE_RDMA_GID_INDEX`,
-//! `DATAPLANE_RDMA_BUSY_POLL_US` (CQ busy-poll window, default the stack's).
+//! `DATAPLANE_RDMA_BUSY_POLL_US` (CQ busy-poll window, default the stack's),
+//! `DATAPLANE_RDMA_SHARED_RQ=0` (a receive queue per QP instead of the shared one),
+//! `DATAPLANE_RDMA_SRQ_SHARE` (credits per connection in the SRQ),
+//! `DATAPLANE_RDMA_WRITE_CHUNKS` (0: no RDMA WRITE, every byte in SENDs).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +44,15 @@ fn stack() -> Result<Arc<dyn NetworkStack>> {
             ..cfg
         },
         None => cfg,
+    };
+    // `DATAPLANE_RDMA_SHARED_RQ=0`: a receive queue per QP instead of the shared one.
+    let num = |name: &str| std::env::var(name).ok().and_then(|s| s.parse::<u32>().ok());
+    let d = RdmaConfig::default();
+    let cfg = RdmaConfig {
+        shared_rq: std::env::var("DATAPLANE_RDMA_SHARED_RQ").map_or(true, |v| v != "0"),
+        srq_share: num("DATAPLANE_RDMA_SRQ_SHARE").unwrap_or(d.srq_share),
+        write_chunks: num("DATAPLANE_RDMA_WRITE_CHUNKS").unwrap_or(d.write_chunks),
+        ..cfg
     };
     Ok(Arc::new(RdmaStack::with_config(cfg)?))
 }
