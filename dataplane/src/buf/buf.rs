@@ -189,6 +189,7 @@ impl Buf {
 
     /// A view of `range` sharing the same memory (no copy), or `None` if the range is out of
     /// bounds or reversed. Empty results hold no reference to the underlying memory.
+    #[inline]
     pub fn try_slice(&self, range: impl RangeBounds<usize>) -> Option<Buf> {
         let (start, end) = bounds(range, self.len)?;
         if start == end {

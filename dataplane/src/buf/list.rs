@@ -3,8 +3,6 @@
 use std::fmt;
 use std::io::IoSlice;
 
-use smallvec::SmallVec;
-
 use super::Buf;
 
 /// Once this many consumed slots pile up at the front (and they are at least half of the
@@ -18,12 +16,15 @@ const COMPACT_THRESHOLD: usize = 16;
 /// write consumed. Empty `Buf`s are never stored.
 #[derive(Default)]
 pub struct BufList {
-    /// `bufs[head..]` are live; `bufs[..head]` are consumed slots holding empty `Buf`s.
-    /// Two buffers are stored inline: a message's payload is usually one `Buf`, and building
-    /// or receiving it must not allocate.
-    bufs: SmallVec<[Buf; 2]>,
+    /// The list while it holds at most one buffer (an empty `Buf` when it holds none): a
+    /// message's payload is usually one `Buf`, and building, receiving or dropping it must
+    /// not allocate nor walk a vector. Empty once `many` is in use.
+    one: Buf,
+    /// Every buffer once there were two or more: `many[head..]` are live, `many[..head]` are
+    /// consumed slots holding empty `Buf`s.
+    many: Vec<Buf>,
     head: usize,
-    /// Total bytes in `bufs[head..]`.
+    /// Total bytes.
     len: usize,
 }
 
@@ -39,27 +40,44 @@ impl BufList {
             return;
         }
         self.len += b.len();
-        self.bufs.push(b);
+        if !self.many.is_empty() {
+            self.many.push(b);
+        } else if self.one.is_empty() {
+            self.one = b;
+        } else {
+            self.many.reserve(2);
+            self.many.push(std::mem::take(&mut self.one));
+            self.many.push(b);
+        }
     }
 
     /// Total number of bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True if the list holds no bytes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Number of (non-empty) buffers.
     pub fn buf_count(&self) -> usize {
-        self.bufs.len() - self.head
+        self.bufs().len()
     }
 
     /// The buffers, front to back.
+    #[inline]
     pub fn bufs(&self) -> &[Buf] {
-        &self.bufs[self.head..]
+        if !self.many.is_empty() {
+            &self.many[self.head..]
+        } else if self.one.is_empty() {
+            &[]
+        } else {
+            std::slice::from_ref(&self.one)
+        }
     }
 
     /// Iterates over the buffers, front to back.
@@ -73,8 +91,13 @@ impl BufList {
             *self = other;
             return;
         }
-        self.len += other.len;
-        self.bufs.extend(other.bufs.drain(other.head..));
+        if other.many.is_empty() {
+            self.push(std::mem::take(&mut other.one));
+        } else {
+            for b in other.many.drain(other.head..) {
+                self.push(b);
+            }
+        }
     }
 
     /// Consumes `n` bytes from the front: fully consumed buffers are dropped (releasing their
@@ -90,8 +113,13 @@ impl BufList {
         );
         let mut n = n.min(self.len);
         self.len -= n;
+        if self.many.is_empty() {
+            // Drops the handle when all of it was consumed, so the chunk can go back.
+            self.one.advance(n);
+            return;
+        }
         while n > 0 {
-            let Some(front) = self.bufs.get_mut(self.head) else {
+            let Some(front) = self.many.get_mut(self.head) else {
                 break;
             };
             if front.len() > n {
@@ -103,11 +131,11 @@ impl BufList {
             *front = Buf::new();
             self.head += 1;
         }
-        if self.head == self.bufs.len() {
-            self.bufs.clear();
+        if self.head == self.many.len() {
+            self.many.clear();
             self.head = 0;
-        } else if self.head >= COMPACT_THRESHOLD && self.head * 2 >= self.bufs.len() {
-            self.bufs.drain(..self.head);
+        } else if self.head >= COMPACT_THRESHOLD && self.head * 2 >= self.many.len() {
+            self.many.drain(..self.head);
             self.head = 0;
         }
     }
@@ -141,11 +169,7 @@ impl BufList {
 
 impl Clone for BufList {
     fn clone(&self) -> Self {
-        BufList {
-            bufs: self.bufs().iter().cloned().collect(),
-            head: 0,
-            len: self.len,
-        }
+        self.bufs().iter().cloned().collect()
     }
 }
 
@@ -163,12 +187,12 @@ impl From<Buf> for BufList {
     /// starts here.
     #[inline]
     fn from(b: Buf) -> Self {
-        let len = b.len();
-        let mut bufs = SmallVec::new();
-        if len > 0 {
-            bufs.push(b);
+        BufList {
+            len: b.len(),
+            one: b,
+            many: Vec::new(),
+            head: 0,
         }
-        BufList { bufs, head: 0, len }
     }
 }
 

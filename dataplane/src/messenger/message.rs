@@ -59,6 +59,7 @@ impl Message {
     }
 
     /// Builds a received message from the frame's data segment (zero copy).
+    #[inline]
     pub(crate) fn received(msg_type: u16, priority: u8, data: Buf) -> Message {
         Message {
             msg_type,
