@@ -225,6 +225,11 @@ impl Connection {
     /// when the queue limit would be exceeded, the ring is full, a message is too large or the
     /// connection is closed, every message is handed back. A batch larger than the queue limit
     /// can never be accepted; split it.
+    ///
+    /// When every payload is at most [`BLOCK_COPY_MAX`](crate::messenger::protocol::BLOCK_COPY_MAX)
+    /// (1 KiB), the payloads are copied into record blocks here, on the calling thread, and the
+    /// messages are dropped here once the worker has the blocks: the worker then writes each
+    /// block as one batch frame (see `docs/architecture.md`). Larger payloads are never copied.
     pub fn send_batch(&self, msgs: Vec<Message>) -> Result<(), BatchSendError> {
         let s = &*self.shared;
         let fail = |kind, messages| Err(BatchSendError { kind, messages });
