@@ -13,8 +13,9 @@ use crate::wire;
 /// Record bytes in one block at most (one batch frame each; see the session's batch limit).
 pub const BLOCK_MAX: usize = 8 << 10;
 
-/// Payloads up to this size are encoded into record blocks by [`Connection::send_batch`]
-/// (crate::Connection::send_batch); larger ones are sent by reference, never copied.
+/// Payloads up to this size are encoded into record blocks by
+/// [`Connection::send_batch`](crate::Connection::send_batch); larger ones are sent by
+/// reference, never copied.
 ///
 /// Why a copy up to 1 KiB: a message framed and written on its own costs the worker about a
 /// thousand instructions (sequence, preamble and its crc, queue entries, a gather-list
