@@ -106,6 +106,19 @@ fn events(s: &mut Session) -> Vec<SessionEvent> {
     std::iter::from_fn(|| s.poll_event()).collect()
 }
 
+/// Messages `s` reported released (as dropped, or as delivered), from its pending events.
+fn released_msgs(s: &mut Session, dropped: bool) -> usize {
+    events(s)
+        .iter()
+        .map(|e| match e {
+            SessionEvent::Released {
+                msgs, dropped: d, ..
+            } if *d == dropped => *msgs,
+            _ => 0,
+        })
+        .sum()
+}
+
 fn msgs(evs: &[SessionEvent]) -> Vec<Vec<u8>> {
     evs.iter()
         .filter_map(|e| match e {
@@ -213,17 +226,7 @@ fn messages_flow_and_acks_release_the_queue() {
     // Delayed ack: due after ack_delay.
     p.now += Duration::from_millis(5);
     p.s_to_c().unwrap();
-    let released: usize = events(&mut p.c)
-        .iter()
-        .map(|e| match e {
-            SessionEvent::Released {
-                msgs,
-                dropped: false,
-                ..
-            } => *msgs,
-            _ => 0,
-        })
-        .sum();
+    let released = released_msgs(&mut p.c, false);
     assert_eq!(released, 5);
     assert_eq!(p.c.backlog(), 0);
 }
@@ -368,17 +371,7 @@ fn lossy_fault_drops_and_releases_everything() {
         p.c.queue(m(i), p.now);
     }
     assert_eq!(p.c.on_fault(false), SessionState::Closed);
-    let dropped: usize = events(&mut p.c)
-        .iter()
-        .map(|e| match e {
-            SessionEvent::Released {
-                msgs,
-                dropped: true,
-                ..
-            } => *msgs,
-            _ => 0,
-        })
-        .sum();
+    let dropped = released_msgs(&mut p.c, true);
     assert_eq!(dropped, 4);
     p.c.queue(m(9), p.now);
     assert!(matches!(
@@ -1185,31 +1178,11 @@ fn lossy_record_blocks_are_released_when_written_or_dropped_on_a_fault() {
     let batch: Vec<Message> = (0..50).map(small).collect();
     p.c.queue_records(RecordBlock::encode(&batch), p.now);
     drain(&mut p.c, p.now);
-    let released: usize = events(&mut p.c)
-        .iter()
-        .map(|e| match e {
-            SessionEvent::Released {
-                msgs,
-                dropped: false,
-                ..
-            } => *msgs,
-            _ => 0,
-        })
-        .sum();
+    let released = released_msgs(&mut p.c, false);
     assert_eq!(released, 50);
     p.c.queue_records(RecordBlock::encode(&batch), p.now);
     p.c.on_fault(false);
-    let dropped: usize = events(&mut p.c)
-        .iter()
-        .map(|e| match e {
-            SessionEvent::Released {
-                msgs,
-                dropped: true,
-                ..
-            } => *msgs,
-            _ => 0,
-        })
-        .sum();
+    let dropped = released_msgs(&mut p.c, true);
     assert_eq!(dropped, 50);
 }
 
