@@ -306,6 +306,9 @@ pub(crate) struct IovBuilder<'a, 'o> {
     out: &'o mut Vec<IoSlice<'a>>,
     run: Option<(usize, usize)>,
     max: usize,
+    /// Bytes added so far, and the most worth offering in one call.
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl<'a, 'o> IovBuilder<'a, 'o> {
@@ -315,7 +318,18 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
             out,
             run: None,
             max: max.max(1),
+            bytes: 0,
+            max_bytes: usize::MAX,
         }
+    }
+
+    /// Stops taking new frames once `max_bytes` are in the list: a socket takes at most what
+    /// its buffer has free, so building a longer list only to rebuild it on the next
+    /// writable event is wasted work (a user-space TCP socket takes far less per call than
+    /// a kernel one).
+    pub(crate) fn max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     /// Slices used so far, counting the pending staged run as one.
@@ -328,6 +342,11 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         self.slots_used() < self.max
     }
 
+    /// Whether another frame is worth adding (slices left, and under the byte budget).
+    pub(crate) fn wants_more(&self) -> bool {
+        self.has_room() && self.bytes < self.max_bytes
+    }
+
     /// Adds staged bytes, extending the pending run when they follow it. False if a new slice
     /// was needed and none is left.
     fn stage_range(&mut self, start: usize, end: usize) -> bool {
@@ -337,6 +356,7 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         if let Some((_, e)) = &mut self.run {
             if *e == start {
                 *e = end;
+                self.bytes += end - start;
                 return true;
             }
         }
@@ -345,6 +365,7 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         }
         self.flush_run();
         self.run = Some((start, end));
+        self.bytes += end - start;
         true
     }
 
@@ -355,6 +376,7 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         }
         self.flush_run();
         self.out.push(IoSlice::new(s));
+        self.bytes += s.len();
         true
     }
 

@@ -20,6 +20,10 @@ use super::{Outgoing, RecordBlock};
 
 /// Staging bytes framed ahead of the socket at most (plus one frame).
 const STAGE_MAX: usize = 256 * 1024;
+/// Bytes offered to one `writev` at most once payloads are sent by reference (at least one
+/// frame is always offered whole): more than a socket buffer takes at once is rebuilt on the
+/// next writable event anyway.
+const IOV_MAX_BYTES: usize = 1 << 20;
 /// Payload buffers sent by reference framed ahead at most (stays under `IOV_MAX`).
 const MAX_EXTERNAL: usize = 768;
 
@@ -1598,21 +1602,34 @@ impl Session {
             return bytes.len();
         }
         let start = out.len();
-        let mut b = IovBuilder::new(&self.stage, out, max_iov);
+        let mut b = IovBuilder::new(&self.stage, out, max_iov).max_bytes(IOV_MAX_BYTES);
         let mut skip = self.tx_off;
         let first_seq = self.flight.front().map_or(0, Held::first);
+        // Where the last payload was found: frames and `flight` are both in sequence order,
+        // so each later lookup walks forward from there.
+        let mut cursor: Option<usize> = None;
         for f in &self.tx {
             // A payload sent by reference is read from its message (or record block) in
             // `flight`, found by its first sequence number (`flight` is in sequence order).
             let payload = match f.first_seq() {
                 Some(seq) if f.is_external() => {
-                    // Without batches the numbers are consecutive: index directly.
-                    let direct = usize::try_from(seq - first_seq)
-                        .ok()
-                        .filter(|&i| self.flight.get(i).is_some_and(|h| h.first() == seq));
-                    let m = direct
-                        .or_else(|| self.flight.binary_search_by_key(&seq, Held::first).ok())
-                        .and_then(|i| self.flight.get(i));
+                    let found = match cursor {
+                        Some(mut i) => {
+                            while self.flight.get(i).is_some_and(|h| h.first() < seq) {
+                                i += 1;
+                            }
+                            Some(i)
+                        }
+                        // Without batches the numbers are consecutive: index directly.
+                        None => usize::try_from(seq - first_seq)
+                            .ok()
+                            .filter(|&i| self.flight.get(i).is_some_and(|h| h.first() == seq))
+                            .or_else(|| self.flight.binary_search_by_key(&seq, Held::first).ok()),
+                    };
+                    cursor = found;
+                    let m = found
+                        .and_then(|i| self.flight.get(i))
+                        .filter(|h| h.first() == seq);
                     match m {
                         Some(Held::Msg { msg, .. }) => msg.payload.bufs(),
                         Some(Held::Batch {
@@ -1627,7 +1644,7 @@ impl Session {
                 }
                 _ => &[],
             };
-            if !b.has_room() || !b.frame(f, payload, skip) {
+            if !b.wants_more() || !b.frame(f, payload, skip) {
                 break;
             }
             skip = 0;

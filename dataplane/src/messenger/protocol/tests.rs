@@ -1229,3 +1229,30 @@ fn read_buf_offers_room_after_a_close_frame_fills_the_buffer() {
     let buf = dec.read_buf(&tiny);
     assert!(buf.remaining() > 0, "no room offered after the close frame");
 }
+
+#[test]
+fn one_gather_list_offers_about_a_mebibyte_and_the_rest_follows() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    let big = |i: u8| Message::new(1, Buf::from_vec(vec![i; 600 << 10]));
+    for i in 0..5 {
+        p.c.queue(big(i), p.now);
+    }
+    p.c.prepare_tx(p.now);
+    let mut iov = Vec::new();
+    let n = p.c.io_slices(&mut iov, 1024);
+    // Frames are offered until a mebibyte is reached: two of the five here.
+    assert!(
+        n > 1 << 20 && n < 2 * (600 << 10) + 1024,
+        "offered {n} bytes"
+    );
+    drop(iov);
+    p.c_to_s().unwrap();
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(got.len(), 5);
+    assert!(got
+        .iter()
+        .enumerate()
+        .all(|(i, m)| m == &vec![i as u8; 600 << 10]));
+}
