@@ -13,16 +13,18 @@ use common::raw;
 use common::*;
 use dataplane::wire::{FrameHead, HelloStatus, Tag};
 use dataplane::{
-    priority, Buf, Config, Connection, Dispatcher, FaultInjection, Message, Policy, SendErrorKind,
+    priority, Buf, Config, Connection, Dispatcher, FaultInjection, Message, Messenger, Policy,
+    SendErrorKind,
 };
 
 const T: Duration = Duration::from_secs(60);
 
-#[test]
-fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order() {
-    // One socket read or write in 20 fails and one read turn in 5 is held back for up to 5 ms,
-    // on both ends.
-    const N: u64 = 1_000_000;
+/// A lossless client connected to a server, both failing one socket read or write in 20 and
+/// holding back one read turn in 5 for up to 5 ms (seeds `server_seed`, `client_seed`).
+fn faulty_pair(
+    server_seed: u64,
+    client_seed: u64,
+) -> (Messenger, Arc<Checker>, Messenger, Connection) {
     let inject = |seed| FaultInjection {
         socket_failures: 20,
         seed,
@@ -33,7 +35,7 @@ fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order(
     let server = messenger(
         "server",
         Config {
-            inject: inject(1),
+            inject: inject(server_seed),
             ..test_config()
         },
         srv_d.clone(),
@@ -42,13 +44,22 @@ fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order(
     let client = messenger(
         "client",
         Config {
-            inject: inject(2),
+            inject: inject(client_seed),
             ..test_config()
         },
         Checker::fast(),
         false,
     );
     let conn = client.connect(addr(&server)).unwrap();
+    (server, srv_d, client, conn)
+}
+
+#[test]
+fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order() {
+    // One socket read or write in 20 fails and one read turn in 5 is held back for up to 5 ms,
+    // on both ends.
+    const N: u64 = 1_000_000;
+    let (server, srv_d, client, conn) = faulty_pair(1, 2);
     for i in 0..N {
         send_retry(
             &conn,
@@ -921,32 +932,7 @@ fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
 fn inject_faults_batched_sends_lossless_exactly_once_in_order() {
     const BATCHES: u64 = 3_000;
     const PER: u64 = 100;
-    let inject = |seed| FaultInjection {
-        socket_failures: 20,
-        seed,
-        delays: 5,
-        delay_max_ms: 5,
-    };
-    let srv_d = Checker::fast();
-    let server = messenger(
-        "server",
-        Config {
-            inject: inject(3),
-            ..test_config()
-        },
-        srv_d.clone(),
-        true,
-    );
-    let client = messenger(
-        "client",
-        Config {
-            inject: inject(4),
-            ..test_config()
-        },
-        Checker::fast(),
-        false,
-    );
-    let conn = client.connect(addr(&server)).unwrap();
+    let (server, srv_d, client, conn) = faulty_pair(3, 4);
     let mut next = 0u64;
     for b in 0..BATCHES {
         let batch: Vec<Message> = (0..PER)
