@@ -32,6 +32,14 @@ fn ident(name: &str, session_id: u64) -> Arc<LocalIdentity> {
     })
 }
 
+/// An identity that does not offer message batches.
+fn unbatched(name: &str, session_id: u64) -> Arc<LocalIdentity> {
+    Arc::new(LocalIdentity {
+        features: 0,
+        ..(*ident(name, session_id)).clone()
+    })
+}
+
 fn cfg(lossy: bool) -> SessionConfig {
     SessionConfig {
         lossy,
@@ -148,6 +156,25 @@ impl Pair {
             pool: pool(),
             now,
         }
+    }
+
+    /// A lossless pair with these identities, connected (hello accepted, reply delivered).
+    fn open_with(c: Arc<LocalIdentity>, s: Arc<LocalIdentity>, now: Instant) -> Pair {
+        let mut p = Pair {
+            c: Session::new(Role::Client, cfg(false), c, now),
+            s: Session::new(Role::Server, cfg(false), s, now),
+            cd: FrameDecoder::new(Limits::default()),
+            sd: FrameDecoder::new(Limits::default()),
+            pool: pool(),
+            now,
+        };
+        p.c.start_client(now);
+        let bytes = drain(&mut p.c, now);
+        let frames = feed(&mut p.sd, &p.pool, &bytes, 99).unwrap();
+        let hello = wire::parse_hello(&frames[0].front).unwrap();
+        p.s.accept_hello(&hello, None, now);
+        p.s_to_c().unwrap();
+        p
     }
 
     /// Client connects: hello goes to the server, which accepts; reply comes back.
@@ -1037,25 +1064,7 @@ fn malformed_batch_is_rejected_before_anything_is_delivered() {
 #[test]
 fn without_the_feature_messages_go_singly_and_a_batch_is_refused() {
     let now = Instant::now();
-    let plain = |name: &str, id| {
-        Arc::new(LocalIdentity {
-            features: 0,
-            ..(*ident(name, id)).clone()
-        })
-    };
-    let mut p = Pair {
-        c: Session::new(Role::Client, cfg(false), plain("client", 11), now),
-        s: Session::new(Role::Server, cfg(false), ident("server", 22), now),
-        cd: FrameDecoder::new(Limits::default()),
-        sd: FrameDecoder::new(Limits::default()),
-        pool: pool(),
-        now,
-    };
-    p.c.start_client(now);
-    let bytes = drain(&mut p.c, now);
-    let hello = wire::parse_hello(&feed(&mut p.sd, &p.pool, &bytes, 99).unwrap()[0].front).unwrap();
-    p.s.accept_hello(&hello, None, now);
-    p.s_to_c().unwrap();
+    let mut p = Pair::open_with(unbatched("client", 11), ident("server", 22), now);
     for i in 0..5 {
         p.c.queue(m(i), now);
         p.s.queue(m(i), now);
@@ -1136,23 +1145,7 @@ fn record_blocks_are_resent_exactly_once_after_a_reconnect() {
 #[test]
 fn record_blocks_for_a_peer_without_batches_go_singly() {
     let now = Instant::now();
-    let plain = Arc::new(LocalIdentity {
-        features: 0,
-        ..(*ident("server", 22)).clone()
-    });
-    let mut p = Pair {
-        c: Session::new(Role::Client, cfg(false), ident("client", 11), now),
-        s: Session::new(Role::Server, cfg(false), plain.clone(), now),
-        cd: FrameDecoder::new(Limits::default()),
-        sd: FrameDecoder::new(Limits::default()),
-        pool: pool(),
-        now,
-    };
-    p.c.start_client(now);
-    let bytes = drain(&mut p.c, now);
-    let hello = wire::parse_hello(&feed(&mut p.sd, &p.pool, &bytes, 99).unwrap()[0].front).unwrap();
-    p.s.accept_hello(&hello, None, now);
-    p.s_to_c().unwrap();
+    let mut p = Pair::open_with(ident("client", 11), unbatched("server", 22), now);
     events(&mut p.s);
     let batch: Vec<Message> = (0..20).map(small).collect();
     p.c.queue_records(RecordBlock::encode(&batch), now);
