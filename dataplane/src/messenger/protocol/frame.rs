@@ -4,7 +4,7 @@
 
 use std::io::IoSlice;
 
-use crate::buf::Buf;
+use crate::buf::{Buf, BufList};
 use crate::secure::Sealer;
 use crate::wire::{self, FrameHead, Preamble, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 use zerocopy::IntoBytes;
@@ -125,50 +125,51 @@ impl TxFrame {
         }
     }
 
-    /// Starts a message batch at the end of `stage`: reserves room for its preamble, written
-    /// by [`TxFrame::batch_close`]. Returns where the batch starts.
-    pub(crate) fn batch_open(stage: &mut Vec<u8>) -> usize {
+    /// Starts a frame whose body is staged after it (a message batch, a sealed frame): reserves
+    /// room at the end of `stage` for its preamble, written by [`TxFrame::close_staged`].
+    /// Returns where the frame starts.
+    pub(crate) fn open_staged(stage: &mut Vec<u8>) -> usize {
         let off = stage.len();
         stage.extend_from_slice(&[0; PREAMBLE_LEN]);
         off
     }
 
-    /// Appends one message to the open batch as a record (head, then the payload copied: the
-    /// batch path is only taken for payloads up to [`INLINE_MAX`], see there for why small
-    /// payloads are copied).
+    /// Appends one message to a batch as a record (head, then the payload copied: the batch
+    /// paths only take small payloads, up to [`INLINE_MAX`] in the session's own batches and
+    /// up to `BLOCK_COPY_MAX` in sender-encoded record blocks; see there for why).
     #[inline]
-    pub(crate) fn batch_append(stage: &mut Vec<u8>, msg_type: u16, payload: &[Buf]) {
-        let len: usize = payload.iter().map(Buf::len).sum();
-        stage.reserve(wire::BATCH_RECORD_HEAD + len);
-        // Bounded by the caller (at most INLINE_MAX bytes).
+    pub(crate) fn batch_append(stage: &mut Vec<u8>, msg_type: u16, payload: &BufList) {
+        let len = payload.len();
+        // Bounded by the callers (at most a few KiB).
         stage.extend_from_slice(&wire::encode_record_head(len as u32, msg_type));
-        for b in payload {
+        for b in payload.bufs() {
             stage.extend_from_slice(b);
         }
     }
 
-    /// Closes the batch that [`TxFrame::batch_open`] started at `off`: writes its preamble
-    /// (`head` with the lengths filled in) and one crc over all records, or seals the records
-    /// in place in secure mode. (`head` may also describe a single message whose payload was
-    /// staged after the reserved preamble: the frame is the same shape.)
-    pub(crate) fn batch_close(
+    /// Closes the frame that [`TxFrame::open_staged`] started at `off`, whose front
+    /// (`head.front_len` bytes) and data are staged after it: writes its preamble with the
+    /// data length filled in and one crc over the body, or seals the body in place in secure
+    /// mode. Batches (records as data) and single messages staged this way take the same
+    /// shape.
+    pub(crate) fn close_staged(
         stage: &mut Vec<u8>,
         off: usize,
         mut head: FrameHead,
-        first: u64,
-        count: u16,
+        kind: TxKind,
         sealer: Option<&mut Sealer>,
     ) -> TxFrame {
         let body = stage.len() - off - PREAMBLE_LEN;
-        head.front_len = 0;
-        // Bounded by the caller (a batch is closed long before 4 GiB).
-        head.data_len = body as u32;
-        let kind = TxKind::Batch { first, count };
+        // Bounded by the callers (small control bodies, a batch of a few KiB, a message
+        // within the size limit).
+        head.data_len = (body - head.front_len as usize) as u32;
         match sealer {
             None => {
                 stage[off..off + PREAMBLE_LEN].copy_from_slice(Preamble::new(&head).as_bytes());
-                let crc = wire::crc32c(&stage[off + PREAMBLE_LEN..]);
-                stage.extend_from_slice(&wire::encode_epilogue(crc));
+                if body > 0 {
+                    let crc = wire::crc32c(&stage[off + PREAMBLE_LEN..]);
+                    stage.extend_from_slice(&wire::encode_epilogue(crc));
+                }
             }
             Some(s) => {
                 head.flags |= wire::FLAG_SEALED;
@@ -214,28 +215,13 @@ impl TxFrame {
         payload: &[Buf],
         sealer: &mut Sealer,
     ) -> TxFrame {
-        let data_len: usize = payload.iter().map(Buf::len).sum();
-        head.flags |= wire::FLAG_SEALED;
         head.front_len = front.len() as u32;
-        head.data_len = data_len as u32;
-        let stage_off = stage.len();
-        stage.extend_from_slice(&wire::encode_preamble(&head));
+        let off = TxFrame::open_staged(stage);
         stage.extend_from_slice(front);
         for b in payload {
             stage.extend_from_slice(b);
         }
-        let (aad, payload) = stage[stage_off..].split_at_mut(PREAMBLE_LEN);
-        let tag = sealer.seal(aad, payload);
-        stage.extend_from_slice(&tag);
-        let staged = stage.len() - stage_off;
-        TxFrame {
-            stage_off,
-            head_len: staged,
-            tail_len: 0,
-            external: false,
-            kind,
-            len: staged,
-        }
+        TxFrame::close_staged(stage, off, head, kind, Some(sealer))
     }
 
     /// Plain mode: preamble, front, the payload when it is small (else it is sent by

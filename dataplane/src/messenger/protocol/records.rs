@@ -10,6 +10,8 @@ use crate::buf::Buf;
 use crate::messenger::Message;
 use crate::wire;
 
+use super::TxFrame;
+
 /// Record bytes in one block at most (one batch frame each; see the session's batch limit).
 pub const BLOCK_MAX: usize = 8 << 10;
 
@@ -64,11 +66,7 @@ impl RecordBlock {
             let mut buf = Vec::with_capacity(size);
             let mut bytes = 0;
             for m in &msgs[i..j] {
-                // At most INLINE_MAX bytes (checked by the caller).
-                buf.extend_from_slice(&wire::encode_record_head(m.len() as u32, m.msg_type));
-                for b in m.payload.bufs() {
-                    buf.extend_from_slice(b);
-                }
+                TxFrame::batch_append(&mut buf, m.msg_type, &m.payload);
                 bytes += m.len();
             }
             blocks.push(RecordBlock {

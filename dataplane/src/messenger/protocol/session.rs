@@ -463,12 +463,7 @@ impl Session {
     /// Queues an application message. On a closed session it is released as dropped at once.
     pub fn queue(&mut self, msg: Message, now: Instant) {
         if self.state == SessionState::Closed {
-            self.events.push_back(SessionEvent::Released {
-                msgs: 1,
-                bytes: msg.len(),
-                dropped: true,
-            });
-            return;
+            return self.drop_queued(1, msg.len());
         }
         if self.can_frame_now(&msg) {
             self.frame_message(msg);
@@ -482,6 +477,15 @@ impl Session {
         });
     }
 
+    /// Messages queued on a closed session: released as dropped at once.
+    fn drop_queued(&mut self, msgs: usize, bytes: usize) {
+        self.events.push_back(SessionEvent::Released {
+            msgs,
+            bytes,
+            dropped: true,
+        });
+    }
+
     /// Queues blocks of small messages the sender encoded (see [`RecordBlock`]), in order:
     /// framed at once as batches when nothing waits ahead of them and there is room, else
     /// queued by priority like messages.
@@ -489,19 +493,8 @@ impl Session {
         let mut framed = false;
         for b in blocks {
             if self.state == SessionState::Closed {
-                self.events.push_back(SessionEvent::Released {
-                    msgs: b.count(),
-                    bytes: b.len(),
-                    dropped: true,
-                });
-            } else if self.state == SessionState::Open
-                && self.out.is_empty()
-                && self.resend.is_empty()
-                && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
-                && self.tx.len() < self.cfg.max_tx_frames
-                && self.stage.len() < STAGE_MAX
-                && self.rekey_due().is_none()
-            {
+                self.drop_queued(b.count(), b.len());
+            } else if self.room_to_frame() {
                 self.push_records(b);
                 framed = true;
             } else {
@@ -534,12 +527,7 @@ impl Session {
     pub fn queue_batch(&mut self, msgs: Vec<Message>, now: Instant) {
         if self.state == SessionState::Closed {
             let bytes = msgs.iter().map(Message::len).sum();
-            self.events.push_back(SessionEvent::Released {
-                msgs: msgs.len(),
-                bytes,
-                dropped: true,
-            });
-            return;
+            return self.drop_queued(msgs.len(), bytes);
         }
         let mut it = msgs.into_iter();
         let mut framed = false;
@@ -565,10 +553,16 @@ impl Session {
     /// priority queue.
     #[inline]
     fn can_frame_now(&self, msg: &Message) -> bool {
+        msg.len() <= super::frame::INLINE_MAX && self.room_to_frame()
+    }
+
+    /// Open, nothing waiting ahead (queued or to resend), no lossy age limit to check at
+    /// dequeue, and room in the frame budget: what is queued now may be framed now.
+    #[inline]
+    fn room_to_frame(&self) -> bool {
         self.state == SessionState::Open
             && self.out.is_empty()
             && self.resend.is_empty()
-            && msg.len() <= super::frame::INLINE_MAX
             && (self.cfg.lossy_max_age.is_zero() || !self.cfg.lossy)
             && self.tx.len() < self.cfg.max_tx_frames
             && self.stage.len() < STAGE_MAX
@@ -625,7 +619,7 @@ impl Session {
             }
             _ => {
                 self.close_batch();
-                let off = TxFrame::batch_open(&mut self.stage);
+                let off = TxFrame::open_staged(&mut self.stage);
                 self.batch = Some(OpenBatch {
                     off,
                     first: self.out_seq,
@@ -635,7 +629,7 @@ impl Session {
                 });
             }
         }
-        TxFrame::batch_append(&mut self.stage, msg.msg_type, msg.payload.bufs());
+        TxFrame::batch_append(&mut self.stage, msg.msg_type, &msg.payload);
         // The payload is in the batch now (and its records go to the log when it closes):
         // the message itself is dropped here, while it is still in cache.
     }
@@ -667,14 +661,11 @@ impl Session {
             self.stage
                 .truncate(self.stage.len() - wire::BATCH_RECORD_HEAD);
         }
-        let f = TxFrame::batch_close(
-            &mut self.stage,
-            b.off,
-            head,
-            b.first,
-            b.count,
-            self.sealer.as_mut(),
-        );
+        let kind = TxKind::Batch {
+            first: b.first,
+            count: b.count,
+        };
+        let f = TxFrame::close_staged(&mut self.stage, b.off, head, kind, self.sealer.as_mut());
         self.push_tx(f);
         self.flight.push_back(Held::Batch {
             first: b.first,
@@ -772,17 +763,11 @@ impl Session {
             tracing::error!(first, count, "held batch missing from the record log");
             return;
         };
-        let off = TxFrame::batch_open(&mut self.stage);
+        let off = TxFrame::open_staged(&mut self.stage);
         self.stage.extend_from_slice(records);
         let head = self.batch_head(first, count, priority);
-        let f = TxFrame::batch_close(
-            &mut self.stage,
-            off,
-            head,
-            first,
-            count,
-            self.sealer.as_mut(),
-        );
+        let kind = TxKind::Batch { first, count };
+        let f = TxFrame::close_staged(&mut self.stage, off, head, kind, self.sealer.as_mut());
         self.push_tx(f);
         self.out_seq += u64::from(count);
         self.flight.push_back(h);

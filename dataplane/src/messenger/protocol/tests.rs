@@ -905,9 +905,9 @@ fn frames_arriving_while_closing_are_ignored_and_the_close_still_goes_out() {
 /// Bytes of one plain batch frame holding `payloads` from `first`, ack `ack`.
 fn batch_frame(first: u64, ack: u64, payloads: &[&[u8]]) -> Vec<u8> {
     let mut stage = Vec::new();
-    let off = TxFrame::batch_open(&mut stage);
+    let off = TxFrame::open_staged(&mut stage);
     for p in payloads {
-        TxFrame::batch_append(&mut stage, 9, &[Buf::copy_from_slice(p)]);
+        TxFrame::batch_append(&mut stage, 9, &Buf::copy_from_slice(p).into());
     }
     let head = FrameHead {
         tag: Tag::MessageBatch as u8,
@@ -918,7 +918,11 @@ fn batch_frame(first: u64, ack: u64, payloads: &[&[u8]]) -> Vec<u8> {
         ack,
         ..FrameHead::default()
     };
-    TxFrame::batch_close(&mut stage, off, head, first, payloads.len() as u16, None);
+    let kind = TxKind::Batch {
+        first,
+        count: payloads.len() as u16,
+    };
+    TxFrame::close_staged(&mut stage, off, head, kind, None);
     stage
 }
 
