@@ -288,36 +288,15 @@ impl Worker {
             {
                 self.divert(conn, c)
             }
-            Command::Send { conn, msg } => match self.lookup(conn) {
-                Some(t) => {
-                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-                        st.session.queue(msg, self.now);
-                    }
-                    self.mark_dirty(t);
-                }
-                None => Counters::add(&self.shared.counters.dropped, 1),
-            },
-            Command::SendBatch { conn, msgs } => match self.lookup(conn) {
-                Some(t) => {
-                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-                        st.session.queue_batch(msgs, self.now);
-                    }
-                    self.mark_dirty(t);
-                }
-                None => Counters::add(&self.shared.counters.dropped, msgs.len() as u64),
-            },
-            Command::SendRecords { conn, blocks } => match self.lookup(conn) {
-                Some(t) => {
-                    if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-                        st.session.queue_records(blocks, self.now);
-                    }
-                    self.mark_dirty(t);
-                }
-                None => {
-                    let n: usize = blocks.iter().map(RecordBlock::count).sum();
-                    Counters::add(&self.shared.counters.dropped, n as u64);
-                }
-            },
+            Command::Send { conn, msg } => self.queue_on(conn, 1, |s, now| s.queue(msg, now)),
+            Command::SendBatch { conn, msgs } => {
+                let n = msgs.len();
+                self.queue_on(conn, n, |s, now| s.queue_batch(msgs, now));
+            }
+            Command::SendRecords { conn, blocks } => {
+                let n = blocks.iter().map(RecordBlock::count).sum();
+                self.queue_on(conn, n, |s, now| s.queue_records(blocks, now));
+            }
             Command::Connect { conn, addr, lane } => self.connect(conn, addr, lane),
             Command::Adopt(a) => self.on_adopt(*a),
             Command::Migrate(m) => self.on_migrate(*m),
@@ -348,6 +327,20 @@ impl Worker {
                 }
             }
             Command::Shutdown => self.stopping = true,
+        }
+    }
+
+    /// Hands `msgs` messages for connection `conn` to its session (`queue` does it), or counts
+    /// them dropped when the connection is gone.
+    fn queue_on(&mut self, conn: u64, msgs: usize, queue: impl FnOnce(&mut Session, Instant)) {
+        match self.lookup(conn) {
+            Some(t) => {
+                if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                    queue(&mut st.session, self.now);
+                }
+                self.mark_dirty(t);
+            }
+            None => Counters::add(&self.shared.counters.dropped, msgs as u64),
         }
     }
 
