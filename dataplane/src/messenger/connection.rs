@@ -240,6 +240,8 @@ impl Connection {
             return fail(SendErrorKind::Closed, msgs);
         }
         let mut total = 0usize;
+        // Whether every payload is small enough for record blocks (see below).
+        let mut encode = true;
         for m in &msgs {
             if m.len() > s.max_message {
                 let kind = SendErrorKind::TooLarge {
@@ -249,6 +251,7 @@ impl Connection {
                 return fail(kind, msgs);
             }
             total += m.len();
+            encode &= RecordBlock::fits(m);
         }
         let n = msgs.len();
         match &s.route {
@@ -275,7 +278,6 @@ impl Connection {
                 }
                 // Small messages are encoded into record blocks here, on the sending thread,
                 // and dropped here once the worker has the blocks (see `RecordBlock`).
-                let encode = msgs.iter().all(RecordBlock::fits);
                 let (cmd, msgs) = if encode {
                     let blocks = RecordBlock::encode(&msgs);
                     (Command::SendRecords { conn: s.id, blocks }, Some(msgs))
