@@ -2,7 +2,8 @@
 # Tests of the DPDK backend on real DPDK with real packets. Run as root on Debian 12:
 #
 #   scripts/test-dpdk.sh            # every test
-#   scripts/test-dpdk.sh interop    # only the named ones: smoke interop memif bench
+#   scripts/test-dpdk.sh interop    # only the named ones: smoke interop memif
+#                                   # memif_multiqueue memif_jumbo bench
 #
 # Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping
 # ethtool jq),
@@ -147,11 +148,16 @@ test_memif() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif -- --ignored --nocapture
 }
 
-# `dataplane-bench --backend dpdk`: dataplane-dpdk stream rows (memif port pair) beside the
-# dataplane-posix rows of the same run; every DPDK row must carry numbers, not an error.
 test_memif_multiqueue() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif_multiqueue -- --ignored --nocapture
 }
+
+test_memif_jumbo() {
+    cargo test --release -q -p dataplane-stack-dpdk --test memif_jumbo -- --ignored --nocapture
+}
+
+# `dataplane-bench --backend dpdk`: dataplane-dpdk stream rows (memif port pair) beside the
+# dataplane-posix rows of the same run; every DPDK row must carry numbers, not an error.
 
 test_bench() {
     local json=$CARGO_TARGET_DIR/bench-dpdk.json
@@ -169,9 +175,10 @@ test_bench() {
 
 export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
 export CARGO_TARGET_DIR
-export -f setup_veth test_smoke test_interop test_memif test_memif_multiqueue test_bench
+export -f setup_veth test_smoke test_interop test_memif test_memif_multiqueue test_memif_jumbo \
+    test_bench
 
-ALL=(smoke interop memif memif_multiqueue bench)
+ALL=(smoke interop memif memif_multiqueue memif_jumbo bench)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
@@ -180,6 +187,7 @@ for t in "${SELECTED[@]}"; do
         interop) run interop_af_packet_vs_posix test_interop ;;
         memif) run memif_two_processes_link_down_up test_memif ;;
         memif_multiqueue) run memif_two_queues_two_workers_each test_memif_multiqueue ;;
+        memif_jumbo) run memif_jumbo_frames_tcp_checksums_off test_memif_jumbo ;;
         bench) run bench_dpdk_beside_posix test_bench ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;
     esac

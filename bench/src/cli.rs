@@ -85,6 +85,11 @@ pub struct RunArgs {
     /// Dataplane backend to measure.
     #[arg(long, value_enum, default_value_t = Backend::Posix)]
     pub backend: Backend,
+    /// IP MTU of the memif link of the `dpdk` backend's rows (`--backend dpdk`): 9000 (jumbo
+    /// frames, as on a tuned NIC) by default; 1500 for the standard Ethernet frame. The POSIX
+    /// rows run on loopback, whose MTU is 65536.
+    #[arg(long, default_value_t = 9000)]
+    pub dpdk_mtu: u16,
     /// Only these systems, comma separated (e.g. `tokio-framed,iperf3`).
     #[arg(long, value_delimiter = ',')]
     pub systems: Option<Vec<String>>,

@@ -79,6 +79,7 @@ fn progress_bar(len: u64) -> ProgressBar {
 
 fn run_suite(args: cli::RunArgs) -> Result<()> {
     let backend = args.backend;
+    systems::dataplane_dpdk::set_mtu(args.dpdk_mtu);
     let systems = suite::systems(backend)?;
     let workloads = args
         .workloads

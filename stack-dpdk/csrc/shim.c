@@ -40,7 +40,7 @@ uint64_t shim_pktmbuf_ol_flags(const struct rte_mbuf *m) { return m->ol_flags; }
 unsigned shim_mempool_avail(const struct rte_mempool *pool) { return rte_mempool_avail_count(pool); }
 
 int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, uint16_t rx_desc,
-                    uint16_t tx_desc, struct shim_port_info *info) {
+                    uint16_t tx_desc, uint16_t mtu, struct shim_port_info *info) {
     struct rte_eth_dev_info dev;
     struct rte_eth_conf conf;
     struct rte_ether_addr mac;
@@ -59,6 +59,24 @@ int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, ui
         return -EINVAL;
 
     memset(&conf, 0, sizeof(conf));
+    /* The MTU ethdev lets us set: bounded by max_mtu and by the longest frame the device
+     * receives (max_rx_pktlen less the L2 overhead ethdev assumes, 18 bytes). */
+    uint32_t frame_cap = dev.max_rx_pktlen > 18 ? dev.max_rx_pktlen - 18 : 0;
+    uint32_t settable = dev.max_mtu < frame_cap ? dev.max_mtu : frame_cap;
+    info->max_mtu = settable > UINT16_MAX ? UINT16_MAX : (uint16_t)settable;
+    if (mtu != 0) {
+        if (mtu >= dev.min_mtu && mtu <= settable) {
+            conf.rxmode.mtu = mtu;
+        } else if (dev.driver_name != NULL && strcmp(dev.driver_name, "net_memif") == 0) {
+            /* memif reports a standard frame limit but carries any length: the transmit side
+             * spreads a frame over chained descriptors and the receive side gathers them
+             * (into one mbuf when its data room is at least the `bsize` argument). Its
+             * ethdev MTU stays as it is; the stack uses the asked MTU. */
+            info->mtu_unlimited = 1;
+        } else {
+            return -EINVAL;
+        }
+    }
     if (queues > 1 && dev.flow_type_rss_offloads != 0) {
         conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
         conf.rx_adv_conf.rss_conf.rss_hf =
@@ -109,10 +127,10 @@ int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, ui
     if (ret != 0)
         return ret;
     memcpy(info->mac, mac.addr_bytes, 6);
-    uint16_t mtu = 0;
-    if (rte_eth_dev_get_mtu(port, &mtu) != 0)
-        mtu = 1500;
-    info->mtu = mtu;
+    uint16_t dev_mtu = 0;
+    if (rte_eth_dev_get_mtu(port, &dev_mtu) != 0)
+        dev_mtu = 1500;
+    info->mtu = info->mtu_unlimited ? mtu : dev_mtu;
     return 0;
 }
 

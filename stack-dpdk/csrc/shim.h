@@ -18,6 +18,11 @@ struct shim_port_info {
     uint16_t max_rx_queues;
     uint16_t max_tx_queues;
     uint16_t mtu;
+    /* Largest MTU the device accepts through ethdev (0: unknown). */
+    uint16_t max_mtu;
+    /* 1 if `mtu` was asked for and the device has no MTU of its own to set (net_memif: a
+     * frame spans as many descriptors as it needs), so the asked MTU is used as given. */
+    uint8_t mtu_unlimited;
     /* RSS was enabled (more than one queue and the device hashes). */
     uint8_t rss;
     /* The device verifies IPv4 / TCP checksums on receive and computes them on transmit. */
@@ -40,8 +45,10 @@ uint32_t shim_pktmbuf_pkt_len(const struct rte_mbuf *m);
 uint16_t shim_pktmbuf_nb_segs(const struct rte_mbuf *m);
 uint64_t shim_pktmbuf_ol_flags(const struct rte_mbuf *m);
 unsigned shim_mempool_avail(const struct rte_mempool *pool);
+/* Configures and starts `port`. `mtu` 0 keeps the device's MTU; otherwise it is set before
+ * the start (-EINVAL if the device cannot carry it, with `info->max_mtu` filled). */
 int shim_port_setup(uint16_t port, uint16_t queues, struct rte_mempool *pool, uint16_t rx_desc,
-                    uint16_t tx_desc, struct shim_port_info *info);
+                    uint16_t tx_desc, uint16_t mtu, struct shim_port_info *info);
 /* The port's RSS hash key and redirection table: up to `*key_len` key bytes into `key` and up
  * to `*reta_size` queue numbers into `reta`; both sizes are set to what was filled. */
 int shim_rss_conf(uint16_t port, uint8_t *key, uint16_t *key_len, uint16_t *reta,

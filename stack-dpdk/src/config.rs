@@ -4,6 +4,13 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+/// Smallest MTU accepted ([RFC 791](https://www.rfc-editor.org/rfc/rfc791)'s 576-byte
+/// datagram every host must take).
+pub const MIN_MTU: u16 = 576;
+/// Largest MTU accepted: the jumbo frame size of common NICs (9600 and up). One frame must fit
+/// one mbuf, whose data room is a `u16`.
+pub const MAX_MTU: u16 = 9600;
+
 /// How the EAL is started and which port the stack drives.
 #[derive(Debug, Clone)]
 pub struct DpdkConfig {
@@ -36,6 +43,21 @@ pub struct DpdkConfig {
     /// or by queue pairing on devices without RSS whose queues are symmetric (`net_memif`,
     /// `net_ring`). See `docs/dpdk.md`.
     pub queues: u16,
+    /// IP MTU of the port; `None` keeps the device's (1500 on most). Jumbo frames (e.g.
+    /// 9000) carry six times the messages per TCP segment, and the user-space TCP/IP stack's
+    /// cost is mostly per segment. The device must carry them: the MTU is set through ethdev
+    /// where the device supports it (a larger value than the device takes is refused at
+    /// start). `net_memif` has no MTU of its own (a frame spans chained descriptors), so there
+    /// the value is used as given; add `bsize=` at least `mtu + 14` to its `--vdev` so that a
+    /// frame fills one descriptor and one mbuf. Both ends of a link need the same MTU. The
+    /// mbuf data room grows to hold one whole frame.
+    pub mtu: Option<u16>,
+    /// Neither compute nor verify TCP checksums, as Linux does on loopback: only for links
+    /// that cannot corrupt a frame, such as `net_memif` or `net_ring` between processes of one
+    /// host, and only when both ends set it (frames carry a zero TCP checksum). The
+    /// messenger's crc32c still checks every frame end to end. Off by default; frames from a
+    /// NIC are checked by the NIC (where it offers it) or in software.
+    pub skip_tcp_checksum: bool,
     /// The interface's IPv4 address.
     pub ip: Ipv4Addr,
     /// Prefix length of the interface's subnet.
@@ -79,6 +101,8 @@ impl Default for DpdkConfig {
             extra_eal_args: Vec::new(),
             port: "0".into(),
             queues: 1,
+            mtu: None,
+            skip_tcp_checksum: false,
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: None,
@@ -111,6 +135,11 @@ impl DpdkConfig {
         }
         if self.queues == 0 {
             return bad("queues must be at least 1 (one per messenger worker)".into());
+        }
+        if let Some(mtu) = self.mtu {
+            if !(MIN_MTU..=MAX_MTU).contains(&mtu) {
+                return bad(format!("MTU {mtu} must be {MIN_MTU}..={MAX_MTU}"));
+            }
         }
         if self.mbufs < 64 {
             return bad(format!("{} mbufs are too few (at least 64)", self.mbufs));
@@ -190,6 +219,14 @@ mod tests {
             },
             DpdkConfig {
                 ip: Ipv4Addr::new(224, 0, 0, 1),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                mtu: Some(100),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                mtu: Some(65000),
                 ..DpdkConfig::default()
             },
             DpdkConfig {

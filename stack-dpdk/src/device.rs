@@ -50,6 +50,8 @@ pub(crate) struct PortDevice {
     down: bool,
     /// Emulated cable pull: the port runs, but every frame in either direction is lost.
     blackhole: bool,
+    /// Largest frame this queue delivered (to skip most updates of the shared maximum).
+    rx_max_frame: u64,
     /// Frames received / sent in the current round.
     round_rx: usize,
     round_tx: usize,
@@ -76,6 +78,7 @@ impl PortDevice {
             stats,
             down: false,
             blackhole: false,
+            rx_max_frame: 0,
             round_rx: 0,
             round_tx: 0,
         }
@@ -195,7 +198,7 @@ impl PortDevice {
         match check_frame(
             m.data(),
             caps.rx_ip_cksum && flags & RX_IP_CKSUM_GOOD != 0,
-            caps.rx_tcp_cksum && flags & RX_L4_CKSUM_GOOD != 0,
+            self.port.skip_tcp_checksum || (caps.rx_tcp_cksum && flags & RX_L4_CKSUM_GOOD != 0),
             (caps.rx_ip_cksum && flags & RX_IP_CKSUM_BAD != 0)
                 || (caps.rx_tcp_cksum && flags & RX_L4_CKSUM_BAD != 0),
         ) {
@@ -290,7 +293,13 @@ impl phy::Device for PortDevice {
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken, TxToken<'_>)> {
         let mbuf = self.next_rx()?;
         self.round_rx += 1;
+        let len = mbuf.data().len() as u64;
         self.stats.rx_delivered.fetch_add(1, Ordering::Relaxed);
+        self.stats.rx_bytes.fetch_add(len, Ordering::Relaxed);
+        if len > self.rx_max_frame {
+            self.rx_max_frame = len;
+            self.stats.rx_max_frame.fetch_max(len, Ordering::Relaxed);
+        }
         Some((RxToken { mbuf }, TxToken { dev: self }))
     }
 
@@ -318,10 +327,15 @@ impl phy::Device for PortDevice {
         caps.max_transmission_unit = usize::from(self.port.info.mtu) + 14;
         caps.max_burst_size = Some(self.burst);
         // Receive checks are done in `check_frame` (or by the NIC where it can); transmit
-        // checksums are computed by smoltcp in software (no transmit offload is requested).
+        // checksums are computed by smoltcp in software (no transmit offload is requested),
+        // except TCP's on a link that cannot corrupt frames (`skip_tcp_checksum`).
         let mut ck = ChecksumCapabilities::default();
         ck.ipv4 = Checksum::Tx;
-        ck.tcp = Checksum::Tx;
+        ck.tcp = if self.port.skip_tcp_checksum {
+            Checksum::None
+        } else {
+            Checksum::Tx
+        };
         ck.icmpv4 = Checksum::Both;
         caps.checksum = ck;
         caps

@@ -16,7 +16,7 @@ static EAL: OnceLock<Result<Vec<String>, DpdkError>> = OnceLock::new();
 /// One mbuf pool per port, created with the port's first stack and kept for the process's
 /// lifetime: a stopped port's RX ring still holds mbufs of it, so it can never be freed safely
 /// while the port may be started again.
-static POOLS: Mutex<Option<HashMap<u16, &'static Mempool>>> = Mutex::new(None);
+static POOLS: Mutex<Option<HashMap<u16, (&'static Mempool, u16)>>> = Mutex::new(None);
 
 /// Ports claimed by a live stack (one stack per port).
 static CLAIMED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
@@ -80,6 +80,8 @@ pub(crate) struct Port {
     pub(crate) queues: u16,
     /// How a worker picks local ports so replies come back to its queue.
     pub(crate) steering: Steering,
+    /// TCP checksums are neither computed nor verified ([`DpdkConfig::skip_tcp_checksum`]).
+    pub(crate) skip_tcp_checksum: bool,
 }
 
 impl Port {
@@ -108,20 +110,29 @@ impl Port {
         }
         let opened = (|| {
             let pool = pool_for(id, cfg)?;
-            let info = safe::port_setup(id, queues, pool, cfg.rx_desc, cfg.tx_desc)?;
+            let info = safe::port_setup(
+                id,
+                queues,
+                pool,
+                cfg.rx_desc,
+                cfg.tx_desc,
+                cfg.mtu.unwrap_or(0),
+            )?;
             Ok::<_, DpdkError>((pool, info))
         })();
         match opened {
             Ok((pool, info)) => {
                 let steering = steering(id, &info, queues);
                 tracing::info!(port = id, driver = %info.driver, mac = ?info.mac, mtu = info.mtu,
-                    rss = info.rss, queues, ?steering, "DPDK port started");
+                    rss = info.rss, queues, ?steering, skip_tcp_checksum = cfg.skip_tcp_checksum,
+                    "DPDK port started");
                 Ok(Port {
                     id,
                     pool,
                     info,
                     queues,
                     steering,
+                    skip_tcp_checksum: cfg.skip_tcp_checksum,
                 })
             }
             Err(e) => {
@@ -160,24 +171,35 @@ fn steering(id: u16, info: &PortInfo, queues: u16) -> Steering {
     Steering::Symmetric { queues }
 }
 
-/// The port's pool, created on first use (headroom 128 B + 2 KiB data room: a whole
-/// 1500-byte frame fits one segment).
+/// The mbuf data room for `mtu`: 128 B headroom plus room for one whole frame (Ethernet
+/// header and a VLAN tag included), at least the usual 2 KiB, in whole KiB.
+pub(crate) fn data_room(mtu: Option<u16>) -> u16 {
+    let frame = usize::from(mtu.unwrap_or(1500)) + 18;
+    let room = frame.max(2048).div_ceil(1024) * 1024;
+    u16::try_from(room + 128).unwrap_or(u16::MAX)
+}
+
+/// The port's pool, created on first use: one whole frame of the configured MTU fits one
+/// segment ([`data_room`]).
 fn pool_for(id: u16, cfg: &DpdkConfig) -> Result<&'static Mempool, DpdkError> {
     let mut pools = POOLS
         .lock()
         .map_err(|_| DpdkError::Poisoned("pool registry"))?;
     let pools = pools.get_or_insert_with(HashMap::new);
-    if let Some(p) = pools.get(&id) {
+    let room = data_room(cfg.mtu);
+    if let Some(&(p, made)) = pools.get(&id) {
+        if made < room {
+            return Err(DpdkError::InvalidArgument(format!(
+                "port {id}'s mbuf pool was made for frames of {made} B (with headroom) earlier \
+                 in this process; MTU {:?} needs {room} B",
+                cfg.mtu
+            )));
+        }
         return Ok(p);
     }
-    let pool = Mempool::new(
-        &format!("dp_mbuf_p{id}"),
-        cfg.mbufs,
-        cfg.mbuf_cache,
-        2048 + 128,
-    )?;
+    let pool = Mempool::new(&format!("dp_mbuf_p{id}"), cfg.mbufs, cfg.mbuf_cache, room)?;
     let pool: &'static Mempool = Box::leak(Box::new(pool));
-    pools.insert(id, pool);
+    pools.insert(id, (pool, room));
     Ok(pool)
 }
 
@@ -197,5 +219,20 @@ impl Drop for Port {
         safe::port_stop(self.id);
         unclaim(self.id);
         tracing::info!(port = self.id, "DPDK port stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::data_room;
+
+    #[test]
+    fn one_frame_fits_one_mbuf() {
+        assert_eq!(data_room(None), 2048 + 128);
+        assert_eq!(data_room(Some(1500)), 2048 + 128);
+        assert_eq!(data_room(Some(9000)), 9216 + 128);
+        for mtu in [576u16, 1500, 4000, 9000, crate::config::MAX_MTU] {
+            assert!(usize::from(data_room(Some(mtu))) >= usize::from(mtu) + 18 + 128);
+        }
     }
 }

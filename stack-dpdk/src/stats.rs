@@ -9,6 +9,10 @@ pub struct Stats {
     pub rx_frames: AtomicU64,
     /// Received frames that passed the checks and went to the TCP/IP stack.
     pub rx_delivered: AtomicU64,
+    /// Bytes of the frames that went to the TCP/IP stack (Ethernet header included).
+    pub rx_bytes: AtomicU64,
+    /// Largest frame that went to the TCP/IP stack (Ethernet header included).
+    pub rx_max_frame: AtomicU64,
     /// Frames handed to the TX queues.
     pub tx_frames: AtomicU64,
     /// Received frames shorter than an Ethernet header.
@@ -42,6 +46,10 @@ pub struct StatsSnapshot {
     pub rx_frames: u64,
     /// See [`Stats::rx_delivered`].
     pub rx_delivered: u64,
+    /// See [`Stats::rx_bytes`].
+    pub rx_bytes: u64,
+    /// See [`Stats::rx_max_frame`].
+    pub rx_max_frame: u64,
     /// See [`Stats::tx_frames`].
     pub tx_frames: u64,
     /// See [`Stats::drop_runt`].
@@ -75,6 +83,8 @@ impl Stats {
         StatsSnapshot {
             rx_frames: r(&self.rx_frames),
             rx_delivered: r(&self.rx_delivered),
+            rx_bytes: r(&self.rx_bytes),
+            rx_max_frame: r(&self.rx_max_frame),
             tx_frames: r(&self.tx_frames),
             drop_runt: r(&self.drop_runt),
             drop_not_ip: r(&self.drop_not_ip),

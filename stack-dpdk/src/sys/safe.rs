@@ -105,8 +105,12 @@ pub fn port_by_name(name: &str) -> Option<u16> {
 pub struct PortInfo {
     /// MAC address.
     pub mac: [u8; 6],
-    /// MTU.
+    /// MTU the stack uses: the device's, or the one asked for in the set-up.
     pub mtu: u16,
+    /// Largest MTU the device lets ethdev set (0 if unknown).
+    pub max_mtu: u16,
+    /// The device has no MTU of its own (`net_memif`): the asked MTU is used as given.
+    pub mtu_unlimited: bool,
     /// RSS enabled across the queues.
     pub rss: bool,
     /// The device checks IPv4 header checksums on receive.
@@ -119,18 +123,30 @@ pub struct PortInfo {
     pub max_queues: (u16, u16),
 }
 
-/// Configures `port` with `queues` RX/TX queue pairs backed by `pool`, and starts it.
+/// Configures `port` with `queues` RX/TX queue pairs backed by `pool`, sets its MTU (`mtu`
+/// 0 keeps the device's), and starts it.
 pub fn port_setup(
     port: u16,
     queues: u16,
     pool: &Mempool,
     rx_desc: u16,
     tx_desc: u16,
+    mtu: u16,
 ) -> Result<PortInfo, DpdkError> {
     let mut info = shim_port_info::default();
     // SAFETY: the pool pointer is valid for the pool's lifetime (the stack keeps it alive
     // longer than the port runs); `info` is a valid out pointer.
-    let r = unsafe { shim_port_setup(port, queues, pool.ptr(), rx_desc, tx_desc, &mut info) };
+    let r = unsafe { shim_port_setup(port, queues, pool.ptr(), rx_desc, tx_desc, mtu, &mut info) };
+    if r != 0 && mtu != 0 && info.max_mtu != 0 && mtu > info.max_mtu && info.mtu_unlimited == 0 {
+        return Err(DpdkError::Port {
+            port,
+            op: "set-up",
+            reason: format!(
+                "MTU {mtu} is more than the device carries (at most {})",
+                info.max_mtu
+            ),
+        });
+    }
     if r != 0 {
         return Err(DpdkError::Port {
             port,
@@ -150,6 +166,8 @@ pub fn port_setup(
     Ok(PortInfo {
         mac: info.mac,
         mtu: info.mtu,
+        max_mtu: info.max_mtu,
+        mtu_unlimited: info.mtu_unlimited != 0,
         rss: info.rss != 0,
         rx_ip_cksum: info.rx_ip_cksum != 0,
         rx_tcp_cksum: info.rx_tcp_cksum != 0,
