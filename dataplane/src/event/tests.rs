@@ -92,3 +92,49 @@ fn poller_max_wait_bounds_the_sleep() {
     );
     assert_eq!(c.parks(), 5, "it did sleep (parked) rather than spin");
 }
+
+/// A busy poller keeps the loop spinning: the files are looked at once every
+/// `FILES_EVERY_BUSY_ROUNDS` rounds (not a system call per round), and a readable file is
+/// still reported within that many rounds.
+#[test]
+fn busy_poller_looks_at_files_every_few_rounds() {
+    struct Busy;
+    impl Poller for Busy {
+        fn poll(&mut self, _ready: &mut Vec<Fired>) -> bool {
+            true
+        }
+    }
+    let mut c = EventCenter::new(EventConfig::default()).unwrap();
+    c.add_poller(Box::new(Busy));
+    let (mut a, mut b) = mio::net::UnixStream::pair().unwrap();
+    c.registry()
+        .register(&mut b, Token(7), mio::Interest::READABLE)
+        .unwrap();
+    let mut out = Vec::new();
+    let rounds = 10 * FILES_EVERY_BUSY_ROUNDS;
+    for _ in 0..rounds {
+        c.wait(&mut out, None, &|| false).unwrap();
+    }
+    assert!(out.is_empty(), "nothing to report yet: {out:?}");
+    assert_eq!(c.parks(), 0, "a busy loop never parks");
+    assert_eq!(u64::from(rounds / FILES_EVERY_BUSY_ROUNDS), c.file_polls());
+    std::io::Write::write_all(&mut a, b"x").unwrap();
+    let mut waited = 0;
+    while !out.iter().any(|f| {
+        matches!(
+            f,
+            Fired::File {
+                token: Token(7),
+                readable: true,
+                ..
+            }
+        )
+    }) {
+        waited += 1;
+        assert!(
+            waited <= FILES_EVERY_BUSY_ROUNDS,
+            "not seen within {waited} rounds"
+        );
+        c.wait(&mut out, None, &|| false).unwrap();
+    }
+}
