@@ -67,7 +67,7 @@ fn pair() -> Result<Pair> {
         // One frame per memif descriptor (and so per mbuf on receive).
         let bsize = (usize::from(mtu) + 18).max(2048).div_ceil(1024) * 1024;
         let base = DpdkConfig {
-            no_huge: hugepages_free() < 512,
+            no_huge: hugepages_free() < 256,
             no_pci: true,
             memory_mb: 512,
             vdevs: vec![
