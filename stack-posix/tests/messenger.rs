@@ -666,8 +666,7 @@ fn priority_orders_dispatch() {
     gate.open.store(true, Ordering::Release);
     assert!(wait_until(T, || inner.count() == 4));
     let order: Vec<u32> = inner
-        .kept
-        .lock()
+        .kept()
         .iter()
         .map(|m| u32::from_le_bytes(m.payload.to_vec()[0..4].try_into().unwrap()))
         .collect();
@@ -689,7 +688,7 @@ fn sixteen_mib_message_arrives_byte_for_byte() {
     }
     assert!(wait_until(T, || d.count() == 3), "got {}", d.count());
     d.assert_clean();
-    assert_eq!(d.bytes.load(Ordering::Relaxed), 3 * (16 << 20));
+    assert_eq!(d.bytes(), 3 * (16 << 20));
 }
 
 #[test]
