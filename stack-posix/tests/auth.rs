@@ -69,8 +69,7 @@ fn auth_right_key_messages_flow_both_ways() {
         conn.send_wait(Message::new(1, payload(0, i, 100)), T)
             .unwrap();
     }
-    assert!(wait_until(T, || d.count() == 1000), "echoes {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(1000, T);
     assert_eq!(
         server.counters().auth_failures + client.counters().auth_failures,
         0

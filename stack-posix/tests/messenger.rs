@@ -113,12 +113,7 @@ fn lossless_messages_sent_before_the_server_exists_are_delivered() {
     let srv_d = Checker::fast();
     let server = messenger("server", test_config(), srv_d.clone(), false);
     server.bind(port).unwrap();
-    assert!(
-        wait_until(T, || srv_d.count() == 100),
-        "got {}",
-        srv_d.count()
-    );
-    srv_d.assert_clean();
+    srv_d.assert_delivered(100, T);
     assert!(client.counters().faults >= 1);
 }
 
@@ -215,8 +210,7 @@ fn lossless_peer_closed_on_purpose_then_fresh_connection_to_restarted_server() {
     let conn2 = client.connect(a).unwrap();
     assert_ne!(conn2.id(), conn.id());
     conn2.send(Message::new(1, payload(1, 0, 64))).unwrap();
-    assert!(wait_until(T, || s2.count() == 1));
-    s2.assert_clean();
+    s2.assert_delivered(1, T);
 }
 
 #[test]
@@ -292,12 +286,7 @@ fn malformed_case(bytes: Vec<u8>, after_handshake: bool) {
     for i in 500..1000 {
         send_retry(&gconn, Message::new(1, payload(0, i, 200)));
     }
-    assert!(
-        wait_until(T, || srv_d.count() == 1000),
-        "others unaffected: {}",
-        srv_d.count()
-    );
-    srv_d.assert_clean();
+    srv_d.assert_delivered(1000, T);
     assert!(
         wait_until(T, || server.counters().malformed >= 1),
         "counted: {:?}",
@@ -617,12 +606,7 @@ fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
         "receiver stopped reading"
     );
     gate.open.store(true, Ordering::Release);
-    assert!(
-        wait_until(T, || inner.count() == accepted),
-        "{} of {accepted}",
-        inner.count()
-    );
-    inner.assert_clean();
+    inner.assert_delivered(accepted, T);
 }
 
 #[test]
@@ -634,8 +618,7 @@ fn local_delivery_never_touches_a_socket() {
     for i in 0..1000 {
         conn.send(Message::new(1, payload(0, i, 64))).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 1000));
-    d.assert_clean();
+    d.assert_delivered(1000, T);
     let c = m.counters();
     assert_eq!(c.local_delivered, 1000);
     assert_eq!((c.bytes_out, c.accepted, c.connected), (0, 0, 0));
@@ -686,8 +669,7 @@ fn sixteen_mib_message_arrives_byte_for_byte() {
     for i in 0..3 {
         conn.send(Message::new(1, payload(0, i, 16 << 20))).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 3), "got {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(3, T);
     assert_eq!(d.bytes(), 3 * (16 << 20));
 }
 
@@ -734,8 +716,7 @@ fn multi_worker_spreads_connections_and_delivers_everything() {
             send_retry(c, Message::new(1, payload(s as u32, i, 100)));
         }
     }
-    assert!(wait_until(T, || d.count() == 30_000), "got {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(30_000, T);
     let loads = server.worker_loads();
     assert!(
         loads.iter().all(|l| *l >= 2),
@@ -765,8 +746,7 @@ fn many_connections_echo_round_trip() {
         clients.push((m, d));
     }
     for (_, d) in &clients {
-        assert!(wait_until(T, || d.count() == 200), "echoes: {}", d.count());
-        d.assert_clean();
+        d.assert_delivered(200, T);
     }
     assert_eq!(server.counters().accepted, 32);
 }
@@ -850,8 +830,7 @@ fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
             .collect();
         conn.send_batch_wait(batch, T).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 100_000), "got {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(100_000, T);
     // A batch over the queue limit is refused whole, and every message comes back in order.
     let big: Vec<Message> = (0..1001)
         .map(|i| Message::new(1, payload(1, i, 64)))

@@ -82,10 +82,5 @@ fn slow_consumer_memory_stays_flat_and_nothing_is_lost() {
     );
     gate.open.store(true, Ordering::Release);
     sender.join().unwrap();
-    assert!(
-        wait_until(T, || inner.count() == N),
-        "{} of {N}",
-        inner.count()
-    );
-    inner.assert_clean();
+    inner.assert_delivered(N, T);
 }

@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use dataplane::{Connection, Dispatcher, Message};
 use parking_lot::Mutex;
 
 use crate::payload::{body_intact, header};
+use crate::wait::wait_until;
 
 /// At most this many out-of-order reports are kept (the first ones tell the story).
 const MAX_ORDER_ERRORS: usize = 20;
@@ -137,6 +139,17 @@ impl Checker {
     pub fn assert_clean(&self) {
         let errs = self.errors.lock();
         assert!(errs.is_empty(), "delivery errors: {errs:?}");
+    }
+
+    /// Waits up to `timeout` until exactly `n` messages have been checked, then asserts they
+    /// all arrived intact, exactly once and in order ([`Checker::assert_clean`]).
+    pub fn assert_delivered(&self, n: u64, timeout: Duration) {
+        assert!(
+            wait_until(timeout, || self.count() == n),
+            "delivered {} of {n} messages",
+            self.count()
+        );
+        self.assert_clean();
     }
 
     /// The connection events so far, in order.
