@@ -66,14 +66,7 @@ fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order(
             Message::new(1, payload(0, i, 16 + (i % 100) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || srv_d.count() >= N),
-        "delivered {} of {N}",
-        srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(srv_d.count(), N, "exactly once");
-    srv_d.assert_clean();
+    srv_d.assert_delivered_exactly_once(N, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 100,
@@ -880,14 +873,7 @@ fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
         conn.send_wait(Message::new(1, payload(0, i, 40 + (i % 200) as usize)), T)
             .unwrap();
     }
-    assert!(
-        wait_until(T, || d.count() >= N),
-        "delivered {} of {N}",
-        d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(d.count(), N, "exactly once");
-    d.assert_clean();
+    d.assert_delivered_exactly_once(N, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 100,
@@ -928,14 +914,7 @@ fn inject_faults_batched_sends_lossless_exactly_once_in_order() {
         conn.send_batch_wait(batch, T).unwrap();
     }
     let n = BATCHES * PER;
-    assert!(
-        wait_until(T, || srv_d.count() >= n),
-        "delivered {} of {n}",
-        srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(srv_d.count(), n, "exactly once");
-    srv_d.assert_clean();
+    srv_d.assert_delivered_exactly_once(n, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 20,

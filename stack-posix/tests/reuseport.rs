@@ -81,14 +81,7 @@ fn reuseport_every_worker_accepts_and_delivers_exactly_once_in_order() {
         }
     }
     let total = N * CLIENTS as u64;
-    assert!(
-        wait_until(T, || d.count() >= total),
-        "got {} of {total}",
-        d.count()
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(d.count(), total, "exactly once");
-    d.assert_clean();
+    d.assert_delivered_exactly_once(total, T, Duration::from_millis(50));
     assert_eq!(d.streams(), CLIENTS, "every stream arrived");
     // The kernel hashed 16 connections over two listen queues; each worker kept its own
     // (all on one worker has probability 2^-15).

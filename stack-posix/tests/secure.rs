@@ -276,14 +276,7 @@ fn secure_inject_faults_and_delays_lossless_exactly_once() {
             Message::new(1, payload(0, i, 16 + (i % 300) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || sd.count() >= n),
-        "got {} of {n}",
-        sd.count()
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(sd.count(), n, "exactly once");
-    sd.assert_clean();
+    sd.assert_delivered_exactly_once(n, T, Duration::from_millis(50));
     let (c, s) = (client.counters(), server.counters());
     assert!(c.injected_faults + s.injected_faults >= 20, "{c:?} {s:?}");
     assert!(c.reconnects >= 10, "{c:?}");

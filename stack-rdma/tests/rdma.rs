@@ -331,14 +331,8 @@ fn rdma_lossless_reconnect_after_qp_forced_to_error() {
         );
     }
     let n = sent;
-    assert!(
-        wait_until(T, || p.srv_d.count() >= n),
-        "delivered {} of {n}",
-        p.srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(p.srv_d.count(), n, "exactly once");
-    p.srv_d.assert_clean();
+    p.srv_d
+        .assert_delivered_exactly_once(n, T, Duration::from_millis(200));
     let c = p.client.counters();
     assert!(c.reconnects >= ROUNDS, "reconnected {} times", c.reconnects);
     assert!(p.cli_stack.stats().failures.load(Ordering::Relaxed) >= ROUNDS);

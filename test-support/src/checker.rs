@@ -152,6 +152,20 @@ impl Checker {
         self.assert_clean();
     }
 
+    /// Waits up to `timeout` until at least `n` messages have been checked, waits `settle`
+    /// more for any duplicate, then asserts exactly `n` arrived, all intact, once and in order.
+    /// For tests where messages may be resent (faults, reconnections, migrations).
+    pub fn assert_delivered_exactly_once(&self, n: u64, timeout: Duration, settle: Duration) {
+        assert!(
+            wait_until(timeout, || self.count() >= n),
+            "delivered {} of {n}",
+            self.count()
+        );
+        std::thread::sleep(settle);
+        assert_eq!(self.count(), n, "exactly once");
+        self.assert_clean();
+    }
+
     /// The connection events so far, in order.
     pub fn events(&self) -> Vec<Ev> {
         self.events.lock().clone()
