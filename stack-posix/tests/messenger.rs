@@ -31,11 +31,20 @@ fn faulty_pair(
         delays: 5,
         delay_max_ms: 5,
     };
+    pair_with_faults(inject(server_seed), inject(client_seed))
+}
+
+/// A lossless client connected to a server, with faults injected as `server` and `client`
+/// say.
+fn pair_with_faults(
+    server: FaultInjection,
+    client: FaultInjection,
+) -> (Messenger, Arc<Checker>, Messenger, Connection) {
     let srv_d = Checker::fast();
     let server = messenger(
         "server",
         Config {
-            inject: inject(server_seed),
+            inject: server,
             ..test_config()
         },
         srv_d.clone(),
@@ -44,7 +53,7 @@ fn faulty_pair(
     let client = messenger(
         "client",
         Config {
-            inject: inject(client_seed),
+            inject: client,
             ..test_config()
         },
         Checker::fast(),
@@ -223,15 +232,8 @@ fn remote_reset_on_silent_peer_restart() {
         let mut h = raw::hello("server", true);
         h.session_id = sid;
         let body = dataplane::wire::encode_hello(&h).unwrap();
-        s.write_all(&raw::frame(
-            FrameHead {
-                tag: Tag::HelloReply as u8,
-                ..FrameHead::default()
-            },
-            &body,
-            &[],
-        ))
-        .unwrap();
+        s.write_all(&raw::tagged_frame(Tag::HelloReply, 0, &body, &[]))
+            .unwrap();
         s
     };
     let s1 = serve(1, &listener);
@@ -297,43 +299,21 @@ fn malformed_garbage_before_handshake_is_refused() {
 
 #[test]
 fn malformed_bad_magic_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Keepalive as u8,
-            ..FrameHead::default()
-        },
-        &[],
-        &[],
-    );
+    let mut f = raw::tagged_frame(Tag::Keepalive, 0, &[], &[]);
     f[0] ^= 0xff;
     malformed_case(f, true);
 }
 
 #[test]
 fn malformed_bad_preamble_crc_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Keepalive as u8,
-            ..FrameHead::default()
-        },
-        &[],
-        &[],
-    );
+    let mut f = raw::tagged_frame(Tag::Keepalive, 0, &[], &[]);
     f[20] ^= 1;
     malformed_case(f, true);
 }
 
 #[test]
 fn malformed_bad_payload_crc_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        b"hello world",
-    );
+    let mut f = raw::tagged_frame(Tag::Message, 1, &[], b"hello world");
     let n = f.len();
     f[n - 1] ^= 1;
     malformed_case(f, true);
@@ -364,15 +344,7 @@ fn malformed_unknown_tag_closes_connection() {
 
 #[test]
 fn malformed_sequence_gap_closes_connection() {
-    let f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 7,
-            ..FrameHead::default()
-        },
-        &[],
-        b"x",
-    );
+    let f = raw::tagged_frame(Tag::Message, 7, &[], b"x");
     malformed_case(f, true);
 }
 
@@ -381,15 +353,7 @@ fn malformed_disconnect_mid_frame_is_survived() {
     let srv_d = Checker::fast();
     let server = messenger("server", test_config(), srv_d.clone(), true);
     let (mut s, _) = raw::handshake(addr(&server), "half", false);
-    let f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        &[7u8; 1000],
-    );
+    let f = raw::tagged_frame(Tag::Message, 1, &[], &[7u8; 1000]);
     s.write_all(&f[..500]).unwrap();
     drop(s);
     assert!(wait_until(T, || server.counters().faults >= 1));
@@ -553,16 +517,7 @@ fn keepalive_keeps_idle_connection_alive() {
 #[test]
 fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
     let inner = Checker::queued();
-    let gate = Gate::closed(inner.clone());
-    let server = messenger(
-        "server",
-        Config {
-            dispatch_throttle_bytes: 1 << 20,
-            ..test_config()
-        },
-        gate.clone(),
-        true,
-    );
+    let (gate, server) = throttled_gated_server(inner.clone());
     let limits = Config {
         queue_max_msgs: 2000,
         queue_max_bytes: 4 << 20,
@@ -697,13 +652,7 @@ fn multi_worker_spreads_connections_and_delivers_everything() {
         d.clone(),
         true,
     );
-    let clients: Vec<_> = (0..6)
-        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
-        .collect();
-    let conns: Vec<_> = clients
-        .iter()
-        .map(|c| c.connect(addr(&server)).unwrap())
-        .collect();
+    let (_clients, conns) = connected_clients(6, addr(&server));
     for i in 0..5000u64 {
         for (s, c) in conns.iter().enumerate() {
             send_retry(c, Message::new(1, payload(s as u32, i, 100)));
@@ -849,26 +798,7 @@ fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
         delays: 20,
         delay_max_ms: 20,
     };
-    let d = Checker::fast();
-    let server = messenger(
-        "server",
-        Config {
-            inject: inject(11),
-            ..test_config()
-        },
-        d.clone(),
-        true,
-    );
-    let client = messenger(
-        "client",
-        Config {
-            inject: inject(12),
-            ..test_config()
-        },
-        Checker::fast(),
-        false,
-    );
-    let conn = client.connect(addr(&server)).unwrap();
+    let (server, d, client, conn) = pair_with_faults(inject(11), inject(12));
     for i in 0..N {
         conn.send_wait(Message::new(1, payload(0, i, 40 + (i % 200) as usize)), T)
             .unwrap();

@@ -65,13 +65,7 @@ fn reuseport_every_worker_accepts_and_delivers_exactly_once_in_order() {
     const N: u64 = 3_000;
     let d = Checker::fast();
     let server = reuseport_server(2, d.clone());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
-        .collect();
-    let conns: Vec<_> = clients
-        .iter()
-        .map(|c| c.connect(addr(&server)).unwrap())
-        .collect();
+    let (_clients, conns) = connected_clients(CLIENTS, addr(&server));
     for i in 0..N {
         for (s, c) in conns.iter().enumerate() {
             send_retry(

@@ -42,6 +42,22 @@ impl Dispatcher for Gate {
     }
 }
 
+/// A bound server whose dispatch thread is held by a closed [`Gate`] in front of `inner`, and
+/// whose dispatch queue throttles at 1 MiB: what arrives backs up until the gate opens.
+pub fn throttled_gated_server(inner: Arc<Checker>) -> (Arc<Gate>, Messenger) {
+    let gate = Gate::closed(inner);
+    let server = messenger(
+        "server",
+        Config {
+            dispatch_throttle_bytes: 1 << 20,
+            ..test_config()
+        },
+        gate.clone(),
+        true,
+    );
+    (gate, server)
+}
+
 /// A test configuration: small pools, no hugepages needed, short timers.
 pub fn test_config() -> Config {
     Config {
@@ -77,6 +93,15 @@ pub fn messenger_with(
 /// Sends, retrying while backpressure refuses the message (for up to 60 s).
 pub fn send_retry(conn: &Connection, m: Message) {
     dataplane_test_support::send_retry(conn, m, Duration::from_secs(60), Backoff::Yield);
+}
+
+/// `n` started client messengers (`client0`, `client1`, ...), each connected to `to`.
+pub fn connected_clients(n: usize, to: SocketAddr) -> (Vec<Messenger>, Vec<Connection>) {
+    let clients: Vec<_> = (0..n)
+        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
+        .collect();
+    let conns = clients.iter().map(|c| c.connect(to).unwrap()).collect();
+    (clients, conns)
 }
 
 /// The address a bound messenger listens on.
