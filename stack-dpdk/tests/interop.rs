@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use dataplane::{Message, Messenger};
+use dataplane::{Connection, Message, Policy};
 use dataplane_stack_dpdk::{check_frame, DpdkConfig, DpdkStack, FrameDrop};
 use dataplane_stack_posix::PosixStack;
 
@@ -49,31 +49,30 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
         stack.driver(),
         stack.mac()
     );
-    let dpdk_rx = Checker::new();
-    let dpdk = Messenger::builder("dpdk-node")
-        .config(dpdk_config())
-        .stack(stack.clone())
-        .dispatcher(dpdk_rx.clone())
-        .build()
-        .expect("dpdk messenger");
-    let dpdk_addr = dpdk.bind(SocketAddr::from((ip, 7100))).expect("bind dpdk");
-    dpdk.start().expect("start dpdk");
+    let dpdk_rx = Checker::fast();
+    let dpdk = start_messenger(
+        "dpdk-node",
+        dpdk_config(),
+        stack.clone(),
+        dpdk_rx.clone(),
+        Policy::lossless_client(),
+        Some(SocketAddr::from((ip, 7100))),
+    );
+    let dpdk_addr = dpdk.addr().expect("dpdk bound");
 
     // The POSIX node, built on a thread inside the peer namespace.
-    let posix_rx = Checker::new();
+    let posix_rx = Checker::fast();
     let prx = posix_rx.clone();
     let posix = std::thread::spawn(move || {
         enter_netns(&peer_ns);
-        let m = Messenger::builder("posix-node")
-            .config(test_config())
-            .stack(Arc::new(PosixStack::new()))
-            .dispatcher(prx)
-            .build()
-            .expect("posix messenger");
-        m.bind(SocketAddr::from((peer_ip, 7200)))
-            .expect("bind posix");
-        m.start().expect("start posix");
-        m
+        start_messenger(
+            "posix-node",
+            test_config(),
+            Arc::new(PosixStack::new()),
+            prx,
+            Policy::lossless_client(),
+            Some(SocketAddr::from((peer_ip, 7200))),
+        )
     })
     .join()
     .expect("posix thread");
@@ -139,24 +138,8 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
     let start = Instant::now();
     let to_dpdk = posix.connect(dpdk_addr).expect("posix -> dpdk");
     let to_posix = dpdk.connect(posix_addr).expect("dpdk -> posix");
-    let a = std::thread::spawn(move || {
-        for i in 0..n {
-            send_retry(
-                &to_dpdk,
-                Message::new(1, payload(1, i, 16 + (i % 200) as usize)),
-            );
-        }
-        to_dpdk
-    });
-    let b = std::thread::spawn(move || {
-        for i in 0..n {
-            send_retry(
-                &to_posix,
-                Message::new(1, payload(2, i, 16 + (i % 200) as usize)),
-            );
-        }
-        to_posix
-    });
+    let a = spawn_sender(to_dpdk, 1, n);
+    let b = spawn_sender(to_posix, 2, n);
     let to_dpdk = a.join().expect("sender a");
     let to_posix = b.join().expect("sender b");
     let ok = wait_until(T, || dpdk_rx.count() >= n && posix_rx.count() >= n);
@@ -248,6 +231,19 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
     );
     posix.shutdown();
     dpdk.shutdown();
+}
+
+/// A thread sending `n` messages of `stream` (16 to 215 bytes) on `conn`; it hands `conn` back.
+fn spawn_sender(conn: Connection, stream: u32, n: u64) -> std::thread::JoinHandle<Connection> {
+    std::thread::spawn(move || {
+        for i in 0..n {
+            send_retry(
+                &conn,
+                Message::new(1, payload(stream, i, 16 + (i % 200) as usize)),
+            );
+        }
+        conn
+    })
 }
 
 /// User + system CPU time of this process, in seconds.

@@ -13,75 +13,37 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Message, Messenger};
-use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
+use dataplane::{Message, Policy};
+use dataplane_stack_dpdk::DpdkStack;
 
 #[test]
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn memif_two_processes_lossless_across_link_down_up() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tracing();
     let n: u64 = env_or("MEMIF_MESSAGES", "200000").parse().expect("count");
-    let dir = std::env::temp_dir().join(format!("dp-memif-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let sock = dir.join("memif.sock");
+    let dir = SocketDir::new("memif");
     let server_ip = Ipv4Addr::new(10, 88, 0, 1);
     let client_ip = Ipv4Addr::new(10, 88, 0, 2);
 
-    let stack = Arc::new(
-        DpdkStack::new(DpdkConfig {
-            no_huge: no_huge(),
-            no_pci: true,
-            vdevs: vec![format!(
-                "net_memif0,role=server,id=0,socket={}",
-                sock.display()
-            )],
-            port: "net_memif0".into(),
-            ip: client_ip,
-            ..DpdkConfig::default()
-        })
-        .expect("DPDK stack"),
-    );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-node"));
-    cmd.args([
-        "--vdev",
-        &format!("net_memif0,role=client,id=0,socket={}", sock.display()),
-    ])
-    .args(["--port", "net_memif0", "--ip", &server_ip.to_string()])
-    .args([
-        "--listen",
-        "7300",
-        "--expect",
-        &n.to_string(),
-        "--seconds",
-        "200",
-    ])
-    .stdout(Stdio::piped());
-    if no_huge() {
-        cmd.arg("--no-huge");
-    }
-    let mut child = cmd.spawn().expect("spawn dpdk-node");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = lines.next().expect("child output").expect("read");
-    assert!(ready.starts_with("READY "), "child said {ready:?}");
+    let stack =
+        Arc::new(DpdkStack::new(memif::server_config(&dir.sock, client_ip)).expect("DPDK stack"));
+    let node = Node::spawn(&dir.sock, server_ip, 7300, n, &[]);
 
-    let m = Messenger::builder("memif-sender")
-        .config(dpdk_config())
-        .stack(stack.clone())
-        .dispatcher(Checker::new())
-        .build()
-        .expect("messenger");
-    m.start().expect("start");
+    let m = start_messenger(
+        "memif-sender",
+        dpdk_config(),
+        stack.clone(),
+        Checker::fast(),
+        Policy::lossless_client(),
+        None,
+    );
     let conn = m
         .connect(SocketAddr::from((server_ip, 7300)))
         .expect("connect");
@@ -135,30 +97,19 @@ fn memif_two_processes_lossless_across_link_down_up() {
         "the stream must still be running when the links go down: {sent_at_down:?} undelivered"
     );
     eprintln!("messages not yet delivered at each link failure: {sent_at_down:?}");
-    assert!(
-        wait_until(Duration::from_secs(120), || conn.queued() == (0, 0)),
-        "not everything acknowledged: {:?}; stats {:?}",
-        conn.queued(),
-        stack.stats()
-    );
+    memif::assert_all_acknowledged(&conn, &stack);
     let secs = start.elapsed().as_secs_f64();
-    let done = lines
-        .find_map(|l| l.ok().filter(|l| l.starts_with("DONE ")))
-        .expect("child DONE line");
-    let status = child.wait().expect("child exit");
+    let (done, status) = node.finish();
     eprintln!(
         "memif: {n} messages in {secs:.2} s across 2 link failures; server: {done}; client stats {:?}; counters {:?}",
         stack.stats(),
         m.counters()
     );
-    assert!(status.success(), "server saw errors: {done}");
+    memif::assert_node_received_all(&done, status, n);
     let st = stack.stats();
     assert!(
         st.drop_link_down > 0 && st.tx_dropped > 0,
         "frames were really lost in both directions: {st:?}"
     );
-    assert!(done.starts_with(&format!("DONE {n} ")), "{done}");
-    assert!(done.contains("errors=0"), "{done}");
     m.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

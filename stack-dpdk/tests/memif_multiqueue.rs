@@ -11,44 +11,30 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Config, Message, Messenger, Policy};
+use dataplane::{Config, Message, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack, Steering};
 
 #[test]
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tracing();
     const CONNS: u32 = 6;
     let per_conn: u64 = env_or("MEMIF_MQ_MESSAGES", "20000").parse().expect("count");
     let n = per_conn * u64::from(CONNS);
-    let dir = std::env::temp_dir().join(format!("dp-memif-mq-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let sock = dir.join("memif.sock");
+    let dir = SocketDir::new("memif-mq");
     let server_ip = Ipv4Addr::new(10, 89, 0, 1);
     let client_ip = Ipv4Addr::new(10, 89, 0, 2);
 
     let stack = Arc::new(
         DpdkStack::new(DpdkConfig {
-            no_huge: no_huge(),
-            no_pci: true,
-            vdevs: vec![format!(
-                "net_memif0,role=server,id=0,socket={}",
-                sock.display()
-            )],
-            port: "net_memif0".into(),
             queues: 2,
-            ip: client_ip,
-            ..DpdkConfig::default()
+            ..memif::server_config(&dir.sock, client_ip)
         })
         .expect("DPDK stack with two queue pairs"),
     );
@@ -58,33 +44,19 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
         &Steering::Symmetric { queues: 2 },
         "memif has no RSS: queues are paired"
     );
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dpdk-node"));
-    cmd.args([
-        "--vdev",
-        &format!("net_memif0,role=client,id=0,socket={}", sock.display()),
-    ])
-    .args(["--port", "net_memif0", "--ip", &server_ip.to_string()])
-    .args(["--workers", "2", "--listen", "7400"])
-    .args(["--expect", &n.to_string(), "--seconds", "200"])
-    .stdout(Stdio::piped());
-    if no_huge() {
-        cmd.arg("--no-huge");
-    }
-    let mut child = cmd.spawn().expect("spawn dpdk-node");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let ready = lines.next().expect("child output").expect("read");
-    assert!(ready.starts_with("READY "), "child said {ready:?}");
+    let node = Node::spawn(&dir.sock, server_ip, 7400, n, &["--workers", "2"]);
 
-    let m = Messenger::builder("memif-mq-sender")
-        .config(Config {
+    let m = start_messenger(
+        "memif-mq-sender",
+        Config {
             workers: 2,
             ..dpdk_config()
-        })
-        .stack(stack.clone())
-        .dispatcher(Checker::new())
-        .build()
-        .expect("messenger with two workers");
-    m.start().expect("start");
+        },
+        stack.clone(),
+        Checker::fast(),
+        Policy::lossless_client(),
+        None,
+    );
     let target = SocketAddr::from((server_ip, 7400));
     // Separate lossless connections, placed on the least-loaded worker: three per worker.
     let conns: Vec<_> = (0..CONNS)
@@ -112,17 +84,9 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
         t.join().expect("sender");
     }
     for c in &conns {
-        assert!(
-            wait_until(Duration::from_secs(120), || c.queued() == (0, 0)),
-            "not everything acknowledged: {:?}; stats {:?}",
-            c.queued(),
-            stack.stats()
-        );
+        memif::assert_all_acknowledged(c, &stack);
     }
-    let done = lines
-        .find_map(|l| l.ok().filter(|l| l.starts_with("DONE ")))
-        .expect("child DONE line");
-    let status = child.wait().expect("child exit");
+    let (done, status) = node.finish();
     eprintln!(
         "memif 2 queues: {n} messages on {CONNS} connections in {:.2} s; receiver: {done}; \
          sender stats {:?}; counters {:?}",
@@ -130,9 +94,7 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
         stack.stats(),
         m.counters()
     );
-    assert!(status.success(), "receiver saw errors: {done}");
-    assert!(done.starts_with(&format!("DONE {n} ")), "{done}");
-    assert!(done.contains("errors=0"), "{done}");
+    memif::assert_node_received_all(&done, status, n);
     assert!(done.contains(&format!("streams={CONNS} ")), "{done}");
     // The receiver's workers each accepted the connections that came in on their queue:
     // three each (memif pairs our queue i with its queue i).
@@ -140,5 +102,4 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
     let c = m.counters();
     assert_eq!(c.sessions_migrated, 0);
     m.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }

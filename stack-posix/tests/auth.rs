@@ -4,13 +4,14 @@
 mod common;
 
 use std::io::Write;
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::raw;
 use common::*;
-use dataplane::wire::{self, FrameHead, HelloStatus, Tag, FEATURE_AUTH};
-use dataplane::{AuthConfig, Config, Message};
+use dataplane::wire::{self, HelloStatus, Tag, FEATURE_AUTH};
+use dataplane::{AuthConfig, Config, Message, Messenger};
 
 const T: Duration = Duration::from_secs(30);
 const KEY_A: &str = "a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8";
@@ -69,8 +70,7 @@ fn auth_right_key_messages_flow_both_ways() {
         conn.send_wait(Message::new(1, payload(0, i, 100)), T)
             .unwrap();
     }
-    assert!(wait_until(T, || d.count() == 1000), "echoes {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(1000, T);
     assert_eq!(
         server.counters().auth_failures + client.counters().auth_failures,
         0
@@ -115,38 +115,30 @@ fn auth_wrong_key_is_refused_and_counted() {
     assert_no_key_logged();
 }
 
-#[test]
-fn auth_bad_client_proof_is_refused_by_the_server() {
+/// A server with key A (its dispatcher, the messenger) and a raw TCP peer ("mallory") that
+/// connected to it and sent a hello asking for authentication.
+fn server_and_raw_auth_peer() -> (Arc<Checker>, Messenger, TcpStream) {
     let sd = Checker::fast();
     let server = messenger("server", with_key(KEY_A), sd.clone(), true);
     let mut h = raw::hello("mallory", true);
     h.features = FEATURE_AUTH;
     let mut s = raw::connect(addr(&server));
     s.write_all(&raw::hello_frame(&h)).unwrap();
+    (sd, server, s)
+}
+
+#[test]
+fn auth_bad_client_proof_is_refused_by_the_server() {
+    let (sd, server, mut s) = server_and_raw_auth_peer();
     let auth = |nonce: &[u8; 32], proof: &[u8; 32]| {
-        raw::frame(
-            FrameHead {
-                tag: Tag::Auth as u8,
-                ..FrameHead::default()
-            },
-            &wire::encode_auth(nonce, proof),
-            &[],
-        )
+        raw::tagged_frame(Tag::Auth, 0, &wire::encode_auth(nonce, proof), &[])
     };
     s.write_all(&auth(&[7; 32], &[0; 32])).unwrap();
     let (tag, _, _, _) = raw::read_frame(&mut s).expect("challenge");
     assert_eq!(tag, Tag::Auth);
     // A guessed proof, then a message that must never be dispatched.
     s.write_all(&auth(&[0; 32], &[0x42; 32])).unwrap();
-    let _ = s.write_all(&raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        &payload(0, 0, 64),
-    ));
+    let _ = s.write_all(&raw::tagged_frame(Tag::Message, 1, &[], &payload(0, 0, 64)));
     let (tag, front, _, _) = raw::read_frame(&mut s).expect("refusal");
     assert_eq!(tag, Tag::HelloReply);
     assert_eq!(
@@ -161,33 +153,18 @@ fn auth_bad_client_proof_is_refused_by_the_server() {
 
 #[test]
 fn auth_message_instead_of_proof_is_refused() {
-    let sd = Checker::fast();
-    let server = messenger("server", with_key(KEY_A), sd.clone(), true);
-    let mut h = raw::hello("mallory", true);
-    h.features = FEATURE_AUTH;
-    let mut s = raw::connect(addr(&server));
-    s.write_all(&raw::hello_frame(&h)).unwrap();
-    s.write_all(&raw::frame(
-        FrameHead {
-            tag: Tag::Auth as u8,
-            ..FrameHead::default()
-        },
+    let (sd, _server, mut s) = server_and_raw_auth_peer();
+    s.write_all(&raw::tagged_frame(
+        Tag::Auth,
+        0,
         &wire::encode_auth(&[1; 32], &[0; 32]),
         &[],
     ))
     .unwrap();
     let (tag, _, _, _) = raw::read_frame(&mut s).expect("challenge");
     assert_eq!(tag, Tag::Auth);
-    s.write_all(&raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        &payload(0, 0, 64),
-    ))
-    .unwrap();
+    s.write_all(&raw::tagged_frame(Tag::Message, 1, &[], &payload(0, 0, 64)))
+        .unwrap();
     assert!(raw::closed_by_peer(&mut s));
     assert_eq!(sd.count(), 0);
 }

@@ -73,12 +73,7 @@ fn many_connections_one_thousand_with_traffic_on_all() {
                 .unwrap();
         }
     }
-    assert!(
-        wait_until(T, || d.count() == 20 * N as u64),
-        "got {}",
-        d.count()
-    );
-    d.assert_clean();
+    d.assert_delivered(20 * N as u64, T);
     assert_eq!(server.counters().accepted, N as u64);
     let fds_during = open_fds();
     // Two sockets per connection (both ends live in this process), nothing else per connection.

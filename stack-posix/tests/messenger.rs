@@ -31,11 +31,20 @@ fn faulty_pair(
         delays: 5,
         delay_max_ms: 5,
     };
+    pair_with_faults(inject(server_seed), inject(client_seed))
+}
+
+/// A lossless client connected to a server, with faults injected as `server` and `client`
+/// say.
+fn pair_with_faults(
+    server: FaultInjection,
+    client: FaultInjection,
+) -> (Messenger, Arc<Checker>, Messenger, Connection) {
     let srv_d = Checker::fast();
     let server = messenger(
         "server",
         Config {
-            inject: inject(server_seed),
+            inject: server,
             ..test_config()
         },
         srv_d.clone(),
@@ -44,7 +53,7 @@ fn faulty_pair(
     let client = messenger(
         "client",
         Config {
-            inject: inject(client_seed),
+            inject: client,
             ..test_config()
         },
         Checker::fast(),
@@ -66,14 +75,7 @@ fn inject_faults_and_delays_one_million_lossless_messages_exactly_once_in_order(
             Message::new(1, payload(0, i, 16 + (i % 100) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || srv_d.count() >= N),
-        "delivered {} of {N}",
-        srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(srv_d.count(), N, "exactly once");
-    srv_d.assert_clean();
+    srv_d.assert_delivered_exactly_once(N, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 100,
@@ -113,12 +115,7 @@ fn lossless_messages_sent_before_the_server_exists_are_delivered() {
     let srv_d = Checker::fast();
     let server = messenger("server", test_config(), srv_d.clone(), false);
     server.bind(port).unwrap();
-    assert!(
-        wait_until(T, || srv_d.count() == 100),
-        "got {}",
-        srv_d.count()
-    );
-    srv_d.assert_clean();
+    srv_d.assert_delivered(100, T);
     assert!(client.counters().faults >= 1);
 }
 
@@ -215,8 +212,7 @@ fn lossless_peer_closed_on_purpose_then_fresh_connection_to_restarted_server() {
     let conn2 = client.connect(a).unwrap();
     assert_ne!(conn2.id(), conn.id());
     conn2.send(Message::new(1, payload(1, 0, 64))).unwrap();
-    assert!(wait_until(T, || s2.count() == 1));
-    s2.assert_clean();
+    s2.assert_delivered(1, T);
 }
 
 #[test]
@@ -236,15 +232,8 @@ fn remote_reset_on_silent_peer_restart() {
         let mut h = raw::hello("server", true);
         h.session_id = sid;
         let body = dataplane::wire::encode_hello(&h).unwrap();
-        s.write_all(&raw::frame(
-            FrameHead {
-                tag: Tag::HelloReply as u8,
-                ..FrameHead::default()
-            },
-            &body,
-            &[],
-        ))
-        .unwrap();
+        s.write_all(&raw::tagged_frame(Tag::HelloReply, 0, &body, &[]))
+            .unwrap();
         s
     };
     let s1 = serve(1, &listener);
@@ -292,12 +281,7 @@ fn malformed_case(bytes: Vec<u8>, after_handshake: bool) {
     for i in 500..1000 {
         send_retry(&gconn, Message::new(1, payload(0, i, 200)));
     }
-    assert!(
-        wait_until(T, || srv_d.count() == 1000),
-        "others unaffected: {}",
-        srv_d.count()
-    );
-    srv_d.assert_clean();
+    srv_d.assert_delivered(1000, T);
     assert!(
         wait_until(T, || server.counters().malformed >= 1),
         "counted: {:?}",
@@ -315,43 +299,21 @@ fn malformed_garbage_before_handshake_is_refused() {
 
 #[test]
 fn malformed_bad_magic_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Keepalive as u8,
-            ..FrameHead::default()
-        },
-        &[],
-        &[],
-    );
+    let mut f = raw::tagged_frame(Tag::Keepalive, 0, &[], &[]);
     f[0] ^= 0xff;
     malformed_case(f, true);
 }
 
 #[test]
 fn malformed_bad_preamble_crc_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Keepalive as u8,
-            ..FrameHead::default()
-        },
-        &[],
-        &[],
-    );
+    let mut f = raw::tagged_frame(Tag::Keepalive, 0, &[], &[]);
     f[20] ^= 1;
     malformed_case(f, true);
 }
 
 #[test]
 fn malformed_bad_payload_crc_closes_connection() {
-    let mut f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        b"hello world",
-    );
+    let mut f = raw::tagged_frame(Tag::Message, 1, &[], b"hello world");
     let n = f.len();
     f[n - 1] ^= 1;
     malformed_case(f, true);
@@ -382,15 +344,7 @@ fn malformed_unknown_tag_closes_connection() {
 
 #[test]
 fn malformed_sequence_gap_closes_connection() {
-    let f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 7,
-            ..FrameHead::default()
-        },
-        &[],
-        b"x",
-    );
+    let f = raw::tagged_frame(Tag::Message, 7, &[], b"x");
     malformed_case(f, true);
 }
 
@@ -399,15 +353,7 @@ fn malformed_disconnect_mid_frame_is_survived() {
     let srv_d = Checker::fast();
     let server = messenger("server", test_config(), srv_d.clone(), true);
     let (mut s, _) = raw::handshake(addr(&server), "half", false);
-    let f = raw::frame(
-        FrameHead {
-            tag: Tag::Message as u8,
-            seq: 1,
-            ..FrameHead::default()
-        },
-        &[],
-        &[7u8; 1000],
-    );
+    let f = raw::tagged_frame(Tag::Message, 1, &[], &[7u8; 1000]);
     s.write_all(&f[..500]).unwrap();
     drop(s);
     assert!(wait_until(T, || server.counters().faults >= 1));
@@ -571,16 +517,7 @@ fn keepalive_keeps_idle_connection_alive() {
 #[test]
 fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
     let inner = Checker::queued();
-    let gate = Gate::closed(inner.clone());
-    let server = messenger(
-        "server",
-        Config {
-            dispatch_throttle_bytes: 1 << 20,
-            ..test_config()
-        },
-        gate.clone(),
-        true,
-    );
+    let (gate, server) = throttled_gated_server(inner.clone());
     let limits = Config {
         queue_max_msgs: 2000,
         queue_max_bytes: 4 << 20,
@@ -617,12 +554,7 @@ fn backpressure_full_queue_refuses_and_memory_stays_bounded() {
         "receiver stopped reading"
     );
     gate.open.store(true, Ordering::Release);
-    assert!(
-        wait_until(T, || inner.count() == accepted),
-        "{} of {accepted}",
-        inner.count()
-    );
-    inner.assert_clean();
+    inner.assert_delivered(accepted, T);
 }
 
 #[test]
@@ -634,8 +566,7 @@ fn local_delivery_never_touches_a_socket() {
     for i in 0..1000 {
         conn.send(Message::new(1, payload(0, i, 64))).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 1000));
-    d.assert_clean();
+    d.assert_delivered(1000, T);
     let c = m.counters();
     assert_eq!(c.local_delivered, 1000);
     assert_eq!((c.bytes_out, c.accepted, c.connected), (0, 0, 0));
@@ -666,8 +597,7 @@ fn priority_orders_dispatch() {
     gate.open.store(true, Ordering::Release);
     assert!(wait_until(T, || inner.count() == 4));
     let order: Vec<u32> = inner
-        .kept
-        .lock()
+        .kept()
         .iter()
         .map(|m| u32::from_le_bytes(m.payload.to_vec()[0..4].try_into().unwrap()))
         .collect();
@@ -687,9 +617,8 @@ fn sixteen_mib_message_arrives_byte_for_byte() {
     for i in 0..3 {
         conn.send(Message::new(1, payload(0, i, 16 << 20))).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 3), "got {}", d.count());
-    d.assert_clean();
-    assert_eq!(d.bytes.load(Ordering::Relaxed), 3 * (16 << 20));
+    d.assert_delivered(3, T);
+    assert_eq!(d.bytes(), 3 * (16 << 20));
 }
 
 #[test]
@@ -723,20 +652,13 @@ fn multi_worker_spreads_connections_and_delivers_everything() {
         d.clone(),
         true,
     );
-    let clients: Vec<_> = (0..6)
-        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
-        .collect();
-    let conns: Vec<_> = clients
-        .iter()
-        .map(|c| c.connect(addr(&server)).unwrap())
-        .collect();
+    let (_clients, conns) = connected_clients(6, addr(&server));
     for i in 0..5000u64 {
         for (s, c) in conns.iter().enumerate() {
             send_retry(c, Message::new(1, payload(s as u32, i, 100)));
         }
     }
-    assert!(wait_until(T, || d.count() == 30_000), "got {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(30_000, T);
     let loads = server.worker_loads();
     assert!(
         loads.iter().all(|l| *l >= 2),
@@ -766,8 +688,7 @@ fn many_connections_echo_round_trip() {
         clients.push((m, d));
     }
     for (_, d) in &clients {
-        assert!(wait_until(T, || d.count() == 200), "echoes: {}", d.count());
-        d.assert_clean();
+        d.assert_delivered(200, T);
     }
     assert_eq!(server.counters().accepted, 32);
 }
@@ -851,8 +772,7 @@ fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
             .collect();
         conn.send_batch_wait(batch, T).unwrap();
     }
-    assert!(wait_until(T, || d.count() == 100_000), "got {}", d.count());
-    d.assert_clean();
+    d.assert_delivered(100_000, T);
     // A batch over the queue limit is refused whole, and every message comes back in order.
     let big: Vec<Message> = (0..1001)
         .map(|i| Message::new(1, payload(1, i, 64)))
@@ -878,38 +798,12 @@ fn inject_faults_in_handshakes_and_transfers_lossless_exactly_once() {
         delays: 20,
         delay_max_ms: 20,
     };
-    let d = Checker::fast();
-    let server = messenger(
-        "server",
-        Config {
-            inject: inject(11),
-            ..test_config()
-        },
-        d.clone(),
-        true,
-    );
-    let client = messenger(
-        "client",
-        Config {
-            inject: inject(12),
-            ..test_config()
-        },
-        Checker::fast(),
-        false,
-    );
-    let conn = client.connect(addr(&server)).unwrap();
+    let (server, d, client, conn) = pair_with_faults(inject(11), inject(12));
     for i in 0..N {
         conn.send_wait(Message::new(1, payload(0, i, 40 + (i % 200) as usize)), T)
             .unwrap();
     }
-    assert!(
-        wait_until(T, || d.count() >= N),
-        "delivered {} of {N}",
-        d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(d.count(), N, "exactly once");
-    d.assert_clean();
+    d.assert_delivered_exactly_once(N, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 100,
@@ -950,14 +844,7 @@ fn inject_faults_batched_sends_lossless_exactly_once_in_order() {
         conn.send_batch_wait(batch, T).unwrap();
     }
     let n = BATCHES * PER;
-    assert!(
-        wait_until(T, || srv_d.count() >= n),
-        "delivered {} of {n}",
-        srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(srv_d.count(), n, "exactly once");
-    srv_d.assert_clean();
+    srv_d.assert_delivered_exactly_once(n, T, Duration::from_millis(100));
     let (c, s) = (client.counters(), server.counters());
     assert!(
         c.injected_faults + s.injected_faults >= 20,

@@ -25,19 +25,17 @@ const T: Duration = Duration::from_secs(60);
 
 /// A started, bound server on the POSIX stack in `SO_REUSEPORT` mode.
 fn reuseport_server(workers: usize, d: Arc<dyn Dispatcher>) -> Messenger {
-    let m = Messenger::builder("server")
-        .config(Config {
+    start_messenger(
+        "server",
+        Config {
             workers,
             ..test_config()
-        })
-        .stack(Arc::new(PosixStack::with_reuseport()))
-        .dispatcher(d)
-        .default_policy(Policy::stateful_server())
-        .build()
-        .expect("build server");
-    m.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
-    m.start().expect("start");
-    m
+        },
+        Arc::new(PosixStack::with_reuseport()),
+        d,
+        Policy::stateful_server(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    )
 }
 
 /// Checks what it receives and keeps the connections it accepted.
@@ -67,13 +65,7 @@ fn reuseport_every_worker_accepts_and_delivers_exactly_once_in_order() {
     const N: u64 = 3_000;
     let d = Checker::fast();
     let server = reuseport_server(2, d.clone());
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|i| messenger(&format!("client{i}"), test_config(), Checker::fast(), false))
-        .collect();
-    let conns: Vec<_> = clients
-        .iter()
-        .map(|c| c.connect(addr(&server)).unwrap())
-        .collect();
+    let (_clients, conns) = connected_clients(CLIENTS, addr(&server));
     for i in 0..N {
         for (s, c) in conns.iter().enumerate() {
             send_retry(
@@ -83,15 +75,8 @@ fn reuseport_every_worker_accepts_and_delivers_exactly_once_in_order() {
         }
     }
     let total = N * CLIENTS as u64;
-    assert!(
-        wait_until(T, || d.count() >= total),
-        "got {} of {total}",
-        d.count()
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(d.count(), total, "exactly once");
-    d.assert_clean();
-    assert_eq!(d.next.lock().len(), CLIENTS, "every stream arrived");
+    d.assert_delivered_exactly_once(total, T, Duration::from_millis(50));
+    assert_eq!(d.streams(), CLIENTS, "every stream arrived");
     // The kernel hashed 16 connections over two listen queues; each worker kept its own
     // (all on one worker has probability 2^-15).
     let loads = server.worker_loads();
@@ -262,21 +247,21 @@ fn bound_sockets_cycling_workers_migrate_every_reconnect_exactly_once_in_order()
         check: check.clone(),
         accepted: Mutex::new(Vec::new()),
     });
-    let server = Messenger::builder("server")
-        .config(Config {
+    let server = start_messenger(
+        "server",
+        Config {
             workers: 3,
             ..test_config()
-        })
-        .stack(Arc::new(Homed {
+        },
+        Arc::new(Homed {
             inner: PosixStack::new(),
             name: "posix",
             homes: Some((Arc::new(AtomicUsize::new(0)), 3)),
-        }))
-        .dispatcher(keeper.clone())
-        .build()
-        .unwrap();
-    server.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    server.start().unwrap();
+        }),
+        keeper.clone(),
+        Policy::lossless_client(),
+        Some("127.0.0.1:0".parse().unwrap()),
+    );
     let client_d = Checker::fast();
     let client = messenger(
         "client",

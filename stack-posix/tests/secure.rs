@@ -64,12 +64,7 @@ fn secure_round_trip_of_every_size_both_ways() {
             n += 1;
         }
     }
-    assert!(
-        wait_until(T, || d.count() == n),
-        "echoes {} of {n}",
-        d.count()
-    );
-    d.assert_clean();
+    d.assert_delivered(n, T);
     let (sc, cc) = (server.counters(), client.counters());
     assert_eq!(sc.integrity_failures + cc.integrity_failures, 0);
     assert_eq!(sc.malformed + cc.malformed, 0);
@@ -92,12 +87,7 @@ fn secure_batched_sends_round_trip_sealed() {
             .collect();
         conn.send_batch_wait(batch, T).unwrap();
     }
-    assert!(
-        wait_until(T, || d.count() == n),
-        "echoes {} of {n}",
-        d.count()
-    );
-    d.assert_clean();
+    d.assert_delivered(n, T);
     let (sc, cc) = (server.counters(), client.counters());
     assert_eq!(sc.integrity_failures + cc.integrity_failures, 0);
     assert_eq!(sc.malformed + cc.malformed, 0);
@@ -116,8 +106,7 @@ fn payload_visible(cfg: fn() -> Config) -> bool {
         conn.send_wait(Message::new(1, payload(0, i, 200 + i as usize * 100)), T)
             .unwrap();
     }
-    assert!(wait_until(T, || d.count() == 50));
-    d.assert_clean();
+    d.assert_delivered(50, T);
     let secret = payload(0, 30, 3200).to_vec();
     let wire = proxy.captured.lock().clone();
     assert!(wire.len() > 50 * 200, "the proxy saw the traffic");
@@ -158,12 +147,7 @@ fn secure_rekeys_by_reconnecting_without_loss() {
             Message::new(1, payload(0, i, 64 + (i % 200) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || sd.count() == n),
-        "got {} of {n}",
-        sd.count()
-    );
-    sd.assert_clean();
+    sd.assert_delivered(n, T);
     let cc = client.counters();
     assert!(
         cc.rekeys >= n / 300 - 1,
@@ -242,12 +226,7 @@ fn tampered_run(tamper: Tamper) {
             Message::new(1, payload(0, i, 100 + (i % 50) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || sd.count() == n),
-        "{tamper:?}: got {} of {n}",
-        sd.count()
-    );
-    sd.assert_clean();
+    sd.assert_delivered(n, T);
     assert_eq!(proxy.tampered.load(std::sync::atomic::Ordering::Relaxed), 1);
     let sc = server.counters();
     assert_eq!(sc.integrity_failures, 1, "{tamper:?}: {sc:?}");
@@ -297,14 +276,7 @@ fn secure_inject_faults_and_delays_lossless_exactly_once() {
             Message::new(1, payload(0, i, 16 + (i % 300) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || sd.count() >= n),
-        "got {} of {n}",
-        sd.count()
-    );
-    std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(sd.count(), n, "exactly once");
-    sd.assert_clean();
+    sd.assert_delivered_exactly_once(n, T, Duration::from_millis(50));
     let (c, s) = (client.counters(), server.counters());
     assert!(c.injected_faults + s.injected_faults >= 20, "{c:?} {s:?}");
     assert!(c.reconnects >= 10, "{c:?}");

@@ -8,6 +8,15 @@ use common::*;
 use dataplane::{Config, Error, Messenger};
 use dataplane_stack_posix::PosixStack;
 
+/// A messenger on the POSIX stack with a checking dispatcher, built but not started.
+fn unstarted(name: &str, cfg: Config) -> Result<Messenger, Error> {
+    Messenger::builder(name)
+        .config(cfg)
+        .stack(Arc::new(PosixStack::new()))
+        .dispatcher(Checker::fast())
+        .build()
+}
+
 #[test]
 fn bind_port_range_skips_taken_ports() {
     // Find three consecutive free ports, then occupy the first.
@@ -26,12 +35,7 @@ fn bind_port_range_skips_taken_ports() {
         bind_port_max: base + 2,
         ..test_config()
     };
-    let m = Messenger::builder("ranged")
-        .config(cfg)
-        .stack(Arc::new(PosixStack::new()))
-        .dispatcher(Checker::fast())
-        .build()
-        .unwrap();
+    let m = unstarted("ranged", cfg).unwrap();
     let bound = m.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     assert_eq!(bound.port(), base + 1, "the taken port is skipped");
     assert_eq!(m.addr(), Some(bound));
@@ -46,12 +50,7 @@ fn bind_port_range_exhausted_is_a_clear_error() {
         bind_port_max: p,
         ..test_config()
     };
-    let m = Messenger::builder("ranged")
-        .config(cfg)
-        .stack(Arc::new(PosixStack::new()))
-        .dispatcher(Checker::fast())
-        .build()
-        .unwrap();
+    let m = unstarted("ranged", cfg).unwrap();
     let e = m.bind("127.0.0.1:0".parse().unwrap()).unwrap_err();
     assert!(matches!(e, Error::NoFreePort { .. }), "{e}");
 }
@@ -62,12 +61,7 @@ fn unknown_backend_is_a_clear_error() {
         backend: "rdma".into(),
         ..test_config()
     };
-    let e = Messenger::builder("x")
-        .config(cfg)
-        .stack(Arc::new(PosixStack::new()))
-        .dispatcher(Checker::fast())
-        .build()
-        .unwrap_err();
+    let e = unstarted("x", cfg).unwrap_err();
     let text = e.to_string();
     assert!(matches!(e, Error::UnknownBackend(_)), "{text}");
     assert!(
@@ -78,12 +72,7 @@ fn unknown_backend_is_a_clear_error() {
 
 #[test]
 fn connect_before_start_is_refused() {
-    let m = Messenger::builder("early")
-        .config(test_config())
-        .stack(Arc::new(PosixStack::new()))
-        .dispatcher(Checker::fast())
-        .build()
-        .unwrap();
+    let m = unstarted("early", test_config()).unwrap();
     let e = m.connect("127.0.0.1:9".parse().unwrap()).unwrap_err();
     assert!(matches!(e, Error::NotStarted));
 }

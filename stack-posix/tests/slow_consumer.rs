@@ -25,16 +25,7 @@ fn slow_consumer_memory_stays_flat_and_nothing_is_lost() {
     const N: u64 = 50_000;
     const SIZE: usize = 4096;
     let inner = Checker::queued();
-    let gate = Gate::closed(inner.clone());
-    let server = messenger(
-        "server",
-        Config {
-            dispatch_throttle_bytes: 1 << 20,
-            ..test_config()
-        },
-        gate.clone(),
-        true,
-    );
+    let (gate, server) = throttled_gated_server(inner.clone());
     let client = messenger(
         "client",
         Config {
@@ -82,10 +73,5 @@ fn slow_consumer_memory_stays_flat_and_nothing_is_lost() {
     );
     gate.open.store(true, Ordering::Release);
     sender.join().unwrap();
-    assert!(
-        wait_until(T, || inner.count() == N),
-        "{} of {N}",
-        inner.count()
-    );
-    inner.assert_clean();
+    inner.assert_delivered(N, T);
 }

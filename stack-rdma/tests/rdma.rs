@@ -6,19 +6,16 @@
 //! The messengers bind to `DATAPLANE_RDMA_ADDR` (the address of the netdev under `rxe0`),
 //! 127.0.0.1 when unset.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dataplane::stack::NetworkStack;
-use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane::{Config, Connection, Dispatcher, Message, Messenger, Policy};
 use dataplane_stack_rdma::{Misbehave, RdmaConfig, RdmaStack, NO_DEVICE};
-use parking_lot::Mutex;
+use dataplane_test_support::{payload, start_messenger, wait_until, Backoff, Checker};
 
 const T: Duration = Duration::from_secs(120);
-const HDR: usize = 12;
 
 /// The stack, or `None` (with a message) when this machine has no RDMA device.
 fn stack_with(cfg: RdmaConfig) -> Option<RdmaStack> {
@@ -52,76 +49,6 @@ fn ip() -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
-fn payload(stream: u32, seq: u64, len: usize) -> Buf {
-    let len = len.max(HDR);
-    let mut v = Vec::with_capacity(len);
-    v.extend_from_slice(&stream.to_le_bytes());
-    v.extend_from_slice(&seq.to_le_bytes());
-    v.extend((HDR..len).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8));
-    Buf::from_vec(v)
-}
-
-/// Checks exactly-once, in-order, byte-exact delivery per stream.
-#[derive(Default)]
-struct Checker {
-    next: Mutex<HashMap<u32, u64>>,
-    received: AtomicU64,
-    bytes: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    echo: bool,
-}
-
-impl Checker {
-    fn count(&self) -> u64 {
-        self.received.load(Ordering::Acquire)
-    }
-    fn assert_clean(&self) {
-        let e = self.errors.lock();
-        assert!(e.is_empty(), "delivery errors: {e:?}");
-    }
-}
-
-impl Dispatcher for Checker {
-    fn can_fast_dispatch(&self, _m: &Message) -> bool {
-        true
-    }
-    fn dispatch(&self, conn: &Connection, m: Message) {
-        let data = m.payload.to_vec();
-        self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        if data.len() < HDR {
-            self.errors
-                .lock()
-                .push(format!("short message {}", data.len()));
-        } else {
-            let stream = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-            let mut s = [0u8; 8];
-            s.copy_from_slice(&data[4..12]);
-            let seq = u64::from_le_bytes(s);
-            let mut next = self.next.lock();
-            let e = next.entry(stream).or_insert(0);
-            if seq != *e {
-                self.errors
-                    .lock()
-                    .push(format!("stream {stream}: expected {}, got {seq}", *e));
-            }
-            *e = seq + 1;
-            let bad = data[HDR..]
-                .iter()
-                .enumerate()
-                .any(|(i, b)| *b != (seq as usize).wrapping_mul(31).wrapping_add(i + HDR) as u8);
-            if bad {
-                self.errors
-                    .lock()
-                    .push(format!("stream {stream} seq {seq}: payload corrupted"));
-            }
-        }
-        if self.echo {
-            let _ = conn.send(m);
-        }
-        self.received.fetch_add(1, Ordering::Release);
-    }
-}
-
 fn config() -> Config {
     Config {
         workers: 1,
@@ -148,52 +75,20 @@ fn messenger_cfg(
     bind: bool,
     cfg: Config,
 ) -> Messenger {
-    let stack: Arc<dyn NetworkStack> = Arc::new(s.clone());
-    let m = Messenger::builder(name)
-        .config(cfg)
-        .stack(stack)
-        .dispatcher(d)
-        .default_policy(Policy::lossless_client())
-        .build()
-        .expect("build messenger");
-    if bind {
-        m.bind(SocketAddr::new(ip(), 0)).expect("bind");
-    }
-    m.start().expect("start");
-    m
+    let bind = bind.then(|| SocketAddr::new(ip(), 0));
+    start_messenger(
+        name,
+        cfg,
+        Arc::new(s.clone()),
+        d,
+        Policy::lossless_client(),
+        bind,
+    )
 }
 
-fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    f()
-}
-
-fn send_retry(conn: &Connection, mut m: Message) {
-    let end = Instant::now() + T;
-    loop {
-        match conn.send(m) {
-            Ok(()) => return,
-            Err(e) => {
-                assert!(
-                    matches!(
-                        e.kind,
-                        dataplane::SendErrorKind::QueueFull { .. }
-                            | dataplane::SendErrorKind::RingFull
-                    ),
-                    "send failed: {e}"
-                );
-                assert!(Instant::now() < end, "backpressure never released");
-                m = e.message;
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-    }
+/// Sends, retrying while backpressure refuses the message (for up to `T`).
+fn send_retry(conn: &Connection, m: Message) {
+    dataplane_test_support::send_retry(conn, m, T, Backoff::Sleep(Duration::from_micros(200)));
 }
 
 /// Client and server messengers, each on its own stack (own PD, CQs, registered memory).
@@ -213,9 +108,9 @@ fn pair() -> Option<Pair> {
 fn pair_with(cfg: RdmaConfig) -> Option<Pair> {
     let srv_stack = stack_with(cfg.clone())?;
     let cli_stack = stack_with(cfg)?;
-    let srv_d = Arc::new(Checker::default());
+    let srv_d = Checker::fast();
     let server = messenger("server", &srv_stack, srv_d.clone(), true);
-    let client = messenger("client", &cli_stack, Arc::new(Checker::default()), false);
+    let client = messenger("client", &cli_stack, Checker::fast(), false);
     let conn = client
         .connect(server.addr().expect("bound"))
         .expect("connect");
@@ -243,23 +138,28 @@ fn assert_torn_down(p: Pair) {
     server.shutdown();
     drop(client);
     drop(server);
-    for (who, s) in [("client", &cli_stack), ("server", &srv_stack)] {
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .stats()
-                .live_qps
-                .load(Ordering::Relaxed)
-                == 0),
-            "{who}: {} QPs still alive after shutdown",
-            s.stats().live_qps.load(Ordering::Relaxed)
-        );
-        let (arenas, in_use) = s.memory_usage();
-        assert_eq!(
-            in_use, 0,
-            "{who}: {in_use} registered slots still in use ({arenas} arenas)"
-        );
-    }
+    assert_released("client", &cli_stack);
+    assert_released("server", &srv_stack);
     assert_no_kernel_objects(&["qp", "cq", "srq"]);
+}
+
+/// Asserts that `s`, the stack of `who`, whose messengers are shut down, lets go of every QP
+/// (within 10 s) and of every registered slot.
+fn assert_released(who: &str, s: &RdmaStack) {
+    assert!(
+        wait_until(Duration::from_secs(10), || s
+            .stats()
+            .live_qps
+            .load(Ordering::Relaxed)
+            == 0),
+        "{who}: {} QPs still alive after shutdown",
+        s.stats().live_qps.load(Ordering::Relaxed)
+    );
+    let (arenas, in_use) = s.memory_usage();
+    assert_eq!(
+        in_use, 0,
+        "{who}: {in_use} registered slots still in use ({arenas} arenas)"
+    );
 }
 
 /// How many user-space `kind` objects (`qp`, `cq`, `mr`, `pd`) the kernel lists
@@ -310,12 +210,7 @@ fn rdma_connect_and_small_messages_byte_for_byte() {
             Message::new(1, payload(0, i, 16 + (i % 200) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || p.srv_d.count() == 1000),
-        "got {}",
-        p.srv_d.count()
-    );
-    p.srv_d.assert_clean();
+    p.srv_d.assert_delivered(1000, T);
     assert_eq!(p.cli_stack.stats().failures.load(Ordering::Relaxed), 0);
     assert_eq!(p.srv_stack.stats().failures.load(Ordering::Relaxed), 0);
     assert!(p.cli_stack.stats().sends.load(Ordering::Relaxed) > 0);
@@ -335,13 +230,8 @@ fn rdma_sixteen_mib_messages_byte_for_byte() {
     for i in 0..3 {
         send_retry(&p.conn, Message::new(1, payload(0, i, 16 << 20)));
     }
-    assert!(
-        wait_until(T, || p.srv_d.count() == 3),
-        "got {}",
-        p.srv_d.count()
-    );
-    p.srv_d.assert_clean();
-    assert_eq!(p.srv_d.bytes.load(Ordering::Relaxed), 3 * (16 << 20));
+    p.srv_d.assert_delivered(3, T);
+    assert_eq!(p.srv_d.bytes(), 3 * (16 << 20));
     assert_torn_down(p);
 }
 
@@ -375,12 +265,7 @@ fn thousands_of_messages(shared_rq: bool) {
             Message::new(1, payload(0, i, 64 + (i % 3000) as usize)),
         );
     }
-    assert!(
-        wait_until(T, || p.srv_d.count() == N),
-        "got {} of {N}",
-        p.srv_d.count()
-    );
-    p.srv_d.assert_clean();
+    p.srv_d.assert_delivered(N, T);
     let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
     let max = s.max_recv_outstanding.load(Ordering::Relaxed);
     eprintln!(
@@ -446,14 +331,8 @@ fn rdma_lossless_reconnect_after_qp_forced_to_error() {
         );
     }
     let n = sent;
-    assert!(
-        wait_until(T, || p.srv_d.count() >= n),
-        "delivered {} of {n}",
-        p.srv_d.count()
-    );
-    std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(p.srv_d.count(), n, "exactly once");
-    p.srv_d.assert_clean();
+    p.srv_d
+        .assert_delivered_exactly_once(n, T, Duration::from_millis(200));
     let c = p.client.counters();
     assert!(c.reconnects >= ROUNDS, "reconnected {} times", c.reconnects);
     assert!(p.cli_stack.stats().failures.load(Ordering::Relaxed) >= ROUNDS);
@@ -480,12 +359,9 @@ fn rdma_ping_pong_echo_round_trips() {
     let Some(cli_stack) = stack_with(busy) else {
         return;
     };
-    let echo = Arc::new(Checker {
-        echo: true,
-        ..Checker::default()
-    });
+    let echo = Checker::echo();
     let server = messenger("server", &srv_stack, echo, true);
-    let back = Arc::new(Checker::default());
+    let back = Checker::fast();
     let client = messenger("client", &cli_stack, back.clone(), false);
     let conn = client
         .connect(server.addr().expect("bound"))
@@ -520,12 +396,7 @@ fn rdma_bad_side_channel_peer_is_refused_and_others_continue() {
     for i in 0..200u64 {
         send_retry(&p.conn, Message::new(1, payload(0, i, 300)));
     }
-    assert!(
-        wait_until(T, || p.srv_d.count() == 200),
-        "got {}",
-        p.srv_d.count()
-    );
-    p.srv_d.assert_clean();
+    p.srv_d.assert_delivered(200, T);
     assert!(p.srv_stack.stats().failures.load(Ordering::Relaxed) >= 1);
     assert_torn_down(p);
 }
@@ -560,11 +431,11 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
         return;
     };
     let Some(good_stack) = stack() else { return };
-    let srv_d = Arc::new(Checker::default());
+    let srv_d = Checker::fast();
     let server = messenger("server", &srv_stack, srv_d.clone(), true);
     let addr = server.addr().expect("bound");
-    let bad = messenger("bad", &bad_stack, Arc::new(Checker::default()), false);
-    let good = messenger("good", &good_stack, Arc::new(Checker::default()), false);
+    let bad = messenger("bad", &bad_stack, Checker::fast(), false);
+    let good = messenger("good", &good_stack, Checker::fast(), false);
     let bad_conn = bad.connect(addr).expect("connect");
     let good_conn = good.connect(addr).expect("connect");
     // The bad client streams enough to overrun any window; failures only queue, never panic.
@@ -592,7 +463,7 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
         .unwrap_or_default();
     eprintln!("bad peer ({misbehave:?}): torn down with \"{why}\"");
     assert!(why.contains(want), "unexpected reason: {why}");
-    let good_done = || srv_d.next.lock().get(&0).copied() == Some(N);
+    let good_done = || srv_d.next_seq(0) == Some(N);
     assert!(wait_until(T, good_done), "the good connection stalled");
     srv_d.assert_clean();
     assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
@@ -602,16 +473,12 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
         m.shutdown();
     }
     drop((bad, good, server));
-    for s in [&srv_stack, &bad_stack, &good_stack] {
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .stats()
-                .live_qps
-                .load(Ordering::Relaxed)
-                == 0),
-            "QPs left after shutdown"
-        );
-        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    for (who, s) in [
+        ("server", &srv_stack),
+        ("bad", &bad_stack),
+        ("good", &good_stack),
+    ] {
+        assert_released(who, s);
     }
     assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
@@ -660,12 +527,7 @@ fn rdma_large_messages_use_rdma_write_byte_for_byte() {
         };
         send_retry(&p.conn, Message::new(1, payload(0, i, len)));
     }
-    assert!(
-        wait_until(T, || p.srv_d.count() == N),
-        "got {} of {N}",
-        p.srv_d.count()
-    );
-    p.srv_d.assert_clean();
+    p.srv_d.assert_delivered(N, T);
     let (c, s) = (p.cli_stack.stats(), p.srv_stack.stats());
     let writes = c.writes.load(Ordering::Relaxed);
     let wbytes = c.write_bytes.load(Ordering::Relaxed);
@@ -717,17 +579,12 @@ fn rdma_sixteen_connections_share_one_srq() {
     }) else {
         return;
     };
-    let d = Arc::new(Checker::default());
+    let d = Checker::fast();
     let server = messenger("server", &srv_stack, d.clone(), true);
     let addr = server.addr().expect("bound");
     let clients: Vec<(Messenger, Connection)> = (0..CONNS)
         .map(|i| {
-            let m = messenger(
-                &format!("client{i}"),
-                &cli_stack,
-                Arc::new(Checker::default()),
-                false,
-            );
+            let m = messenger(&format!("client{i}"), &cli_stack, Checker::fast(), false);
             let c = m.connect(addr).expect("connect");
             (m, c)
         })
@@ -741,12 +598,7 @@ fn rdma_sixteen_connections_share_one_srq() {
         }
     }
     let total = N * CONNS as u64;
-    assert!(
-        wait_until(T, || d.count() == total),
-        "got {} of {total}",
-        d.count()
-    );
-    d.assert_clean();
+    d.assert_delivered(total, T);
     let st = srv_stack.stats();
     let (bufs, granted) = srv_stack.srq_usage().expect("SRQ mode");
     let bufs_max = st.srq_buffers_max.load(Ordering::Relaxed);
@@ -786,17 +638,13 @@ fn rdma_sixteen_connections_share_one_srq() {
     server.shutdown();
     drop(clients);
     drop(server);
-    for s in [&srv_stack, &cli_stack] {
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .stats()
-                .live_qps
-                .load(Ordering::Relaxed)
-                == 0),
-            "QPs left after shutdown"
+    for (who, s) in [("server", &srv_stack), ("client", &cli_stack)] {
+        assert_released(who, s);
+        assert_eq!(
+            s.srq_usage(),
+            Some((0, 0)),
+            "{who}: SRQ left after shutdown"
         );
-        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
-        assert_eq!(s.srq_usage(), Some((0, 0)), "SRQ left after shutdown");
     }
     assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
@@ -813,23 +661,18 @@ fn rdma_srq_budget_exhausted_refuses_new_connections() {
         return;
     };
     let Some(cli_stack) = stack() else { return };
-    let d = Arc::new(Checker::default());
+    let d = Checker::fast();
     let server = messenger("server", &srv_stack, d.clone(), true);
     let addr = server.addr().expect("bound");
     let mut clients = Vec::new();
     for i in 0..2 {
-        let m = messenger(
-            &format!("client{i}"),
-            &cli_stack,
-            Arc::new(Checker::default()),
-            false,
-        );
+        let m = messenger(&format!("client{i}"), &cli_stack, Checker::fast(), false);
         let c = m.connect(addr).expect("connect");
         send_retry(&c, Message::new(1, payload(i, 0, 100)));
         clients.push((m, c));
     }
     assert!(wait_until(T, || d.count() == 2), "first two connections up");
-    let third = messenger("client2", &cli_stack, Arc::new(Checker::default()), false);
+    let third = messenger("client2", &cli_stack, Checker::fast(), false);
     let c3 = third.connect(addr).expect("connect");
     let _ = c3.send(Message::new(1, payload(2, 0, 100)));
     let st = srv_stack.stats();
@@ -846,7 +689,7 @@ fn rdma_srq_budget_exhausted_refuses_new_connections() {
             send_retry(c, Message::new(1, payload(s as u32, i, 300)));
         }
     }
-    let done = || (0..2).all(|s| d.next.lock().get(&s).copied() == Some(200));
+    let done = || (0..2).all(|s| d.next_seq(s) == Some(200));
     assert!(wait_until(T, done), "the admitted connections stalled");
     d.assert_clean();
     assert_eq!(srv_stack.srq_usage().map(|u| u.1), Some(16));
@@ -857,17 +700,8 @@ fn rdma_srq_budget_exhausted_refuses_new_connections() {
     }
     server.shutdown();
     drop((clients, third, server));
-    for s in [&srv_stack, &cli_stack] {
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .stats()
-                .live_qps
-                .load(Ordering::Relaxed)
-                == 0),
-            "QPs left after shutdown"
-        );
-        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
-    }
+    assert_released("server", &srv_stack);
+    assert_released("client", &cli_stack);
     assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
 
@@ -876,7 +710,7 @@ fn rdma_sockets_handed_to_another_worker_deliver_everything() {
     // Two server workers: accepted sockets go to the least-loaded worker (`Adopt`), so some
     // QPs are created on one thread and driven from another.
     let Some(srv_stack) = stack() else { return };
-    let d = Arc::new(Checker::default());
+    let d = Checker::fast();
     let server = messenger_cfg(
         "server",
         &srv_stack,
@@ -891,12 +725,7 @@ fn rdma_sockets_handed_to_another_worker_deliver_everything() {
     let mut clients = Vec::new();
     for i in 0..4 {
         let Some(st) = stack() else { return };
-        let m = messenger(
-            &format!("client{i}"),
-            &st,
-            Arc::new(Checker::default()),
-            false,
-        );
+        let m = messenger(&format!("client{i}"), &st, Checker::fast(), false);
         let c = m.connect(addr).expect("connect");
         clients.push((st, m, c));
     }
@@ -910,12 +739,7 @@ fn rdma_sockets_handed_to_another_worker_deliver_everything() {
         }
     }
     let total = N * clients.len() as u64;
-    assert!(
-        wait_until(T, || d.count() == total),
-        "got {} of {total}",
-        d.count()
-    );
-    d.assert_clean();
+    d.assert_delivered(total, T);
     let loads = server.worker_loads();
     eprintln!("server worker loads: {loads:?}");
     assert!(
@@ -929,16 +753,9 @@ fn rdma_sockets_handed_to_another_worker_deliver_everything() {
     server.shutdown();
     drop(server);
     let stacks: Vec<RdmaStack> = clients.into_iter().map(|(st, _, _)| st).collect();
-    for s in stacks.iter().chain([&srv_stack]) {
-        assert!(
-            wait_until(Duration::from_secs(10), || s
-                .stats()
-                .live_qps
-                .load(Ordering::Relaxed)
-                == 0),
-            "QPs left after shutdown"
-        );
-        assert_eq!(s.memory_usage().1, 0, "slots left after shutdown");
+    for (i, s) in stacks.iter().enumerate() {
+        assert_released(&format!("client{i}"), s);
     }
+    assert_released("server", &srv_stack);
     assert_no_kernel_objects(&["qp", "cq"]);
 }

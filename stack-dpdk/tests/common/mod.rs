@@ -1,112 +1,20 @@
-//! Helpers of the DPDK integration tests: payloads whose bytes are a function of (stream,
-//! sequence), a dispatcher that checks exactly-once, in-order, byte-exact delivery, and the
-//! configuration read from the environment `scripts/test-dpdk.sh` sets up.
+//! Helpers of the DPDK integration tests: the messenger configuration, the configuration read
+//! from the environment `scripts/test-dpdk.sh` sets up, the memif set-up of the two-process
+//! tests ([`memif`]), and (re-exported from `dataplane-test-support`) payloads whose bytes are
+//! a function of (stream, sequence), a dispatcher that checks exactly-once, in-order,
+//! byte-exact delivery, and waiting helpers.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dataplane::{Buf, Config, Connection, Dispatcher, Message};
-use parking_lot::Mutex;
+use dataplane::{Config, Connection, Message};
+use dataplane_test_support::Backoff;
+// Not every test uses every one of these.
+#[allow(unused_imports)]
+pub use dataplane_test_support::{payload, start_messenger, wait_until, Checker};
 
-/// Header of every test payload: stream id (u32 LE) + sequence (u64 LE).
-pub const HDR: usize = 12;
-
-/// A payload whose bytes are a function of (stream, seq).
-pub fn payload(stream: u32, seq: u64, len: usize) -> Buf {
-    let len = len.max(HDR);
-    let mut v = Vec::with_capacity(len);
-    v.extend_from_slice(&stream.to_le_bytes());
-    v.extend_from_slice(&seq.to_le_bytes());
-    v.extend((HDR..len).map(|i| (seq as usize).wrapping_mul(31).wrapping_add(i) as u8));
-    Buf::from_vec(v)
-}
-
-/// Checks every message: per stream, sequence numbers arrive exactly once and in order, and
-/// the bytes match [`payload`].
-#[derive(Default)]
-pub struct Checker {
-    next: Mutex<HashMap<u32, u64>>,
-    received: AtomicU64,
-    bytes: AtomicU64,
-    errors: Mutex<Vec<String>>,
-    pub resets: AtomicU64,
-}
-
-impl Checker {
-    pub fn new() -> Arc<Checker> {
-        Arc::new(Checker::default())
-    }
-
-    fn check(&self, m: Message) {
-        self.received.fetch_add(1, Ordering::Relaxed);
-        self.bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
-        let data = m.payload.to_vec();
-        if data.len() < HDR {
-            self.errors
-                .lock()
-                .push(format!("short message {}", data.len()));
-            return;
-        }
-        let mut h = [0u8; 4];
-        h.copy_from_slice(&data[0..4]);
-        let stream = u32::from_le_bytes(h);
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&data[4..12]);
-        let seq = u64::from_le_bytes(s);
-        {
-            let mut next = self.next.lock();
-            let e = next.entry(stream).or_insert(0);
-            if seq != *e {
-                let mut errs = self.errors.lock();
-                if errs.len() < 20 {
-                    errs.push(format!("stream {stream}: expected seq {}, got {seq}", *e));
-                }
-            }
-            *e = seq + 1;
-        }
-        let bad = data[HDR..]
-            .iter()
-            .enumerate()
-            .any(|(i, b)| *b != (seq as usize).wrapping_mul(31).wrapping_add(i + HDR) as u8);
-        if bad {
-            self.errors
-                .lock()
-                .push(format!("stream {stream} seq {seq}: payload corrupted"));
-        }
-    }
-
-    pub fn count(&self) -> u64 {
-        self.received.load(Ordering::Relaxed)
-    }
-
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    pub fn assert_clean(&self) {
-        let errs = self.errors.lock();
-        assert!(errs.is_empty(), "delivery errors: {errs:?}");
-    }
-}
-
-impl Dispatcher for Checker {
-    fn can_fast_dispatch(&self, _m: &Message) -> bool {
-        true
-    }
-    fn fast_dispatch(&self, _conn: &Connection, m: Message) {
-        self.check(m);
-    }
-    fn dispatch(&self, _conn: &Connection, m: Message) {
-        self.check(m);
-    }
-    fn handle_reset(&self, _c: &Connection) {
-        self.resets.fetch_add(1, Ordering::Relaxed);
-    }
-}
+pub mod memif;
 
 /// A small messenger configuration with one worker (the DPDK stack's rule).
 pub fn test_config() -> Config {
@@ -131,39 +39,17 @@ pub fn dpdk_config() -> Config {
     }
 }
 
-/// Polls `f` until true or `timeout`.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    f()
+/// Sends, retrying while backpressure refuses the message (for up to 120 s).
+pub fn send_retry(conn: &Connection, m: Message) {
+    dataplane_test_support::send_retry(conn, m, Duration::from_secs(120), Backoff::Yield);
 }
 
-/// Sends, retrying while backpressure refuses the message.
-pub fn send_retry(conn: &Connection, mut m: Message) {
-    let end = Instant::now() + Duration::from_secs(120);
-    loop {
-        match conn.send(m) {
-            Ok(()) => return,
-            Err(e) => {
-                assert!(
-                    matches!(
-                        e.kind,
-                        dataplane::SendErrorKind::QueueFull { .. }
-                            | dataplane::SendErrorKind::RingFull
-                    ),
-                    "send failed: {e}"
-                );
-                assert!(Instant::now() < end, "backpressure never released");
-                m = e.message;
-                std::thread::yield_now();
-            }
-        }
-    }
+/// Logs to stderr, filtered by `RUST_LOG`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// An environment variable, or `default`.

@@ -19,6 +19,20 @@ pub fn frame(mut h: FrameHead, front: &[u8], data: &[u8]) -> Vec<u8> {
     v
 }
 
+/// A frame of `tag` with sequence number `seq` (0 on control frames), `front` and `data`, the
+/// rest of its header default.
+pub fn tagged_frame(tag: Tag, seq: u64, front: &[u8], data: &[u8]) -> Vec<u8> {
+    frame(
+        FrameHead {
+            tag: tag as u8,
+            seq,
+            ..FrameHead::default()
+        },
+        front,
+        data,
+    )
+}
+
 /// A hello from a raw peer.
 pub fn hello(name: &str, lossless: bool) -> Hello {
     Hello {
@@ -39,14 +53,7 @@ pub fn hello(name: &str, lossless: bool) -> Hello {
 
 pub fn hello_frame(h: &Hello) -> Vec<u8> {
     let body = wire::encode_hello(h).unwrap();
-    frame(
-        FrameHead {
-            tag: Tag::Hello as u8,
-            ..FrameHead::default()
-        },
-        &body,
-        &[],
-    )
+    tagged_frame(Tag::Hello, 0, &body, &[])
 }
 
 pub fn connect(addr: SocketAddr) -> TcpStream {
