@@ -37,28 +37,26 @@ fn stack(base: &DpdkConfig, port: &str, ip: Ipv4Addr, mtu: u16, skip: bool) -> A
     Arc::new(s)
 }
 
-fn messenger(name: &str, stack: &Arc<DpdkStack>, checker: &Arc<Checker>) -> Messenger {
-    let m = Messenger::builder(name)
-        .config(Config {
-            send_buffer_bytes: 512 << 10,
-            recv_buffer_bytes: 512 << 10,
-            ..dpdk_config()
-        })
-        .stack(stack.clone())
-        .dispatcher(checker.clone())
-        .build()
-        .expect("messenger");
-    m.start().expect("start");
-    m
+/// A started messenger on `stack` with the benchmark's socket buffers, bound to `bind` if given.
+fn messenger(
+    name: &str,
+    stack: &Arc<DpdkStack>,
+    checker: &Arc<Checker>,
+    bind: Option<SocketAddr>,
+) -> Messenger {
+    let cfg = Config {
+        send_buffer_bytes: 512 << 10,
+        recv_buffer_bytes: 512 << 10,
+        ..dpdk_config()
+    };
+    let policy = Policy::lossless_client();
+    start_messenger(name, cfg, stack.clone(), checker.clone(), policy, bind)
 }
 
 #[test]
 #[ignore = "needs root and DPDK (scripts/test-dpdk.sh)"]
 fn memif_jumbo_frames_and_tcp_checksums_off() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_tracing();
     let n: u64 = env_or("MEMIF_JUMBO_MESSAGES", "100000")
         .parse()
         .expect("count");
@@ -100,10 +98,10 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
     );
 
     // 1. Jumbo frames, no TCP checksums, every message exactly once.
-    let received = Checker::new();
-    let server = messenger("jumbo-server", &a_server, &received);
-    let addr = server.bind(SocketAddr::from((a_ip.0, 7500))).expect("bind");
-    let client = messenger("jumbo-client", &a_client, &Checker::new());
+    let received = Checker::fast();
+    let addr = SocketAddr::from((a_ip.0, 7500));
+    let server = messenger("jumbo-server", &a_server, &received, Some(addr));
+    let client = messenger("jumbo-client", &a_client, &Checker::fast(), None);
     let conn = client.open(addr, Policy::lossless_client()).expect("open");
     let start = Instant::now();
     let mut bytes = 0u64;
@@ -148,10 +146,10 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
     server.shutdown();
 
     // 2. One end skips TCP checksums, the other checks them: no connection.
-    let received = Checker::new();
-    let server = messenger("csum-server", &b_server, &received);
-    let addr = server.bind(SocketAddr::from((b_ip.0, 7501))).expect("bind");
-    let client = messenger("csum-client", &b_client, &Checker::new());
+    let received = Checker::fast();
+    let addr = SocketAddr::from((b_ip.0, 7501));
+    let server = messenger("csum-server", &b_server, &received, Some(addr));
+    let client = messenger("csum-client", &b_client, &Checker::fast(), None);
     let conn = client.open(addr, Policy::lossless_client()).expect("open");
     send_retry(&conn, Message::new(1, payload(0, 0, 64)));
     assert!(
