@@ -41,6 +41,8 @@ pub(crate) struct PortDevice {
     burst: usize,
     rx: VecDeque<Mbuf>,
     rx_scratch: Vec<Mbuf>,
+    /// ARP replies other queues received, to be handed to this interface first.
+    shared_arp: Vec<Vec<u8>>,
     rx_polled: bool,
     tx: Vec<Mbuf>,
     stash: Vec<Mbuf>,
@@ -71,6 +73,7 @@ impl PortDevice {
             burst,
             rx: VecDeque::with_capacity(64),
             rx_scratch: Vec::with_capacity(64),
+            shared_arp: Vec::new(),
             rx_polled: false,
             tx: Vec::with_capacity(256),
             stash: Vec::with_capacity(64),
@@ -100,6 +103,9 @@ impl PortDevice {
     /// Starts a poll round: the next `receive` may call `rx_burst` once.
     pub(crate) fn begin_round(&mut self) {
         self.rx_polled = false;
+        if self.port.queues > 1 {
+            self.port.arp.take(self.queue, &mut self.shared_arp);
+        }
         self.round_rx = 0;
         self.round_tx = 0;
     }
@@ -195,6 +201,10 @@ impl PortDevice {
         }
         let flags = m.ol_flags();
         let caps = &self.port.info;
+        if self.port.queues > 1 && crate::arp::is_arp_reply(m.data()) {
+            let n = self.port.arp.share(self.queue, m.data());
+            s.arp_shared.fetch_add(n as u64, Ordering::Relaxed);
+        }
         match check_frame(
             m.data(),
             caps.rx_ip_cksum && flags & RX_IP_CKSUM_GOOD != 0,
@@ -223,9 +233,13 @@ impl PortDevice {
     }
 }
 
-/// Receives one frame; owns its mbuf until smoltcp has consumed the bytes.
-pub(crate) struct RxToken {
-    mbuf: Mbuf,
+/// Receives one frame: an mbuf it owns until smoltcp has consumed the bytes, or a copy of an
+/// ARP reply another queue received ([`crate::arp`]).
+pub(crate) enum RxToken {
+    /// A frame of this queue, read in place.
+    Mbuf(Mbuf),
+    /// An ARP reply shared by another queue.
+    Shared(Vec<u8>),
 }
 
 impl phy::RxToken for RxToken {
@@ -233,9 +247,12 @@ impl phy::RxToken for RxToken {
     where
         F: FnOnce(&[u8]) -> R,
     {
-        // The frame is read in place from the mbuf; the mbuf goes back to the pool when the
-        // token is dropped at the end of this call.
-        f(self.mbuf.data())
+        match self {
+            // The frame is read in place from the mbuf; the mbuf goes back to the pool when
+            // the token is dropped at the end of this call.
+            RxToken::Mbuf(m) => f(m.data()),
+            RxToken::Shared(v) => f(&v),
+        }
     }
 }
 
@@ -261,7 +278,13 @@ impl phy::TxToken for TxToken<'_> {
             return with_scratch(&mut dev.scratch, len, f);
         };
         let r = match m.append(len) {
-            Some(buf) => f(buf),
+            Some(buf) => {
+                let r = f(buf);
+                if crate::arp::is_arp_request(buf) {
+                    dev.stats.tx_arp_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            }
             None => {
                 dev.stats.tx_too_big.fetch_add(1, Ordering::Relaxed);
                 return with_scratch(&mut dev.scratch, len, f);
@@ -291,6 +314,9 @@ impl phy::Device for PortDevice {
     type TxToken<'a> = TxToken<'a>;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken, TxToken<'_>)> {
+        if let Some(frame) = self.shared_arp.pop() {
+            return Some((RxToken::Shared(frame), TxToken { dev: self }));
+        }
         let mbuf = self.next_rx()?;
         self.round_rx += 1;
         let len = mbuf.data().len() as u64;
@@ -300,7 +326,7 @@ impl phy::Device for PortDevice {
             self.rx_max_frame = len;
             self.stats.rx_max_frame.fetch_max(len, Ordering::Relaxed);
         }
-        Some((RxToken { mbuf }, TxToken { dev: self }))
+        Some((RxToken::Mbuf(mbuf), TxToken { dev: self }))
     }
 
     fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {

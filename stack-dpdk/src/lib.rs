@@ -39,6 +39,8 @@ pub use rss::{tcp4_input, toeplitz, RssTable, Steering};
 pub use stats::{Stats, StatsSnapshot};
 
 #[cfg(dpdk_available)]
+mod arp;
+#[cfg(dpdk_available)]
 mod device;
 #[cfg(dpdk_available)]
 mod engine;

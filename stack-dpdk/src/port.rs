@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
+use crate::arp::ArpShare;
 use crate::config::DpdkConfig;
 use crate::error::DpdkError;
 use crate::rss::Steering;
@@ -82,6 +83,8 @@ pub(crate) struct Port {
     pub(crate) steering: Steering,
     /// TCP checksums are neither computed nor verified ([`DpdkConfig::skip_tcp_checksum`]).
     pub(crate) skip_tcp_checksum: bool,
+    /// ARP replies shared between the queues' interfaces.
+    pub(crate) arp: ArpShare,
 }
 
 impl Port {
@@ -133,6 +136,7 @@ impl Port {
                     queues,
                     steering,
                     skip_tcp_checksum: cfg.skip_tcp_checksum,
+                    arp: ArpShare::new(queues),
                 })
             }
             Err(e) => {

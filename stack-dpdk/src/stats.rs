@@ -13,6 +13,10 @@ pub struct Stats {
     pub rx_bytes: AtomicU64,
     /// Largest frame that went to the TCP/IP stack (Ethernet header included).
     pub rx_max_frame: AtomicU64,
+    /// ARP replies handed to the other queues' interfaces (one per queue reached).
+    pub arp_shared: AtomicU64,
+    /// ARP requests sent.
+    pub tx_arp_requests: AtomicU64,
     /// Frames handed to the TX queues.
     pub tx_frames: AtomicU64,
     /// Received frames shorter than an Ethernet header.
@@ -50,6 +54,10 @@ pub struct StatsSnapshot {
     pub rx_bytes: u64,
     /// See [`Stats::rx_max_frame`].
     pub rx_max_frame: u64,
+    /// See [`Stats::arp_shared`].
+    pub arp_shared: u64,
+    /// See [`Stats::tx_arp_requests`].
+    pub tx_arp_requests: u64,
     /// See [`Stats::tx_frames`].
     pub tx_frames: u64,
     /// See [`Stats::drop_runt`].
@@ -85,6 +93,8 @@ impl Stats {
             rx_delivered: r(&self.rx_delivered),
             rx_bytes: r(&self.rx_bytes),
             rx_max_frame: r(&self.rx_max_frame),
+            arp_shared: r(&self.arp_shared),
+            tx_arp_requests: r(&self.tx_arp_requests),
             tx_frames: r(&self.tx_frames),
             drop_runt: r(&self.drop_runt),
             drop_not_ip: r(&self.drop_not_ip),

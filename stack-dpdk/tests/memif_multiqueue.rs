@@ -13,7 +13,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::memif::{self, Node, SocketDir};
 use common::*;
@@ -59,9 +59,16 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
     );
     let target = SocketAddr::from((server_ip, 7400));
     // Separate lossless connections, placed on the least-loaded worker: three per worker.
-    let conns: Vec<_> = (0..CONNS)
-        .map(|_| m.open(target, Policy::lossless_client()).expect("open"))
-        .collect();
+    // The first one alone: worker 0 resolves the peer by ARP and hands the reply to queue 1's
+    // interface, so worker 1 never has to ask (on an RSS NIC its own reply would land on
+    // queue 0 and never reach it).
+    let mut conns = vec![m.open(target, Policy::lossless_client()).expect("open")];
+    assert!(
+        wait_until(Duration::from_secs(10), || stack.stats().arp_shared >= 1),
+        "worker 0's ARP reply was not shared: {:?}",
+        stack.stats()
+    );
+    conns.extend((1..CONNS).map(|_| m.open(target, Policy::lossless_client()).expect("open")));
     let loads = m.worker_loads();
     assert_eq!(loads, vec![3, 3], "connections spread over both workers");
     let start = Instant::now();
@@ -101,5 +108,10 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
     assert!(done.contains("loads=3,3 "), "receiver placement: {done}");
     let c = m.counters();
     assert_eq!(c.sessions_migrated, 0);
+    assert_eq!(
+        stack.stats().tx_arp_requests,
+        1,
+        "only worker 0 asked for the peer's address; worker 1 learnt it from the shared reply"
+    );
     m.shutdown();
 }
