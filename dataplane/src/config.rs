@@ -59,6 +59,10 @@ pub struct Config {
     pub rx_buffers: usize,
     /// Back the buffer pools with hugepages when reserved (falls back with one warning).
     pub hugepages: bool,
+    /// Fault the buffer pools' pages in when the messenger is built, so that no page fault
+    /// happens on the receive path ([`PoolConfig::prefault`](crate::buf::PoolConfig)).
+    /// Default true.
+    pub prefault_buffers: bool,
     /// Slots of each worker's command ring.
     pub command_ring: usize,
     /// Set TCP_NODELAY.
@@ -125,6 +129,7 @@ impl Default for Config {
             rx_buffer_bytes: 64 * 1024,
             rx_buffers: 512,
             hugepages: true,
+            prefault_buffers: true,
             command_ring: 64 * 1024,
             nodelay: true,
             send_buffer_bytes: 0,

@@ -30,6 +30,7 @@ fn pool() -> BufPool {
         count: 64,
         hugepages: false,
         lock: false,
+        prefault: false,
     })
     .expect("pool")
 }

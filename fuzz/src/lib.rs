@@ -97,6 +97,7 @@ pub fn pool(buf_size: usize, count: usize) -> BufPool {
         count,
         hugepages: false,
         lock: false,
+        prefault: false,
     }) {
         Ok(p) => p,
         Err(e) => panic!("fuzz harness: cannot create a {count} x {buf_size} B pool: {e}"),

@@ -16,6 +16,7 @@ fn small_pool(buf_size: usize, count: usize, hugepages: bool) -> BufPool {
         count,
         hugepages,
         lock: false,
+        prefault: false,
     })
     .unwrap_or_else(|e| panic!("pool of {count} x {buf_size}: {e}"))
 }
@@ -149,6 +150,7 @@ fn locked_pool() {
         count: 16,
         hugepages: true,
         lock: true,
+        prefault: false,
     });
     match res {
         Ok(p) => assert!(format!("{p:?}").contains("locked: true"), "{p:?}"),
@@ -707,4 +709,41 @@ fn large_frame_buffers_are_recycled_and_small_ones_are_not() {
     // Small buffers are left to the allocator.
     drop(BufMut::for_frame(1000).freeze());
     assert!(recycle::cached().1 >= bytes - (cap + cap / 8));
+}
+
+/// Pages of `[ptr, ptr + len)` resident in memory (`mincore`).
+fn resident_pages(ptr: *const u8, len: usize) -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap();
+    let pages = len.div_ceil(page);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `ptr` is the page-aligned start of a live mapping of at least `len` bytes (a
+    // pool's arena, kept alive by the caller), and `vec` has one byte per page of it.
+    let r = unsafe { libc::mincore(ptr as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    assert_eq!(r, 0, "mincore: {}", std::io::Error::last_os_error());
+    vec.iter().filter(|b| **b & 1 != 0).count()
+}
+
+#[test]
+fn prefault_maps_every_page_in_at_creation() {
+    let cfg = |prefault| PoolConfig {
+        buf_size: 64 * 1024,
+        count: 64,
+        hugepages: false,
+        lock: false,
+        prefault,
+    };
+    let page = 4096;
+    let p = BufPool::new(&cfg(true)).unwrap();
+    let len = p.arena_len();
+    assert_eq!(
+        resident_pages(p.arena_ptr(), len),
+        len / page,
+        "every page resident before any buffer was used"
+    );
+    let lazy = BufPool::new(&cfg(false)).unwrap();
+    assert!(
+        resident_pages(lazy.arena_ptr(), lazy.arena_len()) < len / page / 2,
+        "without prefault the pages come in on first touch"
+    );
 }

@@ -365,6 +365,7 @@ impl MessengerBuilder {
             count: shared.cfg.rx_buffers,
             hugepages: shared.cfg.hugepages,
             lock: false,
+            prefault: shared.cfg.prefault_buffers,
         };
         let mut threads = Vec::new();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();

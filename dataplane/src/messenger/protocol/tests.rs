@@ -16,6 +16,7 @@ fn pool() -> BufPool {
         count: 64,
         hugepages: false,
         lock: false,
+        prefault: false,
     })
     .unwrap()
 }
@@ -1193,6 +1194,7 @@ fn read_buf_offers_room_after_a_close_frame_fills_the_buffer() {
         count: 2,
         hugepages: false,
         lock: false,
+        prefault: false,
     })
     .unwrap();
     let close = {
