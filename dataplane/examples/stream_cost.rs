@@ -1,6 +1,7 @@
 //! Per-message cost of the small-message stream: sends N 64-byte messages over one lossless
-//! loopback connection in batches of 256 (one client worker, one server worker, a
-//! fast-dispatch sink that counts) and prints the rate.
+//! loopback connection in batches of 256 (one client worker, one server worker, a sink that
+//! counts in place on the worker thread; `STREAM_COST_OWNED=1` makes it take owned messages by
+//! fast dispatch instead) and prints the rate.
 //!
 //! Meant to be run under callgrind, whose instruction counts are deterministic enough to
 //! compare changes on a noisy machine (total Ir divided by N is the per-message cost, setup
@@ -16,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::{Buf, Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane::{Buf, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy};
 use dataplane_stack_posix::PosixStack;
 
 /// Messages per `send_batch_wait`.
@@ -27,6 +28,16 @@ const SIZE: usize = 64;
 /// Counts what arrives, on the worker thread.
 struct Sink {
     msgs: AtomicU64,
+    in_place: bool,
+}
+
+impl Sink {
+    fn new() -> Arc<Sink> {
+        Arc::new(Sink {
+            msgs: AtomicU64::new(0),
+            in_place: std::env::var_os("STREAM_COST_OWNED").is_none(),
+        })
+    }
 }
 
 impl Dispatcher for Sink {
@@ -34,6 +45,17 @@ impl Dispatcher for Sink {
         true
     }
     fn dispatch(&self, _c: &Connection, _m: Message) {
+        self.msgs.fetch_add(1, Ordering::Release);
+    }
+    /// Counted in place (no `Message`, no reference count), unless `STREAM_COST_OWNED` is set
+    /// to measure the owned path.
+    fn dispatches_in_place(&self) -> bool {
+        self.in_place
+    }
+    fn in_place(&self, _msg_type: u16) -> bool {
+        true
+    }
+    fn dispatch_in_place(&self, _c: &Connection, _m: MessageRef<'_>) {
         self.msgs.fetch_add(1, Ordering::Release);
     }
 }
@@ -58,17 +80,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(a) => a.parse()?,
         None => 100_096,
     };
-    let sink = Arc::new(Sink {
-        msgs: AtomicU64::new(0),
-    });
+    let sink = Sink::new();
     let server = messenger("server", sink.clone())?;
     let addr = server.bind("127.0.0.1:0".parse()?)?;
-    let client = messenger(
-        "client",
-        Arc::new(Sink {
-            msgs: AtomicU64::new(0),
-        }),
-    )?;
+    let client = messenger("client", Sink::new())?;
     let conn = client.open(addr, Policy::lossless_client())?;
     let size: usize = match std::env::args().nth(2) {
         Some(a) => a.parse()?,

@@ -61,7 +61,7 @@ pub use config::{Config, FaultInjection};
 pub use counters::CounterSnapshot;
 pub use error::{BatchSendError, Error, SendError, SendErrorKind};
 pub use messenger::{
-    priority, Connection, Dispatcher, Message, Messenger, MessengerBuilder, Policy,
+    priority, Connection, Dispatcher, Message, MessageRef, Messenger, MessengerBuilder, Policy,
 };
 pub use stack::{
     ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::messenger::{priority, Connection, Message};
+use crate::messenger::{priority, Connection, Message, MessageRef};
 use crate::ring::Doorbell;
 
 /// The application's side of a messenger (Ceph's `Dispatcher`).
@@ -30,6 +30,31 @@ pub trait Dispatcher: Send + Sync + 'static {
 
     /// Handles a message on the dispatch thread.
     fn dispatch(&self, conn: &Connection, msg: Message);
+
+    /// Whether this dispatcher takes any message type in place; only then is
+    /// [`Dispatcher::in_place`] asked. Default false.
+    fn dispatches_in_place(&self) -> bool {
+        false
+    }
+
+    /// Whether messages of `msg_type` are handled in place by
+    /// [`Dispatcher::dispatch_in_place`]: on the worker thread, the payload borrowed from the
+    /// receive buffer, with no `Message` built and no reference count taken on the buffer
+    /// (two atomic operations and a fifth of the receiving worker's work per small message).
+    /// For consumers that parse or apply a message at once, as eRPC's request handlers do.
+    /// The same rules as fast dispatch apply: never block. The answer must depend on
+    /// `msg_type` only (it is remembered for runs of one type). Asked only when
+    /// [`Dispatcher::dispatches_in_place`] is true. Default false.
+    fn in_place(&self, _msg_type: u16) -> bool {
+        false
+    }
+
+    /// Handles a message in place (see [`Dispatcher::in_place`]). The payload is valid only
+    /// during the call. The default copies it into an owned message for
+    /// [`Dispatcher::fast_dispatch`].
+    fn dispatch_in_place(&self, conn: &Connection, msg: MessageRef<'_>) {
+        self.fast_dispatch(conn, msg.to_message());
+    }
 
     /// An outgoing connection finished its first handshake.
     fn handle_connect(&self, _conn: &Connection) {}

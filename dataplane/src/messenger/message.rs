@@ -68,3 +68,27 @@ impl Message {
         }
     }
 }
+
+/// A received message borrowed from the receive buffer, for a dispatcher that handles it in
+/// place ([`Dispatcher::in_place`](crate::Dispatcher::in_place)): no `Message` is built and no
+/// reference count is taken. The payload is valid only for the duration of the call.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRef<'a> {
+    /// Application-defined message type.
+    pub msg_type: u16,
+    /// Priority, see [`priority`].
+    pub priority: u8,
+    /// The payload, in the receive buffer.
+    pub payload: &'a [u8],
+}
+
+impl MessageRef<'_> {
+    /// An owned message with a copy of the payload (for keeping it past the call).
+    pub fn to_message(&self) -> Message {
+        Message {
+            msg_type: self.msg_type,
+            priority: self.priority,
+            payload: BufList::from(Buf::copy_from_slice(self.payload)),
+        }
+    }
+}

@@ -31,7 +31,7 @@ mod worker;
 
 pub use connection::Connection;
 pub use dispatch::Dispatcher;
-pub use message::{priority, Message};
+pub use message::{priority, Message, MessageRef};
 pub use policy::Policy;
 
 use std::collections::HashMap;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{self, Keyring, Side};
-use crate::messenger::Message;
+use crate::messenger::{Message, MessageRef};
 use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
@@ -1116,7 +1116,22 @@ impl Session {
         &mut self,
         f: Frame,
         now: Instant,
+        deliver: impl FnMut(Message),
+    ) -> Result<(), Fault> {
+        self.receive_with(f, now, |_| false, deliver, |_| {})
+    }
+
+    /// As [`Session::receive`], but a message whose type `in_place` accepts goes to
+    /// `deliver_in_place` borrowed from the frame when it could be delivered at once: no
+    /// `Message` is built and no reference count taken. Messages that must wait behind an
+    /// event are owned, whatever `in_place` says.
+    pub fn receive_with(
+        &mut self,
+        f: Frame,
+        now: Instant,
+        in_place: impl Fn(u16) -> bool,
         mut deliver: impl FnMut(Message),
+        mut deliver_in_place: impl FnMut(MessageRef<'_>),
     ) -> Result<(), Fault> {
         self.last_rx = now;
         if self.state == SessionState::Closed {
@@ -1143,6 +1158,17 @@ impl Session {
                     if self.ack_deadline.is_none() {
                         self.ack_deadline = Some(now + self.cfg.ack_delay);
                     }
+                    if self.ordered_events == 0 && in_place(f.msg_type) {
+                        deliver_in_place(MessageRef {
+                            msg_type: f.msg_type,
+                            priority: f.priority,
+                            payload: f.data.as_slice(),
+                        });
+                        if let Some(ack) = ack {
+                            self.handle_ack(ack)?;
+                        }
+                        return Ok(());
+                    }
                     // The payload moves into the message: no reference-count traffic.
                     let m = Message::received(f.msg_type, f.priority, f.data);
                     if self.ordered_events == 0 {
@@ -1157,7 +1183,7 @@ impl Session {
                 }
             }
             (Tag::MessageBatch, SessionState::Open) => {
-                self.receive_batch(&f, now, &mut deliver)?;
+                self.receive_batch(&f, now, &in_place, &mut deliver, &mut deliver_in_place)?;
             }
             (Tag::Ack | Tag::Keepalive | Tag::KeepaliveAck, SessionState::Open) => {
                 if f.tag == Tag::Keepalive {
@@ -1189,7 +1215,9 @@ impl Session {
         &mut self,
         f: &Frame,
         now: Instant,
+        in_place: &impl Fn(u16) -> bool,
         deliver: &mut impl FnMut(Message),
+        deliver_in_place: &mut impl FnMut(MessageRef<'_>),
     ) -> Result<(), Fault> {
         if !self.batching {
             return Err(Fault::Protocol(
@@ -1221,6 +1249,18 @@ impl Session {
             records.next();
         }
         for (msg_type, range) in records {
+            if self.ordered_events == 0 && in_place(msg_type) {
+                let Some(payload) = f.data.as_slice().get(range) else {
+                    return Err(WireError::BadBatch("record outside the batch").into());
+                };
+                self.in_seq += 1;
+                deliver_in_place(MessageRef {
+                    msg_type,
+                    priority: f.priority,
+                    payload,
+                });
+                continue;
+            }
             let Some(payload) = f.data.try_slice(range) else {
                 return Err(WireError::BadBatch("record outside the batch").into());
             };

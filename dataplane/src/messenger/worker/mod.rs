@@ -6,6 +6,7 @@ mod migrate;
 
 use accept::Pending;
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -644,15 +645,27 @@ impl Worker {
                     // Messages are dispatched as they are decoded (the session hands them
                     // over directly unless an earlier event must go first); their counters
                     // are summed and published once per read.
-                    let (mut msgs_in, mut bytes_in) = (0u64, 0u64);
-                    let r = st.decoder.decode_keyed(|f| {
-                        session.receive(f, now, |m| {
-                            msgs_in += 1;
-                            bytes_in += m.len() as u64;
-                            deliver(shared, handle, m);
-                        })?;
-                        Ok(session.take_opener())
-                    });
+                    let d = &*shared.dispatcher;
+                    let dec = &mut st.decoder;
+                    let (r, msgs_in, bytes_in) = if d.dispatches_in_place() {
+                        // The dispatcher's answer for the last message type seen: one call
+                        // per run of same-typed messages, not one per message.
+                        let memo = Cell::new((u32::MAX, false));
+                        let in_place = |t: u16| {
+                            let (last, yes) = memo.get();
+                            if last == u32::from(t) {
+                                return yes;
+                            }
+                            let yes = d.in_place(t);
+                            memo.set((u32::from(t), yes));
+                            yes
+                        };
+                        decode_and_deliver(dec, session, shared, handle, now, in_place)
+                    } else {
+                        // A separate copy of the loop without the question, so a dispatcher
+                        // that takes nothing in place pays nothing for it.
+                        decode_and_deliver(dec, session, shared, handle, now, |_| false)
+                    };
                     if msgs_in > 0 {
                         Counters::add(&shared.counters.msgs_in, msgs_in);
                         Counters::add(&shared.counters.bytes_in, bytes_in);
@@ -1038,6 +1051,42 @@ impl Worker {
             }
         }
     }
+}
+
+/// Decodes the frames read into `decoder` and hands their messages to the application as they
+/// come: owned ([`deliver`]) or, for the types `in_place` accepts, borrowed from the frame
+/// ([`Dispatcher::dispatch_in_place`](crate::Dispatcher::dispatch_in_place)). Returns the
+/// decoding result and the messages and bytes delivered.
+#[inline]
+fn decode_and_deliver(
+    decoder: &mut FrameDecoder,
+    session: &mut Session,
+    shared: &Shared,
+    handle: &Connection,
+    now: Instant,
+    in_place: impl Fn(u16) -> bool,
+) -> (Result<(), Fault>, u64, u64) {
+    let (msgs, bytes) = (Cell::new(0u64), Cell::new(0u64));
+    let d = &*shared.dispatcher;
+    let r = decoder.decode_keyed(|f| {
+        session.receive_with(
+            f,
+            now,
+            &in_place,
+            |m| {
+                msgs.set(msgs.get() + 1);
+                bytes.set(bytes.get() + m.len() as u64);
+                deliver(shared, handle, m);
+            },
+            |m| {
+                msgs.set(msgs.get() + 1);
+                bytes.set(bytes.get() + m.payload.len() as u64);
+                d.dispatch_in_place(handle, m);
+            },
+        )?;
+        Ok(session.take_opener())
+    });
+    (r, msgs.get(), bytes.get())
 }
 
 /// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
