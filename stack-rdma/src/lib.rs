@@ -14,13 +14,18 @@
 //!   the peer process went away.
 //! - **Memory**: send and receive slots come from hugepage arenas registered once per
 //!   protection domain (one MR per arena, see `memory`); nothing is registered per message.
-//! - **Send**: `writev` copies the gather list into registered send slots (one SEND per slot,
-//!   inline below `max_inline_data`) and posts the whole batch with one doorbell; only every
-//!   `send_depth / 4`-th WR and the one that fills the ring are signalled (RC completes in
-//!   order, so one completion frees every slot before it). The copy is a staging copy:
-//!   the stack interface lets the caller reuse its buffers as soon as `writev` returns, so
-//!   SGEs pointing at the caller's memory would be unsound without a completion callback
-//!   into the messenger.
+//!   The arenas of the `BufPool`s whose buffers are sent are registered once per protection
+//!   domain too, the first time one of their buffers is sent.
+//! - **Send, zero-copy**: the socket asks the messenger for segments
+//!   (`ConnectedSocket::send_segments`): a payload `Buf` in a registered pool arena goes out
+//!   as an SGE of that arena, and the socket keeps a clone of it until the work request's
+//!   completion (or the QP's destruction); frame headers, checksums, small and heap payloads
+//!   are copied into registered send slots ([`RdmaConfig::zero_copy`],
+//!   [`RdmaStats::zero_copy_bytes`], [`RdmaStats::copied_bytes`]). The batch goes out with one
+//!   doorbell (SENDs up to a receive buffer, inline below `max_inline_data`); only every
+//!   `send_depth / 4`-th WR, the one that fills the ring and the last of a batch that holds
+//!   `Buf`s are signalled (RC completes in order, so one completion frees every slot and
+//!   `Buf` before it).
 //! - **Receive buffers**: by default one shared receive queue (SRQ) per stack (`srq`): each
 //!   connection is granted a credit share ([`RdmaConfig::srq_share`]) backed by buffers
 //!   posted to the SRQ, which grows on demand up to [`RdmaConfig::srq_max_wr`] (beyond, new
@@ -52,8 +57,8 @@
 //! - **Teardown**: QP to the error state, wait (bounded) for the flush, destroy QP, CQ and
 //!   channel, then return the slots, so a slot is never reused while the NIC may write it.
 //!
-//! See `docs/rdma.md` for what is not done yet (zero-copy, memory windows per QP, CQ per
-//! worker) and for setting up a rack.
+//! See `docs/rdma.md` for what is not done yet (zero-copy receive, memory windows per QP, CQ
+//! per worker) and for setting up a rack.
 
 mod memory;
 mod poller;
@@ -79,10 +84,13 @@ use sideway::ibverbs::device::{DeviceInfo, DeviceList};
 use sideway::ibverbs::device_context::{DeviceContext, LinkLayer};
 use sideway::ibverbs::protection_domain::ProtectionDomain;
 
-use crate::memory::SlotPool;
+use crate::memory::{PoolRegions, SlotPool};
 pub use crate::socket::RdmaSocket;
 use crate::srq::SharedRq;
 use crate::sys::QpHandle;
+
+/// Most SGEs one send work request gathers (zero-copy payloads between copied headers).
+const MAX_SEND_SGE: u32 = 16;
 
 /// The message users see when a machine has no usable RDMA device.
 pub const NO_DEVICE: &str = "no RDMA device found; install rdma-core or use --backend posix";
@@ -188,6 +196,17 @@ pub struct RdmaConfig {
     /// 2-vCPU test VM spinning workers took the CPU from Soft-RoCE and made latency worse
     /// (see docs/rdma.md); on hardware with a core per worker, 50–1000 µs pays off.
     pub busy_poll: Duration,
+    /// Send the messenger's payload `Buf`s without copying them (the default): a payload in
+    /// a `BufPool` arena goes out as an SGE of that arena's memory region (each arena
+    /// registered once per protection domain, the first time one of its buffers is sent), and
+    /// the socket keeps a clone of the `Buf` until the work request completes. Heap or static
+    /// buffers, frame headers and checksums are still copied into send slots. Off: every byte
+    /// is copied (the socket takes `writev`).
+    pub zero_copy: bool,
+    /// A payload `Buf` shorter than this is copied even when it could go zero-copy (an SGE
+    /// costs the NIC a descriptor and a DMA read; a small copy is cheaper). A longer one goes
+    /// zero-copy whole, every piece of it (also a short tail left by a partial send).
+    pub zero_copy_min: usize,
     /// Test hook: behave like a broken or hostile peer. [`Misbehave::No`] outside tests.
     #[doc(hidden)]
     pub misbehave: Misbehave,
@@ -227,6 +246,8 @@ impl Default for RdmaConfig {
             write_min: 256 << 10,
             arena_bytes: 16 << 20,
             busy_poll: Duration::ZERO,
+            zero_copy: true,
+            zero_copy_min: 4096,
             misbehave: Misbehave::No,
         }
     }
@@ -269,6 +290,11 @@ pub struct RdmaStats {
     pub write_bytes: AtomicU64,
     /// RDMA WRITEs received (completions of the peer's WRITE-with-immediate).
     pub writes_received: AtomicU64,
+    /// Bytes sent straight from the caller's registered `Buf`s (zero-copy SGEs).
+    pub zero_copy_bytes: AtomicU64,
+    /// Bytes copied into send slots (frame headers, checksums, small or unregistered
+    /// payloads; every byte when zero-copy is off).
+    pub copied_bytes: AtomicU64,
 }
 
 impl RdmaStats {
@@ -296,12 +322,14 @@ pub(crate) struct Device {
     pub(crate) lid: u16,
     pub(crate) mtu: u8,
     pub(crate) max_inline: u32,
-    /// SGEs per send work request (1..=8, capped by the device's `max_sge`).
+    /// SGEs per send work request (1..=`MAX_SEND_SGE`, capped by the device's `max_sge`).
     pub(crate) max_send_sge: u32,
     pub(crate) cfg: RdmaConfig,
     /// The shared receive queue (SRQ mode), created on the first connection.
     pub(crate) srq: Option<SharedRq>,
     pub(crate) pool: Arc<SlotPool>,
+    /// Registered `BufPool` arenas (zero-copy sends).
+    pub(crate) regions: PoolRegions,
     pub(crate) stats: Arc<RdmaStats>,
     /// Live QPs, by socket id, for [`RdmaStack::force_qp_errors`]. A socket removes its entry
     /// under this lock before destroying its QP.
@@ -354,13 +382,15 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         .map_err(verbs("allocate protection domain"))?;
     let mtu = port_attr.active_mtu() as u32 as u8;
     let pool = Arc::new(SlotPool::new(pd.clone(), cfg.slot_size, cfg.arena_bytes));
+    let regions = PoolRegions::new(pd.clone());
     let stats = Arc::new(RdmaStats::new());
     let attr = ctx.query_device().ok();
-    // SGEs per send WR: an RDMA WRITE gathers up to 8 send slots; fewer if the device says so.
+    // SGEs per send WR: zero-copy payloads interleaved with copied frame headers, or an RDMA
+    // WRITE gathering up to 8 send slots; fewer if the device says so.
     let max_send_sge = attr
         .as_ref()
         .map_or(1, |a| u32::try_from(a.max_sge()).unwrap_or(1))
-        .clamp(1, 8);
+        .clamp(1, MAX_SEND_SGE);
     let srq = if cfg.shared_rq {
         let dev_max = attr
             .as_ref()
@@ -395,6 +425,7 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         cfg: cfg.clone(),
         srq,
         pool,
+        regions,
         stats,
         qps: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(1),
@@ -479,6 +510,11 @@ impl RdmaStack {
     /// buffers posted to the shared receive queue while it exists.
     pub fn memory_usage(&self) -> (usize, usize) {
         self.dev.pool.usage()
+    }
+
+    /// `BufPool` arenas registered for zero-copy sends now (each once per protection domain).
+    pub fn registered_pools(&self) -> usize {
+        self.dev.regions.registered()
     }
 
     /// Whether connections receive through the shared receive queue.

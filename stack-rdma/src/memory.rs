@@ -1,9 +1,15 @@
 //! Registered message memory: hugepage arenas, each registered **once** with the protection
 //! domain as one memory region, carved into fixed-size slots. Sockets take their send and
 //! receive slots from here; nothing is registered per message or per connection.
+//!
+//! [`PoolRegions`] registers the arenas of the messenger's (or the application's)
+//! [`BufPool`]s, once per protection domain, so that a `Buf` in one of them is sent straight
+//! from where it is (zero-copy).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use dataplane::buf::{Buf, BufPool};
 use hugepages::{Arena, ArenaOptions, PageSize};
 use parking_lot::Mutex;
 use sideway::ibverbs::memory_region::MemoryRegion;
@@ -199,5 +205,153 @@ impl WriteRegion {
     /// The remote key the peer writes with.
     pub(crate) fn rkey(&self) -> u32 {
         self.mr.rkey()
+    }
+}
+
+/// A [`BufPool`] arena registered with the protection domain. Field order: the MR is
+/// deregistered before the pool handle (perhaps the last one, unmapping the arena) goes.
+struct PoolRegion {
+    /// `None`: registration failed once; the pool's buffers are copied (never retried).
+    mr: Option<Arc<MemoryRegion>>,
+    /// Keeps the arena mapped while it is registered.
+    pool: BufPool,
+    key: RegionKey,
+}
+
+/// Where a registered pool arena is and its local key, as sockets cache it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RegionKey {
+    start: u64,
+    end: u64,
+    /// `None` when the arena could not be registered.
+    lkey: Option<u32>,
+}
+
+/// The `BufPool` arenas registered with one protection domain, shared by every socket of a
+/// stack. Each arena is registered the first time a `Buf` of its pool is sent, and stays
+/// registered (its pool kept alive) until a later registration finds the pool unused (no
+/// handle and no buffer left but ours), when it is deregistered and let go.
+pub(crate) struct PoolRegions {
+    pd: Arc<ProtectionDomain>,
+    regions: Mutex<Vec<PoolRegion>>,
+    /// Bumped whenever `regions` changes, so sockets know when to refresh their copy.
+    gen: AtomicU64,
+}
+
+impl std::fmt::Debug for PoolRegions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolRegions")
+            .field("regions", &self.regions.lock().len())
+            .finish()
+    }
+}
+
+impl PoolRegions {
+    pub(crate) fn new(pd: Arc<ProtectionDomain>) -> PoolRegions {
+        PoolRegions {
+            pd,
+            regions: Mutex::new(Vec::new()),
+            gen: AtomicU64::new(0),
+        }
+    }
+
+    /// Pool arenas registered now (those whose registration failed not counted).
+    pub(crate) fn registered(&self) -> usize {
+        self.regions
+            .lock()
+            .iter()
+            .filter(|r| r.mr.is_some())
+            .count()
+    }
+
+    /// Registers the arena of `pool` unless it is known already. Never fails: an arena that
+    /// cannot be registered is remembered as such and its buffers are copied.
+    fn register(&self, pool: BufPool) {
+        let mut g = self.regions.lock();
+        let start = pool.arena_ptr() as u64;
+        if g.iter().any(|r| r.key.start == start) {
+            return;
+        }
+        // Pools nobody uses any more (our handle is the last reference: no buffer is in
+        // flight either) are deregistered and let go.
+        g.retain(|r| r.pool.handle_count() > 1);
+        let len = pool.arena_len();
+        // SAFETY: the arena is mapped for `arena_len()` bytes and stays mapped while the
+        // `PoolRegion` holds its pool handle; the region drops the MR before that handle.
+        let mr = unsafe { self.pd.reg_mr(start as usize, len, AccessFlags::LocalWrite) };
+        let mr = match mr {
+            Ok(mr) => {
+                tracing::debug!(
+                    bytes = len,
+                    "registered a buffer pool arena for zero-copy sends"
+                );
+                Some(mr)
+            }
+            Err(e) => {
+                tracing::warn!(bytes = len, error = %e, "cannot register a buffer pool arena (check `ulimit -l`); its buffers are copied");
+                None
+            }
+        };
+        let key = RegionKey {
+            start,
+            end: start + len as u64,
+            lkey: mr.as_ref().map(|m| m.lkey()),
+        };
+        g.push(PoolRegion { mr, pool, key });
+        self.gen.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// A socket's copy of its stack's [`PoolRegions`], refreshed when they change.
+#[derive(Debug)]
+pub(crate) struct RegionCache {
+    keys: Vec<RegionKey>,
+    gen: u64,
+}
+
+impl Default for RegionCache {
+    fn default() -> Self {
+        RegionCache {
+            keys: Vec::new(),
+            gen: u64::MAX,
+        }
+    }
+}
+
+impl RegionCache {
+    /// Catches up with `regions` if they changed since the last call.
+    pub(crate) fn refresh(&mut self, regions: &PoolRegions) {
+        if regions.gen.load(Ordering::Acquire) == self.gen {
+            return;
+        }
+        let g = regions.regions.lock();
+        self.gen = regions.gen.load(Ordering::Acquire);
+        self.keys.clear();
+        self.keys.extend(g.iter().map(|r| r.key));
+    }
+
+    fn find(&self, start: u64, end: u64) -> Option<Option<u32>> {
+        self.keys
+            .iter()
+            .find(|k| start >= k.start && end <= k.end)
+            .map(|k| k.lkey)
+    }
+
+    /// The local key under which `bytes` (inside `buf`) can be sent straight from where they
+    /// are, registering `buf`'s pool arena the first time one of its buffers is seen. `None`
+    /// for heap or static buffers, or an arena that could not be registered: copy those.
+    ///
+    /// Call [`RegionCache::refresh`] first in each send call, so that a region let go since
+    /// is never used (a region is only let go when no buffer of its pool exists, so the one
+    /// in hand keeps its own region alive).
+    pub(crate) fn lkey(&mut self, regions: &PoolRegions, buf: &Buf, bytes: &[u8]) -> Option<u32> {
+        let start = bytes.as_ptr() as u64;
+        let end = start + bytes.len() as u64;
+        if let Some(k) = self.find(start, end) {
+            return k;
+        }
+        regions.register(buf.pool()?);
+        self.refresh(regions);
+        self.find(start, end).flatten()
     }
 }

@@ -10,14 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::buf::BufMut;
-use dataplane::stack::ConnectedSocket;
+use dataplane::buf::{Buf, BufMut};
+use dataplane::stack::{ConnectedSocket, Segment};
 use mio::net::TcpStream;
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
-use crate::memory::{Slot, WriteRegion};
+use crate::memory::{RegionCache, Slot, WriteRegion};
 use crate::poller::{self, CqShared, Wc};
 use crate::srq::{SrqGen, RECV_BIT};
 use crate::sys::{self, Kick, PathTo, QpCaps, RawQp, RecvWr, SendWr, Sge};
@@ -44,6 +44,36 @@ struct Ready {
     /// An RDMA WRITE: consuming it frees a write chunk.
     write: bool,
 }
+/// Most send slots one RDMA WRITE gathers.
+const WRITE_SLOTS: u32 = 8;
+
+/// A piece of a gather list: its bytes, and the `Buf` they live in when the socket may keep
+/// it until the send completes (zero-copy).
+trait Piece {
+    fn bytes(&self) -> &[u8];
+    fn shared(&self) -> Option<&Buf>;
+}
+
+impl Piece for IoSlice<'_> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn shared(&self) -> Option<&Buf> {
+        None
+    }
+}
+
+impl Piece for Segment<'_> {
+    fn bytes(&self) -> &[u8] {
+        Segment::bytes(self)
+    }
+
+    fn shared(&self) -> Option<&Buf> {
+        Segment::shared(self)
+    }
+}
+
 /// How long teardown waits for in-flight sends and flushed work requests.
 const DRAIN_WAIT: Duration = Duration::from_millis(200);
 
@@ -104,6 +134,14 @@ pub struct RdmaSocket {
     sent_total: u32,
     send_batch: Vec<SendWr>,
     send_sges: Vec<Sge>,
+    /// `Buf`s the WR being built reads (zero-copy), moved to `held` when it is posted.
+    send_keep: Vec<Buf>,
+    /// `Buf`s posted WRs read, with the send sequence of their WR: kept until a completion
+    /// passes it (a signalled completion covers the unsignalled WRs before it), or until
+    /// the QP is destroyed.
+    held: VecDeque<(u64, Buf)>,
+    /// The stack's registered pool arenas, as last seen.
+    zc_regions: RegionCache,
     /// Write chunks of the peer's buffer we may write now.
     write_credits: u32,
     /// RDMA WRITEs posted so far (the next one goes to chunk `write_seq % chunks`).
@@ -232,6 +270,9 @@ impl RdmaSocket {
             sent_total: 0,
             send_batch: Vec::new(),
             send_sges: Vec::new(),
+            send_keep: Vec::new(),
+            held: VecDeque::new(),
+            zc_regions: RegionCache::default(),
             write_credits: 0,
             write_seq: 0,
             writes_recvd: 0,
@@ -551,6 +592,9 @@ impl RdmaSocket {
                 return Err(self.fail(format!("send completion for unknown request {seq}")));
             }
             self.send_done = seq;
+            while self.held.front().is_some_and(|(s, _)| *s <= seq) {
+                self.held.pop_front();
+            }
         }
         Ok(())
     }
@@ -707,6 +751,294 @@ impl RdmaSocket {
             && self.phase >= Phase::Established
     }
 
+    /// Posts the gather list as SEND / RDMA WRITE-with-immediate work requests with one
+    /// doorbell. Bytes of a [`Piece::shared`] `Buf` in a registered pool arena (at least
+    /// `zero_copy_min` of them) go as SGEs of that arena, the `Buf` kept until the WR
+    /// completes; every other byte is copied into the WR's send slots.
+    fn send_gather<P: Piece>(&mut self, iov: &[P]) -> io::Result<usize> {
+        if self.failed.is_some() {
+            return Err(self.failed_err());
+        }
+        match self.phase {
+            Phase::Established => {}
+            Phase::Closed => return Err(io::ErrorKind::NotConnected.into()),
+            _ => return Err(io::ErrorKind::WouldBlock.into()),
+        }
+        // Reap send completions and credits without a system call.
+        self.poll_cq()?;
+        let depth = u64::from(self.dev.cfg.send_depth);
+        let signal_every = (self.dev.cfg.send_depth / 4).max(1);
+        let inline_max = self.dev.max_inline as usize;
+        let chunk = self.chunk;
+        let misbehave = self.dev.cfg.misbehave;
+        let Some(res) = self.res.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let wanted: usize = iov.iter().map(|s| s.bytes().len()).sum();
+        let zc_min = if self.dev.cfg.zero_copy {
+            self.dev.cfg.zero_copy_min.max(1)
+        } else {
+            usize::MAX
+        };
+        if zc_min != usize::MAX {
+            self.zc_regions.refresh(&self.dev.regions);
+        }
+        let max_sge = self.dev.max_send_sge as usize;
+        let mut keep = std::mem::take(&mut self.send_keep);
+        keep.clear();
+        let mut batch_keeps = false;
+        let (mut zc_bytes, mut copied_bytes) = (0u64, 0u64);
+        let slot_size = self.dev.pool.slot_size();
+        // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
+        let peer_write = self.peer.and_then(|p| p.write);
+        let write_max = peer_write.map_or(0, |w| {
+            (w.chunk as usize)
+                .min(self.dev.max_send_sge.min(WRITE_SLOTS) as usize * slot_size)
+                .min((self.dev.cfg.send_depth as usize / 2).max(1) * slot_size)
+        });
+        let write_min = self.dev.cfg.write_min.max(1);
+        let mut total = 0usize;
+        let mut batch = std::mem::take(&mut self.send_batch);
+        let mut sges = std::mem::take(&mut self.send_sges);
+        batch.clear();
+        sges.clear();
+        let mut writes = 0u64;
+        let mut write_bytes = 0u64;
+        let (mut vi, mut off) = (0usize, 0usize);
+        let overrun = misbehave == Misbehave::OverrunCredits;
+        while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
+            // Skip exhausted / empty slices.
+            while vi < iov.len() && off == iov[vi].bytes().len() {
+                vi += 1;
+                off = 0;
+            }
+            if vi == iov.len() {
+                break;
+            }
+            let left = wanted - total;
+            let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
+            // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
+            // peer's advertised buffer, gathered from several send slots (and zero-copy SGEs).
+            let write = match peer_write {
+                Some(w) if self.write_credits > 0 && write_max > 0 && left >= write_min => {
+                    let len = left.min(write_max);
+                    let k = len.div_ceil(slot_size);
+                    (k <= free_slots).then_some((w, len, k))
+                }
+                _ => None,
+            };
+            let (want, nslots) = match write {
+                Some((_, len, k)) => (len, k),
+                None => (chunk, 1),
+            };
+            let sge_at = sges.len() as u32;
+            let mut len = 0usize;
+            // The send slot copied bytes go into, and how full it is (`slot_size`: none yet).
+            let mut slot = res.send_slots[(self.send_seq % depth) as usize];
+            let mut fill = slot_size;
+            let mut slots_used = 0usize;
+            // Whether the last SGE is a copy run ending at `fill` in `slot` (extend it).
+            let mut run = false;
+            while len < want && vi < iov.len() {
+                let piece = &iov[vi];
+                let src = piece.bytes().get(off..).unwrap_or(&[]);
+                if src.is_empty() {
+                    vi += 1;
+                    off = 0;
+                    continue;
+                }
+                let n = src.len().min(want - len);
+                // Judged on the whole `Buf`, so every piece of a large payload goes
+                // zero-copy (also the one that ends a WR, or the tail left by a short
+                // send): never a copied fragment.
+                let lkey = match piece.shared() {
+                    Some(b) if b.len() >= zc_min => self.zc_regions.lkey(&self.dev.regions, b, src),
+                    _ => None,
+                };
+                let used = if let Some(lkey) = lkey {
+                    if sges.len() - sge_at as usize >= max_sge {
+                        break;
+                    }
+                    sges.push(Sge {
+                        addr: src.as_ptr() as u64,
+                        len: n as u32,
+                        lkey,
+                    });
+                    if let Some(b) = piece.shared() {
+                        keep.push(b.clone());
+                    }
+                    run = false;
+                    zc_bytes += n as u64;
+                    n
+                } else {
+                    if fill == slot_size {
+                        if slots_used == nslots {
+                            break;
+                        }
+                        slot = res.send_slots[(self.send_seq % depth) as usize];
+                        self.send_seq += 1;
+                        slots_used += 1;
+                        fill = 0;
+                        run = false;
+                    }
+                    if !run && sges.len() - sge_at as usize >= max_sge {
+                        break;
+                    }
+                    let n = n.min(slot_size - fill);
+                    // SAFETY: the slot is registered memory owned by this socket; its previous
+                    // WR completed (`send_seq - send_done < depth`), so the NIC no longer
+                    // reads it, and `fill + n <= slot_size`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            (slot.addr as usize + fill) as *mut u8,
+                            n,
+                        )
+                    };
+                    match sges.last_mut() {
+                        Some(g) if run => g.len += n as u32,
+                        _ => sges.push(Sge {
+                            addr: slot.addr + fill as u64,
+                            len: n as u32,
+                            lkey: slot.lkey,
+                        }),
+                    }
+                    run = true;
+                    fill += n;
+                    copied_bytes += n as u64;
+                    n
+                };
+                len += used;
+                off += used;
+                if off == piece.bytes().len() {
+                    vi += 1;
+                    off = 0;
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            if slots_used == 0 {
+                // Every WR holds one entry of the send ring (its slot unused), so the
+                // ring bounds the WRs in flight as before.
+                self.send_seq += 1;
+            }
+            let sge_n = sges.len() as u32 - sge_at;
+            let credits = self.owed.min(wire::IMM_MAX_CREDITS);
+            let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
+            self.owed -= credits;
+            self.owed_writes -= write_credits;
+            // Counted as granted before the peer can see (and use) them.
+            self.granted_total += u64::from(credits);
+            self.writes_granted += u64::from(write_credits);
+            self.credits = self.credits.saturating_sub(1);
+            let mut imm = Imm {
+                credits,
+                write_credits,
+                write: None,
+            };
+            let mut remote = None;
+            if let Some((w, _, _)) = write {
+                let mut idx = (self.write_seq % u64::from(w.chunks)) as u32;
+                if misbehave == Misbehave::WriteOutsideWindow {
+                    idx = (idx + 1) % w.chunks.max(2);
+                }
+                // The peer's buffer was validated at hello (no overflow); check this write
+                // stays inside it before handing the address to the NIC.
+                let at = u64::from(idx) * u64::from(w.chunk);
+                if len > w.chunk as usize
+                    || at + len as u64 > u64::from(w.chunk) * u64::from(w.chunks)
+                {
+                    let why = format!(
+                        "RDMA write of {len} bytes into chunk {idx} would leave the peer's \
+                         buffer ({} chunks of {} bytes)",
+                        w.chunks, w.chunk
+                    );
+                    self.send_batch = batch;
+                    self.send_sges = sges;
+                    self.send_keep = keep;
+                    return Err(self.fail(why));
+                }
+                self.write_seq += 1;
+                self.write_credits -= 1;
+                imm.write = Some(idx);
+                remote = Some((w.addr + at, w.rkey));
+                writes += 1;
+                write_bytes += len as u64;
+            }
+            let mut imm = imm.encode();
+            if misbehave == Misbehave::BadImmediate && remote.is_none() {
+                imm |= 1 << 16;
+            }
+            // Selective signalling: every `signal_every`-th WR, and the one that fills the
+            // ring (its completion frees every slot before it: RC completes in order).
+            let fills = self.send_seq - self.send_done >= depth;
+            self.unsignaled += 1;
+            let mut signaled = false;
+            if fills || self.unsignaled >= signal_every {
+                signaled = true;
+                self.unsignaled = 0;
+                self.last_signaled = Some(self.send_seq);
+            }
+            // The `Buf`s this WR reads stay alive until a completion passes it.
+            batch_keeps |= !keep.is_empty();
+            let seq = self.send_seq;
+            self.held.extend(keep.drain(..).map(|b| (seq, b)));
+            batch.push(SendWr {
+                wr_id: self.send_seq,
+                sge_at,
+                sge_n,
+                imm,
+                signaled,
+                inline: remote.is_none() && len <= inline_max,
+                remote,
+            });
+            self.sent_total = self.sent_total.wrapping_add(1);
+            total += len;
+        }
+        if batch_keeps {
+            // Signal the batch's last WR so the `Buf`s it holds go back when it completes,
+            // not only after the next `signal_every` WRs.
+            if let Some(last) = batch.last_mut().filter(|w| !w.signaled) {
+                last.signaled = true;
+                self.unsignaled = 0;
+                self.last_signaled = Some(last.wr_id);
+            }
+        }
+        self.send_keep = keep;
+        let posted = batch.len() as u64;
+        // SAFETY: every SGE points either at a send slot of this socket's registered arena,
+        // written above and not touched again until a completion (`send_done`) passes it, or
+        // into a registered pool arena inside a `Buf` held in `held` until then (a `Buf`'s
+        // bytes never change while it lives); SGE ranges were built from `sges`.
+        let r = unsafe { res.qp.post_send(&batch, &sges) };
+        self.send_batch = batch;
+        self.send_sges = sges;
+        if posted > 0 {
+            if let Err(e) = r {
+                return Err(self.fail(format!("post send: {e}")));
+            }
+            RdmaStats::bump(&self.dev.stats.sends, posted);
+            RdmaStats::bump(&self.dev.stats.doorbells, 1);
+            RdmaStats::bump(&self.dev.stats.writes, writes);
+            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
+        }
+        RdmaStats::bump(&self.dev.stats.zero_copy_bytes, zc_bytes);
+        RdmaStats::bump(&self.dev.stats.copied_bytes, copied_bytes);
+        if total < wanted {
+            self.want_write = true;
+            if self.credits == 0 {
+                RdmaStats::bump(&self.dev.stats.credit_stalls, 1);
+            }
+            // Completions may already have made room.
+            self.maybe_kick();
+        }
+        if total == 0 && wanted > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(total)
+    }
+
     /// QP to error, bounded drain, destroy; slots go back only after the QP is gone.
     fn teardown(&mut self) {
         let Some(mut res) = self.res.take() else {
@@ -776,6 +1108,8 @@ impl RdmaSocket {
             landing,
         } = res;
         drop(qp);
+        // The NIC can no longer read the zero-copy `Buf`s: let them go.
+        self.held.clear();
         drop(landing);
         shared.set_token(None);
         drop(shared);
@@ -1055,201 +1389,15 @@ impl ConnectedSocket for RdmaSocket {
     }
 
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.failed.is_some() {
-            return Err(self.failed_err());
-        }
-        match self.phase {
-            Phase::Established => {}
-            Phase::Closed => return Err(io::ErrorKind::NotConnected.into()),
-            _ => return Err(io::ErrorKind::WouldBlock.into()),
-        }
-        // Reap send completions and credits without a system call.
-        self.poll_cq()?;
-        let depth = u64::from(self.dev.cfg.send_depth);
-        let signal_every = (self.dev.cfg.send_depth / 4).max(1);
-        let inline_max = self.dev.max_inline as usize;
-        let chunk = self.chunk;
-        let misbehave = self.dev.cfg.misbehave;
-        let Some(res) = self.res.as_mut() else {
-            return Err(self.failed_err());
-        };
-        let wanted: usize = iov.iter().map(|s| s.len()).sum();
-        let slot_size = self.dev.pool.slot_size();
-        // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
-        let peer_write = self.peer.and_then(|p| p.write);
-        let write_max = peer_write.map_or(0, |w| {
-            (w.chunk as usize)
-                .min(self.dev.max_send_sge as usize * slot_size)
-                .min((self.dev.cfg.send_depth as usize / 2).max(1) * slot_size)
-        });
-        let write_min = self.dev.cfg.write_min.max(1);
-        let mut total = 0usize;
-        let mut batch = std::mem::take(&mut self.send_batch);
-        let mut sges = std::mem::take(&mut self.send_sges);
-        batch.clear();
-        sges.clear();
-        let mut writes = 0u64;
-        let mut write_bytes = 0u64;
-        let (mut vi, mut off) = (0usize, 0usize);
-        let overrun = misbehave == Misbehave::OverrunCredits;
-        while (self.credits > 0 || overrun) && self.send_seq - self.send_done < depth {
-            // Skip exhausted / empty slices.
-            while vi < iov.len() && off == iov[vi].len() {
-                vi += 1;
-                off = 0;
-            }
-            if vi == iov.len() {
-                break;
-            }
-            let left = wanted - total;
-            let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
-            // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
-            // peer's advertised buffer, gathered from several send slots.
-            let write = match peer_write {
-                Some(w) if self.write_credits > 0 && write_max > 0 && left >= write_min => {
-                    let len = left.min(write_max);
-                    let k = len.div_ceil(slot_size);
-                    (k <= free_slots).then_some((w, len, k))
-                }
-                _ => None,
-            };
-            let (want, nslots) = match write {
-                Some((_, len, k)) => (len, k),
-                None => (chunk, 1),
-            };
-            let sge_at = sges.len() as u32;
-            let mut len = 0usize;
-            for _ in 0..nslots {
-                let slot = res.send_slots[(self.send_seq % depth) as usize];
-                let mut in_slot = 0usize;
-                let room = slot_size.min(want - len);
-                while in_slot < room && vi < iov.len() {
-                    let src = &iov[vi][off..];
-                    let n = src.len().min(room - in_slot);
-                    // SAFETY: the slot is registered memory owned by this socket; its previous
-                    // WR completed (`send_seq - send_done < depth`), so the NIC no longer
-                    // reads it, and `in_slot + n <= room <= slot_size`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            src.as_ptr(),
-                            (slot.addr as usize + in_slot) as *mut u8,
-                            n,
-                        )
-                    };
-                    in_slot += n;
-                    off += n;
-                    if off == iov[vi].len() {
-                        vi += 1;
-                        off = 0;
-                    }
-                }
-                if in_slot == 0 {
-                    break;
-                }
-                sges.push(Sge {
-                    addr: slot.addr,
-                    len: in_slot as u32,
-                    lkey: slot.lkey,
-                });
-                self.send_seq += 1;
-                len += in_slot;
-            }
-            let sge_n = sges.len() as u32 - sge_at;
-            let credits = self.owed.min(wire::IMM_MAX_CREDITS);
-            let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
-            self.owed -= credits;
-            self.owed_writes -= write_credits;
-            // Counted as granted before the peer can see (and use) them.
-            self.granted_total += u64::from(credits);
-            self.writes_granted += u64::from(write_credits);
-            self.credits = self.credits.saturating_sub(1);
-            let mut imm = Imm {
-                credits,
-                write_credits,
-                write: None,
-            };
-            let mut remote = None;
-            if let Some((w, _, _)) = write {
-                let mut idx = (self.write_seq % u64::from(w.chunks)) as u32;
-                if misbehave == Misbehave::WriteOutsideWindow {
-                    idx = (idx + 1) % w.chunks.max(2);
-                }
-                // The peer's buffer was validated at hello (no overflow); check this write
-                // stays inside it before handing the address to the NIC.
-                let at = u64::from(idx) * u64::from(w.chunk);
-                if len > w.chunk as usize
-                    || at + len as u64 > u64::from(w.chunk) * u64::from(w.chunks)
-                {
-                    let why = format!(
-                        "RDMA write of {len} bytes into chunk {idx} would leave the peer's \
-                         buffer ({} chunks of {} bytes)",
-                        w.chunks, w.chunk
-                    );
-                    self.send_batch = batch;
-                    self.send_sges = sges;
-                    return Err(self.fail(why));
-                }
-                self.write_seq += 1;
-                self.write_credits -= 1;
-                imm.write = Some(idx);
-                remote = Some((w.addr + at, w.rkey));
-                writes += 1;
-                write_bytes += len as u64;
-            }
-            let mut imm = imm.encode();
-            if misbehave == Misbehave::BadImmediate && remote.is_none() {
-                imm |= 1 << 16;
-            }
-            // Selective signalling: every `signal_every`-th WR, and the one that fills the
-            // ring (its completion frees every slot before it: RC completes in order).
-            let fills = self.send_seq - self.send_done >= depth;
-            self.unsignaled += 1;
-            let mut signaled = false;
-            if fills || self.unsignaled >= signal_every {
-                signaled = true;
-                self.unsignaled = 0;
-                self.last_signaled = Some(self.send_seq);
-            }
-            batch.push(SendWr {
-                wr_id: self.send_seq,
-                sge_at,
-                sge_n,
-                imm,
-                signaled,
-                inline: remote.is_none() && len <= inline_max,
-                remote,
-            });
-            self.sent_total = self.sent_total.wrapping_add(1);
-            total += len;
-        }
-        let posted = batch.len() as u64;
-        // SAFETY: every SGE points at a send slot of this socket's registered arena, written
-        // above and not touched again until a completion (`send_done`) passes it; SGE ranges
-        // were built from `sges`.
-        let r = unsafe { res.qp.post_send(&batch, &sges) };
-        self.send_batch = batch;
-        self.send_sges = sges;
-        if posted > 0 {
-            if let Err(e) = r {
-                return Err(self.fail(format!("post send: {e}")));
-            }
-            RdmaStats::bump(&self.dev.stats.sends, posted);
-            RdmaStats::bump(&self.dev.stats.doorbells, 1);
-            RdmaStats::bump(&self.dev.stats.writes, writes);
-            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
-        }
-        if total < wanted {
-            self.want_write = true;
-            if self.credits == 0 {
-                RdmaStats::bump(&self.dev.stats.credit_stalls, 1);
-            }
-            // Completions may already have made room.
-            self.maybe_kick();
-        }
-        if total == 0 && wanted > 0 {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(total)
+        self.send_gather(iov)
+    }
+
+    fn wants_segments(&self) -> bool {
+        self.dev.cfg.zero_copy
+    }
+
+    fn send_segments(&mut self, segs: &[Segment<'_>]) -> io::Result<usize> {
+        self.send_gather(segs)
     }
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {

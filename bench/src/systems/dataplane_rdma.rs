@@ -9,7 +9,9 @@
 //! `DATAPLANE_RDMA_BUSY_POLL_US` (CQ busy-poll window, default the stack's),
 //! `DATAPLANE_RDMA_SHARED_RQ=0` (a receive queue per QP instead of the shared one),
 //! `DATAPLANE_RDMA_SRQ_SHARE` (credits per connection in the SRQ),
-//! `DATAPLANE_RDMA_WRITE_CHUNKS` (0: no RDMA WRITE, every byte in SENDs).
+//! `DATAPLANE_RDMA_WRITE_CHUNKS` (0: no RDMA WRITE, every byte in SENDs),
+//! `DATAPLANE_RDMA_ZERO_COPY=0` (copy every payload into send slots instead of sending the
+//! pool buffers zero-copy).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +54,7 @@ fn stack() -> Result<Arc<dyn NetworkStack>> {
         shared_rq: std::env::var("DATAPLANE_RDMA_SHARED_RQ").map_or(true, |v| v != "0"),
         srq_share: num("DATAPLANE_RDMA_SRQ_SHARE").unwrap_or(d.srq_share),
         write_chunks: num("DATAPLANE_RDMA_WRITE_CHUNKS").unwrap_or(d.write_chunks),
+        zero_copy: std::env::var("DATAPLANE_RDMA_ZERO_COPY").map_or(true, |v| v != "0"),
         ..cfg
     };
     Ok(Arc::new(RdmaStack::with_config(cfg)?))

@@ -3,7 +3,8 @@
 //! over memif, RDMA verbs), so their rows compare like with like.
 //!
 //! Stream rows are measured at the receiver: the clock stops when the server has received
-//! every message sent during the measured interval. Payloads are one shared `Buf`, so each
+//! every message sent during the measured interval. Payloads are one shared `Buf` (from a
+//! `BufPool`, so an RDMA stack sends it zero-copy from its registered arena), so each
 //! send is a refcount bump: the library's zero-copy path, as a user would use it. Ping-pong
 //! runs on the client's worker thread (fast dispatch): each pong's round trip is recorded and
 //! the next ping sent at once, the way a latency-sensitive application uses the messenger.
@@ -15,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::stack::NetworkStack;
-use dataplane::{Buf, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy};
+use dataplane::{
+    Buf, BufPool, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy,
+    PoolConfig,
+};
 
 use crate::measure::{LatencyRecorder, Throughput};
 use crate::row::Row;
@@ -208,6 +212,25 @@ pub fn server(
     Ok((m, addr))
 }
 
+/// A payload of `size` bytes of `byte` in a buffer pool of its own, as an application that
+/// allocates its messages from a `BufPool` has them: an RDMA stack registers the pool's arena
+/// once and sends the payload zero-copy (any memory does for the other stacks).
+fn pool_payload(size: usize, byte: u8) -> Result<Buf> {
+    let pool = BufPool::new(&PoolConfig {
+        buf_size: size.max(1),
+        count: 1,
+        hugepages: true,
+        lock: false,
+        prefault: true,
+    })?;
+    let mut b = pool.alloc()?;
+    let n = b.extend_from_slice(&vec![byte; size]);
+    if n != size {
+        bail!("pool buffer of {size} bytes took {n}");
+    }
+    Ok(b.freeze())
+}
+
 /// One-way stream of `size`-byte messages on `connections` lossless connections.
 pub fn stream(
     b: &dyn Backend,
@@ -223,7 +246,7 @@ pub fn stream(
     let conns: Vec<Connection> = (0..connections.max(1))
         .map(|_| client.open(addr, Policy::lossless_client()))
         .collect::<Result<_, _>>()?;
-    let payload = Buf::from_vec(vec![0xAB; size]);
+    let payload = pool_payload(size, 0xAB)?;
     // Warm-up: every connection handshaken and carrying traffic.
     for c in &conns {
         send(c, Message::new(1, payload.clone()))?;
@@ -338,7 +361,7 @@ pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row>
     let (srv, addr) = server(b, 1, sink(true))?;
     let now = Instant::now();
     let pinger = Arc::new(Pinger {
-        payload: Buf::from_vec(vec![0x5A; size]),
+        payload: pool_payload(size, 0x5A)?,
         state: Mutex::new(PingState {
             sent_at: now,
             warm_until: now + warmup(duration),

@@ -64,9 +64,9 @@ pub(super) enum Owner {
     Static,
     /// A heap allocation shared through an `Arc` (held only for its reference count).
     Heap(#[allow(dead_code)] Arc<HeapBytes>),
-    /// A pool chunk; cloning bumps the chunk's counter in the pool metadata (held only for
-    /// its reference count).
-    Pool(#[allow(dead_code)] ChunkRef),
+    /// A pool chunk; cloning bumps the chunk's counter in the pool metadata (held for its
+    /// reference count, and to name the pool: [`Buf::pool`]).
+    Pool(ChunkRef),
 }
 
 impl Owner {
@@ -185,6 +185,16 @@ impl Buf {
     /// Pointer to the first byte (dangling but non-null if empty).
     pub fn as_ptr(&self) -> *const u8 {
         self.ptr.as_ptr().cast_const()
+    }
+
+    /// The [`BufPool`](super::BufPool) whose arena holds these bytes (`None` for heap or
+    /// static bytes). An RDMA stack uses it to register the pool's arena once and then send
+    /// every buffer of the pool without copying it.
+    pub fn pool(&self) -> Option<super::BufPool> {
+        match &self.owner {
+            Owner::Pool(chunk) => Some(chunk.pool()),
+            Owner::Static | Owner::Heap(_) => None,
+        }
     }
 
     /// A view of `range` sharing the same memory (no copy), or `None` if the range is out of

@@ -225,8 +225,10 @@ impl BufPool {
         p >= start && p - start < self.arena_len()
     }
 
-    #[cfg(test)]
-    pub(super) fn handle_count(&self) -> usize {
+    /// Pool handles plus allocated buffers (each holds the pool's memory alive). 1 means this
+    /// handle is the only one left and no buffer of the pool is in use: whoever registered the
+    /// arena (an RDMA stack) may let it go.
+    pub fn handle_count(&self) -> usize {
         Arc::strong_count(&self.inner)
     }
 }
@@ -254,6 +256,18 @@ pub(super) struct ChunkRef {
 }
 
 impl ChunkRef {
+    /// A handle to the pool the chunk belongs to.
+    pub(super) fn pool(&self) -> BufPool {
+        // SAFETY: `pool` came from `Arc::into_raw` and the chunk owns one strong count (see
+        // the type docs), so the allocation is alive; the increment gives the new handle a
+        // count of its own before `from_raw` takes it.
+        let inner = unsafe {
+            Arc::increment_strong_count(self.pool);
+            Arc::from_raw(self.pool)
+        };
+        BufPool { inner }
+    }
+
     fn inner(&self) -> &PoolInner {
         // SAFETY: while this reference exists the chunk is allocated, and an allocated chunk
         // owns a strong count of the pool `Arc` (see the type docs), so the pointee is alive.

@@ -14,8 +14,53 @@ use std::net::SocketAddr;
 
 use mio::{Registry, Token};
 
-use crate::buf::BufMut;
+use crate::buf::{Buf, BufMut};
 use crate::event::Poller;
+
+/// One piece of a gather list handed to [`ConnectedSocket::send_segments`].
+#[derive(Debug, Clone, Copy)]
+pub enum Segment<'a> {
+    /// Bytes the caller keeps (staged frame headers, checksums): the stack must copy them (or
+    /// finish with them) before `send_segments` returns.
+    Staged(&'a [u8]),
+    /// The bytes of `buf` from offset `off` on. The stack may keep a clone of `buf` (a
+    /// reference-count increment, never a copy) and read the bytes until its send completes:
+    /// a `Buf` is immutable, so they stay as they are while any clone lives.
+    Shared {
+        /// The buffer (a payload the messenger holds).
+        buf: &'a Buf,
+        /// Where in `buf` the segment starts (the bytes before it were already sent).
+        off: usize,
+    },
+}
+
+impl<'a> Segment<'a> {
+    /// The segment's bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        match *self {
+            Segment::Staged(s) => s,
+            Segment::Shared { buf, off } => buf.as_slice().get(off..).unwrap_or(&[]),
+        }
+    }
+
+    /// Number of bytes in the segment.
+    pub fn len(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// True if the segment has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The buffer the stack may keep, for a [`Segment::Shared`].
+    pub fn shared(&self) -> Option<&'a Buf> {
+        match *self {
+            Segment::Staged(_) => None,
+            Segment::Shared { buf, .. } => Some(buf),
+        }
+    }
+}
 
 /// Socket options every stack understands (and may ignore where they make no sense).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +214,25 @@ pub trait ConnectedSocket: Send {
     /// no copy is made in user space. Returns the bytes accepted (may be short).
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;
 
+    /// True if the socket wants its output through [`ConnectedSocket::send_segments`] (it can
+    /// send payload buffers without copying them by keeping them until the send completes,
+    /// as the RDMA stack does). Defaults to false: the caller uses `writev`. Such a socket
+    /// still gets `writev` for the connection's handshake frames, which are staged bytes.
+    fn wants_segments(&self) -> bool {
+        false
+    }
+
+    /// Sends a gather list of [`Segment`]s in one call: [`Segment::Staged`] bytes the stack
+    /// must copy before returning, [`Segment::Shared`] buffers it may keep (cloned) until their
+    /// send completes instead of copying them. Same contract as `writev` otherwise: returns
+    /// the bytes accepted, which may be short; `WouldBlock` when nothing was.
+    ///
+    /// The default sends the same bytes with [`ConnectedSocket::writev`].
+    fn send_segments(&mut self, segs: &[Segment<'_>]) -> io::Result<usize> {
+        let iov: Vec<IoSlice<'_>> = segs.iter().map(|s| IoSlice::new(s.bytes())).collect();
+        self.writev(&iov)
+    }
+
     /// True if a read that returns fewer bytes than offered proves the socket is drained, so
     /// the caller may stop reading until the next readiness event (saving the read that would
     /// only return `WouldBlock`). True for kernel stream sockets with edge-triggered epoll:
@@ -182,4 +246,98 @@ pub trait ConnectedSocket: Send {
 
     /// Shuts both directions down; later calls fail.
     fn shutdown(&mut self);
+}
+
+/// Test sockets.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    /// Records what is written (at most `cap` bytes per call, only through `writev`), reads
+    /// nothing; reports `home` as its worker.
+    pub(crate) struct Sink {
+        pub(crate) home: Option<usize>,
+        pub(crate) out: Arc<Mutex<Vec<u8>>>,
+        pub(crate) cap: usize,
+        pub(crate) shut: Arc<AtomicBool>,
+    }
+
+    impl ConnectedSocket for Sink {
+        fn home_worker(&self) -> Option<usize> {
+            self.home
+        }
+        fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
+            Ok(())
+        }
+        fn deregister(&mut self, _: &Registry) -> io::Result<()> {
+            Ok(())
+        }
+        fn finish_connect(&mut self) -> io::Result<bool> {
+            Ok(true)
+        }
+        fn read(&mut self, _: &mut BufMut) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut out = self.out.lock();
+            let mut n = 0;
+            for s in iov {
+                let take = s.len().min(self.cap - n);
+                out.extend_from_slice(&s[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn peer_addr(&self) -> io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
+        }
+        fn shutdown(&mut self) {
+            self.shut.store(true, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::Sink;
+    use super::*;
+
+    /// A stack that does not ask for segments gets them as the same `writev`, short writes
+    /// and all.
+    #[test]
+    fn send_segments_defaults_to_writev_with_the_same_bytes() {
+        let payload = Buf::from_vec((0..200u8).collect());
+        let segs = [
+            Segment::Staged(b"head"),
+            Segment::Shared {
+                buf: &payload,
+                off: 50,
+            },
+            Segment::Staged(b"tail"),
+        ];
+        assert_eq!(segs[1].len(), 150);
+        assert_eq!(segs[1].shared().map(Buf::as_ptr), Some(payload.as_ptr()));
+        assert!(segs[0].shared().is_none());
+        let sink = |cap| Sink {
+            home: None,
+            out: Default::default(),
+            cap,
+            shut: Default::default(),
+        };
+        let mut all = sink(usize::MAX);
+        assert!(!all.wants_segments());
+        assert_eq!(all.send_segments(&segs).unwrap(), 158);
+        let mut want = b"head".to_vec();
+        want.extend(50..200u8);
+        want.extend_from_slice(b"tail");
+        assert_eq!(*all.out.lock(), want);
+        let mut short = sink(10);
+        assert_eq!(short.send_segments(&segs).unwrap(), 10);
+        assert_eq!(*short.out.lock(), want[..10]);
+    }
 }

@@ -6,6 +6,7 @@ use std::io::IoSlice;
 
 use crate::buf::{Buf, BufList};
 use crate::secure::Sealer;
+use crate::stack::Segment;
 use crate::wire::{self, FrameHead, Preamble, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 use zerocopy::IntoBytes;
 
@@ -286,10 +287,53 @@ impl TxFrame {
     }
 }
 
+/// One piece of a gather list [`IovBuilder`] builds: an `IoSlice` for `writev`, or a
+/// [`Segment`] that keeps a payload as its `Buf` for stacks that send it without copying
+/// ([`ConnectedSocket::send_segments`](crate::stack::ConnectedSocket::send_segments)).
+pub(crate) trait Gather<'a>: Sized {
+    /// Staged bytes.
+    fn staged(s: &'a [u8]) -> Self;
+    /// `b[off..]`, a payload sent by reference.
+    fn payload(b: &'a Buf, off: usize) -> Self;
+    /// Bytes covered.
+    fn bytes(&self) -> usize;
+}
+
+impl<'a> Gather<'a> for IoSlice<'a> {
+    #[inline]
+    fn staged(s: &'a [u8]) -> Self {
+        IoSlice::new(s)
+    }
+
+    #[inline]
+    fn payload(b: &'a Buf, off: usize) -> Self {
+        IoSlice::new(b.as_slice().get(off..).unwrap_or(&[]))
+    }
+
+    #[inline]
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
+impl<'a> Gather<'a> for Segment<'a> {
+    fn staged(s: &'a [u8]) -> Self {
+        Segment::Staged(s)
+    }
+
+    fn payload(buf: &'a Buf, off: usize) -> Self {
+        Segment::Shared { buf, off }
+    }
+
+    fn bytes(&self) -> usize {
+        self.len()
+    }
+}
+
 /// Builds a gather list over staged frames, merging adjacent staged bytes into one slice.
-pub(crate) struct IovBuilder<'a, 'o> {
+pub(crate) struct IovBuilder<'a, 'o, G: Gather<'a>> {
     stage: &'a [u8],
-    out: &'o mut Vec<IoSlice<'a>>,
+    out: &'o mut Vec<G>,
     run: Option<(usize, usize)>,
     max: usize,
     /// Bytes added so far, and the most worth offering in one call.
@@ -297,8 +341,8 @@ pub(crate) struct IovBuilder<'a, 'o> {
     max_bytes: usize,
 }
 
-impl<'a, 'o> IovBuilder<'a, 'o> {
-    pub(crate) fn new(stage: &'a [u8], out: &'o mut Vec<IoSlice<'a>>, max: usize) -> Self {
+impl<'a, 'o, G: Gather<'a>> IovBuilder<'a, 'o, G> {
+    pub(crate) fn new(stage: &'a [u8], out: &'o mut Vec<G>, max: usize) -> Self {
         IovBuilder {
             stage,
             out,
@@ -355,20 +399,20 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
         true
     }
 
-    /// Adds a slice of a payload sent by reference. False if no slice is left.
-    fn external(&mut self, s: &'a [u8]) -> bool {
+    /// Adds `b[off..]`, a payload sent by reference. False if no slice is left.
+    fn external(&mut self, b: &'a Buf, off: usize) -> bool {
         if !self.has_room() {
             return false;
         }
         self.flush_run();
-        self.out.push(IoSlice::new(s));
-        self.bytes += s.len();
+        self.out.push(G::payload(b, off));
+        self.bytes += b.len() - off;
         true
     }
 
     fn flush_run(&mut self) {
         if let Some((s, e)) = self.run.take() {
-            self.out.push(IoSlice::new(&self.stage[s..e]));
+            self.out.push(G::staged(&self.stage[s..e]));
         }
     }
 
@@ -392,7 +436,7 @@ impl<'a, 'o> IovBuilder<'a, 'o> {
                     skip -= b.len();
                     continue;
                 }
-                if !self.external(&b.as_slice()[skip..]) {
+                if !self.external(b, skip) {
                     return false;
                 }
                 skip = 0;

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use crate::auth::{self, Keyring, Side};
 use crate::messenger::{Message, MessageRef};
 use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
+use crate::stack::Segment;
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
-use super::frame::{IovBuilder, TxKind};
+use super::frame::{Gather, IovBuilder, TxKind};
 use super::held::{Held, RecordLog, Records};
 use super::{Frame, OutQueue, Queued, TxFrame};
 use super::{Outgoing, RecordBlock};
@@ -1613,7 +1614,15 @@ impl Session {
         self.slices(out, max_iov)
     }
 
-    fn slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>, max_iov: usize) -> usize {
+    /// Like [`Session::io_slices`], but payloads sent by reference come as
+    /// [`Segment::Shared`] `Buf`s a stack may keep until its send completes (staged bytes as
+    /// [`Segment::Staged`]).
+    pub fn segments<'a>(&'a mut self, out: &mut Vec<Segment<'a>>, max_iov: usize) -> usize {
+        self.close_batch();
+        self.slices(out, max_iov)
+    }
+
+    fn slices<'a, G: Gather<'a>>(&'a self, out: &mut Vec<G>, max_iov: usize) -> usize {
         if self.tx_external == 0 {
             // Every frame is staged, back to back to the end of `stage`: one slice.
             let Some(front) = self.tx.front() else {
@@ -1623,7 +1632,7 @@ impl Session {
                 .stage
                 .get(front.stage_off() + self.tx_off..)
                 .unwrap_or(&[]);
-            out.push(IoSlice::new(bytes));
+            out.push(G::staged(bytes));
             return bytes.len();
         }
         let start = out.len();
@@ -1675,7 +1684,7 @@ impl Session {
             skip = 0;
         }
         b.finish();
-        out[start..].iter().map(|s| s.len()).sum()
+        out[start..].iter().map(G::bytes).sum()
     }
 
     /// True when framed output is waiting for the socket.

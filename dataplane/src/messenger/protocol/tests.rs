@@ -1255,3 +1255,70 @@ fn one_gather_list_offers_about_a_mebibyte_and_the_rest_follows() {
         .enumerate()
         .all(|(i, m)| m == &vec![i as u8; 600 << 10]));
 }
+
+/// The segment list a zero-copy stack gets covers exactly the bytes of the `writev` list,
+/// with payloads as the caller's own `Buf`s (same memory), also after a short write that
+/// stopped inside a payload; the stream it describes delivers every message.
+#[test]
+fn segments_describe_the_same_bytes_as_io_slices_and_share_payloads() {
+    use crate::stack::Segment;
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    let big = Buf::from_vec((0..5000u32).map(|i| i as u8).collect());
+    p.c.queue(m(1), p.now);
+    p.c.queue(Message::new(1, big.clone()), p.now);
+    p.c.queue(m(2), p.now);
+    p.c.prepare_tx(p.now);
+    let flat = |p: &mut Pair| {
+        let mut iov = Vec::new();
+        let n = p.c.io_slices(&mut iov, 1024);
+        let bytes: Vec<u8> = iov.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(n, bytes.len());
+        bytes
+    };
+    // (bytes, where the payload starts in them and at which offset of `big`)
+    let segs = |p: &mut Pair| {
+        let mut segs = Vec::new();
+        let n = p.c.segments(&mut segs, 1024);
+        let mut bytes = Vec::new();
+        let mut shared = None;
+        for s in &segs {
+            if let Segment::Shared { buf, off } = s {
+                assert_eq!(
+                    buf.as_ptr(),
+                    big.as_ptr(),
+                    "the caller's buffer, not a copy"
+                );
+                shared = Some((bytes.len(), *off));
+            }
+            bytes.extend_from_slice(s.bytes());
+        }
+        assert_eq!(n, bytes.len());
+        (bytes, shared)
+    };
+    let before = flat(&mut p);
+    let (same, shared) = segs(&mut p);
+    assert_eq!(before, same);
+    let (at, off) = shared.expect("the large payload goes by reference");
+    assert_eq!(off, 0);
+    // A short write that ends 100 bytes into the payload.
+    let mut wire_bytes = before[..at + 100].to_vec();
+    p.c.on_written(at + 100, p.now);
+    let rest = flat(&mut p);
+    let (rest2, shared) = segs(&mut p);
+    assert_eq!(rest, rest2);
+    assert_eq!(rest, before[at + 100..]);
+    assert_eq!(shared, Some((0, 100)), "the payload resumes at its offset");
+    p.c.on_written(rest.len(), p.now);
+    assert!(!p.c.has_tx());
+    wire_bytes.extend_from_slice(&rest);
+    for f in feed(&mut p.sd, &p.pool, &wire_bytes, 1500).unwrap() {
+        p.s.handle_frame(f, p.now).unwrap();
+    }
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(
+        got,
+        vec![m(1).payload.to_vec(), big.to_vec(), m(2).payload.to_vec()]
+    );
+}

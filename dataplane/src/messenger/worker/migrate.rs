@@ -203,20 +203,20 @@ mod tests {
     //! chooses, back to back, so migrations overlap (a session is still on its way when the
     //! next socket arrives) in ways real reconnects (milliseconds apart) rarely produce.
 
-    use std::io::{self, IoSlice};
+    use std::io;
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use mio::{Registry, Token};
     use parking_lot::Mutex;
 
     use super::super::{Adopt, Command};
-    use crate::buf::{Buf, BufMut};
+    use crate::buf::Buf;
     use crate::config::Config;
     use crate::messenger::protocol::FrameDecoder;
     use crate::messenger::{Connection, Dispatcher, Message, Messenger};
+    use crate::stack::testing::Sink;
     use crate::stack::{
         ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
     };
@@ -254,44 +254,6 @@ mod tests {
                 addr,
                 source: io::Error::other("no network"),
             })
-        }
-    }
-
-    /// Records what the server writes; reports `home` as its worker.
-    struct Sink {
-        home: usize,
-        out: Arc<Mutex<Vec<u8>>>,
-        shut: Arc<AtomicBool>,
-    }
-
-    impl ConnectedSocket for Sink {
-        fn home_worker(&self) -> Option<usize> {
-            Some(self.home)
-        }
-        fn register(&mut self, _: &Registry, _: Token) -> io::Result<()> {
-            Ok(())
-        }
-        fn deregister(&mut self, _: &Registry) -> io::Result<()> {
-            Ok(())
-        }
-        fn finish_connect(&mut self) -> io::Result<bool> {
-            Ok(true)
-        }
-        fn read(&mut self, _: &mut BufMut) -> io::Result<usize> {
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-        fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
-            let mut out = self.out.lock();
-            for s in iov {
-                out.extend_from_slice(s);
-            }
-            Ok(iov.iter().map(|s| s.len()).sum())
-        }
-        fn peer_addr(&self) -> io::Result<SocketAddr> {
-            Ok(SocketAddr::from(([127, 0, 0, 1], 1)))
-        }
-        fn shutdown(&mut self) {
-            self.shut.store(true, Ordering::Release);
         }
     }
 
@@ -369,7 +331,12 @@ mod tests {
             let shut = Arc::new(AtomicBool::new(false));
             sinks.push((out.clone(), shut.clone()));
             let a = Adopt {
-                socket: Box::new(Sink { home, out, shut }),
+                socket: Box::new(Sink {
+                    home: Some(home),
+                    out,
+                    cap: usize::MAX,
+                    shut,
+                }),
                 decoder: FrameDecoder::new(shared.limits),
                 hello: Hello {
                     connect_seq: k as u64 + 1,

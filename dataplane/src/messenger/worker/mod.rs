@@ -867,18 +867,14 @@ impl Worker {
             if !st.session.has_tx() {
                 st.session.prepare_tx(now);
             }
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(64);
-            let total = st.session.io_slices(&mut iov, IOV_MAX);
-            if total == 0 {
-                break;
-            }
-            if self.inject.should_fail() {
-                drop(iov);
-                Counters::add(&self.shared.counters.injected_faults, 1);
-                return self.fault(t, Fault::Injected);
-            }
-            let r = sock.writev(&iov);
-            drop(iov);
+            let (total, r) = match write_tx(&mut st.session, sock.as_mut(), &mut self.inject) {
+                Tx::Empty => break,
+                Tx::Injected => {
+                    Counters::add(&self.shared.counters.injected_faults, 1);
+                    return self.fault(t, Fault::Injected);
+                }
+                Tx::Wrote { total, result } => (total, result),
+            };
             match r {
                 Ok(n) => {
                     Counters::add(&self.shared.counters.bytes_out, n as u64);
@@ -1087,6 +1083,57 @@ fn decode_and_deliver(
         Ok(session.take_opener())
     });
     (r, msgs.get(), bytes.get())
+}
+
+/// What [`write_tx`] did.
+enum Tx {
+    /// Nothing was framed.
+    Empty,
+    /// Fault injection chose this write to fail; nothing was written.
+    Injected,
+    /// The socket was offered `total` bytes.
+    Wrote {
+        /// Bytes offered.
+        total: usize,
+        /// What the socket took.
+        result: io::Result<usize>,
+    },
+}
+
+/// Hands the session's framed output to `sock` in one call: as segments whose payload `Buf`s
+/// the socket may keep until its send completes when it asks for them
+/// ([`ConnectedSocket::wants_segments`]), else as a `writev` gather list.
+fn write_tx(
+    session: &mut Session,
+    sock: &mut dyn ConnectedSocket,
+    inject: &mut FaultInjector,
+) -> Tx {
+    if sock.wants_segments() {
+        let mut segs = Vec::with_capacity(64);
+        let total = session.segments(&mut segs, IOV_MAX);
+        if total == 0 {
+            return Tx::Empty;
+        }
+        if inject.should_fail() {
+            return Tx::Injected;
+        }
+        return Tx::Wrote {
+            total,
+            result: sock.send_segments(&segs),
+        };
+    }
+    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(64);
+    let total = session.io_slices(&mut iov, IOV_MAX);
+    if total == 0 {
+        return Tx::Empty;
+    }
+    if inject.should_fail() {
+        return Tx::Injected;
+    }
+    Tx::Wrote {
+        total,
+        result: sock.writev(&iov),
+    }
 }
 
 /// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
