@@ -30,7 +30,7 @@ use dataplane::wire::{self, FrameHead, Limits};
 use dataplane::BufPool;
 use dataplane_fuzz::session_ops::{Input, Op};
 use dataplane_fuzz::{
-    client_ident, config, dispatch, feed, limits, pattern_message, pool, server_ident,
+    client_ident, config, dispatch_in_place, feed, limits, pattern_message, pool, server_ident,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -311,17 +311,50 @@ impl Harness {
     /// Feeds at most `max` bytes of a pipe to its receiver, `chunk` bytes per read.
     fn deliver(&mut self, to_server: bool, max: usize, chunk: usize) -> Result<(), Fault> {
         let now = self.now;
-        let (sess, dec, pipe, local) = if to_server {
-            (&mut self.s, &mut self.sd, &mut self.to_s, &*self.s_local)
+        let check = !self.unclean;
+        let (sess, dec, pipe, local, inbound) = if to_server {
+            (
+                &mut self.s,
+                &mut self.sd,
+                &mut self.to_s,
+                &*self.s_local,
+                &mut self.cs,
+            )
         } else {
-            (&mut self.c, &mut self.cd, &mut self.to_c, &*self.c_local)
+            (
+                &mut self.c,
+                &mut self.cd,
+                &mut self.to_c,
+                &*self.c_local,
+                &mut self.sc,
+            )
         };
         let n = max.min(pipe.len());
         let bytes: Vec<u8> = pipe.drain(..n).collect();
+        // Messages delivered at once (even types in place, the others owned) are recorded
+        // here; those queued behind an event are collected from the events.
+        let mut direct = Vec::new();
+        let mut r = Ok(());
         for piece in bytes.chunks(chunk) {
-            feed(dec, &self.pool, piece, |f| dispatch(sess, local, f, now))?;
+            r = feed(dec, &self.pool, piece, |f| {
+                dispatch_in_place(sess, local, f, now, &mut direct)
+            });
+            if r.is_err() {
+                break;
+            }
         }
-        Ok(())
+        for (id, priority, payload) in direct {
+            if check {
+                let expect = pattern_message(id, priority, payload.len(), 1);
+                assert_eq!(
+                    payload,
+                    expect.payload.to_vec(),
+                    "payload of message {id} corrupted"
+                );
+            }
+            inbound.delivered.push((id, priority, payload.len()));
+        }
+        r
     }
 
     /// Writes and delivers everything both ways, a bounded number of rounds.

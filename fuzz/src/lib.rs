@@ -199,6 +199,39 @@ pub fn dispatch(
     session.handle_frame(frame, now)
 }
 
+/// As [`dispatch`], but frames after the handshake go to [`Session::receive_with`]: messages
+/// of even types are handed over in place (borrowed from the frame), the others owned, as a
+/// dispatcher that takes some types in place sees them. Every message delivered at once is
+/// given to `delivered` as (type, priority, payload), in order; messages queued behind an
+/// event come out of the session's events as with [`dispatch`].
+pub fn dispatch_in_place(
+    session: &mut Session,
+    local: &LocalIdentity,
+    frame: Frame,
+    now: Instant,
+    delivered: &mut Vec<(u16, u8, Vec<u8>)>,
+) -> Result<(), Fault> {
+    if session.role() == Role::Server && session.state() == SessionState::Standby {
+        return dispatch(session, local, frame, now);
+    }
+    let got = std::cell::RefCell::new(Vec::new());
+    let r = session.receive_with(
+        frame,
+        now,
+        |t| t % 2 == 0,
+        |m| {
+            got.borrow_mut()
+                .push((m.msg_type, m.priority, m.payload.to_vec()))
+        },
+        |m| {
+            got.borrow_mut()
+                .push((m.msg_type, m.priority, m.payload.to_vec()))
+        },
+    );
+    delivered.append(&mut got.into_inner());
+    r
+}
+
 /// Takes everything `s` wants to send (framing queued messages first), marks it written
 /// and returns the bytes.
 pub fn drain(s: &mut Session, now: Instant) -> Vec<u8> {
