@@ -25,7 +25,7 @@ impl Backend for Posix {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn config(&self, workers: u32) -> Config {
+    fn config(&self, _server: bool, workers: u32) -> Config {
         Config {
             workers: workers.max(1) as usize,
             ..Config::default()

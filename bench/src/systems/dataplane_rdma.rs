@@ -73,7 +73,7 @@ impl Backend for Rdma {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn config(&self, workers: u32) -> Config {
+    fn config(&self, _server: bool, workers: u32) -> Config {
         Config {
             workers: workers.max(1) as usize,
             backend: "rdma".into(),

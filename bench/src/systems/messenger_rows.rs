@@ -39,8 +39,8 @@ fn batch_len(size: usize) -> usize {
 pub trait Backend {
     /// System name of the rows.
     fn name(&self) -> &'static str;
-    /// Messenger configuration for `workers` workers.
-    fn config(&self, workers: u32) -> Config;
+    /// Messenger configuration for `workers` workers of one end; `server` says which.
+    fn config(&self, server: bool, workers: u32) -> Config;
     /// The stack of one end; `server` says which.
     fn stack(&self, server: bool) -> Result<Arc<dyn NetworkStack>>;
     /// Where the server binds (port 0: any).
@@ -192,7 +192,7 @@ pub fn messenger(
     d: Arc<dyn Dispatcher>,
 ) -> Result<Messenger> {
     let m = Messenger::builder(name)
-        .config(b.config(workers))
+        .config(b.config(server, workers))
         .stack(b.stack(server)?)
         .dispatcher(d)
         .build()
