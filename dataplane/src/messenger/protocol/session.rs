@@ -1165,17 +1165,14 @@ impl Session {
                             priority: f.priority,
                             payload: f.data.as_slice(),
                         });
-                        if let Some(ack) = ack {
-                            self.handle_ack(ack)?;
-                        }
-                        return Ok(());
-                    }
-                    // The payload moves into the message: no reference-count traffic.
-                    let m = Message::received(f.msg_type, f.priority, f.data);
-                    if self.ordered_events == 0 {
-                        deliver(m);
                     } else {
-                        self.push_ordered(SessionEvent::Message(m));
+                        // The payload moves into the message: no reference-count traffic.
+                        let m = Message::received(f.msg_type, f.priority, f.data);
+                        if self.ordered_events == 0 {
+                            deliver(m);
+                        } else {
+                            self.push_ordered(SessionEvent::Message(m));
+                        }
                     }
                     if let Some(ack) = ack {
                         self.handle_ack(ack)?;
