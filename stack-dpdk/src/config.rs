@@ -11,6 +11,15 @@ pub const MIN_MTU: u16 = 576;
 /// one mbuf, whose data room is a `u16`.
 pub const MAX_MTU: u16 = 9600;
 
+/// Bytes one buffer needs to hold a whole frame of `mtu` (the device's usual 1500 for `None`):
+/// the IP packet, the Ethernet header and a VLAN tag, at least 2 KiB, in whole KiB. The mbuf
+/// data room is this plus headroom, and it is the `bsize=` to give `net_memif` so that a frame
+/// fills one descriptor.
+pub fn frame_buffer_len(mtu: Option<u16>) -> usize {
+    let frame = usize::from(mtu.unwrap_or(1500)) + 18;
+    frame.max(2048).div_ceil(1024) * 1024
+}
+
 /// How the EAL is started and which port the stack drives.
 #[derive(Debug, Clone)]
 pub struct DpdkConfig {

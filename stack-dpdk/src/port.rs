@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use crate::arp::ArpShare;
-use crate::config::DpdkConfig;
+use crate::config::{frame_buffer_len, DpdkConfig};
 use crate::error::DpdkError;
 use crate::rss::Steering;
 use crate::sys::safe::{self, Mempool, PortInfo};
@@ -175,12 +175,10 @@ fn steering(id: u16, info: &PortInfo, queues: u16) -> Steering {
     Steering::Symmetric { queues }
 }
 
-/// The mbuf data room for `mtu`: 128 B headroom plus room for one whole frame (Ethernet
-/// header and a VLAN tag included), at least the usual 2 KiB, in whole KiB.
+/// The mbuf data room for `mtu`: 128 B headroom plus room for one whole frame
+/// ([`frame_buffer_len`]).
 pub(crate) fn data_room(mtu: Option<u16>) -> u16 {
-    let frame = usize::from(mtu.unwrap_or(1500)) + 18;
-    let room = frame.max(2048).div_ceil(1024) * 1024;
-    u16::try_from(room + 128).unwrap_or(u16::MAX)
+    u16::try_from(frame_buffer_len(mtu) + 128).unwrap_or(u16::MAX)
 }
 
 /// The port's pool, created on first use: one whole frame of the configured MTU fits one

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dataplane::{Config, Message, Messenger, Policy};
-use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
+use dataplane_stack_dpdk::{frame_buffer_len, DpdkConfig, DpdkStack};
 
 /// A stack on `port`, its link up.
 fn stack(base: &DpdkConfig, port: &str, ip: Ipv4Addr, mtu: u16, skip: bool) -> Arc<DpdkStack> {
@@ -63,6 +63,8 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
     let dir = std::env::temp_dir().join(format!("dp-memif-jumbo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
+    // One 9000-byte frame per memif descriptor: 9216.
+    let bsize = frame_buffer_len(Some(9000));
     let base = DpdkConfig {
         no_huge: no_huge(),
         no_pci: true,
@@ -70,11 +72,11 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
         mbufs: 4095,
         vdevs: vec![
             format!(
-                "net_memif0,role=server,id=0,bsize=9216,socket={}",
+                "net_memif0,role=server,id=0,bsize={bsize},socket={}",
                 sock_a.display()
             ),
             format!(
-                "net_memif1,role=client,id=0,bsize=9216,socket={}",
+                "net_memif1,role=client,id=0,bsize={bsize},socket={}",
                 sock_a.display()
             ),
             format!("net_memif2,role=server,id=0,socket={}", sock_b.display()),

@@ -65,7 +65,7 @@ fn pair() -> Result<Pair> {
             std::env::temp_dir().join(format!("dataplane-bench-{}.memif", std::process::id()));
         let mtu = MTU.load(Ordering::Relaxed);
         // One frame per memif descriptor (and so per mbuf on receive).
-        let bsize = (usize::from(mtu) + 18).max(2048).div_ceil(1024) * 1024;
+        let bsize = dataplane_stack_dpdk::frame_buffer_len(Some(mtu));
         let base = DpdkConfig {
             no_huge: hugepages_free() < 256,
             no_pci: true,
