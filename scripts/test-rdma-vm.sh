@@ -11,6 +11,8 @@
 #   --no-bench         tests only
 #   --no-install       do not apt-get / pip install (everything already present)
 # Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), VM_TIMEOUT (default 1500),
+# BENCH_WORKLOADS (default stream,pingpong), TESTS_FILTER (extended regex on test names, default
+# all; '^$' runs none, for benchmark-only boots),
 # BENCH_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE...]; each runs dataplane-rdma
 # again in the same boot with those variables (e.g. "per-qp:DATAPLANE_RDMA_SHARED_RQ=0
 # no-write:DATAPLANE_RDMA_WRITE_CHUNKS=0") into FILE-NAME.json beside --bench-json FILE.
@@ -37,6 +39,8 @@ VM_TIMEOUT=${VM_TIMEOUT:-1500}
 BENCH_SECS=${BENCH_SECS:-3}
 BENCH_SIZES=${BENCH_SIZES:-64,64K}
 BENCH_VARIANTS=${BENCH_VARIANTS:-}
+BENCH_WORKLOADS=${BENCH_WORKLOADS:-stream,pingpong}
+TESTS_FILTER=${TESTS_FILTER:-.}
 
 say() { echo "=== $*"; }
 
@@ -102,7 +106,7 @@ ulimit -l unlimited
 export DATAPLANE_RDMA_REQUIRED=1 DATAPLANE_RDMA_ADDR=10.77.0.1 RUST_BACKTRACE=1
 cd $ROOT
 for bin in $(echo $TESTS); do
-    for t in \$(\$bin --list 2>/dev/null | sed -n 's/: test\$//p'); do
+    for t in \$(\$bin --list 2>/dev/null | sed -n 's/: test\$//p' | grep -E '$TESTS_FILTER'); do
         start=\$SECONDS
         if timeout 600 \$bin --exact "\$t" --test-threads=1 --nocapture > \$OUT/test-\$t.log 2>&1; then
             r=PASS
@@ -131,7 +135,7 @@ if [ "$BENCH" = 1 ]; then
 echo "--- perftest (ib_send_bw, ib_send_lat) and dataplane-rdma on rxe0, same boot"
 export DATAPLANE_RDMA_DEVICE=rxe0 DATAPLANE_RDMA_GID_INDEX=1 RUST_LOG=warn
 timeout 900 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
-    --workloads stream,pingpong --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
+    --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
     --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
 [ -s \$OUT/bench.json ] || { echo "FAIL: no benchmark JSON"; echo 1 > \$OUT/bench-status; }
 for v in $BENCH_VARIANTS; do
@@ -139,7 +143,7 @@ for v in $BENCH_VARIANTS; do
     vars=\$(echo "\${v#*:}" | tr ',' ' ')
     echo "--- dataplane-rdma variant \$name (\$vars), same boot"
     env \$vars timeout 600 $BENCH_BIN --backend rdma --systems dataplane-rdma \
-        --workloads stream,pingpong --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
+        --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
         --json \$OUT/bench-\$name.json 2>&1 | tee \$OUT/bench-\$name.log
 done
 EOF
