@@ -161,7 +161,12 @@ impl Engine {
     }
 
     fn now(&self) -> SmolInstant {
-        SmolInstant::from_micros(self.epoch.elapsed().as_micros() as i64)
+        self.smol_time(std::time::Instant::now())
+    }
+
+    /// `wall` on smoltcp's clock (microseconds since the engine started).
+    fn smol_time(&self, wall: std::time::Instant) -> SmolInstant {
+        SmolInstant::from_micros(wall.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
     /// The interface address.
@@ -473,10 +478,11 @@ impl Engine {
     // ---- the poll round -----------------------------------------------------------------
 
     /// One round: receive a burst, run smoltcp, transmit in bursts, report readiness.
-    /// Returns whether there was work (frames in or out, events).
-    pub(crate) fn poll(&mut self, out: &mut Vec<Fired>) -> bool {
+    /// Returns whether there was work (frames in or out, events). `wall` is the event loop's
+    /// clock for this round (one clock read per round for the whole worker).
+    pub(crate) fn poll(&mut self, wall: std::time::Instant, out: &mut Vec<Fired>) -> bool {
         self.stats.polls.fetch_add(1, Ordering::Relaxed);
-        let now = self.now();
+        let now = self.smol_time(wall);
         self.dev.begin_round();
         let changed = self.iface.poll(now, &mut self.dev, &mut self.sockets);
         if self.dev.tx_pending() > 0 {
@@ -488,12 +494,11 @@ impl Engine {
             self.scan(out);
         } else {
             // Nothing moved: only orphans' deadlines can matter.
-            self.reap();
+            self.reap(wall);
         }
         self.tx_dirty = false;
         self.watch_link();
         let work = rx > 0 || tx > 0 || out.len() > before || self.dev.tx_pending() > 0;
-        let wall = std::time::Instant::now();
         if work {
             self.last_work = wall;
             self.idle = false;
@@ -545,8 +550,7 @@ impl Engine {
         }
     }
 
-    fn reap(&mut self) {
-        let now = std::time::Instant::now();
+    fn reap(&mut self, now: std::time::Instant) {
         let mut gone = Vec::new();
         for (h, c) in &self.conns {
             let Some(deadline) = c.orphan else { continue };
@@ -666,7 +670,7 @@ impl Engine {
                 });
             }
         }
-        self.reap();
+        self.reap(std::time::Instant::now());
     }
 }
 

@@ -3,7 +3,7 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dataplane::buf::BufMut;
 use dataplane::event::{Fired, Poller};
@@ -345,9 +345,9 @@ struct DpdkPoller {
 }
 
 impl Poller for DpdkPoller {
-    fn poll(&mut self, ready: &mut Vec<Fired>) -> bool {
+    fn poll(&mut self, now: Instant, ready: &mut Vec<Fired>) -> bool {
         let mut e = self.engine.lock();
-        let busy = e.poll(ready);
+        let busy = e.poll(now, ready);
         self.wait = e.max_wait();
         busy
     }

@@ -78,7 +78,7 @@ fn smoke_net_null() {
     let mut fired = Vec::new();
     let end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < end {
-        pollers[0].poll(&mut fired);
+        pollers[0].poll(std::time::Instant::now(), &mut fired);
     }
     let s = stack.stats();
     eprintln!("net_null stats: {s:?}");
@@ -183,7 +183,7 @@ fn tcp_to_self(stack: &DpdkStack, ip: Ipv4Addr) -> dataplane_stack_dpdk::StatsSn
             "handshake timed out: {:?}",
             stack.stats()
         );
-        pollers[0].poll(&mut fired);
+        pollers[0].poll(std::time::Instant::now(), &mut fired);
         if server.is_none() {
             server = l.accept(&opts).expect("accept");
         }
@@ -217,7 +217,7 @@ fn tcp_to_self(stack: &DpdkStack, ip: Ipv4Addr) -> dataplane_stack_dpdk::StatsSn
                 Err(e) => panic!("write: {e}"),
             }
         }
-        pollers[0].poll(&mut fired);
+        pollers[0].poll(std::time::Instant::now(), &mut fired);
         let mut b = pool.alloc().expect("buffer");
         match s.read(&mut b) {
             Ok(0) => panic!("early EOF"),
@@ -240,7 +240,7 @@ fn tcp_to_self(stack: &DpdkStack, ip: Ipv4Addr) -> dataplane_stack_dpdk::StatsSn
     let mut eof = false;
     while !eof {
         assert!(Instant::now() < deadline, "close timed out");
-        pollers[0].poll(&mut fired);
+        pollers[0].poll(std::time::Instant::now(), &mut fired);
         let mut b = pool.alloc().expect("buffer");
         match s.read(&mut b) {
             Ok(0) => eof = true,

@@ -118,12 +118,11 @@ impl CqPoller {
 }
 
 impl Poller for CqPoller {
-    fn poll(&mut self, ready: &mut Vec<Fired>) -> bool {
+    fn poll(&mut self, now: Instant, ready: &mut Vec<Fired>) -> bool {
         if self.busy.is_zero() {
             return false;
         }
         let mut found = self.poll_all(ready, false);
-        let now = Instant::now();
         if found {
             self.last_work = Some(now);
         }

@@ -347,7 +347,9 @@ impl Dispatcher for Pinger {
             self.done.store(1, Ordering::Release);
             return;
         }
-        st.sent_at = Instant::now();
+        // The next round trip starts now: one clock read per pong (a clock read costs a
+        // system call on machines without a usable TSC, such as the emulated RDMA VM).
+        st.sent_at = now;
         if let Err(e) = conn.send(Message::new(1, self.payload.clone())) {
             st.error = Some(e.to_string());
             self.done.store(1, Ordering::Release);

@@ -48,8 +48,10 @@ pub enum Fired {
 /// A busy-poll hook run on every loop iteration (DPDK RX queues, RDMA CQs).
 pub trait Poller: Send {
     /// Polls once. Returns `true` if it found work, which keeps the loop spinning instead of
-    /// sleeping. It may report readiness through `ready`.
-    fn poll(&mut self, ready: &mut Vec<Fired>) -> bool;
+    /// sleeping. It may report readiness through `ready`. `now` is the loop's clock for this
+    /// round, read once for every poller and the worker (a clock read is a system call and a
+    /// timer-chip access on machines without a usable TSC, such as emulated VMs).
+    fn poll(&mut self, now: Instant, ready: &mut Vec<Fired>) -> bool;
 
     /// The longest the loop may sleep before this poller must run again (`None`: no limit).
     /// A poller with no file descriptor to wake the loop (a DPDK queue) backs off with this
@@ -101,6 +103,8 @@ pub struct EventCenter {
     file_polls: u64,
     /// Consecutive rounds in which a poller had work.
     busy_rounds: u32,
+    /// The clock at the end of the last round.
+    now: Instant,
 }
 
 /// While a poller is busy, the files are looked at (a zero-timeout `epoll_wait`) once every
@@ -127,6 +131,7 @@ impl EventCenter {
             parks: 0,
             file_polls: 0,
             busy_rounds: 0,
+            now: Instant::now(),
         })
     }
 
@@ -151,6 +156,12 @@ impl EventCenter {
         self.pollers.push(p);
     }
 
+    /// The clock as of the end of the last [`wait`](EventCenter::wait): read once per round
+    /// (again only after the loop slept or spun), so the owner of the loop need not read it.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// How many times the loop parked in `epoll_wait` (for metrics and tests).
     pub fn parks(&self) -> u64 {
         self.parks
@@ -170,11 +181,12 @@ impl EventCenter {
         max_wait: Option<Duration>,
         has_external: &dyn Fn() -> bool,
     ) -> io::Result<()> {
+        let now = Instant::now();
+        self.now = now;
         let mut busy = false;
         for p in &mut self.pollers {
-            busy |= p.poll(out);
+            busy |= p.poll(now, out);
         }
-        let now = Instant::now();
         let mut timeout = self
             .timers
             .next_due()
@@ -190,6 +202,7 @@ impl EventCenter {
             while Instant::now() < spin_until && !has_external() {
                 std::hint::spin_loop();
             }
+            self.now = Instant::now();
             if has_external() {
                 timeout = Some(Duration::ZERO);
             }
@@ -236,7 +249,11 @@ impl EventCenter {
                 closed: ev.is_read_closed() || ev.is_error(),
             });
         }
-        self.timers.pop_due(Instant::now(), out);
+        if timeout != Some(Duration::ZERO) {
+            // The loop may have slept: the clock moved.
+            self.now = Instant::now();
+        }
+        self.timers.pop_due(self.now, out);
         Ok(())
     }
 }

@@ -71,7 +71,7 @@ fn pending_external_work_never_parks() {
 fn poller_max_wait_bounds_the_sleep() {
     struct Idle(u32);
     impl Poller for Idle {
-        fn poll(&mut self, _ready: &mut Vec<Fired>) -> bool {
+        fn poll(&mut self, _now: Instant, _ready: &mut Vec<Fired>) -> bool {
             self.0 += 1;
             false
         }
@@ -100,7 +100,7 @@ fn poller_max_wait_bounds_the_sleep() {
 fn busy_poller_looks_at_files_every_few_rounds() {
     struct Busy;
     impl Poller for Busy {
-        fn poll(&mut self, _ready: &mut Vec<Fired>) -> bool {
+        fn poll(&mut self, _now: Instant, _ready: &mut Vec<Fired>) -> bool {
             true
         }
     }

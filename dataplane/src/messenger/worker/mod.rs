@@ -239,7 +239,7 @@ impl Worker {
                 tracing::error!(worker = self.index, error = %e, "event loop failed");
                 break;
             }
-            self.now = Instant::now();
+            self.now = self.center.now();
             self.drain_commands();
             let fired = std::mem::take(&mut self.fired);
             for f in &fired {
