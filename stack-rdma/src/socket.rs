@@ -655,19 +655,15 @@ impl RdmaSocket {
                 Some((gen, _)) => gen.repost(&self.repost),
                 None => {
                     let len = self.dev.pool.slot_size() as u32;
-                    let batch: Vec<RecvWr> = self
-                        .repost
-                        .iter()
-                        .filter_map(|&i| {
-                            res.recv_slots.get(i as usize).map(|s| RecvWr {
-                                wr_id: RECV_BIT | u64::from(i),
-                                addr: s.addr,
-                                len,
-                                lkey: s.lkey,
-                            })
+                    let batch = self.repost.iter().filter_map(|&i| {
+                        res.recv_slots.get(i as usize).map(|s| RecvWr {
+                            wr_id: RECV_BIT | u64::from(i),
+                            addr: s.addr,
+                            len,
+                            lkey: s.lkey,
                         })
-                        .collect();
-                    res.qp.post_recv(&batch)
+                    });
+                    res.qp.post_recv(batch).map(drop)
                 }
             };
             r.map_err(|e| self.fail(format!("post receive: {e}")))?;
@@ -1259,7 +1255,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         .collect();
     // The slots are registered memory owned by this connection until its QP is destroyed
     // (teardown returns them only afterwards).
-    if let Err(e) = res.qp.post_recv(&batch) {
+    if let Err(e) = res.qp.post_recv(batch.iter().copied()) {
         let Res {
             qp,
             mut send_slots,

@@ -67,26 +67,22 @@ impl SrqGen {
         self.stats.srq_posted_min.fetch_min(now, Ordering::Relaxed);
     }
 
-    /// Re-posts consumed buffers (one doorbell).
+    /// Re-posts consumed buffers (no allocation: the WR chains are built on the stack).
     pub(crate) fn repost(&self, idxs: &[u32]) -> std::io::Result<()> {
-        let batch: Vec<RecvWr> = {
-            let slots = self.slots.lock();
-            idxs.iter()
-                .filter_map(|&i| {
-                    slots.get(i as usize).map(|s| RecvWr {
-                        wr_id: RECV_BIT | u64::from(i),
-                        addr: s.addr,
-                        len: self.slot_size,
-                        lkey: s.lkey,
-                    })
-                })
-                .collect()
+        let Some(srq) = &self.srq else {
+            return Err(std::io::Error::other("shared receive queue destroyed"));
         };
-        match &self.srq {
-            Some(srq) => srq.post(&batch)?,
-            None => return Err(std::io::Error::other("shared receive queue destroyed")),
-        }
-        self.posted.fetch_add(batch.len() as i64, Ordering::AcqRel);
+        let slots = self.slots.lock();
+        let batch = idxs.iter().filter_map(|&i| {
+            slots.get(i as usize).map(|s| RecvWr {
+                wr_id: RECV_BIT | u64::from(i),
+                addr: s.addr,
+                len: self.slot_size,
+                lkey: s.lkey,
+            })
+        });
+        let posted = srq.post(batch)?;
+        self.posted.fetch_add(posted as i64, Ordering::AcqRel);
         Ok(())
     }
 
@@ -106,7 +102,7 @@ impl SrqGen {
             })
             .collect();
         let posted = match &self.srq {
-            Some(srq) => srq.post(&batch),
+            Some(srq) => srq.post(batch.iter().copied()).map(drop),
             None => Err(std::io::Error::other("shared receive queue destroyed")),
         };
         if let Err(e) = posted {

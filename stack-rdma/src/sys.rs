@@ -139,34 +139,61 @@ pub(crate) struct SendWr {
     pub(crate) remote: Option<(u64, u32)>,
 }
 
-/// Builds a linked chain of receive WRs over `sges` (one SGE each) in `wrs`.
-fn recv_chain(batch: &[RecvWr], wrs: &mut Vec<ffi::ibv_recv_wr>, sges: &mut Vec<ffi::ibv_sge>) {
-    sges.clear();
-    sges.extend(batch.iter().map(|w| ffi::ibv_sge {
-        addr: w.addr,
-        length: w.len,
-        lkey: w.lkey,
-    }));
-    wrs.clear();
-    wrs.extend(batch.iter().map(|w| ffi::ibv_recv_wr {
-        wr_id: w.wr_id,
+/// Most receive WRs chained into one post call. The chain is built on the stack, so posting
+/// receives allocates nothing (they are re-posted on every read).
+const RECV_CHAIN: usize = 16;
+
+/// Posts the WRs of `batch` as chains of up to [`RECV_CHAIN`], each through `post` (which is
+/// handed the chain's head and returns the verbs call's result code).
+fn post_recv_chains(
+    batch: impl IntoIterator<Item = RecvWr>,
+    mut post: impl FnMut(*mut ffi::ibv_recv_wr) -> i32,
+) -> io::Result<usize> {
+    let empty_wr = ffi::ibv_recv_wr {
+        wr_id: 0,
         next: std::ptr::null_mut(),
         sg_list: std::ptr::null_mut(),
         num_sge: 1,
-    }));
-    // Pointers are fixed up only once both vectors have their final size.
-    let sge_base = sges.as_mut_ptr();
-    let wr_base = wrs.as_mut_ptr();
-    for i in 0..wrs.len() {
-        // SAFETY: `i` and `i + 1` (when used) are in bounds of vectors that are not resized
-        // again before the post that reads these pointers.
-        unsafe {
-            (*wr_base.add(i)).sg_list = sge_base.add(i);
-            if i + 1 < batch.len() {
-                (*wr_base.add(i)).next = wr_base.add(i + 1);
+    };
+    let empty_sge = ffi::ibv_sge {
+        addr: 0,
+        length: 0,
+        lkey: 0,
+    };
+    let mut it = batch.into_iter().peekable();
+    let mut posted = 0;
+    while it.peek().is_some() {
+        let mut wrs = [empty_wr; RECV_CHAIN];
+        let mut sges = [empty_sge; RECV_CHAIN];
+        let mut n = 0;
+        for w in it.by_ref().take(RECV_CHAIN) {
+            sges[n] = ffi::ibv_sge {
+                addr: w.addr,
+                length: w.len,
+                lkey: w.lkey,
+            };
+            wrs[n].wr_id = w.wr_id;
+            n += 1;
+        }
+        // Pointers are set once both arrays are in place (they do not move before the post).
+        let sge_base = sges.as_mut_ptr();
+        let wr_base = wrs.as_mut_ptr();
+        for i in 0..n {
+            // SAFETY: `i` and `i + 1` (when used) are in bounds of the two arrays.
+            unsafe {
+                (*wr_base.add(i)).sg_list = sge_base.add(i);
+                if i + 1 < n {
+                    (*wr_base.add(i)).next = wr_base.add(i + 1);
+                }
             }
         }
+        let rc = post(wr_base);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc.abs()));
+        }
+        posted += n;
     }
+    Ok(posted)
 }
 
 /// A shared receive queue (`ibv_create_srq`): receive buffers any QP attached to it consumes.
@@ -208,22 +235,15 @@ impl RawSrq {
         })
     }
 
-    /// Posts `batch` with one call (one doorbell).
-    pub(crate) fn post(&self, batch: &[RecvWr]) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (mut wrs, mut sges) = (Vec::with_capacity(batch.len()), Vec::new());
-        recv_chain(batch, &mut wrs, &mut sges);
-        let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
-        // SAFETY: the SRQ is live; `wrs` is a well-formed chain whose SGEs point at registered
-        // buffers the caller hands to the NIC; both vectors outlive the call.
-        let rc = unsafe { ffi::ibv_post_srq_recv(self.srq.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc.abs()))
-        }
+    /// Posts `batch` (chains of up to 16 WRs per call); returns how many were posted.
+    pub(crate) fn post(&self, batch: impl IntoIterator<Item = RecvWr>) -> io::Result<usize> {
+        post_recv_chains(batch, |head| {
+            let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
+            // SAFETY: the SRQ is live; `head` is a well-formed chain (built on the caller's
+            // stack, alive for this call) whose SGEs point at registered buffers the caller
+            // hands to the NIC.
+            unsafe { ffi::ibv_post_srq_recv(self.srq.as_ptr(), head, &mut bad) }
+        })
     }
 }
 
@@ -436,22 +456,20 @@ impl RawQp {
         self.modify(&mut a, ffi::ibv_qp_attr_mask::IBV_QP_STATE.0)
     }
 
-    /// Posts receives on the QP's own receive queue (per-QP mode) with one call.
-    pub(crate) fn post_recv(&mut self, batch: &[RecvWr]) -> io::Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (mut wrs, mut sges) = (Vec::with_capacity(batch.len()), Vec::new());
-        recv_chain(batch, &mut wrs, &mut sges);
-        let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
-        // SAFETY: the QP is live; `wrs` is a well-formed chain whose SGEs point at registered
-        // buffers the caller hands to the NIC; both vectors outlive the call.
-        let rc = unsafe { ffi::ibv_post_recv(self.qp.as_ptr(), wrs.as_mut_ptr(), &mut bad) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::from_raw_os_error(rc.abs()))
-        }
+    /// Posts receives on the QP's own receive queue (per-QP mode), chains of up to 16 WRs per
+    /// call; returns how many were posted.
+    pub(crate) fn post_recv(
+        &mut self,
+        batch: impl IntoIterator<Item = RecvWr>,
+    ) -> io::Result<usize> {
+        let qp = self.qp.as_ptr();
+        post_recv_chains(batch, |head| {
+            let mut bad: *mut ffi::ibv_recv_wr = std::ptr::null_mut();
+            // SAFETY: the QP is live; `head` is a well-formed chain (built on the caller's
+            // stack, alive for this call) whose SGEs point at registered buffers the caller
+            // hands to the NIC.
+            unsafe { ffi::ibv_post_recv(qp, head, &mut bad) }
+        })
     }
 
     /// Posts `batch` (SEND or RDMA WRITE, with immediate) with one call (one doorbell).
