@@ -30,6 +30,10 @@ counters! {
     bytes_in,
     /// Bytes written to sockets (frames included).
     bytes_out,
+    /// Received bytes (frames included) that arrived in buffers the stack lent
+    /// ([`ConnectedSocket::read_lent`](crate::stack::ConnectedSocket::read_lent)): decoded
+    /// where the device put them, with no copy.
+    bytes_lent,
     /// Connections closed because the peer sent malformed frames or broke the protocol.
     malformed,
     /// Secure mode: connections closed because a frame failed authentication or came

@@ -67,6 +67,9 @@ pub(super) enum Owner {
     /// A pool chunk; cloning bumps the chunk's counter in the pool metadata (held for its
     /// reference count, and to name the pool: [`Buf::pool`]).
     Pool(ChunkRef),
+    /// Memory a stack lent ([`super::BufMut::lent`]): the keeper keeps it valid and gives it
+    /// back when the last view drops it (held only for its reference count).
+    Lent(#[allow(dead_code)] Arc<dyn Send + Sync>),
 }
 
 impl Owner {
@@ -76,6 +79,7 @@ impl Owner {
             Owner::Static => "static",
             Owner::Heap(_) => "heap",
             Owner::Pool(_) => "pool",
+            Owner::Lent(_) => "lent",
         }
     }
 }
@@ -193,7 +197,7 @@ impl Buf {
     pub fn pool(&self) -> Option<super::BufPool> {
         match &self.owner {
             Owner::Pool(chunk) => Some(chunk.pool()),
-            Owner::Static | Owner::Heap(_) => None,
+            Owner::Static | Owner::Heap(_) | Owner::Lent(_) => None,
         }
     }
 

@@ -73,6 +73,29 @@ impl BufMut {
         unsafe { BufMut::from_raw(ptr, len, Owner::Heap(Arc::new(heap))) }
     }
 
+    /// Wraps memory a stack lends, without copying it: `[ptr, ptr + cap)` of which the first
+    /// `len` bytes are filled (an RDMA receive buffer the NIC wrote, say). `keeper` keeps the
+    /// memory valid; it is dropped, on whichever thread lets go last, once this `BufMut` and
+    /// every [`Buf`] cut from it are gone, and its `Drop` gives the memory back (to the
+    /// stack's registered pool). `len` is clamped to `cap`.
+    ///
+    /// # Safety
+    /// The whole range must be initialised and valid for reads and writes for as long as
+    /// `keeper` lives, and nothing else (no other handle, no device) may read or write it in
+    /// that time.
+    pub unsafe fn lent(
+        ptr: NonNull<u8>,
+        cap: usize,
+        len: usize,
+        keeper: Arc<dyn Send + Sync>,
+    ) -> BufMut {
+        // SAFETY: the caller guarantees the range is initialised, exclusively ours and kept
+        // alive by `keeper`.
+        let mut b = unsafe { BufMut::from_raw(ptr, cap, Owner::Lent(keeper)) };
+        b.len = len.min(cap);
+        b
+    }
+
     /// Bytes this buffer can still hold in total (filled + spare). Shrinks as bytes are split
     /// off the front.
     pub fn capacity(&self) -> usize {

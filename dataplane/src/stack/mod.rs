@@ -210,6 +210,18 @@ pub trait ConnectedSocket: Send {
     /// stream; `WouldBlock` means drained.
     fn read(&mut self, buf: &mut BufMut) -> io::Result<usize>;
 
+    /// Zero-copy receive: the next received bytes as a buffer the stack lends whole (its
+    /// filled bytes are the data, in stream order, before anything a later `read` returns),
+    /// when it has one ready and lending pays; `None` otherwise, and then the caller reads
+    /// with [`ConnectedSocket::read`] (which also reports errors and end of stream). The
+    /// messenger asks only between frames, when it holds no partial frame, so a frame that
+    /// starts at the front of the lent buffer and ends inside it reaches the application
+    /// without a copy. An RDMA stack lends the receive buffer a SEND landed in and posts a
+    /// fresh one in its place. Defaults to `None`.
+    fn read_lent(&mut self) -> Option<BufMut> {
+        None
+    }
+
     /// Sends a gather list in one call (`writev`). The slices point into the callers' buffers:
     /// no copy is made in user space. Returns the bytes accepted (may be short).
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize>;

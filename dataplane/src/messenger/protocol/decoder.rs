@@ -72,6 +72,29 @@ impl FrameDecoder {
         self.rx.as_ref().map_or(0, |b| b.len())
     }
 
+    /// Takes `b`, a buffer a stack lent ([`ConnectedSocket::read_lent`]), as the receive
+    /// buffer, so the frames in it are cut from it without a copy; returns its byte count.
+    /// Meant for between frames: with a partial frame pending, `b`'s bytes are appended to
+    /// it instead (copied, through buffers from `pool`) and `b` goes back to the stack.
+    ///
+    /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
+    pub fn adopt(&mut self, b: BufMut, pool: &BufPool) -> usize {
+        let n = b.len();
+        if self.pending() == 0 {
+            self.rx = Some(b);
+            self.need = 0;
+            return n;
+        }
+        let mut src = b.filled();
+        while !src.is_empty() {
+            // `read_buf` always leaves room (a fresh buffer has MIN_READ_ROOM spare at least).
+            let k = self.read_buf(pool).extend_from_slice(src);
+            src = &src[k..];
+            self.copied += k as u64;
+        }
+        n
+    }
+
     /// The buffer to read into next, with room for at least the rest of the current frame.
     /// Takes a chunk from `pool`, or a heap buffer when the frame is larger than a chunk or the
     /// pool is exhausted (receiving never fails for lack of pool buffers).

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 
 use super::*;
-use crate::buf::{Buf, BufPool, PoolConfig};
+use crate::buf::{Buf, BufMut, BufPool, PoolConfig};
 use crate::messenger::{priority, Message};
 use crate::wire::{self, FrameHead, HelloStatus, Limits, Tag};
 
@@ -650,6 +650,76 @@ fn decoder_detects_payload_corruption() {
     ));
 }
 
+/// Memory lent to the decoder in tests; counts its release.
+struct LentMem(std::ptr::NonNull<[u8]>, Arc<std::sync::atomic::AtomicU64>);
+
+// SAFETY: only freed in Drop; the bytes are accessed through the BufMut / Bufs.
+unsafe impl Send for LentMem {}
+// SAFETY: `&LentMem` exposes nothing.
+unsafe impl Sync for LentMem {}
+
+impl Drop for LentMem {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `Box::leak` in `lent_counted` and is freed only here.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+        self.1.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// A copy of `bytes` in memory lent as a stack lends a receive buffer (all of it filled).
+fn lent_counted(bytes: &[u8], released: &Arc<std::sync::atomic::AtomicU64>) -> BufMut {
+    let mem = std::ptr::NonNull::from(Box::leak(bytes.to_vec().into_boxed_slice()));
+    let keeper = Arc::new(LentMem(mem, released.clone()));
+    // SAFETY: a fresh allocation known only to the keeper (which frees it) and the BufMut.
+    unsafe { BufMut::lent(mem.cast::<u8>(), bytes.len(), bytes.len(), keeper) }
+}
+
+fn lent(bytes: &[u8]) -> BufMut {
+    lent_counted(bytes, &Arc::default())
+}
+
+#[test]
+fn whole_frames_in_a_lent_buffer_are_cut_from_it_and_it_returns_after_them() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    for i in 0..3u8 {
+        p.c.queue(Message::new(1, Buf::from_vec(vec![i; 5000])), p.now);
+    }
+    let bytes = drain(&mut p.c, p.now);
+    let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let b = lent_counted(&bytes, &released);
+    let (start, end) = (
+        b.filled().as_ptr() as usize,
+        b.filled().as_ptr() as usize + b.len(),
+    );
+    assert_eq!(p.sd.adopt(b, &p.pool), bytes.len());
+    let mut frames = Vec::new();
+    p.sd.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(payloads_of(&frames).len(), 3);
+    // No copy: every payload lies in the lent memory.
+    for f in &frames {
+        let at = f.data.as_ptr() as usize;
+        assert!(at >= start && at + f.data.len() <= end, "payload copied");
+    }
+    assert_eq!(p.sd.copied_bytes(), 0);
+    p.sd.release_idle();
+    let data: Vec<Buf> = frames.iter().map(|f| f.data.clone()).collect();
+    drop(frames);
+    let ordering = std::sync::atomic::Ordering::Acquire;
+    assert_eq!(released.load(ordering), 0, "given back while payloads live");
+    drop(data);
+    assert_eq!(
+        released.load(ordering),
+        1,
+        "not given back after the last payload"
+    );
+}
+
 #[test]
 fn large_frame_lands_in_one_exact_buffer() {
     let mut p = Pair::new(false);
@@ -682,6 +752,45 @@ proptest! {
         }
         let bytes = drain(&mut p.c, p.now);
         let frames = feed(&mut p.sd, &p.pool, &bytes, chunk).unwrap();
+        let payloads = payloads_of(&frames);
+        prop_assert_eq!(payloads.len(), sizes.len());
+        for (i, d) in payloads.iter().enumerate() {
+            prop_assert_eq!(d.len(), sizes[i]);
+            prop_assert!(d.iter().all(|b| *b == i as u8));
+        }
+    }
+
+    /// Buffers a stack lends (adopted whole) and reads into the decoder's own buffers, mixed
+    /// in any pattern and at any boundaries, give the same messages in order.
+    #[test]
+    fn lent_and_read_buffers_mixed_decode_the_same(
+        sizes in proptest::collection::vec(0usize..6000, 1..20),
+        chunk in 1usize..9000,
+        pattern in any::<u64>(),
+    ) {
+        let mut p = Pair::new(false);
+        p.handshake();
+        events(&mut p.s);
+        for (i, n) in sizes.iter().enumerate() {
+            p.c.queue(Message::new(1, Buf::from_vec(vec![i as u8; *n])), p.now);
+        }
+        let bytes = drain(&mut p.c, p.now);
+        let mut frames = Vec::new();
+        for (k, piece) in bytes.chunks(chunk).enumerate() {
+            if pattern >> (k % 64) & 1 == 1 {
+                prop_assert_eq!(p.sd.adopt(lent(piece), &p.pool), piece.len());
+            } else {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = p.sd.read_buf(&p.pool).extend_from_slice(rest);
+                    rest = &rest[n..];
+                }
+            }
+            p.sd.decode(|f| {
+                frames.push(f);
+                Ok(())
+            }).unwrap();
+        }
         let payloads = payloads_of(&frames);
         prop_assert_eq!(payloads.len(), sizes.len());
         for (i, d) in payloads.iter().enumerate() {

@@ -632,9 +632,28 @@ impl Worker {
                 return;
             }
             let stop_short = !to_eof && sock.short_read_drains();
-            let buf = st.decoder.read_buf(&self.pool);
-            let offered = buf.remaining();
-            match sock.read(buf) {
+            // Zero-copy receive: between frames, a buffer the stack lends becomes the
+            // decoder's receive buffer as it is. `offered` 0: a lent buffer says nothing about
+            // whether the socket is drained.
+            let lent = if st.decoder.pending() == 0 {
+                // An empty one would read as end of stream: `read` says what is going on.
+                sock.read_lent().filter(|b| !b.is_empty())
+            } else {
+                None
+            };
+            let (res, offered) = match lent {
+                Some(b) => {
+                    let n = st.decoder.adopt(b, &self.pool);
+                    Counters::add(&self.shared.counters.bytes_lent, n as u64);
+                    (Ok(n), 0)
+                }
+                None => {
+                    let buf = st.decoder.read_buf(&self.pool);
+                    let offered = buf.remaining();
+                    (sock.read(buf), offered)
+                }
+            };
+            match res {
                 Ok(0) => {
                     let mid_frame = st.decoder.pending() > 0;
                     return self.fault(t, Fault::Eof { mid_frame });
