@@ -209,6 +209,21 @@ pub struct RdmaConfig {
     /// costs the NIC a descriptor and a DMA read; a small copy is cheaper). A longer one goes
     /// zero-copy whole, every piece of it (also a short tail left by a partial send).
     pub zero_copy_min: usize,
+    /// Zero-copy receive (the default): a receive buffer a SEND of at least `lend_min` bytes
+    /// landed in is lent to the messenger as it is (`ConnectedSocket::read_lent`), and a
+    /// fresh registered buffer is posted in its place, so credits come back as usual. The
+    /// lent buffer returns to the stack's registered pool when the last message cut from it
+    /// is dropped. Safe without memory windows: a consumed receive buffer is no longer
+    /// posted, so the peer cannot write it. Bytes that arrive by RDMA WRITE (into the
+    /// remote-writable landing buffer) are still copied. Off: every byte is copied.
+    pub lend_receive: bool,
+    /// SENDs smaller than this are copied, not lent (a lent buffer is a whole receive slot
+    /// held until its last message is dropped).
+    pub lend_min: usize,
+    /// Most receive buffers lent out at once per stack; past it, received bytes are copied
+    /// (an application holding many messages cannot make the stack register memory
+    /// without bound).
+    pub lend_max: usize,
     /// Test hook: behave like a broken or hostile peer. [`Misbehave::No`] outside tests.
     #[doc(hidden)]
     pub misbehave: Misbehave,
@@ -250,6 +265,9 @@ impl Default for RdmaConfig {
             busy_poll: Duration::from_millis(1),
             zero_copy: true,
             zero_copy_min: 4096,
+            lend_receive: true,
+            lend_min: 16 << 10,
+            lend_max: 256,
             misbehave: Misbehave::No,
         }
     }
@@ -297,6 +315,15 @@ pub struct RdmaStats {
     /// Bytes copied into send slots (frame headers, checksums, small or unregistered
     /// payloads; every byte when zero-copy is off).
     pub copied_bytes: AtomicU64,
+    /// Receive buffers lent to the messenger (zero-copy receive).
+    pub lent_buffers: AtomicU64,
+    /// Bytes received in lent buffers (no copy on the receive path).
+    pub lent_bytes: AtomicU64,
+    /// Lent buffers not yet given back.
+    pub lent_outstanding: AtomicU64,
+    /// Bytes received that were copied into the messenger's buffers (small SENDs, RDMA
+    /// WRITE chunks, or lending off or at its cap).
+    pub recv_copied_bytes: AtomicU64,
 }
 
 impl RdmaStats {

@@ -135,10 +135,30 @@ impl SlotPool {
         self.inner.lock().free.append(slots);
     }
 
+    /// Returns one slot (a lent receive buffer the messenger let go of).
+    pub(crate) fn give_back_one(&self, slot: Slot) {
+        self.inner.lock().free.push(slot);
+    }
+
     /// (registered arenas, slots in use).
     pub(crate) fn usage(&self) -> (usize, usize) {
         let g = self.inner.lock();
         (g.arenas.len(), g.total - g.free.len())
+    }
+}
+
+/// Keeps a receive slot lent to the messenger (`BufMut::lent`) and returns it to the pool
+/// when the last view of it is dropped, on whatever thread.
+pub(crate) struct LentSlot {
+    pub(crate) slot: Slot,
+    pub(crate) pool: Arc<SlotPool>,
+    pub(crate) stats: Arc<crate::RdmaStats>,
+}
+
+impl Drop for LentSlot {
+    fn drop(&mut self) {
+        self.pool.give_back_one(self.slot);
+        self.stats.lent_outstanding.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

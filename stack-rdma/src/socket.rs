@@ -17,7 +17,7 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
-use crate::memory::{RegionCache, Slot, WriteRegion};
+use crate::memory::{LentSlot, RegionCache, Slot, WriteRegion};
 use crate::poller::{self, CqShared, Wc};
 use crate::srq::{SrqGen, RECV_BIT};
 use crate::sys::{self, Kick, PathTo, QpCaps, RawQp, RecvWr, SendWr, Sge};
@@ -72,6 +72,19 @@ impl Piece for Segment<'_> {
     fn shared(&self) -> Option<&Buf> {
         Segment::shared(self)
     }
+}
+
+/// With the gather list at piece `vi`, offset `off`: the length of the frame that starts
+/// there, if one does and its payload is a `Buf` (a `Staged` head followed by its `Shared`
+/// payload, see `Segment`), counting its epilogue.
+fn frame_ahead<P: Piece>(iov: &[P], vi: usize, off: usize) -> Option<usize> {
+    let head = iov.get(vi)?;
+    if off != 0 || head.shared().is_some() {
+        return None;
+    }
+    let payload = iov.get(vi + 1)?;
+    payload.shared()?;
+    Some(head.bytes().len() + payload.bytes().len() + dataplane::wire::EPILOGUE_LEN)
 }
 
 /// How long teardown waits for in-flight sends and flushed work requests.
@@ -236,6 +249,7 @@ impl RdmaSocket {
             recv_credits: window,
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
             srq: res.srq.is_some(),
+            lends: dev.cfg.lend_receive,
             write: res.landing.as_ref().map(|l| wire::WriteRegion {
                 addr: l.base(),
                 rkey: l.rkey(),
@@ -738,7 +752,63 @@ impl RdmaSocket {
                 }
             }
         }
+        if copied > 0 {
+            RdmaStats::bump(&self.dev.stats.recv_copied_bytes, copied as u64);
+        }
         copied
+    }
+
+    /// Lends the receive buffer at the front of the ready queue, if it is a whole SEND worth
+    /// lending: a fresh registered slot takes its place (posted with the next re-post, so
+    /// credits return as usual) and the filled one goes to the messenger as it is.
+    fn lend_front(&mut self) -> Option<BufMut> {
+        let cfg = &self.dev.cfg;
+        let &Ready {
+            idx,
+            addr,
+            len,
+            write,
+        } = self.ready.front()?;
+        if write || self.ready_off != 0 || (len as usize) < cfg.lend_min.max(1) {
+            return None;
+        }
+        let stats = &self.dev.stats;
+        if stats.lent_outstanding.load(Ordering::Acquire) >= cfg.lend_max as u64 {
+            return None;
+        }
+        let ptr = std::ptr::NonNull::new(addr as *mut u8)?;
+        let fresh = self.dev.pool.take(1).ok()?.pop()?;
+        let res = self.res.as_mut()?;
+        let old = match &res.srq {
+            Some((gen, _)) => gen.swap(idx, fresh),
+            None => res
+                .recv_slots
+                .get_mut(idx as usize)
+                .map(|s| std::mem::replace(s, fresh)),
+        };
+        let Some(old) = old.filter(|s| s.addr == addr) else {
+            // Not the buffer the completion named (cannot happen: only this socket re-posts
+            // it); give the fresh slot back and copy instead.
+            self.dev.pool.give_back_one(fresh);
+            return None;
+        };
+        self.ready.pop_front();
+        self.repost.push(idx);
+        stats.lent_outstanding.fetch_add(1, Ordering::AcqRel);
+        RdmaStats::bump(&stats.lent_buffers, 1);
+        RdmaStats::bump(&stats.lent_bytes, u64::from(len));
+        let keeper = Arc::new(LentSlot {
+            slot: old,
+            pool: self.dev.pool.clone(),
+            stats: stats.clone(),
+        });
+        let size = self.dev.pool.slot_size();
+        // SAFETY: `old` is a receive slot of our registered arena (`size` bytes, initialised:
+        // arenas are mapped zeroed) whose receive completed, so the NIC no longer writes it;
+        // it left the receive table above and is re-posted nowhere until the keeper gives it
+        // back to the pool, so nothing else reads or writes it meanwhile; the keeper's pool
+        // keeps the arena mapped. `len <= size` was checked when the completion arrived.
+        Some(unsafe { BufMut::lent(ptr, size, len as usize, keeper) })
     }
 
     fn drained_eof(&self) -> bool {
@@ -787,6 +857,7 @@ impl RdmaSocket {
         let slot_size = self.dev.pool.slot_size();
         // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
         let peer_write = self.peer.and_then(|p| p.write);
+        let peer_lends = self.peer.is_some_and(|p| p.lends);
         let write_max = peer_write.map_or(0, |w| {
             (w.chunk as usize)
                 .min(self.dev.max_send_sge.min(WRITE_SLOTS) as usize * slot_size)
@@ -813,10 +884,22 @@ impl RdmaSocket {
             }
             let left = wanted - total;
             let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
+            // A peer that lends its receive buffers takes a frame that fits one SEND without
+            // a copy, so RDMA WRITE (copied on its side) is kept for frames larger than that.
+            let write_pays = !peer_lends
+                || match frame_ahead(iov, vi, off) {
+                    Some(n) => n > chunk,
+                    None => iov[vi].shared().is_some() && iov[vi].bytes().len() - off > chunk,
+                };
             // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
             // peer's advertised buffer, gathered from several send slots (and zero-copy SGEs).
             let write = match peer_write {
-                Some(w) if self.write_credits > 0 && write_max > 0 && left >= write_min => {
+                Some(w)
+                    if self.write_credits > 0
+                        && write_max > 0
+                        && left >= write_min
+                        && write_pays =>
+                {
                     let len = left.min(write_max);
                     let k = len.div_ceil(slot_size);
                     (k <= free_slots).then_some((w, len, k))
@@ -842,6 +925,15 @@ impl RdmaSocket {
                     vi += 1;
                     off = 0;
                     continue;
+                }
+                // A lending peer: a frame that fits one SEND but not the rest of this one
+                // starts the next, so it lands whole in one receive buffer (lent, not copied).
+                if peer_lends && write.is_none() && len > 0 {
+                    if let Some(n) = frame_ahead(iov, vi, off) {
+                        if n <= want && len + n > want {
+                            break;
+                        }
+                    }
                 }
                 let n = src.len().min(want - len);
                 // Judged on the whole `Buf`, so every piece of a large payload goes
@@ -1384,12 +1476,32 @@ impl ConnectedSocket for RdmaSocket {
         }
     }
 
+    fn read_lent(&mut self) -> Option<BufMut> {
+        if !self.dev.cfg.lend_receive
+            || self.phase != Phase::Established
+            || self.failed.is_some()
+            || self.res.is_none()
+        {
+            return None;
+        }
+        if self.ready.is_empty() {
+            // A poll error is reported by the `read` that follows.
+            self.poll_cq().ok()?;
+        }
+        let b = self.lend_front()?;
+        // A re-post failure fails the socket; the next `read` reports it.
+        let _ = self.repost_and_return();
+        self.maybe_kick();
+        Some(b)
+    }
+
     fn writev(&mut self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
         self.send_gather(iov)
     }
 
     fn wants_segments(&self) -> bool {
-        self.dev.cfg.zero_copy
+        // Segments also mark where frames with a payload start, which a lending peer needs.
+        self.dev.cfg.zero_copy || self.peer.is_some_and(|p| p.lends)
     }
 
     fn send_segments(&mut self, segs: &[Segment<'_>]) -> io::Result<usize> {

@@ -61,6 +61,14 @@ impl SrqGen {
         self.slots.lock().get(idx as usize).copied()
     }
 
+    /// Puts `new` in place of the buffer at `idx` (consumed, not posted: its receive
+    /// completed) and returns that buffer, which the caller now owns (it lends it).
+    pub(crate) fn swap(&self, idx: u32, new: Slot) -> Option<Slot> {
+        let mut slots = self.slots.lock();
+        let s = slots.get_mut(idx as usize)?;
+        Some(std::mem::replace(s, new))
+    }
+
     /// One receive completed (its buffer is consumed until re-posted).
     pub(crate) fn consumed(&self) {
         let now = self.posted.fetch_sub(1, Ordering::AcqRel) - 1;

@@ -6,6 +6,8 @@
 //!                 | lid u16 | mtu u8 | flags u8 | recv_credits u32 | slot_size u32
 //!                 | write_addr u64 | write_rkey u32 | write_chunk u32 | write_chunks u32
 //!                 flags: bit 0 = the sender receives through a shared receive queue
+//!                        bit 1 = the sender lends receive buffers (zero-copy receive): its
+//!                                peer should start each large frame in a SEND of its own
 //!                 write_*: the buffer the peer may RDMA-WRITE into (write_chunks chunks of
 //!                 write_chunk bytes from write_addr, remote key write_rkey); 0 chunks = none
 //! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(data WRs posted),
@@ -65,6 +67,10 @@ pub(crate) struct Hello {
     /// The sender receives through a shared receive queue (the other end then retries RNR:
     /// another peer overrunning its credits may briefly empty the SRQ).
     pub(crate) srq: bool,
+    /// The sender lends the receive buffers SENDs land in to its messenger (zero-copy
+    /// receive): a frame that arrives whole in one SEND is not copied, so its peer starts a
+    /// SEND at each large frame and prefers SENDs to RDMA WRITE for frames that fit a slot.
+    pub(crate) lends: bool,
     /// Where the peer may RDMA-WRITE large messages, if anywhere.
     pub(crate) write: Option<WriteRegion>,
 }
@@ -79,7 +85,7 @@ impl Hello {
         b[16..32].copy_from_slice(&self.gid);
         b[32..34].copy_from_slice(&self.lid.to_le_bytes());
         b[34] = self.mtu;
-        b[35] = u8::from(self.srq);
+        b[35] = u8::from(self.srq) | (u8::from(self.lends) << 1);
         b[36..40].copy_from_slice(&self.recv_credits.to_le_bytes());
         b[40..44].copy_from_slice(&self.slot_size.to_le_bytes());
         if let Some(w) = self.write {
@@ -115,6 +121,7 @@ impl Hello {
             recv_credits: u32_at(36),
             slot_size: u32_at(40),
             srq: b[35] & 1 != 0,
+            lends: b[35] & 2 != 0,
             write: None,
         };
         let mut addr = [0u8; 8];
@@ -141,7 +148,7 @@ impl Hello {
                 ));
             }
         }
-        if b[35] & !1 != 0 {
+        if b[35] & !3 != 0 {
             return Err(format!("side channel: unknown hello flags {:#04x}", b[35]));
         }
         if h.qpn == 0 || h.qpn > 0x00ff_ffff {
@@ -264,6 +271,7 @@ mod tests {
             recv_credits: 32,
             slot_size: 65536,
             srq: true,
+            lends: true,
             write: Some(WriteRegion {
                 addr: 0x7f00_0000_0000,
                 rkey: 0x1234,

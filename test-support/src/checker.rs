@@ -175,6 +175,11 @@ impl Checker {
     pub fn kept(&self) -> Vec<Message> {
         self.kept.lock().clone()
     }
+
+    /// Drops the messages kept so far (on the calling thread).
+    pub fn clear_kept(&self) {
+        self.kept.lock().clear();
+    }
 }
 
 impl Dispatcher for Checker {

@@ -18,6 +18,11 @@ use crate::buf::{Buf, BufMut};
 use crate::event::Poller;
 
 /// One piece of a gather list handed to [`ConnectedSocket::send_segments`].
+///
+/// The head of a frame whose payload is `Shared` always starts a `Staged` segment of its own
+/// (when the frame is sent from its start): a `Staged` segment followed by a `Shared` one is
+/// exactly that frame's head, so a stack can tell where such a frame begins (an RDMA stack
+/// starts a SEND there, so the frame lands whole in one receive buffer it can lend).
 #[derive(Debug, Clone, Copy)]
 pub enum Segment<'a> {
     /// Bytes the caller keeps (staged frame headers, checksums): the stack must copy them (or

@@ -20,6 +20,9 @@ const MIN_READ_ROOM: usize = 1024;
 pub struct FrameDecoder {
     limits: Limits,
     rx: Option<BufMut>,
+    /// A lent buffer queued behind `rx`: it becomes `rx` once `rx` is decoded to its end.
+    /// Only set while `rx` ends exactly at a frame boundary (see `adopt`).
+    next: Option<BufMut>,
     /// Total length of the frame at the front of `rx`, once its preamble has been parsed.
     need: usize,
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
@@ -35,6 +38,7 @@ impl FrameDecoder {
         FrameDecoder {
             limits,
             rx: None,
+            next: None,
             need: 0,
             copied: 0,
             opener: None,
@@ -69,7 +73,7 @@ impl FrameDecoder {
 
     /// Bytes received but not yet decoded (a partial frame).
     pub fn pending(&self) -> usize {
-        self.rx.as_ref().map_or(0, |b| b.len())
+        self.rx.as_ref().map_or(0, |b| b.len()) + self.next.as_ref().map_or(0, |b| b.len())
     }
 
     /// Takes `b`, a buffer a stack lent ([`ConnectedSocket::read_lent`]), as the receive
@@ -78,27 +82,122 @@ impl FrameDecoder {
     /// it instead (copied, through buffers from `pool`) and `b` goes back to the stack.
     ///
     /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
-    pub fn adopt(&mut self, b: BufMut, pool: &BufPool) -> usize {
+    pub fn adopt(&mut self, mut b: BufMut, pool: &BufPool) -> usize {
         let n = b.len();
         if self.pending() == 0 {
             self.rx = Some(b);
             self.need = 0;
             return n;
         }
-        let mut src = b.filled();
-        while !src.is_empty() {
-            // `read_buf` always leaves room (a fresh buffer has MIN_READ_ROOM spare at least).
-            let k = self.read_buf(pool).extend_from_slice(src);
-            src = &src[k..];
+        // A frame straddles into `b`: copy only the bytes that complete it (as a read into
+        // our own buffer would), then queue the rest of `b` to be decoded in place.
+        loop {
+            let have = self.rx.as_ref().map_or(0, |r| r.len());
+            let need = match self.front_len() {
+                Ok(Some(len)) => len,
+                Ok(None) => PREAMBLE_LEN,
+                // A bad preamble: `decode` reports it; keep the bytes in order meanwhile.
+                Err(_) => usize::MAX,
+            };
+            if have >= need || b.is_empty() || self.next.is_some() {
+                break;
+            }
+            let k = (need - have).min(b.len());
+            let mut src = &b.filled()[..k];
+            while !src.is_empty() {
+                // `room` always offers some (a fresh buffer has MIN_READ_ROOM at least).
+                let m = self.room(pool).extend_from_slice(src);
+                src = &src[m..];
+            }
             self.copied += k as u64;
+            drop(b.split_to(k));
+        }
+        if !b.is_empty() {
+            match self.next.as_mut() {
+                None => self.next = Some(b),
+                // Cannot happen (a queued buffer is taken before the next adopt), but bytes
+                // must never be dropped: append them.
+                Some(q) => {
+                    let mut src = b.filled();
+                    while !src.is_empty() {
+                        if q.remaining() == 0 {
+                            let mut grown = BufMut::for_frame(q.len() + src.len());
+                            grown.extend_from_slice(q.filled());
+                            *q = grown;
+                        }
+                        let m = q.extend_from_slice(src);
+                        src = &src[m..];
+                        self.copied += m as u64;
+                    }
+                }
+            }
         }
         n
+    }
+
+    /// Total length of the frame at the front of `rx`, once its preamble is there.
+    fn front_len(&self) -> Result<Option<usize>, Fault> {
+        let Some(rx) = self.rx.as_ref() else {
+            return Ok(None);
+        };
+        match wire::parse_preamble(rx.filled(), &self.limits)? {
+            None => Ok(None),
+            Some(p) => Self::framed_len(
+                self.opener.is_some(),
+                p.tag()?,
+                p.flags,
+                p.front_len.get() as usize,
+                p.data_len.get() as usize,
+                p.frame_len(),
+            )
+            .map(Some),
+        }
+    }
+
+    /// The length a frame with this preamble takes on the wire: sealed frames carry a tag
+    /// instead of the epilogue. Refuses frames that do not fit the connection's mode.
+    fn framed_len(
+        secure: bool,
+        tag: Tag,
+        flags: u8,
+        front_len: usize,
+        data_len: usize,
+        frame_len: usize,
+    ) -> Result<usize, Fault> {
+        let sealed = flags & wire::FLAG_SEALED != 0;
+        match (secure, sealed) {
+            (false, false) => Ok(frame_len),
+            // Lengths were bounded by `parse_preamble`: no overflow.
+            (true, true) => Ok(PREAMBLE_LEN + front_len + data_len + TAG_LEN),
+            (true, false) if tag == Tag::HelloReply => Ok(frame_len),
+            (true, false) => Err(Fault::Insecure(format!(
+                "unsealed {tag:?} frame on a secure connection"
+            ))),
+            (false, true) => Err(Fault::Insecure(format!(
+                "sealed {tag:?} frame but no keys were agreed"
+            ))),
+        }
     }
 
     /// The buffer to read into next, with room for at least the rest of the current frame.
     /// Takes a chunk from `pool`, or a heap buffer when the frame is larger than a chunk or the
     /// pool is exhausted (receiving never fails for lack of pool buffers).
     pub fn read_buf(&mut self, pool: &BufPool) -> &mut BufMut {
+        if let Some(q) = self.next.take() {
+            // A queued lent buffer is normally decoded before the next read; should decoding
+            // have stopped early (a close frame), its bytes go first, in order.
+            let mut src = q.filled();
+            while !src.is_empty() {
+                let m = self.room(pool).extend_from_slice(src);
+                src = &src[m..];
+                self.copied += m as u64;
+            }
+        }
+        self.room(pool)
+    }
+
+    /// `read_buf` without the queued buffer.
+    fn room(&mut self, pool: &BufPool) -> &mut BufMut {
         let have = self.rx.as_ref().map_or(0, |b| b.len());
         let want_total = self.need.max(PREAMBLE_LEN);
         let room = self.rx.as_ref().map_or(0, |b| b.remaining());
@@ -156,6 +255,10 @@ impl FrameDecoder {
         mut on_frame: impl FnMut(Frame) -> Result<Option<Opener>, Fault>,
     ) -> Result<(), Fault> {
         loop {
+            if self.rx.as_ref().is_none_or(|r| r.is_empty()) && self.next.is_some() {
+                // The current buffer ended at a frame boundary: go on in the queued one.
+                self.rx = self.next.take();
+            }
             let Some(rx) = self.rx.as_mut() else {
                 return Ok(());
             };
@@ -179,22 +282,14 @@ impl FrameDecoder {
                     ),
                 };
             let sealed = flags & wire::FLAG_SEALED != 0;
-            let frame_len = match (self.opener.is_some(), sealed) {
-                (false, false) => frame_len,
-                // Lengths were bounded by `parse_preamble`: no overflow.
-                (true, true) => PREAMBLE_LEN + front_len + data_len + TAG_LEN,
-                (true, false) if tag == Tag::HelloReply => frame_len,
-                (true, false) => {
-                    return Err(Fault::Insecure(format!(
-                        "unsealed {tag:?} frame on a secure connection"
-                    )))
-                }
-                (false, true) => {
-                    return Err(Fault::Insecure(format!(
-                        "sealed {tag:?} frame but no keys were agreed"
-                    )))
-                }
-            };
+            let frame_len = Self::framed_len(
+                self.opener.is_some(),
+                tag,
+                flags,
+                front_len,
+                data_len,
+                frame_len,
+            )?;
             if filled.len() < frame_len {
                 self.need = frame_len;
                 return Ok(());

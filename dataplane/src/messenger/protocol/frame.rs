@@ -291,6 +291,11 @@ impl TxFrame {
 /// [`Segment`] that keeps a payload as its `Buf` for stacks that send it without copying
 /// ([`ConnectedSocket::send_segments`](crate::stack::ConnectedSocket::send_segments)).
 pub(crate) trait Gather<'a>: Sized {
+    /// Whether the head of a frame whose payload is sent by reference starts a new piece
+    /// (not merged with the staged bytes before it), so that a stack sees where such a frame
+    /// begins: a piece of staged bytes followed by a payload is exactly that frame's head.
+    /// `writev` gains nothing from it; [`Segment`] lists have it.
+    const SPLIT_AT_EXTERNAL_FRAMES: bool;
     /// Staged bytes.
     fn staged(s: &'a [u8]) -> Self;
     /// `b[off..]`, a payload sent by reference.
@@ -300,6 +305,8 @@ pub(crate) trait Gather<'a>: Sized {
 }
 
 impl<'a> Gather<'a> for IoSlice<'a> {
+    const SPLIT_AT_EXTERNAL_FRAMES: bool = false;
+
     #[inline]
     fn staged(s: &'a [u8]) -> Self {
         IoSlice::new(s)
@@ -317,6 +324,8 @@ impl<'a> Gather<'a> for IoSlice<'a> {
 }
 
 impl<'a> Gather<'a> for Segment<'a> {
+    const SPLIT_AT_EXTERNAL_FRAMES: bool = true;
+
     fn staged(s: &'a [u8]) -> Self {
         Segment::Staged(s)
     }
@@ -422,6 +431,9 @@ impl<'a, 'o, G: Gather<'a>> IovBuilder<'a, 'o, G> {
     /// session tracks partly written frames by byte offset).
     pub(crate) fn frame(&mut self, f: &TxFrame, payload: &'a [Buf], mut skip: usize) -> bool {
         let head = (f.stage_off, f.stage_off + f.head_len);
+        if G::SPLIT_AT_EXTERNAL_FRAMES && f.external && skip == 0 {
+            self.flush_run();
+        }
         if skip < f.head_len {
             if !self.stage_range(head.0 + skip, head.1) {
                 return false;

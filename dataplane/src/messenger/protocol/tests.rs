@@ -720,6 +720,61 @@ fn whole_frames_in_a_lent_buffer_are_cut_from_it_and_it_returns_after_them() {
     );
 }
 
+/// A frame split across two lent buffers: only its bytes are copied (into a buffer of our
+/// own); the frames after it are cut from the second lent buffer in place.
+#[test]
+fn a_frame_straddling_two_lent_buffers_copies_only_itself() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    for i in 0..4u8 {
+        p.c.queue(Message::new(1, Buf::from_vec(vec![i; 3000])), p.now);
+    }
+    let bytes = drain(&mut p.c, p.now);
+    let frame = bytes.len() / 4;
+    // The cut falls inside the second frame.
+    let cut = frame + frame / 2;
+    let (a, b) = (lent(&bytes[..cut]), lent(&bytes[cut..]));
+    let (b_start, b_end) = (
+        b.filled().as_ptr() as usize,
+        b.filled().as_ptr() as usize + b.len(),
+    );
+    let mut frames = Vec::new();
+    p.sd.adopt(a, &p.pool);
+    p.sd.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(frames.len(), 1);
+    p.sd.adopt(b, &p.pool);
+    p.sd.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+    let payloads = payloads_of(&frames);
+    assert_eq!(payloads.len(), 4);
+    for (i, d) in payloads.iter().enumerate() {
+        assert!(d.len() == 3000 && d.iter().all(|x| *x == i as u8));
+    }
+    assert_eq!(p.sd.pending(), 0);
+    // The straddling frame was copied whole (its head moved to our buffer, its rest copied
+    // after it); nothing else was.
+    assert!(
+        p.sd.copied_bytes() as usize <= frame,
+        "copied {} bytes, one frame is {frame}",
+        p.sd.copied_bytes()
+    );
+    for f in &frames[2..] {
+        let at = f.data.as_ptr() as usize;
+        assert!(
+            at >= b_start && at + f.data.len() <= b_end,
+            "frame after the straddle copied"
+        );
+    }
+}
+
 #[test]
 fn large_frame_lands_in_one_exact_buffer() {
     let mut p = Pair::new(false);
