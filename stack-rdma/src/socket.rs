@@ -886,11 +886,19 @@ impl RdmaSocket {
             let free_slots = (depth - (self.send_seq - self.send_done)) as usize;
             // A peer that lends its receive buffers takes a frame that fits one SEND without
             // a copy, so RDMA WRITE (copied on its side) is kept for frames larger than that.
-            let write_pays = !peer_lends
-                || match frame_ahead(iov, vi, off) {
-                    Some(n) => n > chunk,
-                    None => iov[vi].shared().is_some() && iov[vi].bytes().len() - off > chunk,
-                };
+            // Such a WRITE ends with its frame, so the frames after it go by SEND again.
+            let big_frame = match frame_ahead(iov, vi, off) {
+                Some(n) => Some(n),
+                None if iov[vi].shared().is_some() => {
+                    Some(iov[vi].bytes().len() - off + dataplane::wire::EPILOGUE_LEN)
+                }
+                None => None,
+            };
+            let (write_pays, write_cap) = match big_frame {
+                _ if !peer_lends => (true, usize::MAX),
+                Some(n) if n > chunk => (true, n),
+                _ => (false, 0),
+            };
             // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
             // peer's advertised buffer, gathered from several send slots (and zero-copy SGEs).
             let write = match peer_write {
@@ -900,7 +908,7 @@ impl RdmaSocket {
                         && left >= write_min
                         && write_pays =>
                 {
-                    let len = left.min(write_max);
+                    let len = left.min(write_max).min(write_cap);
                     let k = len.div_ceil(slot_size);
                     (k <= free_slots).then_some((w, len, k))
                 }

@@ -11,7 +11,8 @@
 //! `DATAPLANE_RDMA_SRQ_SHARE` (credits per connection in the SRQ),
 //! `DATAPLANE_RDMA_WRITE_CHUNKS` (0: no RDMA WRITE, every byte in SENDs),
 //! `DATAPLANE_RDMA_ZERO_COPY=0` (copy every payload into send slots instead of sending the
-//! pool buffers zero-copy).
+//! pool buffers zero-copy), `DATAPLANE_RDMA_LEND=0` (copy every received byte instead of
+//! lending receive buffers to the messenger).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -55,6 +56,7 @@ fn stack() -> Result<Arc<dyn NetworkStack>> {
         srq_share: num("DATAPLANE_RDMA_SRQ_SHARE").unwrap_or(d.srq_share),
         write_chunks: num("DATAPLANE_RDMA_WRITE_CHUNKS").unwrap_or(d.write_chunks),
         zero_copy: std::env::var("DATAPLANE_RDMA_ZERO_COPY").map_or(true, |v| v != "0"),
+        lend_receive: std::env::var("DATAPLANE_RDMA_LEND").map_or(true, |v| v != "0"),
         ..cfg
     };
     Ok(Arc::new(RdmaStack::with_config(cfg)?))
