@@ -177,13 +177,15 @@ if [ ! -e "$OUT/done" ]; then
 fi
 if [ "$BENCH" = 1 ] && [ -s "$OUT/bench.json" ]; then
     # The rows the comparison needs must carry numbers.
-    python3 - "$OUT/bench.json" <<'PY' || status=1
+    python3 - "$OUT/bench.json" "$BENCH_WORKLOADS" <<'PY' || status=1
 import json, sys
 rows = json.load(open(sys.argv[1]))["results"]
+workloads = sys.argv[2].split(",")
 need = [("dataplane-rdma", "stream", 65536, "gbit_per_sec"),
         ("dataplane-rdma", "pingpong", 64, "p50_us"),
         ("ib_send_bw", "stream", 65536, "gbit_per_sec"),
         ("ib_send_lat", "pingpong", 64, "p50_us")]
+need = [n for n in need if n[1] in workloads]
 bad = 0
 for system, workload, size, field in need:
     r = [x for x in rows if (x["system"], x["workload"], x["size_bytes"]) == (system, workload, size)]

@@ -15,9 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use dataplane::buf::BufMut;
-use dataplane::stack::{
-    ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
-};
+use dataplane::stack::ConnectedSocket;
 use dataplane::{Message, Policy};
 use dataplane_stack_posix::PosixStack;
 use mio::{Registry, Token};
@@ -51,21 +49,6 @@ impl Drop for Lender {
     }
 }
 
-struct Lending {
-    inner: PosixStack,
-    stats: Arc<LendStats>,
-}
-
-struct LendingWorker {
-    inner: Box<dyn StackWorker>,
-    stats: Arc<LendStats>,
-}
-
-struct LendingServer {
-    inner: Box<dyn ServerSocket>,
-    stats: Arc<LendStats>,
-}
-
 struct LendingSocket {
     inner: Box<dyn ConnectedSocket>,
     stats: Arc<LendStats>,
@@ -83,59 +66,6 @@ impl LendingSocket {
             held: None,
             turn: 0,
         })
-    }
-}
-
-impl NetworkStack for Lending {
-    fn name(&self) -> &'static str {
-        "posix"
-    }
-    fn create_worker(&self, i: usize) -> Result<Box<dyn StackWorker>, StackError> {
-        Ok(Box::new(LendingWorker {
-            inner: self.inner.create_worker(i)?,
-            stats: self.stats.clone(),
-        }))
-    }
-}
-
-impl StackWorker for LendingWorker {
-    fn listen(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ServerSocket>, StackError> {
-        Ok(Box::new(LendingServer {
-            inner: self.inner.listen(a, o)?,
-            stats: self.stats.clone(),
-        }))
-    }
-    fn connect(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ConnectedSocket>, StackError> {
-        Ok(LendingSocket::wrap(self.inner.connect(a, o)?, &self.stats))
-    }
-}
-
-impl ServerSocket for LendingServer {
-    fn accept(
-        &mut self,
-        o: &SocketOptions,
-    ) -> io::Result<Option<(Box<dyn ConnectedSocket>, SocketAddr)>> {
-        Ok(self
-            .inner
-            .accept(o)?
-            .map(|(s, a)| (LendingSocket::wrap(s, &self.stats), a)))
-    }
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-    fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
-        self.inner.register(r, t)
-    }
-    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        self.inner.deregister(r)
     }
 }
 
@@ -190,6 +120,16 @@ impl ConnectedSocket for LendingSocket {
     }
 }
 
+/// The POSIX stack whose sockets (both ways) lend what they read.
+fn lending(stats: &Arc<LendStats>) -> Wrapping {
+    let stats = stats.clone();
+    Wrapping {
+        inner: PosixStack::new(),
+        name: "posix",
+        wrap: Arc::new(move |s, _| LendingSocket::wrap(s, &stats)),
+    }
+}
+
 #[test]
 fn lent_receive_buffers_deliver_byte_for_byte_and_all_come_back() {
     let stats = Arc::new(LendStats::default());
@@ -197,10 +137,7 @@ fn lent_receive_buffers_deliver_byte_for_byte_and_all_come_back() {
     let server = start_messenger(
         "server",
         test_config(),
-        Arc::new(Lending {
-            inner: PosixStack::new(),
-            stats: stats.clone(),
-        }),
+        Arc::new(lending(&stats)),
         d.clone(),
         Policy::lossless_client(),
         Some("127.0.0.1:0".parse().unwrap()),

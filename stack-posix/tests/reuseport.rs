@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dataplane::buf::BufMut;
-use dataplane::stack::{
-    ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,
-};
+use dataplane::stack::ConnectedSocket;
 use dataplane::{Config, Connection, Dispatcher, FaultInjection, Message, Messenger, Policy};
 use dataplane_stack_posix::PosixStack;
 use mio::{Registry, Token};
@@ -92,85 +90,27 @@ fn reuseport_every_worker_accepts_and_delivers_exactly_once_in_order() {
 
 /// The POSIX stack under another name, optionally binding each accepted socket to the next
 /// worker in turn (`homes`): a deterministic stand-in for a stack whose sockets are bound.
-struct Homed {
+fn homed(
     inner: PosixStack,
     name: &'static str,
     homes: Option<(Arc<AtomicUsize>, usize)>,
-}
-
-struct HomedWorker {
-    inner: Box<dyn StackWorker>,
-    homes: Option<(Arc<AtomicUsize>, usize)>,
-}
-
-struct HomedListener {
-    inner: Box<dyn ServerSocket>,
-    homes: Option<(Arc<AtomicUsize>, usize)>,
+) -> Wrapping {
+    Wrapping {
+        inner,
+        name,
+        wrap: Arc::new(move |s, accepted| match &homes {
+            Some((next, workers)) if accepted => {
+                let home = Some(next.fetch_add(1, Ordering::Relaxed) % workers);
+                Box::new(HomedSocket { inner: s, home })
+            }
+            _ => s,
+        }),
+    }
 }
 
 struct HomedSocket {
     inner: Box<dyn ConnectedSocket>,
     home: Option<usize>,
-}
-
-impl NetworkStack for Homed {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn create_worker(&self, i: usize) -> Result<Box<dyn StackWorker>, StackError> {
-        Ok(Box::new(HomedWorker {
-            inner: self.inner.create_worker(i)?,
-            homes: self.homes.clone(),
-        }))
-    }
-    fn listen_on_every_worker(&self) -> bool {
-        self.inner.listen_on_every_worker()
-    }
-}
-
-impl StackWorker for HomedWorker {
-    fn listen(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ServerSocket>, StackError> {
-        Ok(Box::new(HomedListener {
-            inner: self.inner.listen(a, o)?,
-            homes: self.homes.clone(),
-        }))
-    }
-    fn connect(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ConnectedSocket>, StackError> {
-        self.inner.connect(a, o)
-    }
-}
-
-impl ServerSocket for HomedListener {
-    fn accept(
-        &mut self,
-        o: &SocketOptions,
-    ) -> io::Result<Option<(Box<dyn ConnectedSocket>, SocketAddr)>> {
-        let Some((s, peer)) = self.inner.accept(o)? else {
-            return Ok(None);
-        };
-        let Some((next, workers)) = &self.homes else {
-            return Ok(Some((s, peer)));
-        };
-        let home = Some(next.fetch_add(1, Ordering::Relaxed) % workers);
-        Ok(Some((Box::new(HomedSocket { inner: s, home }), peer)))
-    }
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-    fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
-        self.inner.register(r, t)
-    }
-    fn deregister(&mut self, r: &Registry) -> io::Result<()> {
-        self.inner.deregister(r)
-    }
 }
 
 impl ConnectedSocket for HomedSocket {
@@ -214,11 +154,11 @@ fn listening_on_every_worker_fails_whole_and_closes_what_it_opened() {
             ..test_config()
         })
         .stack(Arc::new(PosixStack::new()))
-        .stack(Arc::new(Homed {
-            inner: PosixStack::with_reuseport(),
-            name: "posix-rp",
-            homes: None,
-        }))
+        .stack(Arc::new(homed(
+            PosixStack::with_reuseport(),
+            "posix-rp",
+            None,
+        )))
         .dispatcher(Checker::fast())
         .build()
         .unwrap();
@@ -253,11 +193,11 @@ fn bound_sockets_cycling_workers_migrate_every_reconnect_exactly_once_in_order()
             workers: 3,
             ..test_config()
         },
-        Arc::new(Homed {
-            inner: PosixStack::new(),
-            name: "posix",
-            homes: Some((Arc::new(AtomicUsize::new(0)), 3)),
-        }),
+        Arc::new(homed(
+            PosixStack::new(),
+            "posix",
+            Some((Arc::new(AtomicUsize::new(0)), 3)),
+        )),
         keeper.clone(),
         Policy::lossless_client(),
         Some("127.0.0.1:0".parse().unwrap()),

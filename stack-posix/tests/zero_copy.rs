@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use dataplane::buf::BufMut;
-use dataplane::stack::{
-    ConnectedSocket, NetworkStack, Segment, ServerSocket, SocketOptions, StackError, StackWorker,
-};
+use dataplane::stack::{ConnectedSocket, Segment};
 use dataplane::{Buf, Config, Connection, Message, Messenger};
 use dataplane_stack_posix::PosixStack;
 use mio::{Registry, Token};
@@ -22,18 +20,6 @@ use parking_lot::Mutex;
 
 /// Every (address, length) a `writev` was given.
 type Log = Arc<Mutex<Vec<(usize, usize)>>>;
-
-struct Recording {
-    inner: PosixStack,
-    log: Log,
-    segments: bool,
-}
-
-struct RecordingWorker {
-    inner: Box<dyn StackWorker>,
-    log: Log,
-    segments: bool,
-}
 
 struct RecordingSocket {
     inner: Box<dyn ConnectedSocket>,
@@ -43,38 +29,22 @@ struct RecordingSocket {
     kept: Vec<Buf>,
 }
 
-impl NetworkStack for Recording {
-    fn name(&self) -> &'static str {
-        "posix"
-    }
-    fn create_worker(&self, i: usize) -> Result<Box<dyn StackWorker>, StackError> {
-        Ok(Box::new(RecordingWorker {
-            inner: self.inner.create_worker(i)?,
-            log: self.log.clone(),
-            segments: self.segments,
-        }))
-    }
-}
-
-impl StackWorker for RecordingWorker {
-    fn listen(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ServerSocket>, StackError> {
-        self.inner.listen(a, o)
-    }
-    fn connect(
-        &mut self,
-        a: SocketAddr,
-        o: &SocketOptions,
-    ) -> Result<Box<dyn ConnectedSocket>, StackError> {
-        Ok(Box::new(RecordingSocket {
-            inner: self.inner.connect(a, o)?,
-            log: self.log.clone(),
-            segments: self.segments,
-            kept: Vec::new(),
-        }))
+/// The POSIX stack whose outgoing sockets record what they are given.
+fn recording(log: Log, segments: bool) -> Wrapping {
+    Wrapping {
+        inner: PosixStack::new(),
+        name: "posix",
+        wrap: Arc::new(move |s, accepted| {
+            if accepted {
+                return s;
+            }
+            Box::new(RecordingSocket {
+                inner: s,
+                log: log.clone(),
+                segments,
+                kept: Vec::new(),
+            })
+        }),
     }
 }
 
@@ -133,11 +103,7 @@ fn recording_pair(
     let log: Log = Arc::default();
     let client = Messenger::builder("client")
         .config(cfg)
-        .stack(Arc::new(Recording {
-            inner: PosixStack::new(),
-            log: log.clone(),
-            segments,
-        }))
+        .stack(Arc::new(recording(log.clone(), segments)))
         .dispatcher(Checker::fast())
         .build()
         .unwrap();

@@ -806,7 +806,8 @@ impl RdmaSocket {
         // SAFETY: `old` is a receive slot of our registered arena (`size` bytes, initialised:
         // arenas are mapped zeroed) whose receive completed, so the NIC no longer writes it;
         // it left the receive table above and is re-posted nowhere until the keeper gives it
-        // back to the pool, so nothing else reads or writes it meanwhile; the keeper's pool
+        // back to the pool, and slots are registered for local access only (no peer can
+        // RDMA-WRITE them), so nothing else reads or writes it meanwhile; the keeper's pool
         // keeps the arena mapped. `len <= size` was checked when the completion arrived.
         Some(unsafe { BufMut::lent(ptr, size, len as usize, keeper) })
     }

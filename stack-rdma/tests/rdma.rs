@@ -992,14 +992,14 @@ fn rdma_lent_receive_buffers_are_capped_and_come_back_when_dropped() {
         "{} lent buffers still out after the messages were dropped",
         s.lent_outstanding.load(Ordering::Relaxed)
     );
-    drop(conn);
-    client.shutdown();
-    server.shutdown();
-    drop(client);
-    drop(server);
-    assert_released("client", &cli_stack);
-    assert_released("server", &srv_stack);
-    assert_no_kernel_objects(&["qp", "cq", "srq"]);
+    assert_torn_down(Pair {
+        srv_stack,
+        cli_stack,
+        srv_d: keep,
+        server,
+        client,
+        conn,
+    });
 }
 
 /// Lossless reconnect while zero-copy sends are in flight: QPs forced to error with pool

@@ -17,6 +17,10 @@ pub use dataplane_test_support::{payload, start_messenger, wait_until, Checker, 
 
 pub mod proxy;
 pub mod raw;
+pub mod wrap;
+
+#[allow(unused_imports)]
+pub use wrap::Wrapping;
 
 /// A dispatcher that blocks the dispatch thread until opened, then hands messages to `inner`.
 pub struct Gate {

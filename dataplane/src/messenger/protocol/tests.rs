@@ -650,6 +650,19 @@ fn decoder_detects_payload_corruption() {
     ));
 }
 
+/// A handshaken pair and the client's encoded stream of one message per payload (of byte
+/// `i` for the `i`-th, `sizes[i]` long).
+fn encoded_stream(sizes: &[usize]) -> (Pair, Vec<u8>) {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    for (i, n) in sizes.iter().enumerate() {
+        p.c.queue(Message::new(1, Buf::from_vec(vec![i as u8; *n])), p.now);
+    }
+    let bytes = drain(&mut p.c, p.now);
+    (p, bytes)
+}
+
 /// Memory lent to the decoder in tests; counts its release.
 struct LentMem(std::ptr::NonNull<[u8]>, Arc<std::sync::atomic::AtomicU64>);
 
@@ -680,13 +693,7 @@ fn lent(bytes: &[u8]) -> BufMut {
 
 #[test]
 fn whole_frames_in_a_lent_buffer_are_cut_from_it_and_it_returns_after_them() {
-    let mut p = Pair::new(false);
-    p.handshake();
-    events(&mut p.s);
-    for i in 0..3u8 {
-        p.c.queue(Message::new(1, Buf::from_vec(vec![i; 5000])), p.now);
-    }
-    let bytes = drain(&mut p.c, p.now);
+    let (mut p, bytes) = encoded_stream(&[5000; 3]);
     let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let b = lent_counted(&bytes, &released);
     let (start, end) = (
@@ -724,13 +731,7 @@ fn whole_frames_in_a_lent_buffer_are_cut_from_it_and_it_returns_after_them() {
 /// own); the frames after it are cut from the second lent buffer in place.
 #[test]
 fn a_frame_straddling_two_lent_buffers_copies_only_itself() {
-    let mut p = Pair::new(false);
-    p.handshake();
-    events(&mut p.s);
-    for i in 0..4u8 {
-        p.c.queue(Message::new(1, Buf::from_vec(vec![i; 3000])), p.now);
-    }
-    let bytes = drain(&mut p.c, p.now);
+    let (mut p, bytes) = encoded_stream(&[3000; 4]);
     let frame = bytes.len() / 4;
     // The cut falls inside the second frame.
     let cut = frame + frame / 2;
@@ -799,13 +800,7 @@ proptest! {
     /// Whatever the read boundaries, the same messages come out, in order.
     #[test]
     fn any_read_split_decodes_the_same(sizes in proptest::collection::vec(0usize..6000, 1..20), chunk in 1usize..9000) {
-        let mut p = Pair::new(false);
-        p.handshake();
-        events(&mut p.s);
-        for (i, n) in sizes.iter().enumerate() {
-            p.c.queue(Message::new(1, Buf::from_vec(vec![i as u8; *n])), p.now);
-        }
-        let bytes = drain(&mut p.c, p.now);
+        let (mut p, bytes) = encoded_stream(&sizes);
         let frames = feed(&mut p.sd, &p.pool, &bytes, chunk).unwrap();
         let payloads = payloads_of(&frames);
         prop_assert_eq!(payloads.len(), sizes.len());
@@ -823,13 +818,7 @@ proptest! {
         chunk in 1usize..9000,
         pattern in any::<u64>(),
     ) {
-        let mut p = Pair::new(false);
-        p.handshake();
-        events(&mut p.s);
-        for (i, n) in sizes.iter().enumerate() {
-            p.c.queue(Message::new(1, Buf::from_vec(vec![i as u8; *n])), p.now);
-        }
-        let bytes = drain(&mut p.c, p.now);
+        let (mut p, bytes) = encoded_stream(&sizes);
         let mut frames = Vec::new();
         for (k, piece) in bytes.chunks(chunk).enumerate() {
             if pattern >> (k % 64) & 1 == 1 {
