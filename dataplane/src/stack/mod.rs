@@ -219,10 +219,10 @@ pub trait ConnectedSocket: Send {
     /// filled bytes are the data, in stream order, before anything a later `read` returns),
     /// when it has one ready and lending pays; `None` otherwise, and then the caller reads
     /// with [`ConnectedSocket::read`] (which also reports errors and end of stream). The
-    /// messenger asks only between frames, when it holds no partial frame, so a frame that
-    /// starts at the front of the lent buffer and ends inside it reaches the application
-    /// without a copy. An RDMA stack lends the receive buffer a SEND landed in and posts a
-    /// fresh one in its place. Defaults to `None`.
+    /// messenger asks before every read: every frame that lies whole in the lent buffer
+    /// reaches the application without a copy; only a frame that straddles into it from the
+    /// previous buffer is copied (its own bytes). An RDMA stack lends the receive buffer a
+    /// SEND landed in and posts a fresh one in its place. Defaults to `None`.
     fn read_lent(&mut self) -> Option<BufMut> {
         None
     }

@@ -78,8 +78,9 @@ impl FrameDecoder {
 
     /// Takes `b`, a buffer a stack lent ([`ConnectedSocket::read_lent`]), as the receive
     /// buffer, so the frames in it are cut from it without a copy; returns its byte count.
-    /// Meant for between frames: with a partial frame pending, `b`'s bytes are appended to
-    /// it instead (copied, through buffers from `pool`) and `b` goes back to the stack.
+    /// With a partial frame pending, the bytes of `b` that complete it are copied after it
+    /// (into buffers from `pool`) and the rest of `b` is decoded in place once that frame
+    /// is.
     ///
     /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
     pub fn adopt(&mut self, mut b: BufMut, pool: &BufPool) -> usize {

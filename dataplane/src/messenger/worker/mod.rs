@@ -637,15 +637,11 @@ impl Worker {
                 return;
             }
             let stop_short = !to_eof && sock.short_read_drains();
-            // Zero-copy receive: between frames, a buffer the stack lends becomes the
-            // decoder's receive buffer as it is. `offered` 0: a lent buffer says nothing about
-            // whether the socket is drained.
-            let lent = if st.decoder.pending() == 0 {
-                // An empty one would read as end of stream: `read` says what is going on.
-                sock.read_lent().filter(|b| !b.is_empty())
-            } else {
-                None
-            };
+            // Zero-copy receive: a buffer the stack lends becomes the decoder's receive buffer
+            // as it is (after the bytes that complete a frame straddling into it, which are
+            // copied). An empty one would read as end of stream: `read` says what is going on.
+            // `offered` 0: a lent buffer says nothing about whether the socket is drained.
+            let lent = sock.read_lent().filter(|b| !b.is_empty());
             let (res, offered) = match lent {
                 Some(b) => {
                     let n = st.decoder.adopt(b, &self.pool);
