@@ -30,9 +30,9 @@ counters! {
     bytes_in,
     /// Bytes written to sockets (frames included).
     bytes_out,
-    /// Received bytes (frames included) that arrived in buffers the stack lent
-    /// ([`ConnectedSocket::read_lent`](crate::stack::ConnectedSocket::read_lent)): decoded
-    /// where the device put them, with no copy.
+    /// Received bytes (frames included) decoded where the stack received them, in buffers it
+    /// lent ([`ConnectedSocket::read_lent`](crate::stack::ConnectedSocket::read_lent)), with
+    /// no copy (the bytes of a frame straddling into a lent buffer are copied, not counted).
     bytes_lent,
     /// Connections closed because the peer sent malformed frames or broke the protocol.
     malformed,

@@ -77,10 +77,10 @@ impl FrameDecoder {
     }
 
     /// Takes `b`, a buffer a stack lent ([`ConnectedSocket::read_lent`]), as the receive
-    /// buffer, so the frames in it are cut from it without a copy; returns its byte count.
-    /// With a partial frame pending, the bytes of `b` that complete it are copied after it
-    /// (into buffers from `pool`) and the rest of `b` is decoded in place once that frame
-    /// is.
+    /// buffer, so the frames in it are cut from it without a copy. With a partial frame
+    /// pending, the bytes of `b` that complete it are copied after it (into buffers from
+    /// `pool`) and the rest of `b` is decoded in place once that frame is. Returns how many
+    /// of `b`'s bytes stay where they are (all of them unless a frame straddled into it).
     ///
     /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
     pub fn adopt(&mut self, mut b: BufMut, pool: &BufPool) -> usize {
@@ -90,6 +90,7 @@ impl FrameDecoder {
             self.need = 0;
             return n;
         }
+        let mut moved = 0;
         // A frame straddles into `b`: copy only the bytes that complete it (as a read into
         // our own buffer would), then queue the rest of `b` to be decoded in place.
         loop {
@@ -111,6 +112,7 @@ impl FrameDecoder {
                 src = &src[m..];
             }
             self.copied += k as u64;
+            moved += k;
             drop(b.split_to(k));
         }
         if !b.is_empty() {
@@ -129,11 +131,12 @@ impl FrameDecoder {
                         let m = q.extend_from_slice(src);
                         src = &src[m..];
                         self.copied += m as u64;
+                        moved += m;
                     }
                 }
             }
         }
-        n
+        n - moved
     }
 
     /// Total length of the frame at the front of `rx`, once its preamble is there.

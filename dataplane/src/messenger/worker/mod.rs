@@ -644,8 +644,9 @@ impl Worker {
             let lent = sock.read_lent().filter(|b| !b.is_empty());
             let (res, offered) = match lent {
                 Some(b) => {
-                    let n = st.decoder.adopt(b, &self.pool);
-                    Counters::add(&self.shared.counters.bytes_lent, n as u64);
+                    let n = b.len();
+                    let in_place = st.decoder.adopt(b, &self.pool);
+                    Counters::add(&self.shared.counters.bytes_lent, in_place as u64);
                     (Ok(n), 0)
                 }
                 None => {
