@@ -21,7 +21,9 @@
 //!     (client: the server's hello-reply to a reconnect; server: the client's hello),
 //!     exercising session resume;
 //!   - `0x80`: tiny receive pool (2 chunks of 256 bytes), so frames spill to heap buffers.
-//! - bytes 1..5: read sizes, used in turn (`0` means 4096).
+//! - bytes 1..5: read sizes, used in turn (`0` means 4096); an odd size hands its piece to
+//!   the decoder as a buffer a stack lends (`FrameDecoder::adopt`, zero-copy receive), an
+//!   even one is read into the decoder's own buffers.
 //! - the rest: the byte stream from the peer.
 //!
 //! When a fault ends a connection the harness does what the worker does (`on_fault`, and a
@@ -36,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use dataplane::messenger::protocol::{FrameDecoder, Role, Session, SessionState};
 use dataplane_fuzz::{
-    auth_client_ident, client_ident, config, dispatch, drain, feed, limits, pool, reseal,
-    server_ident, Pair,
+    auth_client_ident, client_ident, config, dispatch, drain, feed, feed_lent, limits, pool,
+    reseal, server_ident, Pair,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -109,9 +111,12 @@ fn run(data: &[u8]) {
         let n = sizes.next().unwrap_or(1).min(rest.len());
         let (piece, tail) = rest.split_at(n);
         rest = tail;
-        let r = feed(&mut dec, &pool, piece, |f| {
-            dispatch(&mut session, &local, f, now)
-        });
+        let on_frame = |f| dispatch(&mut session, &local, f, now);
+        let r = if n % 2 == 1 {
+            feed_lent(&mut dec, &pool, piece, on_frame)
+        } else {
+            feed(&mut dec, &pool, piece, on_frame)
+        };
         now += Duration::from_millis(1);
         let r = r.and_then(|()| session.handle_timeout(now));
         if let Err(fault) = r {

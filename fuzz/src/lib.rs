@@ -14,7 +14,7 @@ use dataplane::messenger::protocol::{
     Fault, Frame, FrameDecoder, LocalIdentity, Role, Session, SessionConfig, SessionState,
 };
 use dataplane::wire::{self, Limits, Tag, EPILOGUE_LEN, PREAMBLE_CRC_OFFSET, PREAMBLE_LEN};
-use dataplane::{Buf, BufList, BufPool, Message, PoolConfig};
+use dataplane::{Buf, BufList, BufMut, BufPool, Message, PoolConfig};
 
 /// Session id (incarnation) of the client identity used by every target.
 pub const CLIENT_SESSION_ID: u64 = 11;
@@ -171,6 +171,28 @@ pub fn feed(
         dec.decode(&mut on_frame)?;
     }
     Ok(())
+}
+
+/// Feeds `bytes` to `dec` as one buffer a stack lends (`ConnectedSocket::read_lent`): the
+/// decoder adopts it (copying only what completes a frame straddling into it) and decodes,
+/// handing each frame to `on_frame`. Panics (a finding) if `adopt` reports more bytes kept
+/// in place than it was given.
+pub fn feed_lent(
+    dec: &mut FrameDecoder,
+    pool: &BufPool,
+    bytes: &[u8],
+    on_frame: impl FnMut(Frame) -> Result<(), Fault>,
+) -> Result<(), Fault> {
+    // The decoder treats every buffer alike; a heap copy stands in for the stack's memory.
+    let mut b = BufMut::with_capacity(bytes.len());
+    b.extend_from_slice(bytes);
+    let kept = dec.adopt(b, pool);
+    assert!(
+        kept <= bytes.len(),
+        "adopt kept {kept} of {} bytes",
+        bytes.len()
+    );
+    dec.decode(on_frame)
 }
 
 /// Hands one received frame to `session` as a messenger worker does: a server in standby

@@ -844,6 +844,32 @@ proptest! {
         }
     }
 
+    /// Arbitrary bytes in lent buffers and our own, mixed at any boundaries, never panic the
+    /// decoder (a straddling "frame" with a garbage preamble included).
+    #[test]
+    fn garbage_in_lent_buffers_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+        chunk in 1usize..512,
+        pattern in any::<u64>(),
+    ) {
+        let mut dec = FrameDecoder::new(Limits::default());
+        let pool = pool();
+        for (k, piece) in bytes.chunks(chunk).enumerate() {
+            if pattern >> (k % 64) & 1 == 1 {
+                dec.adopt(lent(piece), &pool);
+            } else {
+                let mut rest = piece;
+                while !rest.is_empty() {
+                    let n = dec.read_buf(&pool).extend_from_slice(rest);
+                    rest = &rest[n..];
+                }
+            }
+            if dec.decode(|_| Ok(())).is_err() {
+                break;
+            }
+        }
+    }
+
     /// Arbitrary bytes never panic the decoder.
     #[test]
     fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096), chunk in 1usize..512) {
