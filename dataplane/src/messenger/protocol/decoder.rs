@@ -21,7 +21,8 @@ pub struct FrameDecoder {
     limits: Limits,
     rx: Option<BufMut>,
     /// A lent buffer queued behind `rx`: it becomes `rx` once `rx` is decoded to its end.
-    /// Only set while `rx` ends exactly at a frame boundary (see `adopt`).
+    /// Only set while `rx` ends exactly at a frame boundary (see `adopt`); anything that
+    /// adds bytes first moves it into `rx` (`unqueue`), so bytes stay in order.
     next: Option<BufMut>,
     /// Total length of the frame at the front of `rx`, once its preamble has been parsed.
     need: usize,
@@ -90,10 +91,12 @@ impl FrameDecoder {
             self.need = 0;
             return n;
         }
+        // Normally decoded already; see `read_buf`.
+        self.unqueue(pool);
         let mut moved = 0;
         // A frame straddles into `b`: copy only the bytes that complete it (as a read into
         // our own buffer would), then queue the rest of `b` to be decoded in place.
-        loop {
+        while !b.is_empty() {
             let have = self.rx.as_ref().map_or(0, |r| r.len());
             let need = match self.front_len() {
                 Ok(Some(len)) => len,
@@ -101,42 +104,36 @@ impl FrameDecoder {
                 // A bad preamble: `decode` reports it; keep the bytes in order meanwhile.
                 Err(_) => usize::MAX,
             };
-            if have >= need || b.is_empty() || self.next.is_some() {
+            if have >= need {
                 break;
             }
             let k = (need - have).min(b.len());
-            let mut src = &b.filled()[..k];
-            while !src.is_empty() {
-                // `room` always offers some (a fresh buffer has MIN_READ_ROOM at least).
-                let m = self.room(pool).extend_from_slice(src);
-                src = &src[m..];
-            }
-            self.copied += k as u64;
+            self.append(pool, &b.filled()[..k]);
             moved += k;
             drop(b.split_to(k));
         }
         if !b.is_empty() {
-            match self.next.as_mut() {
-                None => self.next = Some(b),
-                // Cannot happen (a queued buffer is taken before the next adopt), but bytes
-                // must never be dropped: append them.
-                Some(q) => {
-                    let mut src = b.filled();
-                    while !src.is_empty() {
-                        if q.remaining() == 0 {
-                            let mut grown = BufMut::for_frame(q.len() + src.len());
-                            grown.extend_from_slice(q.filled());
-                            *q = grown;
-                        }
-                        let m = q.extend_from_slice(src);
-                        src = &src[m..];
-                        self.copied += m as u64;
-                        moved += m;
-                    }
-                }
-            }
+            self.next = Some(b);
         }
         n - moved
+    }
+
+    /// Copies `src` after the bytes in `rx` (through buffers from `pool`).
+    fn append(&mut self, pool: &BufPool, mut src: &[u8]) {
+        self.copied += src.len() as u64;
+        while !src.is_empty() {
+            // `room` always offers some (a fresh buffer has MIN_READ_ROOM at least).
+            let m = self.room(pool).extend_from_slice(src);
+            src = &src[m..];
+        }
+    }
+
+    /// Moves a queued lent buffer's bytes after `rx` (a copy), so that bytes added next
+    /// come after them.
+    fn unqueue(&mut self, pool: &BufPool) {
+        if let Some(q) = self.next.take() {
+            self.append(pool, q.filled());
+        }
     }
 
     /// Total length of the frame at the front of `rx`, once its preamble is there.
@@ -187,16 +184,9 @@ impl FrameDecoder {
     /// Takes a chunk from `pool`, or a heap buffer when the frame is larger than a chunk or the
     /// pool is exhausted (receiving never fails for lack of pool buffers).
     pub fn read_buf(&mut self, pool: &BufPool) -> &mut BufMut {
-        if let Some(q) = self.next.take() {
-            // A queued lent buffer is normally decoded before the next read; should decoding
-            // have stopped early (a close frame), its bytes go first, in order.
-            let mut src = q.filled();
-            while !src.is_empty() {
-                let m = self.room(pool).extend_from_slice(src);
-                src = &src[m..];
-                self.copied += m as u64;
-            }
-        }
+        // A queued lent buffer is normally decoded before the next read; should decoding
+        // have stopped early (a close frame), its bytes go first, in order.
+        self.unqueue(pool);
         self.room(pool)
     }
 

@@ -795,6 +795,47 @@ fn large_frame_lands_in_one_exact_buffer() {
     );
 }
 
+/// Feeds `bytes` to `dec` in pieces of `chunk`, the `k`-th as a buffer a stack lends
+/// (`adopt`) when bit `k % 64` of `pattern` is set, else read into the decoder's own buffers,
+/// decoding after each piece. Stops at the first decoding error.
+fn feed_mixed(
+    dec: &mut FrameDecoder,
+    pool: &BufPool,
+    bytes: &[u8],
+    chunk: usize,
+    pattern: u64,
+    mut on_frame: impl FnMut(Frame),
+) -> Result<(), Fault> {
+    for (k, piece) in bytes.chunks(chunk).enumerate() {
+        if pattern >> (k % 64) & 1 == 1 {
+            let kept = dec.adopt(lent(piece), pool);
+            assert!(kept <= piece.len(), "adopt kept {kept} of {}", piece.len());
+        } else {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = dec.read_buf(pool).extend_from_slice(rest);
+                rest = &rest[n..];
+            }
+        }
+        dec.decode(|f| {
+            on_frame(f);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// The frames carry one message per entry of `sizes`, of byte `i` for the `i`-th.
+fn check_payloads(frames: &[Frame], sizes: &[usize]) -> Result<(), TestCaseError> {
+    let payloads = payloads_of(frames);
+    prop_assert_eq!(payloads.len(), sizes.len());
+    for (i, d) in payloads.iter().enumerate() {
+        prop_assert_eq!(d.len(), sizes[i]);
+        prop_assert!(d.iter().all(|b| *b == i as u8));
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -803,12 +844,7 @@ proptest! {
     fn any_read_split_decodes_the_same(sizes in proptest::collection::vec(0usize..6000, 1..20), chunk in 1usize..9000) {
         let (mut p, bytes) = encoded_stream(&sizes);
         let frames = feed(&mut p.sd, &p.pool, &bytes, chunk).unwrap();
-        let payloads = payloads_of(&frames);
-        prop_assert_eq!(payloads.len(), sizes.len());
-        for (i, d) in payloads.iter().enumerate() {
-            prop_assert_eq!(d.len(), sizes[i]);
-            prop_assert!(d.iter().all(|b| *b == i as u8));
-        }
+        check_payloads(&frames, &sizes)?;
     }
 
     /// Buffers a stack lends (adopted whole) and reads into the decoder's own buffers, mixed
@@ -821,27 +857,8 @@ proptest! {
     ) {
         let (mut p, bytes) = encoded_stream(&sizes);
         let mut frames = Vec::new();
-        for (k, piece) in bytes.chunks(chunk).enumerate() {
-            if pattern >> (k % 64) & 1 == 1 {
-                prop_assert!(p.sd.adopt(lent(piece), &p.pool) <= piece.len());
-            } else {
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let n = p.sd.read_buf(&p.pool).extend_from_slice(rest);
-                    rest = &rest[n..];
-                }
-            }
-            p.sd.decode(|f| {
-                frames.push(f);
-                Ok(())
-            }).unwrap();
-        }
-        let payloads = payloads_of(&frames);
-        prop_assert_eq!(payloads.len(), sizes.len());
-        for (i, d) in payloads.iter().enumerate() {
-            prop_assert_eq!(d.len(), sizes[i]);
-            prop_assert!(d.iter().all(|b| *b == i as u8));
-        }
+        feed_mixed(&mut p.sd, &p.pool, &bytes, chunk, pattern, |f| frames.push(f)).unwrap();
+        check_payloads(&frames, &sizes)?;
     }
 
     /// Arbitrary bytes in lent buffers and our own, mixed at any boundaries, never panic the
@@ -853,21 +870,7 @@ proptest! {
         pattern in any::<u64>(),
     ) {
         let mut dec = FrameDecoder::new(Limits::default());
-        let pool = pool();
-        for (k, piece) in bytes.chunks(chunk).enumerate() {
-            if pattern >> (k % 64) & 1 == 1 {
-                dec.adopt(lent(piece), &pool);
-            } else {
-                let mut rest = piece;
-                while !rest.is_empty() {
-                    let n = dec.read_buf(&pool).extend_from_slice(rest);
-                    rest = &rest[n..];
-                }
-            }
-            if dec.decode(|_| Ok(())).is_err() {
-                break;
-            }
-        }
+        let _ = feed_mixed(&mut dec, &pool(), &bytes, chunk, pattern, drop);
     }
 
     /// Arbitrary bytes never panic the decoder.
