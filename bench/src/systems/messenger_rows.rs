@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -312,7 +312,10 @@ pub fn stream(
 struct Pinger {
     payload: Buf,
     state: Mutex<PingState>,
-    done: AtomicU64,
+    /// Signalled when `PingState::done` is set. The main thread blocks on it rather than
+    /// polling: on a 2-core machine every wake-up of a polling thread preempts one of the
+    /// two busy workers and lands in the measured round trips.
+    finished: Condvar,
 }
 
 struct PingState {
@@ -323,6 +326,7 @@ struct PingState {
     duration: Duration,
     recorder: LatencyRecorder,
     error: Option<String>,
+    done: bool,
 }
 
 impl Dispatcher for Pinger {
@@ -344,7 +348,8 @@ impl Dispatcher for Pinger {
             st.recorder.record(rtt);
         }
         if now >= st.deadline && st.start >= st.warm_until {
-            self.done.store(1, Ordering::Release);
+            st.done = true;
+            self.finished.notify_all();
             return;
         }
         // The next round trip starts now: one clock read per pong (a clock read costs a
@@ -352,7 +357,8 @@ impl Dispatcher for Pinger {
         st.sent_at = now;
         if let Err(e) = conn.send(Message::new(1, self.payload.clone())) {
             st.error = Some(e.to_string());
-            self.done.store(1, Ordering::Release);
+            st.done = true;
+            self.finished.notify_all();
         }
     }
 }
@@ -372,21 +378,28 @@ pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row>
             duration,
             recorder: LatencyRecorder::new()?,
             error: None,
+            done: false,
         }),
-        done: AtomicU64::new(0),
+        finished: Condvar::new(),
     });
     let client = messenger(b, "bench-client", false, 1, pinger.clone())?;
     let conn = client.connect(addr)?;
     send(&conn, Message::new(1, pinger.payload.clone()))?;
-    wait_for(
-        || pinger.done.load(Ordering::Acquire),
-        1,
-        duration + Duration::from_secs(30),
-    )?;
+    let limit = duration + Duration::from_secs(30);
     let st = pinger
         .state
         .lock()
         .map_err(|_| anyhow!("ping-pong state poisoned"))?;
+    let (st, waited) = pinger
+        .finished
+        .wait_timeout_while(st, limit, |s| !s.done)
+        .map_err(|_| anyhow!("ping-pong state poisoned"))?;
+    if waited.timed_out() {
+        bail!(
+            "ping-pong did not finish within {limit:?} ({} round trips)",
+            st.recorder.len()
+        );
+    }
     if let Some(e) = &st.error {
         bail!("ping-pong send failed: {e}");
     }
