@@ -224,6 +224,14 @@ pub struct RdmaConfig {
     /// (an application holding many messages cannot make the stack register memory
     /// without bound).
     pub lend_max: usize,
+    /// Make write chunks memory windows (type 2) when the device has them: each chunk is
+    /// granted to the peer as a window bound to that connection's QP, over memory registered
+    /// for no remote access at all. A chunk an RDMA WRITE filled can then be lent to the
+    /// messenger like a receive buffer (zero-copy receive, within `lend_min`/`lend_max`): its
+    /// window is invalidated (the peer can no longer write it) and bound to a fresh chunk
+    /// under a new key. Off, or on a device without type 2 windows: one remote-writable
+    /// region per connection, and bytes that arrive by RDMA WRITE are copied.
+    pub write_windows: bool,
     /// Test hook: behave like a broken or hostile peer. [`Misbehave::No`] outside tests.
     #[doc(hidden)]
     pub misbehave: Misbehave,
@@ -243,6 +251,10 @@ pub enum Misbehave {
     /// RDMA-WRITE into the chunk after the one the receiver expects (inside its registered
     /// buffer, outside the window it granted).
     WriteOutsideWindow,
+    /// Memory-window mode: RDMA-WRITE through a chunk's previous grant (the key the receiver
+    /// invalidated when it lent that chunk's memory), as a peer writing memory its receiver
+    /// handed to the application would.
+    WriteRevokedWindow,
 }
 
 impl Default for RdmaConfig {
@@ -268,6 +280,7 @@ impl Default for RdmaConfig {
             lend_receive: true,
             lend_min: 16 << 10,
             lend_max: 256,
+            write_windows: true,
             misbehave: Misbehave::No,
         }
     }
@@ -321,6 +334,11 @@ pub struct RdmaStats {
     pub lent_bytes: AtomicU64,
     /// Lent buffers not yet given back.
     pub lent_outstanding: AtomicU64,
+    /// Memory-window mode: window bindings posted (at set-up and for every chunk lent).
+    pub window_binds: AtomicU64,
+    /// Memory-window mode: write chunks lent to the messenger (zero-copy RDMA WRITE receive;
+    /// also counted in `lent_buffers` and `lent_bytes`).
+    pub lent_write_chunks: AtomicU64,
     /// Bytes received that were copied into the messenger's buffers (small SENDs, RDMA
     /// WRITE chunks, or lending off or at its cap).
     pub recv_copied_bytes: AtomicU64,
@@ -357,6 +375,9 @@ pub(crate) struct Device {
     /// The shared receive queue (SRQ mode), created on the first connection.
     pub(crate) srq: Option<SharedRq>,
     pub(crate) pool: Arc<SlotPool>,
+    /// Memory-window mode (`write_windows` on a device with type 2 windows): the write
+    /// chunks, registered for window binding.
+    pub(crate) chunk_pool: Option<Arc<SlotPool>>,
     /// Registered `BufPool` arenas (zero-copy sends).
     pub(crate) regions: PoolRegions,
     pub(crate) stats: Arc<RdmaStats>,
@@ -420,6 +441,28 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         .as_ref()
         .map_or(1, |a| u32::try_from(a.max_sge()).unwrap_or(1))
         .clamp(1, MAX_SEND_SGE);
+    // Type 2 windows, and room in the send ring for a window's invalidation and re-binding
+    // beside the data (the set-up binds every chunk at once).
+    let windows = attr.as_ref().is_some_and(|a| {
+        let flags = a.attr.orig_attr.device_cap_flags;
+        flags & rdma_mummy_sys::ibv_device_cap_flags::IBV_DEVICE_MEM_WINDOW_TYPE_2B.0 != 0
+            && a.max_mw() > 0
+    });
+    let chunk_pool = (cfg.write_windows && cfg.write_chunks > 0).then(|| {
+        if !windows {
+            tracing::info!(device = %name, "device has no type 2 memory windows; RDMA WRITE data is copied on receive");
+            return None;
+        }
+        if cfg.write_chunks + 2 > cfg.send_depth {
+            tracing::info!(device = %name, "write_chunks + 2 exceeds send_depth: no memory windows, RDMA WRITE data is copied on receive");
+            return None;
+        }
+        Some(Arc::new(SlotPool::for_windows(
+            pd.clone(),
+            cfg.write_chunk,
+            cfg.arena_bytes.max(cfg.write_chunk * cfg.write_chunks as usize),
+        )))
+    }).flatten();
     let srq = if cfg.shared_rq {
         let dev_max = attr
             .as_ref()
@@ -439,7 +482,7 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
     } else {
         None
     };
-    tracing::info!(device = %name, port = cfg.port, gid_index, gid = %gid, mtu, srq = srq.is_some(), "RDMA device opened");
+    tracing::info!(device = %name, port = cfg.port, gid_index, gid = %gid, mtu, srq = srq.is_some(), windows = chunk_pool.is_some(), "RDMA device opened");
     Ok(Device {
         ctx,
         pd,
@@ -454,6 +497,7 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         cfg: cfg.clone(),
         srq,
         pool,
+        chunk_pool,
         regions,
         stats,
         qps: Mutex::new(Vec::new()),
@@ -536,9 +580,18 @@ impl RdmaStack {
     }
 
     /// (registered arenas, slots in use) of the stack's memory; slots in use include the
-    /// buffers posted to the shared receive queue while it exists.
+    /// buffers posted to the shared receive queue while it exists, and the write chunks of
+    /// live connections and lent ones in memory-window mode.
     pub fn memory_usage(&self) -> (usize, usize) {
-        self.dev.pool.usage()
+        let (arenas, used) = self.dev.pool.usage();
+        let (chunk_arenas, chunks) = self.dev.chunk_pool.as_ref().map_or((0, 0), |p| p.usage());
+        (arenas + chunk_arenas, used + chunks)
+    }
+
+    /// Whether write chunks are memory windows (see [`RdmaConfig::write_windows`]): RDMA
+    /// WRITE data can then be lent to the application instead of copied.
+    pub fn uses_memory_windows(&self) -> bool {
+        self.dev.chunk_pool.is_some()
     }
 
     /// `BufPool` arenas registered for zero-copy sends now (each once per protection domain).

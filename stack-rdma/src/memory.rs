@@ -30,8 +30,10 @@ pub(crate) struct Slot {
 /// An arena and its registration. Field order matters: the MR is deregistered before the
 /// arena is unmapped.
 struct RegisteredArena {
-    _mr: Arc<MemoryRegion>,
+    mr: Arc<MemoryRegion>,
     _arena: Arena,
+    start: u64,
+    end: u64,
 }
 
 struct Inner {
@@ -43,6 +45,8 @@ struct Inner {
 /// Registered slots of one protection domain, shared by every socket of a stack.
 pub(crate) struct SlotPool {
     pd: Arc<ProtectionDomain>,
+    /// How arenas are registered: local write, plus memory-window binding for write chunks.
+    access: AccessFlags,
     slot_size: usize,
     arena_bytes: usize,
     inner: Mutex<Inner>,
@@ -61,9 +65,35 @@ impl std::fmt::Debug for SlotPool {
 }
 
 impl SlotPool {
+    /// Slots for sends and receives: registered for local access only.
     pub(crate) fn new(pd: Arc<ProtectionDomain>, slot_size: usize, arena_bytes: usize) -> Self {
+        Self::with_access(pd, slot_size, arena_bytes, AccessFlags::LocalWrite)
+    }
+
+    /// Write chunks: registered for local access and memory-window binding, never for remote
+    /// access (the peer writes a chunk only through a window bound to its own QP).
+    pub(crate) fn for_windows(
+        pd: Arc<ProtectionDomain>,
+        slot_size: usize,
+        arena_bytes: usize,
+    ) -> Self {
+        Self::with_access(
+            pd,
+            slot_size,
+            arena_bytes,
+            AccessFlags::LocalWrite | AccessFlags::MemoryWindowBind,
+        )
+    }
+
+    fn with_access(
+        pd: Arc<ProtectionDomain>,
+        slot_size: usize,
+        arena_bytes: usize,
+        access: AccessFlags,
+    ) -> Self {
         SlotPool {
             pd,
+            access,
             slot_size,
             arena_bytes: arena_bytes.max(slot_size),
             inner: Mutex::new(Inner {
@@ -96,11 +126,8 @@ impl SlotPool {
             // SAFETY: the arena's mapping is valid for `arena.len()` bytes and stays mapped
             // until the `RegisteredArena` is dropped, which drops the MR first.
             let mr = unsafe {
-                self.pd.reg_mr(
-                    arena.as_ptr() as usize,
-                    arena.len(),
-                    AccessFlags::LocalWrite,
-                )
+                self.pd
+                    .reg_mr(arena.as_ptr() as usize, arena.len(), self.access)
             }
             .map_err(|e| {
                 RdmaError::Memory(format!(
@@ -122,7 +149,9 @@ impl SlotPool {
             }));
             g.total += count;
             g.arenas.push(RegisteredArena {
-                _mr: mr,
+                mr,
+                start: base,
+                end: base + arena.len() as u64,
                 _arena: arena,
             });
         }
@@ -138,6 +167,15 @@ impl SlotPool {
     /// Returns one slot (a lent receive buffer the messenger let go of).
     pub(crate) fn give_back_one(&self, slot: Slot) {
         self.inner.lock().free.push(slot);
+    }
+
+    /// The memory region of the arena `slot` belongs to.
+    pub(crate) fn region_of(&self, slot: Slot) -> Option<Arc<MemoryRegion>> {
+        let g = self.inner.lock();
+        g.arenas
+            .iter()
+            .find(|a| slot.addr >= a.start && slot.addr + self.slot_size as u64 <= a.end)
+            .map(|a| a.mr.clone())
     }
 
     /// (registered arenas, slots in use).

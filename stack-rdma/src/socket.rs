@@ -17,11 +17,11 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, WorkCompletionStatus};
 
-use crate::memory::{LentSlot, RegionCache, Slot, WriteRegion};
+use crate::memory::{LentSlot, RegionCache, Slot, SlotPool, WriteRegion};
 use crate::poller::{self, CqShared, Wc};
 use crate::srq::{SrqGen, RECV_BIT};
-use crate::sys::{self, Kick, PathTo, QpCaps, RawQp, RecvWr, SendWr, Sge};
-use crate::wire::{self, Ctl, Hello, Imm, CTL_LEN, HELLO_LEN};
+use crate::sys::{self, Kick, PathTo, QpCaps, RawMw, RawQp, RecvWr, SendWr, Sge};
+use crate::wire::{self, Ctl, Hello, Imm, HELLO_LEN};
 use crate::{Device, Misbehave, RdmaError, RdmaStats};
 
 /// `IBV_ACCESS_LOCAL_WRITE`.
@@ -43,6 +43,10 @@ struct Ready {
     len: u32,
     /// An RDMA WRITE: consuming it frees a write chunk.
     write: bool,
+    /// Memory-window mode, a WRITE whose chunk is being lent: the send sequence of the
+    /// window's re-binding (its invalidation went first) and the chunk memory that left the
+    /// window. Consumed (lent, or copied and freed) only once that WR completed.
+    rebound: Option<(u64, Slot)>,
 }
 /// Most send slots one RDMA WRITE gathers.
 const WRITE_SLOTS: u32 = 8;
@@ -117,6 +121,25 @@ struct Res {
     srq: Option<(Arc<SrqGen>, u32)>,
     /// The buffer the peer may RDMA-WRITE into (after the QP in drop order).
     landing: Option<WriteRegion>,
+    /// Memory-window mode: the write chunks instead of `landing`.
+    windows: Option<Windows>,
+}
+
+/// Memory-window mode: one type 2 window per write chunk, bound to this QP, and the chunk
+/// memory (from the stack's window-bindable pool) each is bound to now.
+struct Windows {
+    pool: Arc<SlotPool>,
+    mws: Vec<RawMw>,
+    bufs: Vec<Slot>,
+}
+
+impl Drop for Windows {
+    fn drop(&mut self) {
+        // Deallocating a window revokes it: then no peer can write the chunks, which go back
+        // to the pool.
+        self.mws.clear();
+        self.pool.give_back(&mut self.bufs);
+    }
 }
 
 /// An RDMA connection (see the crate docs for the protocol).
@@ -159,6 +182,11 @@ pub struct RdmaSocket {
     write_credits: u32,
     /// RDMA WRITEs posted so far (the next one goes to chunk `write_seq % chunks`).
     write_seq: u64,
+    /// Memory-window peer: each chunk's latest grant (address, key), and the one before it
+    /// (used only by the [`Misbehave::WriteRevokedWindow`] test hook).
+    peer_grants: Vec<[(u64, u32); 2]>,
+    /// Memory-window peer: grants received so far (the next names chunk `% chunks`).
+    grants_recvd: u64,
     // Receive side.
     /// RDMA WRITEs received so far (the next must name chunk `writes_recvd % chunks`).
     writes_recvd: u64,
@@ -166,6 +194,11 @@ pub struct RdmaSocket {
     writes_granted: u64,
     /// Write chunks consumed and not yet returned to the peer.
     owed_writes: u32,
+    /// Memory-window mode: grants queued on the side channel since it was last flushed.
+    grants_queued: u32,
+    /// Memory-window mode: the send sequence of the set-up bindings; every chunk is granted
+    /// once that WR completed.
+    first_binds: Option<u64>,
     /// Credits granted to the peer at set-up (receive buffers reserved for it).
     window: u32,
     /// Credits granted to the peer so far (initial window plus every credit returned).
@@ -250,14 +283,28 @@ impl RdmaSocket {
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
             srq: res.srq.is_some(),
             lends: dev.cfg.lend_receive,
-            write: res.landing.as_ref().map(|l| wire::WriteRegion {
-                addr: l.base(),
-                rkey: l.rkey(),
-                chunk: dev.cfg.write_chunk as u32,
-                chunks: dev.cfg.write_chunks,
-            }),
+            write: match (&res.landing, &res.windows) {
+                (Some(l), _) => Some(wire::WriteRegion {
+                    addr: l.base(),
+                    rkey: l.rkey(),
+                    chunk: dev.cfg.write_chunk as u32,
+                    chunks: dev.cfg.write_chunks,
+                }),
+                (None, Some(_)) => Some(wire::WriteRegion {
+                    addr: 0,
+                    rkey: 0,
+                    chunk: dev.cfg.write_chunk as u32,
+                    chunks: dev.cfg.write_chunks,
+                }),
+                (None, None) => None,
+            },
+            windows: res.windows.is_some(),
         };
-        let write_chunks = u64::from(hello.write.map_or(0, |w| w.chunks));
+        // Memory windows are granted one by one once bound; a region's chunks all at once.
+        let write_chunks = match hello.write {
+            Some(w) if !hello.windows => u64::from(w.chunks),
+            _ => 0,
+        };
         let mut s = RdmaSocket {
             id,
             dev,
@@ -289,9 +336,13 @@ impl RdmaSocket {
             zc_regions: RegionCache::default(),
             write_credits: 0,
             write_seq: 0,
+            peer_grants: Vec::new(),
+            grants_recvd: 0,
             writes_recvd: 0,
             writes_granted: write_chunks,
             owed_writes: 0,
+            grants_queued: 0,
+            first_binds: None,
             window,
             granted_total: u64::from(window),
             recvd_count: 0,
@@ -369,9 +420,10 @@ impl RdmaSocket {
             let h = Hello::decode(&b).map_err(|e| self.fail(e))?;
             self.on_peer_hello(h)?;
         }
-        while self.ctl_in.len() - at >= CTL_LEN {
-            let c = Ctl::decode(&self.ctl_in[at..at + CTL_LEN]).map_err(|e| self.fail(e))?;
-            at += CTL_LEN;
+        loop {
+            let decoded = Ctl::decode(&self.ctl_in[at..]).map_err(|e| self.fail(e))?;
+            let Some((c, n)) = decoded else { break };
+            at += n;
             match c {
                 Ctl::Ready if self.phase == Phase::WaitReady => {
                     self.phase = Phase::Established;
@@ -380,6 +432,7 @@ impl RdmaSocket {
                 Ctl::Ready => {}
                 Ctl::Credit(n) => self.add_credits(n)?,
                 Ctl::WriteCredit(n) => self.add_write_credits(n)?,
+                Ctl::Grant { chunk, addr, rkey } => self.on_grant(chunk, addr, rkey)?,
                 Ctl::Close(n) => self.peer_close = Some(n),
             }
         }
@@ -419,6 +472,11 @@ impl RdmaSocket {
     }
 
     fn add_write_credits(&mut self, n: u32) -> io::Result<()> {
+        if self.peer.is_some_and(|p| p.windows) {
+            return Err(self.fail(format!(
+                "peer returned {n} write chunks without granting them (memory-window mode)"
+            )));
+        }
         let chunks = self.peer.and_then(|p| p.write).map_or(0, |w| w.chunks);
         match self.write_credits.checked_add(n) {
             Some(c) if c <= chunks => {
@@ -430,6 +488,89 @@ impl RdmaSocket {
                 self.write_credits
             ))),
         }
+    }
+
+    /// Memory-window peer: one more chunk, the next in ring order, at `addr` under `rkey`.
+    fn on_grant(&mut self, chunk: u32, addr: u64, rkey: u32) -> io::Result<()> {
+        let w = match self.peer {
+            Some(p) if p.windows => p.write,
+            _ => None,
+        };
+        let Some(w) = w else {
+            return Err(self.fail(format!(
+                "peer granted write chunk {chunk} but advertised no memory windows"
+            )));
+        };
+        let expect = (self.grants_recvd % u64::from(w.chunks)) as u32;
+        let slot = self.peer_grants.get_mut(chunk as usize);
+        let (Some(slot), true) = (slot, chunk == expect) else {
+            return Err(self.fail(format!(
+                "peer granted write chunk {chunk}, expected chunk {expect} of {}",
+                w.chunks
+            )));
+        };
+        if addr.checked_add(u64::from(w.chunk)).is_none() || self.write_credits >= w.chunks {
+            return Err(self.fail(format!(
+                "peer granted write chunk {chunk} at {addr:#x} with {} of {} chunks already \
+                 granted",
+                self.write_credits, w.chunks
+            )));
+        }
+        slot[1] = slot[0];
+        slot[0] = (addr, rkey);
+        self.grants_recvd += 1;
+        self.write_credits += 1;
+        Ok(())
+    }
+
+    /// Memory-window mode: grants chunk `chunk` (its window's current binding) to the peer,
+    /// in ring order. Sent with the next side-channel flush.
+    fn grant(&mut self, chunk: u32) {
+        let Some(w) = self.res.as_ref().and_then(|r| r.windows.as_ref()) else {
+            return;
+        };
+        let (Some(buf), Some(mw)) = (w.bufs.get(chunk as usize), w.mws.get(chunk as usize)) else {
+            return;
+        };
+        Ctl::Grant {
+            chunk,
+            addr: buf.addr,
+            rkey: mw.rkey(),
+        }
+        .encode_into(&mut self.ctl_out);
+        self.writes_granted += 1;
+        self.grants_queued += 1;
+    }
+
+    /// Memory-window mode: binds window `chunk` to `buf` (invalidating its current binding
+    /// first when `invalidate`), taking one or two entries of the send ring. Returns the send
+    /// sequence whose completion says the binding is in place.
+    fn rebind(&mut self, chunk: u32, buf: Slot, invalidate: bool) -> io::Result<u64> {
+        let size = self.dev.cfg.write_chunk as u64;
+        let seq = self.send_seq + 1 + u64::from(invalidate);
+        let Some(res) = self.res.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let Some(w) = res.windows.as_mut() else {
+            return Err(self.failed_err());
+        };
+        let (Some(mw), Some(mr)) = (w.mws.get_mut(chunk as usize), w.pool.region_of(buf)) else {
+            return Err(self.fail(format!("no window or region for write chunk {chunk}")));
+        };
+        // SAFETY: `buf` is a chunk of the pool's arena (`region_of` found its MR, registered
+        // for window binding), `size` bytes long; the pool keeps the MR registered while the
+        // socket holds `w.pool`, which it does until its windows are deallocated.
+        let r = unsafe { res.qp.post_rebind(mw, invalidate, &mr, buf.addr, size, seq) };
+        if r.is_ok() {
+            if let Some(b) = w.bufs.get_mut(chunk as usize) {
+                *b = buf;
+            }
+        }
+        r.map_err(|e| self.fail(format!("bind memory window: {e}")))?;
+        self.send_seq = seq;
+        self.last_signaled = Some(seq);
+        RdmaStats::bump(&self.dev.stats.window_binds, 1);
+        Ok(seq)
     }
 
     /// The peer's hello arrived: connect the QP (INIT → RTR → RTS) and tell the peer.
@@ -461,11 +602,29 @@ impl RdmaSocket {
         let r = res.qp.to_rts(self.hello.psn, rnr_retry);
         r.map_err(|e| self.fail(format!("QP to RTS: {e}")))?;
         self.credits = h.recv_credits;
-        self.write_credits = h.write.map_or(0, |w| w.chunks);
+        self.write_credits = match h.write {
+            Some(w) if !h.windows => w.chunks,
+            _ => 0,
+        };
+        if h.windows {
+            let chunks = h.write.map_or(0, |w| w.chunks) as usize;
+            self.peer_grants = vec![[(0, 0); 2]; chunks];
+        }
         self.chunk = (h.slot_size as usize).min(dev.pool.slot_size());
         self.peer = Some(h);
         self.phase = Phase::WaitReady;
-        self.ctl_out.extend_from_slice(&Ctl::Ready.encode());
+        Ctl::Ready.encode_into(&mut self.ctl_out);
+        // Memory-window mode: bind every chunk's window now that the QP can post; the chunks
+        // are granted once the last binding completed.
+        let bufs = self
+            .res
+            .as_ref()
+            .and_then(|r| r.windows.as_ref())
+            .map(|w| w.bufs.clone())
+            .unwrap_or_default();
+        for (i, buf) in bufs.into_iter().enumerate() {
+            self.first_binds = Some(self.rebind(i as u32, buf, false)?);
+        }
         tracing::debug!(
             socket = self.id,
             local_qpn = self.hello.qpn,
@@ -556,6 +715,7 @@ impl RdmaSocket {
                 addr: s.addr,
                 len: 0,
                 write: false,
+                rebound: None,
             });
             self.outstanding += 1;
             self.recvd_count += 1;
@@ -587,6 +747,9 @@ impl RdmaSocket {
                 last.len = wc.byte_len;
                 last.write = imm.write.is_some();
             }
+            if let Some(chunk) = imm.write {
+                self.maybe_lend_chunk(chunk, wc.byte_len)?;
+            }
             if imm.credits > 0 {
                 self.add_credits(imm.credits)?;
             }
@@ -609,6 +772,60 @@ impl RdmaSocket {
             while self.held.front().is_some_and(|(s, _)| *s <= seq) {
                 self.held.pop_front();
             }
+            if self.first_binds.is_some_and(|s| s <= seq) {
+                // Every chunk's window is bound: the peer may write them all.
+                self.first_binds = None;
+                let chunks = self.hello.write.map_or(0, |w| w.chunks);
+                for chunk in 0..chunks {
+                    self.grant(chunk);
+                }
+                self.grants_queued = 0;
+                self.flush_ctl();
+            }
+        }
+        Ok(())
+    }
+
+    /// Memory-window mode: an RDMA WRITE of `len` bytes just filled `chunk` (the newest ready
+    /// entry). If that is worth lending and a fresh chunk is at hand, starts moving the
+    /// chunk's window onto the fresh memory (invalidate, then bind under a new key), so the
+    /// filled memory can go to the messenger as it is once that completes.
+    fn maybe_lend_chunk(&mut self, chunk: u32, len: u32) -> io::Result<()> {
+        let cfg = &self.dev.cfg;
+        let Some(pool) = self
+            .res
+            .as_ref()
+            .and_then(|r| r.windows.as_ref())
+            .map(|w| w.pool.clone())
+        else {
+            return Ok(());
+        };
+        if !self.can_lend()
+            || (len as usize) < cfg.lend_min.max(1)
+            || self.send_seq + 2 - self.send_done > u64::from(cfg.send_depth)
+        {
+            return Ok(());
+        }
+        let Some(old) = self
+            .res
+            .as_ref()
+            .and_then(|r| r.windows.as_ref())
+            .and_then(|w| w.bufs.get(chunk as usize).copied())
+        else {
+            return Ok(());
+        };
+        let Some(fresh) = pool.take(1).ok().and_then(|mut v| v.pop()) else {
+            return Ok(());
+        };
+        let seq = match self.rebind(chunk, fresh, true) {
+            Ok(seq) => seq,
+            Err(e) => {
+                pool.give_back_one(fresh);
+                return Err(e);
+            }
+        };
+        if let Some(last) = self.ready.back_mut() {
+            last.rebound = Some((seq, old));
         }
         Ok(())
     }
@@ -639,6 +856,17 @@ impl RdmaSocket {
             )));
         }
         RdmaStats::bump(&self.dev.stats.writes_received, 1);
+        if self.hello.windows {
+            let buf = self
+                .res
+                .as_ref()
+                .and_then(|r| r.windows.as_ref())
+                .and_then(|win| win.bufs.get(chunk as usize).copied());
+            return match buf {
+                Some(b) => Ok((b.addr, w.chunk as usize)),
+                None => Err(self.failed_err()),
+            };
+        }
         Ok((
             w.addr + u64::from(chunk) * u64::from(w.chunk),
             w.chunk as usize,
@@ -687,18 +915,21 @@ impl RdmaSocket {
             self.owed += n;
         }
         let chunks = self.hello.write.map_or(0, |w| w.chunks);
+        if self.grants_queued > 0 && self.grants_queued >= (chunks / 2).max(1) {
+            self.grants_queued = 0;
+            RdmaStats::bump(&self.dev.stats.credit_messages, 1);
+            self.flush_ctl();
+        }
         if self.owed_writes > 0 && self.owed_writes >= (chunks / 2).max(1) && self.failed.is_none()
         {
-            self.ctl_out
-                .extend_from_slice(&Ctl::WriteCredit(self.owed_writes).encode());
+            Ctl::WriteCredit(self.owed_writes).encode_into(&mut self.ctl_out);
             self.writes_granted += u64::from(self.owed_writes);
             self.owed_writes = 0;
             RdmaStats::bump(&self.dev.stats.credit_messages, 1);
             self.flush_ctl();
         }
         if self.owed >= (self.window / 2).max(1) && self.failed.is_none() {
-            self.ctl_out
-                .extend_from_slice(&Ctl::Credit(self.owed).encode());
+            Ctl::Credit(self.owed).encode_into(&mut self.ctl_out);
             self.granted_total += u64::from(self.owed);
             self.owed = 0;
             RdmaStats::bump(&self.dev.stats.credit_messages, 1);
@@ -714,12 +945,16 @@ impl RdmaSocket {
         }
         let mut copied = 0;
         while let Some(&Ready {
-            idx,
-            addr,
-            len,
-            write,
+            addr, len, rebound, ..
         }) = self.ready.front()
         {
+            if let Some((seq, _)) = rebound {
+                // Its window is still moving: the chunk is read once that completed. Then it
+                // is lent (`read_lent`) unless the lending cap was reached meanwhile.
+                if seq > self.send_done || (self.ready_off == 0 && self.can_lend()) {
+                    break;
+                }
+            }
             let spare = buf.spare_mut();
             if spare.is_empty() {
                 break;
@@ -727,9 +962,9 @@ impl RdmaSocket {
             let avail = len as usize - self.ready_off;
             let n = avail.min(spare.len());
             // SAFETY: `addr` is a receive buffer of our registered arena whose receive
-            // completed (the NIC no longer writes it) or a chunk of our write buffer that the
-            // peer wrote and may not write again before we return it; `ready_off + n <= len`,
-            // which was checked against the buffer's size. The write buffer is remotely
+            // completed (the NIC no longer writes it) or a write chunk that the peer wrote and
+            // may not write again before we return it; `ready_off + n <= len`, which was
+            // checked against the buffer's size. A region-mode write buffer is remotely
             // writable: a peer breaking the protocol could write the chunk while we copy, so
             // this is a raw byte copy that never forms a reference to that memory; the worst
             // case is garbage in that peer's own stream (the messenger's crc catches it).
@@ -744,11 +979,9 @@ impl RdmaSocket {
             copied += n;
             self.ready_off += n;
             if self.ready_off == len as usize {
-                self.ready.pop_front();
                 self.ready_off = 0;
-                self.repost.push(idx);
-                if write {
-                    self.owed_writes += 1;
+                if let Some(r) = self.ready.pop_front() {
+                    self.consumed(r, false);
                 }
             }
         }
@@ -758,9 +991,52 @@ impl RdmaSocket {
         copied
     }
 
+    /// Whether a buffer may be lent now (lending on and under its cap).
+    fn can_lend(&self) -> bool {
+        self.dev.cfg.lend_receive
+            && self.dev.stats.lent_outstanding.load(Ordering::Acquire)
+                < self.dev.cfg.lend_max as u64
+    }
+
+    /// The front of the ready queue is a write chunk whose window has moved and that can be
+    /// lent as it is (see [`RdmaSocket::lend_chunk`]).
+    fn chunk_ready_to_lend(&self) -> bool {
+        self.ready.front().is_some_and(|r| {
+            r.rebound.is_some_and(|(seq, _)| seq <= self.send_done)
+                && self.ready_off == 0
+                && self.phase == Phase::Established
+                && self.can_lend()
+        })
+    }
+
+    /// A ready entry was read (copied out or lent): its receive WR is re-posted, and a write
+    /// chunk goes back to the peer (a grant of its window's binding, in memory-window mode).
+    /// A chunk that left its window and was copied goes back to the pool: its window was
+    /// invalidated, so the peer can no longer write it.
+    /// With `lent`, the chunk's old memory went to the messenger instead.
+    fn consumed(&mut self, r: Ready, lent: bool) {
+        self.repost.push(r.idx);
+        if !r.write {
+            return;
+        }
+        if !self.hello.windows {
+            self.owed_writes += 1;
+            return;
+        }
+        if let (Some((_, old)), false) = (r.rebound, lent) {
+            if let Some(w) = self.res.as_ref().and_then(|res| res.windows.as_ref()) {
+                w.pool.give_back_one(old);
+            }
+        }
+        let chunks = self.hello.write.map_or(1, |w| w.chunks.max(1));
+        let chunk = (self.writes_granted % u64::from(chunks)) as u32;
+        self.grant(chunk);
+    }
+
     /// Lends the receive buffer at the front of the ready queue, if it is a whole SEND worth
     /// lending: a fresh registered slot takes its place (posted with the next re-post, so
-    /// credits return as usual) and the filled one goes to the messenger as it is.
+    /// credits return as usual) and the filled one goes to the messenger as it is. In
+    /// memory-window mode, also a write chunk whose window moved to fresh memory.
     fn lend_front(&mut self) -> Option<BufMut> {
         let cfg = &self.dev.cfg;
         let &Ready {
@@ -768,8 +1044,12 @@ impl RdmaSocket {
             addr,
             len,
             write,
+            ..
         } = self.ready.front()?;
-        if write || self.ready_off != 0 || (len as usize) < cfg.lend_min.max(1) {
+        if write {
+            return self.lend_chunk();
+        }
+        if self.ready_off != 0 || (len as usize) < cfg.lend_min.max(1) {
             return None;
         }
         let stats = &self.dev.stats;
@@ -809,6 +1089,42 @@ impl RdmaSocket {
         // back to the pool, and slots are registered for local access only (no peer can
         // RDMA-WRITE them), so nothing else reads or writes it meanwhile; the keeper's pool
         // keeps the arena mapped. `len <= size` was checked when the completion arrived.
+        Some(unsafe { BufMut::lent(ptr, size, len as usize, keeper) })
+    }
+
+    /// Memory-window mode: lends the write chunk at the front of the ready queue if its
+    /// window moved to fresh memory (see [`RdmaSocket::maybe_lend_chunk`]) and that
+    /// completed. A chunk over the lending cap by now is copied instead.
+    fn lend_chunk(&mut self) -> Option<BufMut> {
+        let &Ready {
+            addr, len, rebound, ..
+        } = self.ready.front()?;
+        let (seq, old) = rebound?;
+        let stats = self.dev.stats.clone();
+        if seq > self.send_done || self.ready_off != 0 || !self.can_lend() {
+            return None;
+        }
+        let pool = self.res.as_ref()?.windows.as_ref()?.pool.clone();
+        let ptr = std::ptr::NonNull::new(addr as *mut u8)?;
+        let r = self.ready.pop_front()?;
+        self.consumed(r, true);
+        stats.lent_outstanding.fetch_add(1, Ordering::AcqRel);
+        RdmaStats::bump(&stats.lent_buffers, 1);
+        RdmaStats::bump(&stats.lent_write_chunks, 1);
+        RdmaStats::bump(&stats.lent_bytes, u64::from(len));
+        let size = pool.slot_size();
+        let keeper = Arc::new(LentSlot {
+            slot: old,
+            pool,
+            stats,
+        });
+        // SAFETY: `old` is a write chunk of the window pool's registered arena (`size` bytes,
+        // initialised: arenas are mapped zeroed) that the peer's RDMA WRITE filled. Its window
+        // was invalidated and bound elsewhere (the WR `seq` that did so completed), and the
+        // arena is registered for no remote access, so neither the NIC nor the peer can write
+        // it any more; it is bound to no window and handed out nowhere until the keeper gives
+        // it back to the pool, whose `Arc` keeps the arena mapped. `len <= size` was checked
+        // when the completion arrived.
         Some(unsafe { BufMut::lent(ptr, size, len as usize, keeper) })
     }
 
@@ -859,6 +1175,7 @@ impl RdmaSocket {
         // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
         let peer_write = self.peer.and_then(|p| p.write);
         let peer_lends = self.peer.is_some_and(|p| p.lends);
+        let peer_windows = self.peer.is_some_and(|p| p.windows);
         let write_max = peer_write.map_or(0, |w| {
             (w.chunk as usize)
                 .min(self.dev.max_send_sge.min(WRITE_SLOTS) as usize * slot_size)
@@ -903,10 +1220,12 @@ impl RdmaSocket {
             // Large and a chunk is free: one RDMA WRITE-with-immediate straight into the
             // peer's advertised buffer, gathered from several send slots (and zero-copy SGEs).
             let write = match peer_write {
+                // A frame too large for one SEND goes by WRITE to a lending peer even below
+                // `write_min`: split into SENDs it would be copied on arrival.
                 Some(w)
                     if self.write_credits > 0
                         && write_max > 0
-                        && left >= write_min
+                        && (left >= write_min || (peer_lends && write_cap != usize::MAX))
                         && write_pays =>
                 {
                     let len = left.min(write_max).min(write_cap);
@@ -1041,11 +1360,25 @@ impl RdmaSocket {
                     idx = (idx + 1) % w.chunks.max(2);
                 }
                 // The peer's buffer was validated at hello (no overflow); check this write
-                // stays inside it before handing the address to the NIC.
+                // stays inside it (or inside the chunk's window) before handing the address
+                // to the NIC.
                 let at = u64::from(idx) * u64::from(w.chunk);
-                if len > w.chunk as usize
-                    || at + len as u64 > u64::from(w.chunk) * u64::from(w.chunks)
-                {
+                let windows = peer_windows.then(|| self.peer_grants.get(idx as usize));
+                let target = match windows {
+                    None if at + len as u64 <= u64::from(w.chunk) * u64::from(w.chunks) => {
+                        Some((w.addr + at, w.rkey))
+                    }
+                    None => None,
+                    Some(grant) => grant.map(|&[now, before]| {
+                        let revoked = before != now && before.1 != 0;
+                        if misbehave == Misbehave::WriteRevokedWindow && revoked {
+                            before
+                        } else {
+                            now
+                        }
+                    }),
+                };
+                let Some(target) = target.filter(|_| len <= w.chunk as usize) else {
                     let why = format!(
                         "RDMA write of {len} bytes into chunk {idx} would leave the peer's \
                          buffer ({} chunks of {} bytes)",
@@ -1055,11 +1388,11 @@ impl RdmaSocket {
                     self.send_sges = sges;
                     self.send_keep = keep;
                     return Err(self.fail(why));
-                }
+                };
                 self.write_seq += 1;
                 self.write_credits -= 1;
                 imm.write = Some(idx);
-                remote = Some((w.addr + at, w.rkey));
+                remote = Some(target);
                 writes += 1;
                 write_bytes += len as u64;
             }
@@ -1203,11 +1536,25 @@ impl RdmaSocket {
             mut recv_slots,
             srq,
             landing,
+            windows,
         } = res;
+        // Windows before the QP they are bound to: deallocating one revokes it (the QP is in
+        // the error state and drained, so no work request uses them).
+        let pool = windows.as_ref().map(|w| w.pool.clone());
+        drop(windows);
         drop(qp);
         // The NIC can no longer read the zero-copy `Buf`s: let them go.
         self.held.clear();
         drop(landing);
+        if let Some(pool) = pool {
+            // Chunks that had left their windows to be lent but were not read.
+            let mut old: Vec<Slot> = self
+                .ready
+                .iter()
+                .filter_map(|r| r.rebound.map(|(_, s)| s))
+                .collect();
+            pool.give_back(&mut old);
+        }
         shared.set_token(None);
         drop(shared);
         drop(cq);
@@ -1275,7 +1622,24 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         .as_ref()
         .map(|(gen, _)| gen.clone() as Arc<dyn std::any::Any + Send + Sync>);
     let raw = srq.as_ref().and_then(|(gen, _)| gen.raw());
-    let landing = if cfg.write_chunks > 0 {
+    // Memory-window mode when the stack has a window pool; a connection whose windows
+    // cannot be set up falls back to a remote-writable region of its own.
+    let windows = dev.chunk_pool.as_ref().and_then(|pool| {
+        let mws: io::Result<Vec<RawMw>> = (0..cfg.write_chunks)
+            .map(|_| RawMw::alloc(&dev.pd))
+            .collect();
+        let made = mws.map_err(|e| e.to_string()).and_then(|mws| {
+            let bufs = pool.take(mws.len()).map_err(|e| e.to_string())?;
+            Ok(Windows {
+                pool: pool.clone(),
+                mws,
+                bufs,
+            })
+        });
+        made.map_err(|e| tracing::warn!(error = %e, "cannot set up memory windows; this connection's RDMA WRITE data is copied"))
+            .ok()
+    });
+    let landing = if cfg.write_chunks > 0 && windows.is_none() {
         match WriteRegion::new(&dev.pd, cfg.write_chunk * cfg.write_chunks as usize) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -1299,7 +1663,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
             return Err(other(format!("create queue pair: {e}")));
         }
     };
-    let access = if landing.is_some() {
+    let access = if landing.is_some() || windows.is_some() {
         ACCESS_LOCAL_WRITE | ACCESS_REMOTE_WRITE
     } else {
         ACCESS_LOCAL_WRITE
@@ -1341,6 +1705,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         recv_slots,
         srq,
         landing,
+        windows,
     };
     let len = dev.pool.slot_size() as u32;
     let batch: Vec<RecvWr> = res
@@ -1467,6 +1832,11 @@ impl ConnectedSocket for RdmaSocket {
             if let Some(_why) = &self.failed {
                 return Err(self.failed_err());
             }
+            if self.chunk_ready_to_lend() {
+                // The next bytes are a chunk to lend, not copy: the worker asks `read_lent`
+                // again on `Interrupted`.
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             if buf.remaining() == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -1526,8 +1896,7 @@ impl ConnectedSocket for RdmaSocket {
             return;
         }
         if self.phase == Phase::Established && self.failed.is_none() {
-            self.ctl_out
-                .extend_from_slice(&Ctl::Close(self.sent_total).encode());
+            Ctl::Close(self.sent_total).encode_into(&mut self.ctl_out);
             self.flush_ctl();
         }
         self.teardown();

@@ -554,3 +554,127 @@ impl Drop for RawQp {
         }
     }
 }
+
+/// A type 2 memory window: remote-write access to one range of a memory region, bound
+/// through a queue pair's send queue ([`RawQp::post_rebind`]) and usable only by that QP's
+/// peer, under the remote key of its latest binding. It lets a receiver hand a landing chunk
+/// the peer wrote to its application: the window is invalidated first, so the peer can no
+/// longer write the chunk, and re-bound to fresh memory under a new key.
+pub(crate) struct RawMw {
+    mw: std::ptr::NonNull<ffi::ibv_mw>,
+    /// Remote key of the latest binding (or the one `ibv_alloc_mw` gave, before any).
+    rkey: u32,
+    _pd: Arc<ProtectionDomain>,
+}
+
+// SAFETY: verbs objects may be used from any thread; the window is owned by one socket,
+// used by one thread at a time.
+unsafe impl Send for RawMw {}
+
+impl std::fmt::Debug for RawMw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawMw").field("rkey", &self.rkey).finish()
+    }
+}
+
+impl RawMw {
+    /// Allocates a type 2 window on `pd` (unbound: it grants nothing yet).
+    pub(crate) fn alloc(pd: &Arc<ProtectionDomain>) -> io::Result<RawMw> {
+        // SAFETY: the PD is live (we keep an `Arc` to it until the window is deallocated).
+        let mw = unsafe { ffi::ibv_alloc_mw(pd.pd().as_ptr(), ffi::ibv_mw_type::IBV_MW_TYPE_2) };
+        let mw = std::ptr::NonNull::new(mw).ok_or_else(io::Error::last_os_error)?;
+        // SAFETY: `mw` was just returned by the provider and is live.
+        let rkey = unsafe { (*mw.as_ptr()).rkey };
+        Ok(RawMw {
+            mw,
+            rkey,
+            _pd: pd.clone(),
+        })
+    }
+
+    /// The remote key of the latest binding.
+    pub(crate) fn rkey(&self) -> u32 {
+        self.rkey
+    }
+}
+
+impl Drop for RawMw {
+    fn drop(&mut self) {
+        // SAFETY: the window is live and deallocated once; its QP was moved to the error
+        // state and drained first (see the socket's teardown), so no WR uses it any more.
+        let rc = unsafe { ffi::ibv_dealloc_mw(self.mw.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(rc, "ibv_dealloc_mw failed");
+        }
+    }
+}
+
+/// The next remote key for a window: same index, the low 8 bits (the consumer's key byte)
+/// stepped, so a peer still holding the old key is refused (`ibv_inc_rkey`).
+fn next_rkey(rkey: u32) -> u32 {
+    (rkey & !0xff) | (rkey.wrapping_add(1) & 0xff)
+}
+
+impl RawQp {
+    /// Binds `mw` to `len` bytes at `addr` of `mr` for remote write, under a new key, with
+    /// one doorbell. With `invalidate`, a local invalidation of the window's current key goes
+    /// first (a bound type 2 window must be invalidated before it is bound again). Both WRs
+    /// take `wr_id`s from the caller's send ring: the invalidation `wr_id - 1`, unsignalled;
+    /// the bind `wr_id`, signalled, so its completion says both are done. Returns the new key.
+    ///
+    /// # Safety
+    /// `addr .. addr + len` must lie inside `mr`, which must stay registered (with
+    /// `IBV_ACCESS_MW_BIND` and local write) while the window is bound to it.
+    pub(crate) unsafe fn post_rebind(
+        &mut self,
+        mw: &mut RawMw,
+        invalidate: bool,
+        mr: &sideway::ibverbs::memory_region::MemoryRegion,
+        addr: u64,
+        len: u64,
+        wr_id: u64,
+    ) -> io::Result<u32> {
+        let rkey = next_rkey(mw.rkey);
+        // SAFETY: all-zero is a valid `ibv_send_wr` (integers, null pointers, unions of those).
+        let mut inv: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        inv.wr_id = wr_id.wrapping_sub(1);
+        inv.opcode = ffi::ibv_wr_opcode::IBV_WR_LOCAL_INV;
+        inv.imm_data_invalidated_rkey_union.invalidated_rkey = mw.rkey;
+        // SAFETY: as above.
+        let mut bind: ffi::ibv_send_wr = unsafe { std::mem::zeroed() };
+        bind.wr_id = wr_id;
+        bind.opcode = ffi::ibv_wr_opcode::IBV_WR_BIND_MW;
+        bind.send_flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        bind.bind_mw_tso_union.bind_mw = ffi::bind_mw_t {
+            mw: mw.mw.as_ptr(),
+            rkey,
+            bind_info: ffi::ibv_mw_bind_info {
+                // SAFETY: only the handle is read; the caller keeps the MR registered.
+                mr: unsafe { mr.mr() }.as_ptr(),
+                addr,
+                length: len,
+                mw_access_flags: ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE.0,
+            },
+        };
+        let first: *mut ffi::ibv_send_wr = if invalidate {
+            inv.next = &mut bind;
+            &mut inv
+        } else {
+            &mut bind
+        };
+        let mut bad: *mut ffi::ibv_send_wr = std::ptr::null_mut();
+        // SAFETY: the QP and the window are live; the chain (one or two locals) outlives the
+        // call; the caller guarantees the bound range (see the function's contract).
+        let rc = unsafe { ffi::ibv_post_send(self.qp.as_ptr(), first, &mut bad) };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc.abs()));
+        }
+        mw.rkey = rkey;
+        // The provider names the window in the next bind by `ibv_mw::rkey` (rxe checks it
+        // against the window's current key), which for type 2 windows is the consumer's to
+        // keep current (`ibv_bind_mw` does it for type 1).
+        // SAFETY: the window is live and only this socket's thread touches it.
+        unsafe { (*mw.mw.as_ptr()).rkey = rkey };
+        Ok(rkey)
+    }
+}

@@ -8,10 +8,16 @@
 //!                 flags: bit 0 = the sender receives through a shared receive queue
 //!                        bit 1 = the sender lends receive buffers (zero-copy receive): its
 //!                                peer should start each large frame in a SEND of its own
+//!                        bit 2 = write chunks are memory windows: write_addr and write_rkey
+//!                                are 0, each chunk's address and key come in GRANTs
 //!                 write_*: the buffer the peer may RDMA-WRITE into (write_chunks chunks of
 //!                 write_chunk bytes from write_addr, remote key write_rkey); 0 chunks = none
 //! control (8 B):  tag u32 | value u32      tag 1 READY, 2 CREDIT(n), 3 CLOSE(data WRs posted),
 //!                                          4 WRITE_CREDIT(n)
+//! grant (24 B):   tag u32 = 5 | chunk u32 | addr u64 | rkey u32 | reserved u32
+//!                 one more write chunk (the next in ring order, `chunk`) the peer may write,
+//!                 at `addr` under `rkey` (memory-window mode only; there every returned
+//!                 chunk comes as a GRANT, never as WRITE_CREDIT or in an immediate)
 //! ```
 //!
 //! Immediate data of every data work request (SEND or RDMA WRITE, both with immediate):
@@ -28,11 +34,13 @@
 /// `"DPRD"`.
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"DPRD");
 /// Side-channel protocol version.
-pub(crate) const VERSION: u16 = 2;
+pub(crate) const VERSION: u16 = 3;
 /// Encoded size of [`Hello`].
 pub(crate) const HELLO_LEN: usize = 64;
 /// Encoded size of a control message.
 pub(crate) const CTL_LEN: usize = 8;
+/// Encoded size of a [`Ctl::Grant`].
+pub(crate) const GRANT_LEN: usize = 24;
 /// Most receive credits a peer may announce (bounds what we must track).
 pub(crate) const MAX_CREDITS: u32 = 1 << 15;
 /// Most write chunks a peer may advertise (the chunk index has 8 bits).
@@ -73,6 +81,9 @@ pub(crate) struct Hello {
     pub(crate) lends: bool,
     /// Where the peer may RDMA-WRITE large messages, if anywhere.
     pub(crate) write: Option<WriteRegion>,
+    /// The write chunks are memory windows: `write`'s address and key are 0, and each chunk
+    /// is granted (address and key) by a [`Ctl::Grant`].
+    pub(crate) windows: bool,
 }
 
 impl Hello {
@@ -85,7 +96,7 @@ impl Hello {
         b[16..32].copy_from_slice(&self.gid);
         b[32..34].copy_from_slice(&self.lid.to_le_bytes());
         b[34] = self.mtu;
-        b[35] = u8::from(self.srq) | (u8::from(self.lends) << 1);
+        b[35] = u8::from(self.srq) | (u8::from(self.lends) << 1) | (u8::from(self.windows) << 2);
         b[36..40].copy_from_slice(&self.recv_credits.to_le_bytes());
         b[40..44].copy_from_slice(&self.slot_size.to_le_bytes());
         if let Some(w) = self.write {
@@ -123,6 +134,7 @@ impl Hello {
             srq: b[35] & 1 != 0,
             lends: b[35] & 2 != 0,
             write: None,
+            windows: b[35] & 4 != 0,
         };
         let mut addr = [0u8; 8];
         addr.copy_from_slice(&b[44..52]);
@@ -148,7 +160,12 @@ impl Hello {
                 ));
             }
         }
-        if b[35] & !3 != 0 {
+        if h.windows && h.write.is_none_or(|w| w.addr != 0 || w.rkey != 0) {
+            return Err(
+                "side channel: memory-window write chunks need a chunk count and no address".into(),
+            );
+        }
+        if b[35] & !7 != 0 {
             return Err(format!("side channel: unknown hello flags {:#04x}", b[35]));
         }
         if h.qpn == 0 || h.qpn > 0x00ff_ffff {
@@ -187,35 +204,65 @@ pub(crate) enum Ctl {
     Close(u32),
     /// The sender consumed this many more chunks of its write buffer: they may be written.
     WriteCredit(u32),
+    /// Memory-window mode: one more chunk may be written, the next in ring order (`chunk`),
+    /// at `addr` under `rkey`.
+    Grant { chunk: u32, addr: u64, rkey: u32 },
 }
 
 impl Ctl {
-    pub(crate) fn encode(self) -> [u8; CTL_LEN] {
+    /// Appends the encoding to `out`.
+    pub(crate) fn encode_into(self, out: &mut Vec<u8>) {
         let (tag, v) = match self {
             Ctl::Ready => (1u32, 0u32),
             Ctl::Credit(n) => (2, n),
             Ctl::Close(n) => (3, n),
             Ctl::WriteCredit(n) => (4, n),
+            Ctl::Grant { chunk, .. } => (5, chunk),
         };
-        let mut b = [0u8; CTL_LEN];
-        b[0..4].copy_from_slice(&tag.to_le_bytes());
-        b[4..8].copy_from_slice(&v.to_le_bytes());
-        b
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&v.to_le_bytes());
+        if let Ctl::Grant { addr, rkey, .. } = self {
+            out.extend_from_slice(&addr.to_le_bytes());
+            out.extend_from_slice(&rkey.to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+        }
     }
 
-    pub(crate) fn decode(b: &[u8]) -> Result<Ctl, String> {
-        if b.len() < CTL_LEN {
-            return Err("side channel: short control message".into());
-        }
-        let tag = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        let v = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-        match tag {
-            1 => Ok(Ctl::Ready),
-            2 => Ok(Ctl::Credit(v)),
-            3 => Ok(Ctl::Close(v)),
-            4 => Ok(Ctl::WriteCredit(v)),
-            t => Err(format!("side channel: unknown control tag {t}")),
-        }
+    /// Decodes the control message at the start of `b`: `None` until all of it is there,
+    /// else the message and its length.
+    pub(crate) fn decode(b: &[u8]) -> Result<Option<(Ctl, usize)>, String> {
+        let Some(head) = b.get(..CTL_LEN) else {
+            return Ok(None);
+        };
+        let tag = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        let v = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let c = match tag {
+            1 => Ctl::Ready,
+            2 => Ctl::Credit(v),
+            3 => Ctl::Close(v),
+            4 => Ctl::WriteCredit(v),
+            5 => {
+                let Some(g) = b.get(..GRANT_LEN) else {
+                    return Ok(None);
+                };
+                let mut addr = [0u8; 8];
+                addr.copy_from_slice(&g[8..16]);
+                let rkey = u32::from_le_bytes([g[16], g[17], g[18], g[19]]);
+                if g[20..24] != [0; 4] {
+                    return Err("side channel: grant with reserved bytes set".into());
+                }
+                return Ok(Some((
+                    Ctl::Grant {
+                        chunk: v,
+                        addr: u64::from_le_bytes(addr),
+                        rkey,
+                    },
+                    GRANT_LEN,
+                )));
+            }
+            t => return Err(format!("side channel: unknown control tag {t}")),
+        };
+        Ok(Some((c, CTL_LEN)))
     }
 }
 
@@ -278,6 +325,7 @@ mod tests {
                 chunk: 512 << 10,
                 chunks: 2,
             }),
+            windows: false,
         }
     }
 
@@ -335,6 +383,31 @@ mod tests {
             ..hello()
         };
         assert_eq!(Hello::decode(&none.encode()), Ok(none));
+        // Memory-window chunks: no address or key in the hello, and not without chunks.
+        let windows = Hello {
+            windows: true,
+            write: Some(WriteRegion {
+                addr: 0,
+                rkey: 0,
+                ..hello().write.unwrap()
+            }),
+            ..hello()
+        };
+        assert_eq!(Hello::decode(&windows.encode()), Ok(windows));
+        for h in [
+            Hello {
+                windows: true,
+                ..hello()
+            },
+            Hello {
+                write: None,
+                ..windows
+            },
+        ] {
+            assert!(Hello::decode(&h.encode())
+                .unwrap_err()
+                .contains("memory-window"));
+        }
     }
 
     #[test]
@@ -344,11 +417,28 @@ mod tests {
             Ctl::Credit(5),
             Ctl::Close(u32::MAX),
             Ctl::WriteCredit(2),
+            Ctl::Grant {
+                chunk: 3,
+                addr: 0x7f12_3456_7000,
+                rkey: 0xabcd_ef01,
+            },
         ] {
-            assert_eq!(Ctl::decode(&c.encode()), Ok(c));
+            let mut b = Vec::new();
+            c.encode_into(&mut b);
+            assert_eq!(Ctl::decode(&b), Ok(Some((c, b.len()))));
+            // Not all there yet: wait for the rest.
+            assert_eq!(Ctl::decode(&b[..b.len() - 1]), Ok(None));
         }
         assert!(Ctl::decode(&[9, 0, 0, 0, 0, 0, 0, 0]).is_err());
-        assert!(Ctl::decode(&[1, 0]).is_err());
+        let mut g = Vec::new();
+        Ctl::Grant {
+            chunk: 0,
+            addr: 1,
+            rkey: 2,
+        }
+        .encode_into(&mut g);
+        g[23] = 1;
+        assert!(Ctl::decode(&g).unwrap_err().contains("reserved"));
     }
 
     #[test]

@@ -1038,3 +1038,142 @@ fn rdma_lossless_reconnect_with_zero_copy_sends_in_flight() {
         );
     }
 }
+
+/// Memory-window mode: frames larger than a SEND but within a write chunk arrive by RDMA
+/// WRITE, each starting a chunk of its own, and go to the application where the NIC put them
+/// (the chunk's window moves to fresh memory first), byte for byte; every chunk comes back.
+#[test]
+fn rdma_write_chunks_are_lent_zero_copy_through_memory_windows() {
+    let Some(p) = pair() else { return };
+    let srv = p.srv_stack.clone();
+    assert!(
+        p.srv_stack.uses_memory_windows(),
+        "the device has type 2 memory windows (rxe does)"
+    );
+    let pool = test_pool((512 << 10) + 4096, 8);
+    const N: u64 = 60;
+    let mut by_write = 0u64;
+    for i in 0..N {
+        let len = match i % 4 {
+            0 => 200 << 10,
+            1 => 100,
+            2 => (300 << 10) + 7,
+            _ => 500 << 10,
+        };
+        if len > 128 << 10 {
+            by_write += len as u64;
+        }
+        send_retry(&p.conn, Message::new(1, pool_payload(&pool, 0, i, len)));
+    }
+    p.srv_d.assert_delivered(N, T);
+    let s = srv.stats();
+    let (binds, chunks, writes) = (
+        s.window_binds.load(Ordering::Relaxed),
+        s.lent_write_chunks.load(Ordering::Relaxed),
+        s.writes_received.load(Ordering::Relaxed),
+    );
+    let in_place = p.server.counters().bytes_lent;
+    eprintln!(
+        "memory windows: {binds} bindings, {writes} RDMA WRITEs received, {chunks} write \
+         chunks lent, {in_place} bytes decoded in place ({by_write} payload bytes in frames \
+         larger than a SEND), {} bytes copied",
+        s.recv_copied_bytes.load(Ordering::Relaxed)
+    );
+    assert!(writes > 0, "frames larger than a SEND came by RDMA WRITE");
+    assert!(chunks > 0, "no write chunk was lent");
+    // Set-up binds every chunk once; each lent chunk's window is bound again.
+    assert!(
+        binds >= chunks + 2,
+        "{binds} bindings for {chunks} chunks lent"
+    );
+    assert!(
+        in_place >= by_write / 2,
+        "only {in_place} bytes decoded in place ({by_write} bytes in WRITE-sized frames)"
+    );
+    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
+    assert_torn_down(p);
+    assert_eq!(
+        s.lent_outstanding.load(Ordering::Relaxed),
+        0,
+        "lent chunks not given back"
+    );
+}
+
+/// A peer that RDMA-WRITEs through a window the receiver revoked (the key of a chunk it lent
+/// to the application) is refused by the NIC: its connection is torn down with a remote
+/// access error, the lent memory keeps the bytes the application was given, and another
+/// connection to the same server is unaffected.
+#[test]
+fn rdma_write_through_a_revoked_window_is_refused_and_lent_memory_is_untouched() {
+    let Some(srv_stack) = stack() else { return };
+    let Some(bad_stack) = stack_with(RdmaConfig {
+        misbehave: Misbehave::WriteRevokedWindow,
+        ..RdmaConfig::default()
+    }) else {
+        return;
+    };
+    let Some(good_stack) = stack() else { return };
+    let keep = Checker::keeping();
+    let server = messenger("server", &srv_stack, keep.clone(), true);
+    let addr = server.addr().expect("bound");
+    let bad = messenger("bad", &bad_stack, Checker::fast(), false);
+    let good = messenger("good", &good_stack, Checker::fast(), false);
+    let bad_conn = bad.connect(addr).expect("connect");
+    let good_conn = good.connect(addr).expect("connect");
+    // Frames larger than a SEND: each goes by RDMA WRITE into a chunk the server lends (and
+    // the keeping application holds); the second round through the ring uses stale keys.
+    for i in 0..8u64 {
+        let _ = bad_conn.send(Message::new(1, payload(1, i, 300 << 10)));
+    }
+    assert!(
+        wait_until(T, || bad_stack.stats().last_failure.lock().is_some()),
+        "the write through a revoked window was never refused"
+    );
+    let why = bad_stack
+        .stats()
+        .last_failure
+        .lock()
+        .clone()
+        .unwrap_or_default();
+    eprintln!("revoked window: the bad peer's connection failed with \"{why}\"");
+    assert!(why.contains("RemoteAccess"), "unexpected reason: {why}");
+    let lent = srv_stack.stats().lent_write_chunks.load(Ordering::Relaxed);
+    assert!(lent > 0, "the server lent no write chunk");
+    // What the application holds is what arrived: lent memory was never written again.
+    let kept = keep.kept();
+    assert!(!kept.is_empty());
+    for m in &kept {
+        let bytes = m.payload.to_vec();
+        let data: &[u8] = &bytes;
+        let (_, seq) = dataplane_test_support::payload::header(data).expect("payload header");
+        assert!(
+            dataplane_test_support::payload::body_intact(seq, data),
+            "message {seq} changed after delivery"
+        );
+    }
+    const N: u64 = 500;
+    for i in 0..N {
+        send_retry(&good_conn, Message::new(1, payload(0, i, 500)));
+    }
+    assert!(
+        wait_until(T, || keep.next_seq(0) == Some(N)),
+        "the good connection stalled"
+    );
+    assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
+    drop(kept);
+    keep.clear_kept();
+    drop(bad_conn);
+    drop(good_conn);
+    for m in [&bad, &good, &server] {
+        m.shutdown();
+    }
+    drop((bad, good, server));
+    for (who, s) in [
+        ("server", &srv_stack),
+        ("bad", &bad_stack),
+        ("good", &good_stack),
+    ] {
+        assert_released(who, s);
+    }
+    assert_no_kernel_objects(&["qp", "cq", "srq"]);
+}
