@@ -175,6 +175,19 @@ fn assert_torn_down(p: Pair) {
     assert_no_kernel_objects(&["qp", "cq", "srq"]);
 }
 
+/// The server saw no failure, the pair tears down clean, and every buffer the server's stack
+/// lent came back.
+fn assert_torn_down_lent_returned(p: Pair, srv: &RdmaStack) {
+    let s = srv.stats();
+    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
+    assert_torn_down(p);
+    assert_eq!(
+        s.lent_outstanding.load(Ordering::Relaxed),
+        0,
+        "lent buffers not given back"
+    );
+}
+
 /// Asserts that `s`, the stack of `who`, whose messengers are shut down, lets go of every QP
 /// (within 10 s) and of every registered slot.
 fn assert_released(who: &str, s: &RdmaStack) {
@@ -935,13 +948,7 @@ fn rdma_receive_buffers_are_lent_zero_copy_byte_for_byte() {
         s.writes_received.load(Ordering::Relaxed) > 0,
         "frames larger than a SEND came by RDMA WRITE"
     );
-    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
-    assert_torn_down(p);
-    assert_eq!(
-        s.lent_outstanding.load(Ordering::Relaxed),
-        0,
-        "lent buffers not given back"
-    );
+    assert_torn_down_lent_returned(p, &srv);
 }
 
 /// An application that holds its messages holds the lent buffers under them: at most
@@ -1090,13 +1097,7 @@ fn rdma_write_chunks_are_lent_zero_copy_through_memory_windows() {
         in_place >= by_write / 2,
         "only {in_place} bytes decoded in place ({by_write} bytes in WRITE-sized frames)"
     );
-    assert_eq!(s.failures.load(Ordering::Relaxed), 0);
-    assert_torn_down(p);
-    assert_eq!(
-        s.lent_outstanding.load(Ordering::Relaxed),
-        0,
-        "lent chunks not given back"
-    );
+    assert_torn_down_lent_returned(p, &srv);
 }
 
 /// A peer that RDMA-WRITEs through a window the receiver revoked (the key of a chunk it lent
