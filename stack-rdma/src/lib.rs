@@ -399,6 +399,16 @@ impl std::fmt::Debug for Device {
     }
 }
 
+impl Device {
+    /// The local key of `start..end` if it lies in one of the stack's own registered arenas
+    /// (receive slots or write chunks, as lent to the messenger).
+    pub(crate) fn lkey_of(&self, start: u64, end: u64) -> Option<u32> {
+        self.pool
+            .lkey_of(start, end)
+            .or_else(|| self.chunk_pool.as_ref()?.lkey_of(start, end))
+    }
+}
+
 fn verbs<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> RdmaError {
     move |e| RdmaError::Verbs {
         what,

@@ -169,6 +169,16 @@ impl SlotPool {
         self.inner.lock().free.push(slot);
     }
 
+    /// The local key of the arena holding `start..end`, if one of ours does (a lent slot sent
+    /// on: its bytes are registered memory already).
+    pub(crate) fn lkey_of(&self, start: u64, end: u64) -> Option<u32> {
+        let g = self.inner.lock();
+        g.arenas
+            .iter()
+            .find(|a| start >= a.start && end <= a.end)
+            .map(|a| a.mr.lkey())
+    }
+
     /// The memory region of the arena `slot` belongs to.
     pub(crate) fn region_of(&self, slot: Slot) -> Option<Arc<MemoryRegion>> {
         let g = self.inner.lock();

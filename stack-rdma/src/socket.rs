@@ -1268,6 +1268,12 @@ impl RdmaSocket {
                 // zero-copy (also the one that ends a WR, or the tail left by a short
                 // send): never a copied fragment.
                 let lkey = match piece.shared() {
+                    // Memory this stack lent (a received message sent on, e.g. echoed or
+                    // forwarded) is one of its own registered arenas already.
+                    Some(b) if b.len() >= zc_min && b.is_lent() => {
+                        let (start, end) = (src.as_ptr() as u64, (src.as_ptr() as u64) + n as u64);
+                        self.dev.lkey_of(start, end)
+                    }
                     Some(b) if b.len() >= zc_min => self.zc_regions.lkey(&self.dev.regions, b, src),
                     _ => None,
                 };
@@ -1439,8 +1445,10 @@ impl RdmaSocket {
         let posted = batch.len() as u64;
         // SAFETY: every SGE points either at a send slot of this socket's registered arena,
         // written above and not touched again until a completion (`send_done`) passes it, or
-        // into a registered pool arena inside a `Buf` held in `held` until then (a `Buf`'s
-        // bytes never change while it lives); SGE ranges were built from `sges`.
+        // into a registered pool arena, or a slot or chunk this stack lent, inside a `Buf` held
+        // in `held` until then (a `Buf`'s bytes never change while it lives, and a lent slot is
+        // posted and bound nowhere while a `Buf` of it lives); SGE ranges were built from
+        // `sges`.
         let r = unsafe { res.qp.post_send(&batch, &sges) };
         self.send_batch = batch;
         self.send_sges = sges;

@@ -201,6 +201,14 @@ impl Buf {
         }
     }
 
+    /// Whether these bytes are memory a stack lent to the messenger
+    /// ([`BufMut::lent`](super::BufMut::lent), zero-copy receive). A stack that recognises its
+    /// own lent memory (an RDMA stack's registered receive buffers) can send it on without
+    /// copying, as when an application forwards or echoes what it received.
+    pub fn is_lent(&self) -> bool {
+        matches!(self.owner, Owner::Lent(_))
+    }
+
     /// A view of `range` sharing the same memory (no copy), or `None` if the range is out of
     /// bounds or reversed. Empty results hold no reference to the underlying memory.
     #[inline]
