@@ -255,6 +255,8 @@ pub enum Misbehave {
     /// invalidated when it lent that chunk's memory), as a peer writing memory its receiver
     /// handed to the application would.
     WriteRevokedWindow,
+    /// Memory-window mode: grant write chunks out of ring order (chunk k + 1 where k is due).
+    GrantOutOfOrder,
 }
 
 impl Default for RdmaConfig {

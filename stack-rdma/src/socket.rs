@@ -529,6 +529,11 @@ impl RdmaSocket {
         let Some(w) = self.res.as_ref().and_then(|r| r.windows.as_ref()) else {
             return;
         };
+        let chunk = if self.dev.cfg.misbehave == Misbehave::GrantOutOfOrder {
+            (chunk + 1) % (w.bufs.len().max(1) as u32)
+        } else {
+            chunk
+        };
         let (Some(buf), Some(mw)) = (w.bufs.get(chunk as usize), w.mws.get(chunk as usize)) else {
             return;
         };

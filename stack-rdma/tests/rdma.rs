@@ -624,6 +624,18 @@ fn rdma_write_outside_the_advertised_buffer_is_torn_down_and_others_continue() {
     );
 }
 
+#[test]
+fn rdma_write_chunks_granted_out_of_order_are_torn_down_and_others_continue() {
+    // Memory-window mode: the bad client grants its write chunks out of ring order (it
+    // receives too: acks); the server checks every grant and fails that connection alone.
+    bad_peer_case(
+        Misbehave::GrantOutOfOrder,
+        "peer granted write chunk 1, expected chunk 0",
+        true,
+        true,
+    );
+}
+
 /// Large messages go by RDMA WRITE-with-immediate into the receiver's advertised buffer
 /// (several send slots gathered into one work request), interleaved with SENDs for the small
 /// frames, and arrive byte for byte.
