@@ -40,6 +40,9 @@ pub(crate) struct ConnShared {
     max_msgs: usize,
     max_bytes: usize,
     max_message: usize,
+    /// Plain (not sealed) framing: `send` computes each large payload's crc on the sending
+    /// thread, so the worker does not (see `Message::memo_crc`).
+    sender_crc: bool,
     counters: Arc<Counters>,
     /// Senders parked in `send_wait` (checked by `release` before taking the lock).
     waiters: AtomicUsize,
@@ -82,6 +85,7 @@ impl Connection {
         max_msgs: usize,
         max_bytes: usize,
         max_message: usize,
+        sender_crc: bool,
         counters: Arc<Counters>,
     ) -> Connection {
         Connection {
@@ -97,6 +101,7 @@ impl Connection {
                 max_msgs,
                 max_bytes,
                 max_message,
+                sender_crc,
                 counters,
                 waiters: AtomicUsize::new(0),
                 wait_lock: Mutex::new(()),
@@ -196,6 +201,12 @@ impl Connection {
                         message: msg,
                     });
                 }
+                let mut msg = msg;
+                if s.sender_crc {
+                    // The message is ours now: its crc is computed here, on the sending
+                    // thread, and not again by the worker.
+                    msg.memo_crc();
+                }
                 match ring.push(Command::Send { conn: s.id, msg }) {
                     Ok(()) => {
                         doorbell.ring();
@@ -204,10 +215,11 @@ impl Connection {
                     Err(cmd) => {
                         self.release(1, len);
                         Counters::add(&s.counters.send_refused, 1);
-                        let message = match cmd {
+                        let mut message = match cmd {
                             Command::Send { msg, .. } => msg,
                             _ => unreachable!("pushed a Send"),
                         };
+                        message.forget_crc();
                         // Make sure a parked worker drains the ring.
                         doorbell.ring();
                         Err(SendError {
@@ -282,6 +294,10 @@ impl Connection {
                     let blocks = RecordBlock::encode(&msgs);
                     (Command::SendRecords { conn: s.id, blocks }, Some(msgs))
                 } else {
+                    let mut msgs = msgs;
+                    if s.sender_crc {
+                        msgs.iter_mut().for_each(Message::memo_crc);
+                    }
                     (Command::SendBatch { conn: s.id, msgs }, None)
                 };
                 match ring.push(cmd) {
@@ -294,10 +310,11 @@ impl Connection {
                         self.release(n, total);
                         Counters::add(&s.counters.send_refused, 1);
                         doorbell.ring();
-                        let messages = match (cmd, msgs) {
+                        let mut messages = match (cmd, msgs) {
                             (_, Some(msgs)) | (Command::SendBatch { msgs, .. }, None) => msgs,
                             _ => unreachable!("pushed a SendBatch"),
                         };
+                        messages.iter_mut().for_each(Message::forget_crc);
                         fail(SendErrorKind::RingFull, messages)
                     }
                 }

@@ -24,6 +24,11 @@ pub struct Message {
     pub priority: u8,
     /// The payload, never copied on its way to the socket.
     pub payload: BufList,
+    /// The crc32c of `payload`, computed by [`Connection::send`](crate::Connection::send) on
+    /// the sending thread once the message left the application's hands (so the payload can
+    /// no longer change): the worker then frames it without another pass over the bytes.
+    /// Cleared on every path that hands the message back.
+    crc: Option<u32>,
 }
 
 impl Message {
@@ -33,6 +38,7 @@ impl Message {
             msg_type,
             priority: priority::DEFAULT,
             payload: payload.into(),
+            crc: None,
         }
     }
 
@@ -40,6 +46,28 @@ impl Message {
     pub fn with_priority(mut self, priority: u8) -> Message {
         self.priority = priority;
         self
+    }
+
+    /// Computes the payload's crc32c now, on the calling thread, when the worker would
+    /// otherwise compute it (payloads framed on their own, larger than
+    /// `INLINE_MAX`). Only for a message the
+    /// application can no longer change: see the `crc` field.
+    pub(crate) fn memo_crc(&mut self) {
+        self.crc = (self.len() > super::protocol::INLINE_MAX).then(|| {
+            self.payload
+                .iter()
+                .fold(0, |c, b| crate::wire::crc32c_append(c, b))
+        });
+    }
+
+    /// Forgets the memo: the message goes back to the application.
+    pub(crate) fn forget_crc(&mut self) {
+        self.crc = None;
+    }
+
+    /// The payload crc computed on the sending thread, if any.
+    pub(crate) fn payload_crc(&self) -> Option<u32> {
+        self.crc
     }
 
     /// Payload length in bytes.
@@ -65,6 +93,7 @@ impl Message {
             msg_type,
             priority,
             payload: BufList::from(data),
+            crc: None,
         }
     }
 }
@@ -89,6 +118,36 @@ impl MessageRef<'_> {
             msg_type: self.msg_type,
             priority: self.priority,
             payload: BufList::from(Buf::copy_from_slice(self.payload)),
+            crc: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(lens: &[usize]) -> Message {
+        let mut list = BufList::new();
+        for (i, &n) in lens.iter().enumerate() {
+            list.push(Buf::copy_from_slice(&vec![i as u8 ^ 0x5a; n]));
+        }
+        Message::new(7, list)
+    }
+
+    #[test]
+    fn the_sender_side_crc_is_the_frames_payload_crc_and_is_forgotten_on_the_way_back() {
+        let mut m = parts(&[300, 1, 4096]);
+        assert_eq!(m.payload_crc(), None, "a new message has none");
+        m.memo_crc();
+        let whole = crate::wire::payload_crc(m.payload.iter().map(|b| b.as_slice()));
+        assert_eq!(m.payload_crc(), Some(whole));
+        m.forget_crc();
+        assert_eq!(m.payload_crc(), None);
+        // Small payloads are copied into their frame and crc'd in that pass: no memo.
+        let mut small = parts(&[100, 156]);
+        small.memo_crc();
+        assert_eq!(small.payload_crc(), None);
+        assert_eq!(Message::received(1, 2, Buf::new()).payload_crc(), None);
     }
 }

@@ -128,6 +128,7 @@ impl Shared {
             self.cfg.queue_max_msgs,
             self.cfg.queue_max_bytes,
             self.cfg.max_message_bytes as usize,
+            self.cfg.auth.mode != Mode::Secure,
             self.counters.clone(),
         )
     }
@@ -614,6 +615,7 @@ impl Messenger {
                 self.shared.cfg.queue_max_msgs,
                 self.shared.cfg.queue_max_bytes,
                 self.shared.cfg.max_message_bytes as usize,
+                false,
                 self.shared.counters.clone(),
             );
             *lc = Some(c.clone());

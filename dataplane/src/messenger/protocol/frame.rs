@@ -104,7 +104,24 @@ impl TxFrame {
     ) -> TxFrame {
         match sealer {
             Some(s) => TxFrame::encode_sealed(stage, head, front, kind, payload, s),
-            None => TxFrame::encode_plain(stage, head, front, kind, payload),
+            None => TxFrame::encode_plain(stage, head, front, kind, payload, None),
+        }
+    }
+
+    /// [`TxFrame::encode`] for a message (no front) whose payload crc the sending thread
+    /// computed already (`payload_crc`, see `Message::memo_crc`): a plain frame then takes it
+    /// instead of reading the payload again.
+    pub(crate) fn encode_message(
+        stage: &mut Vec<u8>,
+        head: FrameHead,
+        kind: TxKind,
+        payload: &[Buf],
+        payload_crc: Option<u32>,
+        sealer: Option<&mut Sealer>,
+    ) -> TxFrame {
+        match sealer {
+            Some(s) => TxFrame::encode_sealed(stage, head, &[], kind, payload, s),
+            None => TxFrame::encode_plain(stage, head, &[], kind, payload, payload_crc),
         }
     }
 
@@ -227,13 +244,15 @@ impl TxFrame {
 
     /// Plain mode: preamble, front, the payload when it is small (else it is sent by
     /// reference), then the crc epilogue. Everything is written straight into `stage` after
-    /// one reservation, and the payload crc is computed in the same pass that copies it.
+    /// one reservation, and the payload crc is computed in the same pass that copies it, or,
+    /// for a payload sent by reference with no front, taken from `known_crc` when given.
     fn encode_plain(
         stage: &mut Vec<u8>,
         mut head: FrameHead,
         front: &[u8],
         kind: TxKind,
         payload: &[Buf],
+        known_crc: Option<u32>,
     ) -> TxFrame {
         let data_len: usize = payload.iter().map(Buf::len).sum();
         // Lengths were bounded by the sender (message size limit, small control bodies).
@@ -251,10 +270,22 @@ impl TxFrame {
             stage.extend_from_slice(front);
             crc = wire::crc32c_append(crc, front);
         }
-        for b in payload {
-            crc = wire::crc32c_append(crc, b);
-            if !external {
-                stage.extend_from_slice(b);
+        match known_crc {
+            Some(known) if external && front.is_empty() => {
+                debug_assert_eq!(
+                    known,
+                    payload.iter().fold(0, |c, b| wire::crc32c_append(c, b)),
+                    "a payload crc computed by the sender no longer matches its payload"
+                );
+                crc = known;
+            }
+            _ => {
+                for b in payload {
+                    crc = wire::crc32c_append(crc, b);
+                    if !external {
+                        stage.extend_from_slice(b);
+                    }
+                }
             }
         }
         let head_len = stage.len() - stage_off;

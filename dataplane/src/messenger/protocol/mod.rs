@@ -14,8 +14,8 @@ mod records;
 mod session;
 
 pub use decoder::FrameDecoder;
-pub(crate) use frame::TxKind;
 pub use frame::{Frame, TxFrame};
+pub(crate) use frame::{TxKind, INLINE_MAX};
 pub use out_queue::{OutQueue, Outgoing, Queued};
 pub use records::{RecordBlock, BLOCK_COPY_MAX, BLOCK_MAX};
 pub use session::{

@@ -587,12 +587,12 @@ impl Session {
             ack: self.in_seq,
             ..FrameHead::default()
         };
-        let f = TxFrame::encode(
+        let f = TxFrame::encode_message(
             &mut self.stage,
             head,
-            &[],
             TxKind::Message { seq: self.out_seq },
             msg.payload.bufs(),
+            msg.payload_crc(),
             self.sealer.as_mut(),
         );
         self.push_tx(f);
