@@ -513,6 +513,71 @@ fn rdma_bad_side_channel_peer_is_refused_and_others_continue() {
     assert_torn_down(p);
 }
 
+/// A server and two clients of it, one misbehaving and one good, each on its own stack.
+struct Trio {
+    stacks: [(&'static str, RdmaStack); 3],
+    server: Messenger,
+    bad: Messenger,
+    good: Messenger,
+    bad_conn: Connection,
+    good_conn: Connection,
+}
+
+impl Trio {
+    fn new(srv: RdmaStack, bad: RdmaStack, good: RdmaStack, srv_d: Arc<dyn Dispatcher>) -> Trio {
+        let server = messenger("server", &srv, srv_d, true);
+        let addr = server.addr().expect("bound");
+        let bad_m = messenger("bad", &bad, Checker::fast(), false);
+        let good_m = messenger("good", &good, Checker::fast(), false);
+        let bad_conn = bad_m.connect(addr).expect("connect");
+        let good_conn = good_m.connect(addr).expect("connect");
+        Trio {
+            stacks: [("server", srv), ("bad", bad), ("good", good)],
+            server,
+            bad: bad_m,
+            good: good_m,
+            bad_conn,
+            good_conn,
+        }
+    }
+
+    fn stack(&self, i: usize) -> &RdmaStack {
+        &self.stacks[i].1
+    }
+
+    /// Waits until the stack `detector` (0 server, 1 bad) failed a connection, and returns why.
+    fn failure(&self, detector: usize, what: &str) -> String {
+        let s = self.stack(detector);
+        assert!(
+            wait_until(T, || s.stats().last_failure.lock().is_some()),
+            "{what} was never detected"
+        );
+        s.stats().last_failure.lock().clone().unwrap_or_default()
+    }
+
+    /// Shuts everything down and checks that no QP, slot or kernel object is left.
+    fn finish(self) {
+        let Trio {
+            stacks,
+            server,
+            bad,
+            good,
+            bad_conn,
+            good_conn,
+        } = self;
+        assert_eq!(stacks[2].1.stats().failures.load(Ordering::Relaxed), 0);
+        drop((bad_conn, good_conn));
+        for m in [&bad, &good, &server] {
+            m.shutdown();
+        }
+        drop((bad, good, server));
+        for (who, s) in &stacks {
+            assert_released(who, s);
+        }
+        assert_no_kernel_objects(&["qp", "cq", "srq"]);
+    }
+}
+
 /// A misbehaving client (`misbehave`) and a good one talk to the same server: the bad
 /// connection is torn down with `want` in the reason (on the side that detects it), the good
 /// one delivers everything, and nothing leaks.
@@ -544,55 +609,22 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
     };
     let Some(good_stack) = stack() else { return };
     let srv_d = Checker::fast();
-    let server = messenger("server", &srv_stack, srv_d.clone(), true);
-    let addr = server.addr().expect("bound");
-    let bad = messenger("bad", &bad_stack, Checker::fast(), false);
-    let good = messenger("good", &good_stack, Checker::fast(), false);
-    let bad_conn = bad.connect(addr).expect("connect");
-    let good_conn = good.connect(addr).expect("connect");
+    let t = Trio::new(srv_stack, bad_stack, good_stack, srv_d.clone());
     // The bad client streams enough to overrun any window; failures only queue, never panic.
     for i in 0..400u64 {
-        let _ = bad_conn.send(Message::new(1, payload(1, i, 16 << 10)));
+        let _ = t.bad_conn.send(Message::new(1, payload(1, i, 16 << 10)));
     }
     const N: u64 = 2000;
     for i in 0..N {
-        send_retry(&good_conn, Message::new(1, payload(0, i, 500)));
+        send_retry(&t.good_conn, Message::new(1, payload(0, i, 500)));
     }
-    let detector = if detector_is_server {
-        &srv_stack
-    } else {
-        &bad_stack
-    };
-    assert!(
-        wait_until(T, || detector.stats().last_failure.lock().is_some()),
-        "the bad peer was never detected"
-    );
-    let why = detector
-        .stats()
-        .last_failure
-        .lock()
-        .clone()
-        .unwrap_or_default();
+    let why = t.failure(usize::from(!detector_is_server), "the bad peer");
     eprintln!("bad peer ({misbehave:?}): torn down with \"{why}\"");
     assert!(why.contains(want), "unexpected reason: {why}");
     let good_done = || srv_d.next_seq(0) == Some(N);
     assert!(wait_until(T, good_done), "the good connection stalled");
     srv_d.assert_clean();
-    assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
-    drop(bad_conn);
-    drop(good_conn);
-    for m in [&bad, &good, &server] {
-        m.shutdown();
-    }
-    drop((bad, good, server));
-    for (who, s) in [
-        ("server", &srv_stack),
-        ("bad", &bad_stack),
-        ("good", &good_stack),
-    ] {
-        assert_released(who, s);
-    }
-    assert_no_kernel_objects(&["qp", "cq", "srq"]);
+    t.finish();
 }
 
 #[test]
@@ -1178,30 +1210,16 @@ fn rdma_write_through_a_revoked_window_is_refused_and_lent_memory_is_untouched()
     };
     let Some(good_stack) = stack() else { return };
     let keep = Checker::keeping();
-    let server = messenger("server", &srv_stack, keep.clone(), true);
-    let addr = server.addr().expect("bound");
-    let bad = messenger("bad", &bad_stack, Checker::fast(), false);
-    let good = messenger("good", &good_stack, Checker::fast(), false);
-    let bad_conn = bad.connect(addr).expect("connect");
-    let good_conn = good.connect(addr).expect("connect");
+    let t = Trio::new(srv_stack, bad_stack, good_stack, keep.clone());
     // Frames larger than a SEND: each goes by RDMA WRITE into a chunk the server lends (and
     // the keeping application holds); the second round through the ring uses stale keys.
     for i in 0..8u64 {
-        let _ = bad_conn.send(Message::new(1, payload(1, i, 300 << 10)));
+        let _ = t.bad_conn.send(Message::new(1, payload(1, i, 300 << 10)));
     }
-    assert!(
-        wait_until(T, || bad_stack.stats().last_failure.lock().is_some()),
-        "the write through a revoked window was never refused"
-    );
-    let why = bad_stack
-        .stats()
-        .last_failure
-        .lock()
-        .clone()
-        .unwrap_or_default();
+    let why = t.failure(1, "the write through a revoked window");
     eprintln!("revoked window: the bad peer's connection failed with \"{why}\"");
     assert!(why.contains("RemoteAccess"), "unexpected reason: {why}");
-    let lent = srv_stack.stats().lent_write_chunks.load(Ordering::Relaxed);
+    let lent = t.stack(0).stats().lent_write_chunks.load(Ordering::Relaxed);
     assert!(lent > 0, "the server lent no write chunk");
     // What the application holds is what arrived: lent memory was never written again.
     let kept = keep.kept();
@@ -1217,27 +1235,13 @@ fn rdma_write_through_a_revoked_window_is_refused_and_lent_memory_is_untouched()
     }
     const N: u64 = 500;
     for i in 0..N {
-        send_retry(&good_conn, Message::new(1, payload(0, i, 500)));
+        send_retry(&t.good_conn, Message::new(1, payload(0, i, 500)));
     }
     assert!(
         wait_until(T, || keep.next_seq(0) == Some(N)),
         "the good connection stalled"
     );
-    assert_eq!(good_stack.stats().failures.load(Ordering::Relaxed), 0);
     drop(kept);
     keep.clear_kept();
-    drop(bad_conn);
-    drop(good_conn);
-    for m in [&bad, &good, &server] {
-        m.shutdown();
-    }
-    drop((bad, good, server));
-    for (who, s) in [
-        ("server", &srv_stack),
-        ("bad", &bad_stack),
-        ("good", &good_stack),
-    ] {
-        assert_released(who, s);
-    }
-    assert_no_kernel_objects(&["qp", "cq", "srq"]);
+    t.finish();
 }
