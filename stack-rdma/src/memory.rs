@@ -172,20 +172,26 @@ impl SlotPool {
     /// The local key of the arena holding `start..end`, if one of ours does (a lent slot sent
     /// on: its bytes are registered memory already).
     pub(crate) fn lkey_of(&self, start: u64, end: u64) -> Option<u32> {
-        let g = self.inner.lock();
-        g.arenas
-            .iter()
-            .find(|a| start >= a.start && end <= a.end)
-            .map(|a| a.mr.lkey())
+        self.with_region(start, end, |mr| mr.lkey())
     }
 
     /// The memory region of the arena `slot` belongs to.
     pub(crate) fn region_of(&self, slot: Slot) -> Option<Arc<MemoryRegion>> {
+        self.with_region(slot.addr, slot.addr + self.slot_size as u64, Arc::clone)
+    }
+
+    /// `f` of the memory region of the arena holding `start..end`, if one of ours does.
+    fn with_region<T>(
+        &self,
+        start: u64,
+        end: u64,
+        f: impl FnOnce(&Arc<MemoryRegion>) -> T,
+    ) -> Option<T> {
         let g = self.inner.lock();
         g.arenas
             .iter()
-            .find(|a| slot.addr >= a.start && slot.addr + self.slot_size as u64 <= a.end)
-            .map(|a| a.mr.clone())
+            .find(|a| start >= a.start && end <= a.end)
+            .map(|a| f(&a.mr))
     }
 
     /// (registered arenas, slots in use).

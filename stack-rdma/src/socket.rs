@@ -283,21 +283,19 @@ impl RdmaSocket {
             slot_size: u32::try_from(dev.pool.slot_size()).unwrap_or(u32::MAX),
             srq: res.srq.is_some(),
             lends: dev.cfg.lend_receive,
-            write: match (&res.landing, &res.windows) {
-                (Some(l), _) => Some(wire::WriteRegion {
-                    addr: l.base(),
-                    rkey: l.rkey(),
+            // Windows are granted chunk by chunk: no address or key here.
+            write: (res.landing.is_some() || res.windows.is_some()).then(|| {
+                let (addr, rkey) = res
+                    .landing
+                    .as_ref()
+                    .map_or((0, 0), |l| (l.base(), l.rkey()));
+                wire::WriteRegion {
+                    addr,
+                    rkey,
                     chunk: dev.cfg.write_chunk as u32,
                     chunks: dev.cfg.write_chunks,
-                }),
-                (None, Some(_)) => Some(wire::WriteRegion {
-                    addr: 0,
-                    rkey: 0,
-                    chunk: dev.cfg.write_chunk as u32,
-                    chunks: dev.cfg.write_chunks,
-                }),
-                (None, None) => None,
-            },
+                }
+            }),
             windows: res.windows.is_some(),
         };
         // Memory windows are granted one by one once bound; a region's chunks all at once.
@@ -490,6 +488,11 @@ impl RdmaSocket {
         }
     }
 
+    /// Memory-window mode: this connection's windows and the chunks bound to them.
+    fn windows(&self) -> Option<&Windows> {
+        self.res.as_ref()?.windows.as_ref()
+    }
+
     /// Memory-window peer: one more chunk, the next in ring order, at `addr` under `rkey`.
     fn on_grant(&mut self, chunk: u32, addr: u64, rkey: u32) -> io::Result<()> {
         let w = match self.peer {
@@ -526,7 +529,7 @@ impl RdmaSocket {
     /// Memory-window mode: grants chunk `chunk` (its window's current binding) to the peer,
     /// in ring order. Sent with the next side-channel flush.
     fn grant(&mut self, chunk: u32) {
-        let Some(w) = self.res.as_ref().and_then(|r| r.windows.as_ref()) else {
+        let Some(w) = self.windows() else {
             return;
         };
         let chunk = if self.dev.cfg.misbehave == Misbehave::GrantOutOfOrder {
@@ -621,12 +624,7 @@ impl RdmaSocket {
         Ctl::Ready.encode_into(&mut self.ctl_out);
         // Memory-window mode: bind every chunk's window now that the QP can post; the chunks
         // are granted once the last binding completed.
-        let bufs = self
-            .res
-            .as_ref()
-            .and_then(|r| r.windows.as_ref())
-            .map(|w| w.bufs.clone())
-            .unwrap_or_default();
+        let bufs = self.windows().map(|w| w.bufs.clone()).unwrap_or_default();
         for (i, buf) in bufs.into_iter().enumerate() {
             self.first_binds = Some(self.rebind(i as u32, buf, false)?);
         }
@@ -797,12 +795,10 @@ impl RdmaSocket {
     /// filled memory can go to the messenger as it is once that completes.
     fn maybe_lend_chunk(&mut self, chunk: u32, len: u32) -> io::Result<()> {
         let cfg = &self.dev.cfg;
-        let Some(pool) = self
-            .res
-            .as_ref()
-            .and_then(|r| r.windows.as_ref())
-            .map(|w| w.pool.clone())
-        else {
+        let found = self
+            .windows()
+            .and_then(|w| Some((w.pool.clone(), *w.bufs.get(chunk as usize)?)));
+        let Some((pool, old)) = found else {
             return Ok(());
         };
         if !self.can_lend()
@@ -811,14 +807,6 @@ impl RdmaSocket {
         {
             return Ok(());
         }
-        let Some(old) = self
-            .res
-            .as_ref()
-            .and_then(|r| r.windows.as_ref())
-            .and_then(|w| w.bufs.get(chunk as usize).copied())
-        else {
-            return Ok(());
-        };
         let Some(fresh) = pool.take(1).ok().and_then(|mut v| v.pop()) else {
             return Ok(());
         };
@@ -863,9 +851,7 @@ impl RdmaSocket {
         RdmaStats::bump(&self.dev.stats.writes_received, 1);
         if self.hello.windows {
             let buf = self
-                .res
-                .as_ref()
-                .and_then(|r| r.windows.as_ref())
+                .windows()
                 .and_then(|win| win.bufs.get(chunk as usize).copied());
             return match buf {
                 Some(b) => Ok((b.addr, w.chunk as usize)),
@@ -956,7 +942,7 @@ impl RdmaSocket {
             if let Some((seq, _)) = rebound {
                 // Its window is still moving: the chunk is read once that completed. Then it
                 // is lent (`read_lent`) unless the lending cap was reached meanwhile.
-                if seq > self.send_done || (self.ready_off == 0 && self.can_lend()) {
+                if seq > self.send_done || self.chunk_ready_to_lend() {
                     break;
                 }
             }
@@ -1029,7 +1015,7 @@ impl RdmaSocket {
             return;
         }
         if let (Some((_, old)), false) = (r.rebound, lent) {
-            if let Some(w) = self.res.as_ref().and_then(|res| res.windows.as_ref()) {
+            if let Some(w) = self.windows() {
                 w.pool.give_back_one(old);
             }
         }
@@ -1101,15 +1087,15 @@ impl RdmaSocket {
     /// window moved to fresh memory (see [`RdmaSocket::maybe_lend_chunk`]) and that
     /// completed. A chunk over the lending cap by now is copied instead.
     fn lend_chunk(&mut self) -> Option<BufMut> {
+        if !self.chunk_ready_to_lend() {
+            return None;
+        }
         let &Ready {
             addr, len, rebound, ..
         } = self.ready.front()?;
-        let (seq, old) = rebound?;
+        let (_, old) = rebound?;
         let stats = self.dev.stats.clone();
-        if seq > self.send_done || self.ready_off != 0 || !self.can_lend() {
-            return None;
-        }
-        let pool = self.res.as_ref()?.windows.as_ref()?.pool.clone();
+        let pool = self.windows()?.pool.clone();
         let ptr = std::ptr::NonNull::new(addr as *mut u8)?;
         let r = self.ready.pop_front()?;
         self.consumed(r, true);
@@ -1125,11 +1111,11 @@ impl RdmaSocket {
         });
         // SAFETY: `old` is a write chunk of the window pool's registered arena (`size` bytes,
         // initialised: arenas are mapped zeroed) that the peer's RDMA WRITE filled. Its window
-        // was invalidated and bound elsewhere (the WR `seq` that did so completed), and the
-        // arena is registered for no remote access, so neither the NIC nor the peer can write
-        // it any more; it is bound to no window and handed out nowhere until the keeper gives
-        // it back to the pool, whose `Arc` keeps the arena mapped. `len <= size` was checked
-        // when the completion arrived.
+        // was invalidated and bound elsewhere (the WR that did so completed: checked by
+        // `chunk_ready_to_lend`), and the arena is registered for no remote access, so neither
+        // the NIC nor the peer can write it any more; it is bound to no window and handed out
+        // nowhere until the keeper gives it back to the pool, whose `Arc` keeps the arena
+        // mapped. `len <= size` was checked when the completion arrived.
         Some(unsafe { BufMut::lent(ptr, size, len as usize, keeper) })
     }
 

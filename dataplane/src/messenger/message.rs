@@ -53,11 +53,8 @@ impl Message {
     /// `INLINE_MAX`). Only for a message the
     /// application can no longer change: see the `crc` field.
     pub(crate) fn memo_crc(&mut self) {
-        self.crc = (self.len() > super::protocol::INLINE_MAX).then(|| {
-            self.payload
-                .iter()
-                .fold(0, |c, b| crate::wire::crc32c_append(c, b))
-        });
+        self.crc = (self.len() > super::protocol::INLINE_MAX)
+            .then(|| crate::wire::payload_crc(self.payload.iter().map(|b| &b[..])));
     }
 
     /// Forgets the memo: the message goes back to the application.

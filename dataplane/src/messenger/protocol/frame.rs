@@ -274,7 +274,7 @@ impl TxFrame {
             Some(known) if external && front.is_empty() => {
                 debug_assert_eq!(
                     known,
-                    payload.iter().fold(0, |c, b| wire::crc32c_append(c, b)),
+                    wire::payload_crc(payload.iter().map(|b| &b[..])),
                     "a payload crc computed by the sender no longer matches its payload"
                 );
                 crc = known;
