@@ -109,6 +109,29 @@ pub enum SendErrorKind {
     Closed,
 }
 
+/// A payload too large for a [`RecordBatch`](crate::RecordBatch) record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a record payload of {len} bytes exceeds the {max}-byte record limit; send it as a Message"
+)]
+pub struct RecordTooLarge {
+    /// Payload length.
+    pub len: usize,
+    /// [`RecordBatch::MAX_PAYLOAD`](crate::RecordBatch::MAX_PAYLOAD).
+    pub max: usize,
+}
+
+/// Why a [`RecordBatch`](crate::RecordBatch) was not accepted. All or nothing: the batch is
+/// handed back whole.
+#[derive(Debug, thiserror::Error)]
+#[error("batch of {} records not sent: {kind}", batch.len())]
+pub struct RecordSendError {
+    /// Why.
+    pub kind: SendErrorKind,
+    /// The batch, so the caller can retry later.
+    pub batch: crate::RecordBatch,
+}
+
 /// Why a batch was not accepted. Batches are all or nothing: every message is handed back.
 #[derive(Debug, thiserror::Error)]
 #[error("batch of {} messages not sent: {kind}", messages.len())]

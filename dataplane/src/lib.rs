@@ -59,9 +59,10 @@ pub use auth::{AuthConfig, Key, Keyring, Mode as AuthMode};
 pub use buf::{Buf, BufList, BufMut, BufPool, PoolConfig};
 pub use config::{Config, FaultInjection};
 pub use counters::CounterSnapshot;
-pub use error::{BatchSendError, Error, SendError, SendErrorKind};
+pub use error::{BatchSendError, Error, RecordSendError, RecordTooLarge, SendError, SendErrorKind};
 pub use messenger::{
     priority, Connection, Dispatcher, Message, MessageRef, Messenger, MessengerBuilder, Policy,
+    RecordBatch,
 };
 pub use stack::{
     ConnectedSocket, NetworkStack, ServerSocket, SocketOptions, StackError, StackWorker,

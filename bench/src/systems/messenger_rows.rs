@@ -18,7 +18,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dataplane::stack::NetworkStack;
 use dataplane::{
     Buf, BufPool, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy,
-    PoolConfig,
+    PoolConfig, RecordBatch,
 };
 
 use crate::measure::{LatencyRecorder, Throughput};
@@ -231,6 +231,35 @@ fn pool_payload(size: usize, byte: u8) -> Result<Buf> {
     Ok(b.freeze())
 }
 
+/// Environment variable: set to 1 to make stream rows send small messages as `Message`
+/// batches (`send_batch`) instead of [`RecordBatch`]es, for comparing the two.
+pub const MESSAGES_ENV: &str = "DATAPLANE_BENCH_MESSAGES";
+
+fn messages_forced() -> bool {
+    std::env::var(MESSAGES_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Sends `count` copies of `payload` on `c` as one batch: written straight into records when
+/// `records` (small payloads, the way an application sends small messages from plain bytes),
+/// else as messages that share the payload buffer (zero-copy for large payloads).
+fn send_stream_batch(c: &Connection, payload: &Buf, count: usize, records: bool) -> Result<()> {
+    let timeout = Duration::from_secs(60);
+    if records {
+        let mut batch = RecordBatch::with_capacity(count, count * payload.len());
+        for _ in 0..count {
+            batch.push(1, payload)?;
+        }
+        c.send_records_wait(batch, timeout)
+            .map_err(|e| anyhow!("send failed: {e}"))
+    } else {
+        let batch: Vec<Message> = (0..count)
+            .map(|_| Message::new(1, payload.clone()))
+            .collect();
+        c.send_batch_wait(batch, timeout)
+            .map_err(|e| anyhow!("send failed: {e}"))
+    }
+}
+
 /// One-way stream of `size`-byte messages on `connections` lossless connections.
 pub fn stream(
     b: &dyn Backend,
@@ -256,6 +285,7 @@ pub fn stream(
     let base_bytes = d.bytes.get();
     let senders = conns.len().min(b.max_senders()).max(1);
     let per_batch = batch_len(size);
+    let records = size <= RecordBatch::MAX_PAYLOAD && !messages_forced();
     let probe = b.stream_probe();
     let start = Instant::now();
     let deadline = start + duration;
@@ -270,11 +300,7 @@ pub fn stream(
                     let mut n = 0u64;
                     loop {
                         for c in &mine {
-                            let batch: Vec<Message> = (0..per_batch)
-                                .map(|_| Message::new(1, payload.clone()))
-                                .collect();
-                            c.send_batch_wait(batch, Duration::from_secs(60))
-                                .map_err(|e| anyhow!("send failed: {e}"))?;
+                            send_stream_batch(c, &payload, per_batch, records)?;
                             n += per_batch as u64;
                         }
                         if Instant::now() >= deadline {

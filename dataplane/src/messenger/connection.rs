@@ -8,11 +8,11 @@ use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
-use crate::error::{BatchSendError, SendError, SendErrorKind};
+use crate::error::{BatchSendError, RecordSendError, SendError, SendErrorKind};
 use crate::messenger::dispatch::{DispatchQueue, Item};
-use crate::messenger::protocol::{PeerIdentity, RecordBlock};
+use crate::messenger::protocol::{PeerIdentity, RecordBlock, BLOCK_COPY_MAX};
 use crate::messenger::worker::Command;
-use crate::messenger::{Message, Policy};
+use crate::messenger::{Message, Policy, RecordBatch};
 use crate::ring::{mpsc, Doorbell};
 
 /// Where a connection's messages go.
@@ -163,72 +163,35 @@ impl Connection {
     #[allow(clippy::result_large_err)]
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         let s = &*self.shared;
-        if s.closed.load(Ordering::Acquire) {
-            return Err(SendError {
-                kind: SendErrorKind::Closed,
-                message: msg,
-            });
-        }
         let len = msg.len();
-        if len > s.max_message {
-            return Err(SendError {
-                kind: SendErrorKind::TooLarge {
-                    len,
-                    max: s.max_message,
-                },
-                message: msg,
-            });
+        let fail = |kind, message| Err(SendError { kind, message });
+        if let Err(kind) = self.check(len) {
+            return fail(kind, msg);
         }
-        match &s.route {
+        let (ring, doorbell) = match &s.route {
             Route::Local(dq) => {
                 Counters::add(&s.counters.local_delivered, 1);
                 dq.push(Item::Message(self.clone(), msg));
-                Ok(())
+                return Ok(());
             }
-            Route::Worker { ring, doorbell, .. } => {
-                let msgs = s.queued_msgs.fetch_add(1, Ordering::Relaxed) + 1;
-                let bytes = s.queued_bytes.fetch_add(len, Ordering::Relaxed) + len;
-                if msgs > s.max_msgs || bytes > s.max_bytes {
-                    self.release(1, len);
-                    Counters::add(&s.counters.send_refused, 1);
-                    return Err(SendError {
-                        kind: SendErrorKind::QueueFull {
-                            msgs: msgs - 1,
-                            bytes: bytes - len,
-                            max_msgs: s.max_msgs,
-                            max_bytes: s.max_bytes,
-                        },
-                        message: msg,
-                    });
-                }
-                let mut msg = msg;
-                if s.sender_crc {
-                    // The message is ours now: its crc is computed here, on the sending
-                    // thread, and not again by the worker.
-                    msg.memo_crc();
-                }
-                match ring.push(Command::Send { conn: s.id, msg }) {
-                    Ok(()) => {
-                        doorbell.ring();
-                        Ok(())
-                    }
-                    Err(cmd) => {
-                        self.release(1, len);
-                        Counters::add(&s.counters.send_refused, 1);
-                        let mut message = match cmd {
-                            Command::Send { msg, .. } => msg,
-                            _ => unreachable!("pushed a Send"),
-                        };
-                        message.forget_crc();
-                        // Make sure a parked worker drains the ring.
-                        doorbell.ring();
-                        Err(SendError {
-                            kind: SendErrorKind::RingFull,
-                            message,
-                        })
-                    }
-                }
+            Route::Worker { ring, doorbell, .. } => (ring, doorbell),
+        };
+        if let Err(kind) = self.reserve(1, len) {
+            return fail(kind, msg);
+        }
+        let mut msg = msg;
+        if s.sender_crc {
+            // The message is ours now: its crc is computed here, on the sending thread, and
+            // not again by the worker.
+            msg.memo_crc();
+        }
+        match self.push(ring, doorbell, Command::Send { conn: s.id, msg }, 1, len) {
+            Ok(()) => Ok(()),
+            Err(Command::Send { mut msg, .. }) => {
+                msg.forget_crc();
+                fail(SendErrorKind::RingFull, msg)
             }
+            Err(_) => unreachable!("pushed a Send"),
         }
     }
 
@@ -242,84 +205,172 @@ impl Connection {
     /// (1 KiB), the payloads are copied into record blocks here, on the calling thread, and the
     /// messages are dropped here once the worker has the blocks: the worker then writes each
     /// block as one batch frame (see `docs/architecture.md`). Larger payloads are never copied.
+    /// An application that makes small messages from plain bytes can write them into the
+    /// records itself: [`Connection::send_records`].
     pub fn send_batch(&self, msgs: Vec<Message>) -> Result<(), BatchSendError> {
         let s = &*self.shared;
         let fail = |kind, messages| Err(BatchSendError { kind, messages });
         if msgs.is_empty() {
             return Ok(());
         }
-        if s.closed.load(Ordering::Acquire) {
-            return fail(SendErrorKind::Closed, msgs);
-        }
-        let mut total = 0usize;
-        // Whether every payload is small enough for record blocks (see below).
-        let mut encode = true;
+        let (mut total, mut largest) = (0, 0);
         for m in &msgs {
-            if m.len() > s.max_message {
-                let kind = SendErrorKind::TooLarge {
-                    len: m.len(),
-                    max: s.max_message,
-                };
-                return fail(kind, msgs);
-            }
             total += m.len();
-            encode &= RecordBlock::fits(m);
+            largest = largest.max(m.len());
+        }
+        if let Err(kind) = self.check(largest) {
+            return fail(kind, msgs);
         }
         let n = msgs.len();
-        match &s.route {
+        let (ring, doorbell) = match &s.route {
             Route::Local(dq) => {
                 Counters::add(&s.counters.local_delivered, n as u64);
                 for m in msgs {
                     dq.push(Item::Message(self.clone(), m));
                 }
-                Ok(())
+                return Ok(());
             }
-            Route::Worker { ring, doorbell, .. } => {
-                let q_msgs = s.queued_msgs.fetch_add(n, Ordering::Relaxed) + n;
-                let q_bytes = s.queued_bytes.fetch_add(total, Ordering::Relaxed) + total;
-                if q_msgs > s.max_msgs || q_bytes > s.max_bytes {
-                    self.release(n, total);
-                    Counters::add(&s.counters.send_refused, 1);
-                    let kind = SendErrorKind::QueueFull {
-                        msgs: q_msgs - n,
-                        bytes: q_bytes - total,
-                        max_msgs: s.max_msgs,
-                        max_bytes: s.max_bytes,
-                    };
-                    return fail(kind, msgs);
-                }
-                // Small messages are encoded into record blocks here, on the sending thread,
-                // and dropped here once the worker has the blocks (see `RecordBlock`).
-                let (cmd, msgs) = if encode {
-                    let blocks = RecordBlock::encode(&msgs);
-                    (Command::SendRecords { conn: s.id, blocks }, Some(msgs))
-                } else {
-                    let mut msgs = msgs;
-                    if s.sender_crc {
-                        msgs.iter_mut().for_each(Message::memo_crc);
-                    }
-                    (Command::SendBatch { conn: s.id, msgs }, None)
-                };
-                match ring.push(cmd) {
-                    Ok(()) => {
-                        doorbell.ring();
-                        drop(msgs);
-                        Ok(())
-                    }
-                    Err(cmd) => {
-                        self.release(n, total);
-                        Counters::add(&s.counters.send_refused, 1);
-                        doorbell.ring();
-                        let mut messages = match (cmd, msgs) {
-                            (_, Some(msgs)) | (Command::SendBatch { msgs, .. }, None) => msgs,
-                            _ => unreachable!("pushed a SendBatch"),
-                        };
-                        messages.iter_mut().for_each(Message::forget_crc);
-                        fail(SendErrorKind::RingFull, messages)
-                    }
-                }
-            }
+            Route::Worker { ring, doorbell, .. } => (ring, doorbell),
+        };
+        if let Err(kind) = self.reserve(n, total) {
+            return fail(kind, msgs);
         }
+        // Small messages are encoded into record blocks here, on the sending thread, and
+        // dropped here once the worker has the blocks (see `RecordBlock`).
+        if largest <= BLOCK_COPY_MAX {
+            let blocks = RecordBlock::encode(&msgs);
+            return match self.push(
+                ring,
+                doorbell,
+                Command::SendRecords { conn: s.id, blocks },
+                n,
+                total,
+            ) {
+                Ok(()) => Ok(()),
+                Err(_) => fail(SendErrorKind::RingFull, msgs),
+            };
+        }
+        let mut msgs = msgs;
+        if s.sender_crc {
+            msgs.iter_mut().for_each(Message::memo_crc);
+        }
+        match self.push(
+            ring,
+            doorbell,
+            Command::SendBatch { conn: s.id, msgs },
+            n,
+            total,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Command::SendBatch { mut msgs, .. }) => {
+                msgs.iter_mut().for_each(Message::forget_crc);
+                fail(SendErrorKind::RingFull, msgs)
+            }
+            Err(_) => unreachable!("pushed a SendBatch"),
+        }
+    }
+
+    /// Queues a [`RecordBatch`]: small messages the application wrote straight into wire
+    /// records, with no [`Message`] or buffer per message. Like [`Connection::send_batch`]:
+    /// one queue reservation, one ring slot, at most one wake-up, all or nothing (a refused
+    /// batch is handed back whole), and in order with everything else sent on the
+    /// connection.
+    #[allow(clippy::result_large_err)] // see `send`: the batch is handed back by value
+    pub fn send_records(&self, mut batch: RecordBatch) -> Result<(), RecordSendError> {
+        let s = &*self.shared;
+        let fail = |kind, batch| Err(RecordSendError { kind, batch });
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if let Err(kind) = self.check(batch.largest()) {
+            return fail(kind, batch);
+        }
+        let (n, total) = (batch.len(), batch.payload_bytes());
+        let (ring, doorbell) = match &s.route {
+            Route::Local(dq) => {
+                Counters::add(&s.counters.local_delivered, n as u64);
+                for block in batch.take_blocks() {
+                    for m in block.to_messages() {
+                        dq.push(Item::Message(self.clone(), m));
+                    }
+                }
+                return Ok(());
+            }
+            Route::Worker { ring, doorbell, .. } => (ring, doorbell),
+        };
+        if let Err(kind) = self.reserve(n, total) {
+            return fail(kind, batch);
+        }
+        let blocks = batch.take_blocks();
+        match self.push(
+            ring,
+            doorbell,
+            Command::SendRecords { conn: s.id, blocks },
+            n,
+            total,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Command::SendRecords { blocks, .. }) => {
+                batch.restore(blocks);
+                fail(SendErrorKind::RingFull, batch)
+            }
+            Err(_) => unreachable!("pushed a SendRecords"),
+        }
+    }
+
+    /// The checks before any send: the connection is open and the largest payload, `largest`
+    /// bytes, is within the message limit.
+    fn check(&self, largest: usize) -> Result<(), SendErrorKind> {
+        let s = &*self.shared;
+        if s.closed.load(Ordering::Acquire) {
+            return Err(SendErrorKind::Closed);
+        }
+        if largest > s.max_message {
+            return Err(SendErrorKind::TooLarge {
+                len: largest,
+                max: s.max_message,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserves queue room for `n` messages of `bytes` payload bytes, given back as the peer
+    /// acknowledges them (or by [`Connection::release`] when the send fails).
+    fn reserve(&self, n: usize, bytes: usize) -> Result<(), SendErrorKind> {
+        let s = &*self.shared;
+        let q_msgs = s.queued_msgs.fetch_add(n, Ordering::Relaxed) + n;
+        let q_bytes = s.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if q_msgs > s.max_msgs || q_bytes > s.max_bytes {
+            self.release(n, bytes);
+            Counters::add(&s.counters.send_refused, 1);
+            return Err(SendErrorKind::QueueFull {
+                msgs: q_msgs - n,
+                bytes: q_bytes - bytes,
+                max_msgs: s.max_msgs,
+                max_bytes: s.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands `cmd`, carrying `n` reserved messages of `bytes` bytes, to the worker and rings
+    /// its doorbell. A full ring gives the reservation back and returns the command.
+    fn push(
+        &self,
+        ring: &mpsc::Sender<Command>,
+        doorbell: &Doorbell,
+        cmd: Command,
+        n: usize,
+        bytes: usize,
+    ) -> Result<(), Command> {
+        let r = ring.push(cmd);
+        if r.is_err() {
+            self.release(n, bytes);
+            Counters::add(&self.shared.counters.send_refused, 1);
+        }
+        // Rung on failure too: a parked worker must drain the ring.
+        doorbell.ring();
+        r
     }
 
     /// [`Connection::send_batch`], waiting (parked) while the queue is full, until `timeout`.
@@ -329,29 +380,62 @@ impl Connection {
         msgs: Vec<Message>,
         timeout: Duration,
     ) -> Result<(), BatchSendError> {
-        let mut e = match self.send_batch(msgs) {
+        let size = |m: &Vec<Message>| (m.len(), m.iter().map(Message::len).sum());
+        self.retry(msgs, timeout, size, |m| {
+            self.send_batch(m).map_err(|e| (e.kind, e.messages))
+        })
+        .map_err(|(kind, messages)| BatchSendError { kind, messages })
+    }
+
+    /// [`Connection::send_records`], waiting (parked) while the queue is full, until
+    /// `timeout`. A batch larger than the queue limits can never be accepted and fails at
+    /// once.
+    #[allow(clippy::result_large_err)] // see `send`
+    pub fn send_records_wait(
+        &self,
+        batch: RecordBatch,
+        timeout: Duration,
+    ) -> Result<(), RecordSendError> {
+        let size = |b: &RecordBatch| (b.len(), b.payload_bytes());
+        self.retry(batch, timeout, size, |b| {
+            self.send_records(b).map_err(|e| (e.kind, e.batch))
+        })
+        .map_err(|(kind, batch)| RecordSendError { kind, batch })
+    }
+
+    /// Runs `send` on `item` until it is accepted, waiting (parked, not spinning) while the
+    /// queue is full and briefly while the worker's ring is, until `timeout`. Other errors
+    /// return at once, and so does an item (`size`: messages, bytes) that exceeds the queue
+    /// limits, which can never be accepted; on time-out the last error is returned.
+    fn retry<T>(
+        &self,
+        item: T,
+        timeout: Duration,
+        size: impl Fn(&T) -> (usize, usize),
+        send: impl Fn(T) -> Result<(), (SendErrorKind, T)>,
+    ) -> Result<(), (SendErrorKind, T)> {
+        let (mut kind, mut item) = match send(item) {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
         let s = &*self.shared;
-        let total: usize = e.messages.iter().map(Message::len).sum();
-        if e.messages.len() > s.max_msgs || total > s.max_bytes {
-            return Err(e);
+        let (n, bytes) = size(&item);
+        if n > s.max_msgs || bytes > s.max_bytes {
+            return Err((kind, item));
         }
+        // Only a refused send pays for reading the clock.
         let deadline = Instant::now() + timeout;
         loop {
             if Instant::now() >= deadline {
-                return Err(e);
+                return Err((kind, item));
             }
-            match e.kind {
-                SendErrorKind::QueueFull { .. } => {
-                    let bytes = e.messages.iter().map(Message::len).sum();
-                    self.wait_for_room(deadline, e.messages.len(), bytes)
-                }
+            match kind {
+                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline, n, bytes),
+                // The worker is draining its ring; give it the CPU.
                 SendErrorKind::RingFull => std::thread::sleep(Duration::from_micros(20)),
-                _ => return Err(e),
+                _ => return Err((kind, item)),
             }
-            e = match self.send_batch(e.messages) {
+            (kind, item) = match send(item) {
                 Ok(()) => return Ok(()),
                 Err(e) => e,
             };
@@ -413,29 +497,13 @@ impl Connection {
     /// too large) return at once; on time-out the last `QueueFull` error is returned.
     #[allow(clippy::result_large_err)] // see `send`
     pub fn send_wait(&self, msg: Message, timeout: Duration) -> Result<(), SendError> {
-        let mut e = match self.send(msg) {
-            Ok(()) => return Ok(()),
-            Err(e) => e,
-        };
-        // Only a refused send pays for reading the clock.
-        let deadline = Instant::now() + timeout;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(e);
-            }
-            match e.kind {
-                SendErrorKind::QueueFull { .. } => self.wait_for_room(deadline, 1, e.message.len()),
-                SendErrorKind::RingFull => {
-                    // The worker is draining its ring; give it the CPU.
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-                _ => return Err(e),
-            }
-            e = match self.send(e.message) {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-        }
+        self.retry(
+            msg,
+            timeout,
+            |m| (1, m.len()),
+            |m| self.send(m).map_err(|e| (e.kind, e.message)),
+        )
+        .map_err(|(kind, message)| SendError { kind, message })
     }
 
     pub(crate) fn release(&self, msgs: usize, bytes: usize) {

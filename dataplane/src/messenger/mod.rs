@@ -27,12 +27,14 @@ mod fault;
 mod message;
 mod policy;
 pub mod protocol;
+mod record_batch;
 mod worker;
 
 pub use connection::Connection;
 pub use dispatch::Dispatcher;
 pub use message::{priority, Message, MessageRef};
 pub use policy::Policy;
+pub use record_batch::RecordBatch;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -10,8 +10,6 @@ use crate::buf::Buf;
 use crate::messenger::Message;
 use crate::wire;
 
-use super::TxFrame;
-
 /// Record bytes in one block at most (one batch frame each; see the session's batch limit).
 pub const BLOCK_MAX: usize = 8 << 10;
 
@@ -49,36 +47,17 @@ impl RecordBlock {
     /// 64-byte payload costs the kernel more than the copy); here the copy is made by the
     /// sending thread, into the buffer that is then written as it is.
     pub fn encode(msgs: &[Message]) -> Vec<RecordBlock> {
-        let mut blocks = Vec::new();
-        let mut i = 0;
-        while i < msgs.len() {
-            let priority = msgs[i].priority;
-            let mut size = 0;
-            let mut j = i;
-            while j < msgs.len()
-                && msgs[j].priority == priority
-                && j - i < usize::from(u16::MAX)
-                && (j == i || size + wire::BATCH_RECORD_HEAD + msgs[j].len() <= BLOCK_MAX)
-            {
-                size += wire::BATCH_RECORD_HEAD + msgs[j].len();
-                j += 1;
-            }
-            let mut buf = Vec::with_capacity(size);
-            let mut bytes = 0;
-            for m in &msgs[i..j] {
-                TxFrame::batch_append(&mut buf, m.msg_type, &m.payload);
-                bytes += m.len();
-            }
-            blocks.push(RecordBlock {
-                records: Buf::from_vec(buf),
-                // j - i <= u16::MAX by the loop condition.
-                count: (j - i) as u16,
-                bytes,
-                priority,
-            });
-            i = j;
+        let expected = msgs.iter().map(|m| wire::BATCH_RECORD_HEAD + m.len()).sum();
+        let mut w = BlockWriter::expecting(expected);
+        for m in msgs {
+            w.push(
+                m.priority,
+                m.msg_type,
+                m.len(),
+                m.payload.iter().map(|b| &b[..]),
+            );
         }
-        blocks
+        w.finish()
     }
 
     /// Messages in the block.
@@ -111,6 +90,106 @@ impl RecordBlock {
                 Some(Message::new(msg_type, payload).with_priority(self.priority))
             })
             .collect()
+    }
+}
+
+/// Writes records into [`RecordBlock`]s as they come: at most [`BLOCK_MAX`] record bytes per
+/// block (a single larger record gets a block of its own), a new block at every change of
+/// priority. Shared by [`RecordBlock::encode`] and [`RecordBatch`](crate::RecordBatch).
+#[derive(Debug, Default)]
+pub(crate) struct BlockWriter {
+    /// Closed blocks, in order.
+    blocks: Vec<RecordBlock>,
+    /// The block being written.
+    open: Vec<u8>,
+    count: u16,
+    bytes: usize,
+    priority: u8,
+    /// Record bytes the caller still expects to write: the next block's capacity, so a block
+    /// is allocated once at its final size instead of growing (0: unknown).
+    expected: usize,
+}
+
+/// Capacity of a block opened with nothing expected; it grows as records come.
+const FIRST_CAPACITY: usize = 1024;
+
+impl BlockWriter {
+    /// A writer that expects `record_bytes` bytes of records (heads included).
+    pub(crate) fn expecting(record_bytes: usize) -> BlockWriter {
+        BlockWriter {
+            expected: record_bytes,
+            ..BlockWriter::default()
+        }
+    }
+
+    /// Appends one record of `len` payload bytes, given as `parts`, with `priority`. The
+    /// caller bounds `len` by [`BLOCK_COPY_MAX`].
+    pub(crate) fn push<'a>(
+        &mut self,
+        priority: u8,
+        msg_type: u16,
+        len: usize,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+    ) {
+        debug_assert!(len <= BLOCK_COPY_MAX);
+        let record = wire::BATCH_RECORD_HEAD + len;
+        if self.count > 0
+            && (priority != self.priority
+                || self.count == u16::MAX
+                || self.open.len() + record > BLOCK_MAX)
+        {
+            self.close();
+        }
+        if self.count == 0 {
+            self.priority = priority;
+            let want = match self.expected {
+                0 => FIRST_CAPACITY,
+                e => e.min(BLOCK_MAX),
+            };
+            self.open.reserve(want.max(record));
+        }
+        // `len` <= BLOCK_COPY_MAX (callers), so it fits a u32.
+        self.open
+            .extend_from_slice(&wire::encode_record_head(len as u32, msg_type));
+        for p in parts {
+            self.open.extend_from_slice(p);
+        }
+        self.count += 1;
+        self.bytes += len;
+        self.expected = self.expected.saturating_sub(record);
+    }
+
+    /// Closes the open block, if it holds any record.
+    fn close(&mut self) {
+        if self.count == 0 {
+            return;
+        }
+        self.blocks.push(RecordBlock {
+            records: Buf::from_vec(std::mem::take(&mut self.open)),
+            count: self.count,
+            bytes: self.bytes,
+            priority: self.priority,
+        });
+        self.count = 0;
+        self.bytes = 0;
+    }
+
+    /// Closes the open block and takes every block out; the writer stays usable.
+    pub(crate) fn take_blocks(&mut self) -> Vec<RecordBlock> {
+        self.close();
+        std::mem::take(&mut self.blocks)
+    }
+
+    /// Puts back blocks taken by [`take_blocks`](BlockWriter::take_blocks) (a send that
+    /// failed), ahead of anything written since.
+    pub(crate) fn restore_blocks(&mut self, mut blocks: Vec<RecordBlock>) {
+        blocks.append(&mut self.blocks);
+        self.blocks = blocks;
+    }
+
+    /// Every block, the open one closed.
+    pub(crate) fn finish(mut self) -> Vec<RecordBlock> {
+        self.take_blocks()
     }
 }
 
