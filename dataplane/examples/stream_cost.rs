@@ -1,7 +1,9 @@
 //! Per-message cost of the small-message stream: sends N 64-byte messages over one lossless
 //! loopback connection in batches of 256 (one client worker, one server worker, a sink that
 //! counts in place on the worker thread; `STREAM_COST_OWNED=1` makes it take owned messages by
-//! fast dispatch instead) and prints the rate.
+//! fast dispatch instead; `STREAM_COST_RECORDS=1` writes each batch as a `RecordBatch` sent
+//! by `send_records_wait` instead of building messages for `send_batch_wait`) and prints the
+//! rate.
 //!
 //! Meant to be run under callgrind, whose instruction counts are deterministic enough to
 //! compare changes on a noisy machine (total Ir divided by N is the per-message cost, setup
@@ -17,7 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::{Buf, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy};
+use dataplane::{
+    Buf, Config, Connection, Dispatcher, Message, MessageRef, Messenger, Policy, RecordBatch,
+};
 use dataplane_stack_posix::PosixStack;
 
 /// Messages per `send_batch_wait`.
@@ -91,13 +95,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let payload = Buf::from_vec(vec![0xAB; size]);
 
+    let records = std::env::var_os("STREAM_COST_RECORDS").is_some();
+    let timeout = Duration::from_secs(60);
     let start = Instant::now();
     let mut sent = 0;
     while sent < n {
         let k = BATCH.min(n - sent);
-        let batch: Vec<Message> = (0..k).map(|_| Message::new(1, payload.clone())).collect();
-        conn.send_batch_wait(batch, Duration::from_secs(60))
-            .map_err(|e| format!("send failed: {e}"))?;
+        if records {
+            let mut batch = RecordBatch::with_capacity(k, k * size);
+            for _ in 0..k {
+                batch.push(1, &payload)?;
+            }
+            conn.send_records_wait(batch, timeout)
+                .map_err(|e| format!("send failed: {e}"))?;
+        } else {
+            let batch: Vec<Message> = (0..k).map(|_| Message::new(1, payload.clone())).collect();
+            conn.send_batch_wait(batch, timeout)
+                .map_err(|e| format!("send failed: {e}"))?;
+        }
         sent += k;
     }
     let end = Instant::now() + Duration::from_secs(120);

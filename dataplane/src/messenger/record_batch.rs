@@ -30,13 +30,19 @@ use crate::messenger::protocol::{BlockWriter, RecordBlock, BLOCK_COPY_MAX};
 /// // conn.send_records(batch)?;
 /// # Ok::<(), dataplane::RecordTooLarge>(())
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RecordBatch {
     writer: BlockWriter,
-    priority: Option<u8>,
+    priority: u8,
     messages: usize,
     bytes: usize,
     largest: usize,
+}
+
+impl Default for RecordBatch {
+    fn default() -> Self {
+        RecordBatch::new()
+    }
 }
 
 impl RecordBatch {
@@ -46,7 +52,7 @@ impl RecordBatch {
 
     /// An empty batch; messages get the default priority.
     pub fn new() -> RecordBatch {
-        RecordBatch::default()
+        RecordBatch::with_capacity(0, 0)
     }
 
     /// An empty batch that expects about `messages` messages of `payload_bytes` bytes in all,
@@ -55,18 +61,22 @@ impl RecordBatch {
         let heads = messages.saturating_mul(crate::wire::BATCH_RECORD_HEAD);
         RecordBatch {
             writer: BlockWriter::expecting(heads.saturating_add(payload_bytes)),
-            ..RecordBatch::default()
+            priority: priority::DEFAULT,
+            messages: 0,
+            bytes: 0,
+            largest: 0,
         }
     }
 
     /// Sets the priority of the messages pushed from now on (see
     /// [`priority`](crate::priority)).
     pub fn set_priority(&mut self, priority: u8) {
-        self.priority = Some(priority);
+        self.priority = priority;
     }
 
     /// Appends a message of `msg_type` with a copy of `payload`. Refused when `payload` is
     /// larger than [`RecordBatch::MAX_PAYLOAD`].
+    #[inline]
     pub fn push(&mut self, msg_type: u16, payload: &[u8]) -> Result<(), RecordTooLarge> {
         let len = payload.len();
         if len > Self::MAX_PAYLOAD {
@@ -75,8 +85,7 @@ impl RecordBatch {
                 max: Self::MAX_PAYLOAD,
             });
         }
-        let prio = self.priority.unwrap_or(priority::DEFAULT);
-        self.writer.push(prio, msg_type, len, [payload]);
+        self.writer.push_slice(self.priority, msg_type, payload);
         self.messages += 1;
         self.bytes += len;
         self.largest = self.largest.max(len);

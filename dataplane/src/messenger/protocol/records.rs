@@ -131,6 +131,23 @@ impl BlockWriter {
         len: usize,
         parts: impl IntoIterator<Item = &'a [u8]>,
     ) {
+        self.open_for(priority, msg_type, len);
+        for p in parts {
+            self.open.extend_from_slice(p);
+        }
+    }
+
+    /// [`push`](BlockWriter::push) of a payload in one slice (the application's records).
+    #[inline]
+    pub(crate) fn push_slice(&mut self, priority: u8, msg_type: u16, payload: &[u8]) {
+        self.open_for(priority, msg_type, payload.len());
+        self.open.extend_from_slice(payload);
+    }
+
+    /// Makes room for a record of `len` payload bytes (closing the open block or opening a
+    /// new one as needed), writes its head and counts it; the caller writes the payload.
+    #[inline]
+    fn open_for(&mut self, priority: u8, msg_type: u16, len: usize) {
         debug_assert!(len <= BLOCK_COPY_MAX);
         let record = wire::BATCH_RECORD_HEAD + len;
         if self.count > 0
@@ -151,9 +168,6 @@ impl BlockWriter {
         // `len` <= BLOCK_COPY_MAX (callers), so it fits a u32.
         self.open
             .extend_from_slice(&wire::encode_record_head(len as u32, msg_type));
-        for p in parts {
-            self.open.extend_from_slice(p);
-        }
         self.count += 1;
         self.bytes += len;
         self.expected = self.expected.saturating_sub(record);
