@@ -2,8 +2,8 @@
 # Tests of the DPDK backend on real DPDK with real packets. Run as root on Debian 12:
 #
 #   scripts/test-dpdk.sh            # every test
-#   scripts/test-dpdk.sh interop    # only the named ones: smoke interop memif
-#                                   # memif_multiqueue memif_jumbo bench
+#   scripts/test-dpdk.sh interop    # only the named ones: smoke interop interop_ipv6
+#                                   # memif memif_multiqueue memif_jumbo bench
 #
 # Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping
 # ethtool jq),
@@ -23,6 +23,8 @@ VETH_DPDK=dpveth0
 VETH_PEER=dpveth1
 DPDK_IP=10.77.0.2
 PEER_IP=10.77.0.1
+DPDK_IP6=fd77::2
+PEER_IP6=fd77::1
 RUN_DIR=$(mktemp -d /tmp/dataplane-dpdk.XXXXXX)
 HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages 2>/dev/null || echo 0)
 HUGE_SET=0
@@ -144,6 +146,17 @@ test_interop() {
         cargo test --release -q -p dataplane-stack-dpdk --test interop -- --ignored --nocapture
 }
 
+# The same veth pair with IPv6 on the peer end (the DPDK end stays without a kernel address:
+# smoltcp owns $DPDK_IP6); nodad so the address is usable at once.
+test_interop_ipv6() {
+    setup_veth || return 1
+    ip netns exec "$NS_PEER" sysctl -qw "net.ipv6.conf.$VETH_PEER.disable_ipv6=0" || return 1
+    ip netns exec "$NS_PEER" ip -6 addr add "$PEER_IP6/64" dev "$VETH_PEER" nodad || return 1
+    ip netns exec "$NS_DPDK" env DPDK_IFACE="$VETH_DPDK" DPDK_IP="$DPDK_IP" DPDK_IP6="$DPDK_IP6" \
+        PEER_NETNS="$NS_PEER" PEER_IFACE="$VETH_PEER" PEER_IP="$PEER_IP" PEER_IP6="$PEER_IP6" \
+        cargo test --release -q -p dataplane-stack-dpdk --test interop_ipv6 -- --ignored --nocapture
+}
+
 test_memif() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif -- --ignored --nocapture
 }
@@ -173,18 +186,19 @@ test_bench() {
            | "\(.system) stream 64 B: \(.msgs_per_sec | floor) msg/s"' "$json"
 }
 
-export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP RUN_DIR
+export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP DPDK_IP6 PEER_IP6 RUN_DIR
 export CARGO_TARGET_DIR
-export -f setup_veth test_smoke test_interop test_memif test_memif_multiqueue test_memif_jumbo \
+export -f setup_veth test_smoke test_interop test_interop_ipv6 test_memif test_memif_multiqueue test_memif_jumbo \
     test_bench
 
-ALL=(smoke interop memif memif_multiqueue memif_jumbo bench)
+ALL=(smoke interop interop_ipv6 memif memif_multiqueue memif_jumbo bench)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
     case "$t" in
         smoke) run smoke_net_null_net_ring test_smoke ;;
         interop) run interop_af_packet_vs_posix test_interop ;;
+        interop_ipv6) run interop_ipv6_dual_stack_vs_posix test_interop_ipv6 ;;
         memif) run memif_two_processes_link_down_up test_memif ;;
         memif_multiqueue) run memif_two_queues_two_workers_each test_memif_multiqueue ;;
         memif_jumbo) run memif_jumbo_frames_tcp_checksums_off test_memif_jumbo ;;

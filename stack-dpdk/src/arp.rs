@@ -1,4 +1,4 @@
-//! ARP replies shared between the queues of one port.
+//! ARP replies and IPv6 neighbour advertisements shared between the queues of one port.
 //!
 //! Every worker runs its own smoltcp interface (same MAC, same IPv4 address) on its own queue
 //! pair, and each interface keeps its own neighbour cache. A device that spreads frames by RSS
@@ -8,7 +8,9 @@
 //! the port, whose interface learns the neighbour from it as if it had arrived there. Requests
 //! are not shared: every interface would answer them. ARP is rare (a few frames per neighbour
 //! per minute), so the copy costs nothing that matters; a full inbox drops the copy (ARP
-//! retries).
+//! retries). IPv6 neighbour discovery has the same shape: a device hashes the ICMPv6
+//! advertisement by its addresses alone, so it may land on a queue other than the one whose
+//! interface solicited it; advertisements are shared the same way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -35,6 +37,29 @@ fn arp_op(frame: &[u8]) -> Option<[u8; 2]> {
 /// True for an ARP reply.
 pub(crate) fn is_arp_reply(frame: &[u8]) -> bool {
     arp_op(frame) == Some(OP_REPLY)
+}
+
+/// Ethertype of IPv6.
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+/// IPv6 next header of ICMPv6, and the ICMPv6 type of a neighbour advertisement.
+const NEXT_ICMPV6: u8 = 58;
+const ICMPV6_NEIGHBOR_ADVERT: u8 = 136;
+/// Ethernet + IPv6 header + the 24-byte advertisement without options.
+const NA_MIN: usize = 14 + 40 + 24;
+
+/// True for an IPv6 neighbour advertisement (ICMPv6 right behind the IPv6 header, as
+/// neighbour discovery sends it).
+pub(crate) fn is_neighbor_advert(frame: &[u8]) -> bool {
+    frame.len() >= NA_MIN
+        && frame[12..14] == ETHERTYPE_IPV6
+        && frame[14 + 6] == NEXT_ICMPV6
+        && frame[14 + 40] == ICMPV6_NEIGHBOR_ADVERT
+}
+
+/// True for a frame other queues' interfaces learn a neighbour from: an ARP reply or an
+/// IPv6 neighbour advertisement.
+pub(crate) fn is_neighbor_reply(frame: &[u8]) -> bool {
+    is_arp_reply(frame) || is_neighbor_advert(frame)
 }
 
 /// True for an ARP request.
@@ -129,6 +154,23 @@ mod tests {
         assert_eq!(out.len(), 2, "taken once");
         s.take(7, &mut out);
         assert_eq!(out.len(), 2, "no such queue");
+    }
+
+    #[test]
+    fn neighbor_advertisements_are_recognised() {
+        let mut na = vec![0u8; NA_MIN];
+        na[12..14].copy_from_slice(&ETHERTYPE_IPV6);
+        na[14 + 6] = NEXT_ICMPV6;
+        na[14 + 40] = ICMPV6_NEIGHBOR_ADVERT;
+        assert!(is_neighbor_advert(&na) && is_neighbor_reply(&na));
+        assert!(is_neighbor_reply(&arp(2)) && !is_neighbor_reply(&arp(1)));
+        assert!(!is_neighbor_advert(&na[..NA_MIN - 1]), "too short");
+        let mut solicit = na.clone();
+        solicit[14 + 40] = 135;
+        assert!(!is_neighbor_advert(&solicit));
+        let mut tcp = na.clone();
+        tcp[14 + 6] = 6;
+        assert!(!is_neighbor_advert(&tcp));
     }
 
     #[test]

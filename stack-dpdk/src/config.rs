@@ -1,7 +1,7 @@
 //! Configuration of the DPDK stack: EAL arguments, the port, its address and the tuning of
 //! the user-space TCP/IP stack.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Smallest MTU accepted ([RFC 791](https://www.rfc-editor.org/rfc/rfc791)'s 576-byte
@@ -73,6 +73,13 @@ pub struct DpdkConfig {
     pub prefix_len: u8,
     /// Default gateway, if peers are off-link.
     pub gateway: Option<Ipv4Addr>,
+    /// The interface's IPv6 address, if it also speaks IPv6 (dual stack: both families on
+    /// one port, listeners accept both). Neighbour discovery and ICMPv6 echo are answered.
+    pub ipv6: Option<Ipv6Addr>,
+    /// Prefix length of the IPv6 subnet.
+    pub ipv6_prefix_len: u8,
+    /// IPv6 default gateway, if IPv6 peers are off-link.
+    pub ipv6_gateway: Option<Ipv6Addr>,
     /// Packet buffers in the mbuf pool (shared by all queues of the port).
     pub mbufs: u32,
     /// Per-lcore mbuf cache.
@@ -115,6 +122,9 @@ impl Default for DpdkConfig {
             ip: Ipv4Addr::new(10, 0, 0, 2),
             prefix_len: 24,
             gateway: None,
+            ipv6: None,
+            ipv6_prefix_len: 64,
+            ipv6_gateway: None,
             mbufs: 8191,
             mbuf_cache: 256,
             rx_desc: 1024,
@@ -138,6 +148,14 @@ impl DpdkConfig {
         }
         if self.ip.is_unspecified() || self.ip.is_multicast() || self.ip.is_broadcast() {
             return bad(format!("{} is not a unicast interface address", self.ip));
+        }
+        if let Some(a) = self.ipv6 {
+            if self.ipv6_prefix_len > 128 {
+                return bad(format!("IPv6 prefix length {} > 128", self.ipv6_prefix_len));
+            }
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return bad(format!("{a} is not a unicast interface address"));
+            }
         }
         if self.burst == 0 || self.burst > 64 {
             return bad(format!("burst {} must be 1..=64", self.burst));
@@ -232,6 +250,19 @@ mod tests {
             },
             DpdkConfig {
                 mtu: Some(100),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ipv6: Some(Ipv6Addr::UNSPECIFIED),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ipv6: Some("ff02::1".parse().unwrap()),
+                ..DpdkConfig::default()
+            },
+            DpdkConfig {
+                ipv6: Some("fd00::2".parse().unwrap()),
+                ipv6_prefix_len: 129,
                 ..DpdkConfig::default()
             },
             DpdkConfig {

@@ -201,7 +201,7 @@ impl PortDevice {
         }
         let flags = m.ol_flags();
         let caps = &self.port.info;
-        if self.port.queues > 1 && crate::arp::is_arp_reply(m.data()) {
+        if self.port.queues > 1 && crate::arp::is_neighbor_reply(m.data()) {
             let n = self.port.arp.share(self.queue, m.data());
             s.arp_shared.fetch_add(n as u64, Ordering::Relaxed);
         }

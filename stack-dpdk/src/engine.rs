@@ -8,7 +8,7 @@
 //! listeners only record their token on `register`; [`Engine::poll`] emits the events.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,6 +72,7 @@ pub(crate) struct Engine {
     port: Arc<Port>,
     epoch: std::time::Instant,
     ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
     conns: HashMap<SocketHandle, Conn>,
     listeners: HashMap<u16, Listener>,
     next_ephemeral: u16,
@@ -124,16 +125,24 @@ impl Engine {
         config.random_seed = wall ^ (u64::from(std::process::id()) << 32) ^ u64::from(queue);
         let now = SmolInstant::from_micros(0);
         let mut iface = Interface::new(config, &mut dev, now);
-        let ip = cfg.ip;
+        let (ip, ip6) = (cfg.ip, cfg.ipv6);
         iface.update_ip_addrs(|addrs| {
-            let cidr = IpCidr::new(IpAddress::Ipv4(ip), cfg.prefix_len);
-            if addrs.push(cidr).is_err() {
-                tracing::error!("no room for the interface address");
+            let mut cidrs = vec![IpCidr::new(IpAddress::Ipv4(ip), cfg.prefix_len)];
+            cidrs.extend(ip6.map(|a| IpCidr::new(IpAddress::Ipv6(a), cfg.ipv6_prefix_len)));
+            for cidr in cidrs {
+                if addrs.push(cidr).is_err() {
+                    tracing::error!(%cidr, "no room for the interface address");
+                }
             }
         });
         if let Some(gw) = cfg.gateway {
             if let Err(e) = iface.routes_mut().add_default_ipv4_route(gw) {
                 tracing::error!(error = ?e, "cannot add the default route");
+            }
+        }
+        if let Some(gw) = cfg.ipv6_gateway {
+            if let Err(e) = iface.routes_mut().add_default_ipv6_route(gw) {
+                tracing::error!(error = ?e, "cannot add the IPv6 default route");
             }
         }
         let seed = ephemeral_seed(wall);
@@ -145,6 +154,7 @@ impl Engine {
             port,
             epoch,
             ip,
+            ip6,
             conns: HashMap::new(),
             listeners: HashMap::new(),
             next_ephemeral: EPHEMERAL_MIN + seed % (u16::MAX - EPHEMERAL_MIN),
@@ -169,9 +179,14 @@ impl Engine {
         SmolInstant::from_micros(wall.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
-    /// The interface address.
+    /// The interface's IPv4 address.
     pub(crate) fn ip(&self) -> Ipv4Addr {
         self.ip
+    }
+
+    /// The interface's IPv6 address, if it has one.
+    pub(crate) fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
     }
 
     fn new_socket(rx: usize, tx: usize, nodelay: bool) -> tcp::Socket<'static> {
@@ -303,18 +318,30 @@ impl Engine {
 
     pub(crate) fn connect(
         &mut self,
-        addr: SocketAddrV4,
+        addr: SocketAddr,
         rx: usize,
         tx: usize,
         nodelay: bool,
     ) -> std::io::Result<SocketHandle> {
+        let ip: IpAddr = match addr {
+            SocketAddr::V4(_) => self.ip.into(),
+            SocketAddr::V6(_) => self
+                .ip6
+                .ok_or_else(|| {
+                    io_err(
+                        std::io::ErrorKind::AddrNotAvailable,
+                        "the DPDK interface has no IPv6 address (DpdkConfig::ipv6)",
+                    )
+                })?
+                .into(),
+        };
         // A local port whose reply flow the device sends back to this worker's queue (the
         // socket lives in this worker's interface).
-        let (queue, ip, port) = (self.dev.queue(), self.ip, self.port.clone());
+        let (queue, port) = (self.dev.queue(), self.port.clone());
         let local =
-            self.ephemeral_where(|p| port.steering.accepts(queue, ip, p, *addr.ip(), addr.port()))?;
+            self.ephemeral_where(|p| port.steering.accepts(queue, ip, p, addr.ip(), addr.port()))?;
         let mut s = Self::new_socket(rx, tx, nodelay);
-        let remote = IpEndpoint::new(IpAddress::Ipv4(*addr.ip()), addr.port());
+        let remote = IpEndpoint::new(addr.ip().into(), addr.port());
         s.connect(self.iface.context(), remote, local)
             .map_err(|e| io_err(std::io::ErrorKind::InvalidInput, &format!("connect: {e}")))?;
         let h = self.sockets.add(s);
@@ -706,5 +733,6 @@ fn ephemeral_seed(seed: u64) -> u16 {
 fn endpoint_addr(e: IpEndpoint) -> SocketAddr {
     match e.addr {
         IpAddress::Ipv4(a) => SocketAddr::V4(SocketAddrV4::new(a, e.port)),
+        IpAddress::Ipv6(a) => SocketAddr::V6(SocketAddrV6::new(a, e.port, 0, 0)),
     }
 }

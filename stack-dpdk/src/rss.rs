@@ -1,8 +1,8 @@
-//! Receive-side scaling: which RX queue a device's Toeplitz hash sends a TCP/IPv4 flow to, so
+//! Receive-side scaling: which RX queue a device's Toeplitz hash sends a TCP flow to, so
 //! a worker can pick the local port of an outgoing connection whose replies come back to its
 //! own queue (its smoltcp interface holds the socket). Pure code, tested without DPDK.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The Toeplitz hash of `input` under `key` (the RSS hash of Microsoft's specification, which
 /// NICs implement): for every set bit of the input, XOR in the 32 key bits starting there.
@@ -36,6 +36,17 @@ pub fn tcp4_input(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> [u8; 
     v
 }
 
+/// The hash input of a TCP/IPv6 segment (no extension headers) as the receiver sees it:
+/// source address, destination address, source port, destination port.
+pub fn tcp6_input(src: Ipv6Addr, dst: Ipv6Addr, sport: u16, dport: u16) -> [u8; 36] {
+    let mut v = [0u8; 36];
+    v[0..16].copy_from_slice(&src.octets());
+    v[16..32].copy_from_slice(&dst.octets());
+    v[32..34].copy_from_slice(&sport.to_be_bytes());
+    v[34..36].copy_from_slice(&dport.to_be_bytes());
+    v
+}
+
 /// A port's RSS set-up: its hash key and redirection table (hash → queue).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RssTable {
@@ -47,12 +58,25 @@ pub struct RssTable {
 
 impl RssTable {
     /// The queue a segment from `src:sport` to `dst:dport` is received on, if the table is
-    /// usable.
-    pub fn queue_of(&self, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Option<u16> {
-        if self.reta.is_empty() || self.key.len() < 16 {
+    /// usable (a key of at least 4 bytes more than the hash input) and both addresses are of
+    /// one family.
+    pub fn queue_of(&self, src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Option<u16> {
+        let (v4, v6);
+        let input: &[u8] = match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                v4 = tcp4_input(s, d, sport, dport);
+                &v4
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                v6 = tcp6_input(s, d, sport, dport);
+                &v6
+            }
+            _ => return None,
+        };
+        if self.reta.is_empty() || self.key.len() < input.len() + 4 {
             return None;
         }
-        let h = toeplitz(&self.key, &tcp4_input(src, dst, sport, dport));
+        let h = toeplitz(&self.key, input);
         self.reta.get(h as usize % self.reta.len()).copied()
     }
 
@@ -87,9 +111,9 @@ impl Steering {
     pub fn accepts(
         &self,
         queue: u16,
-        local: Ipv4Addr,
+        local: IpAddr,
         local_port: u16,
-        remote: Ipv4Addr,
+        remote: IpAddr,
         remote_port: u16,
     ) -> bool {
         match self {
@@ -170,6 +194,47 @@ mod tests {
     }
 
     #[test]
+    fn toeplitz_matches_the_microsoft_verification_suite_for_ipv6() {
+        // (destination, dport, source, sport, IPv6-only hash, IPv6+TCP hash)
+        let cases = [
+            (
+                "3ffe:2501:200:3::1",
+                1766,
+                "3ffe:2501:200:1fff::7",
+                2794,
+                0x2cc18cd5u32,
+                0x40207d3du32,
+            ),
+            (
+                "ff02::1",
+                4739,
+                "3ffe:501:8::260:97ff:fe40:efab",
+                14230,
+                0x0f0c461c,
+                0xdde51bbf,
+            ),
+            (
+                "fe80::200:f8ff:fe21:67cf",
+                38024,
+                "3ffe:1900:4545:3:200:f8ff:fe21:67cf",
+                44251,
+                0x4b61e985,
+                0x02d1feef,
+            ),
+        ];
+        for (dst, dport, src, sport, h_ip, h_tcp) in cases {
+            let (dst, src): (Ipv6Addr, Ipv6Addr) = (dst.parse().unwrap(), src.parse().unwrap());
+            let input = tcp6_input(src, dst, sport, dport);
+            assert_eq!(toeplitz(&MS_KEY, &input[..32]), h_ip, "{src} → {dst}");
+            assert_eq!(
+                toeplitz(&MS_KEY, &input),
+                h_tcp,
+                "{src}:{sport} → {dst}:{dport}"
+            );
+        }
+    }
+
+    #[test]
     fn steering_finds_a_local_port_for_every_queue() {
         let t = RssTable {
             key: MS_KEY.to_vec(),
@@ -177,15 +242,24 @@ mod tests {
         };
         assert!(t.covers(4));
         assert!(!t.covers(5));
-        let (us, peer) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 1));
+        let (us, peer) = (
+            IpAddr::from(Ipv4Addr::new(10, 0, 0, 2)),
+            IpAddr::from(Ipv4Addr::new(10, 0, 0, 1)),
+        );
+        let (us6, peer6): (IpAddr, IpAddr) =
+            ("fd00::2".parse().unwrap(), "fd00::1".parse().unwrap());
         let s = Steering::Rss(t.clone());
-        for q in 0..4u16 {
-            let p = (49152..=u16::MAX)
-                .find(|&p| s.accepts(q, us, p, peer, 7300))
-                .expect("a port for every queue");
-            // The reply flow (peer → us) lands on q.
-            assert_eq!(t.queue_of(peer, us, 7300, p), Some(q));
+        for (us, peer) in [(us, peer), (us6, peer6)] {
+            for q in 0..4u16 {
+                let p = (49152..=u16::MAX)
+                    .find(|&p| s.accepts(q, us, p, peer, 7300))
+                    .expect("a port for every queue");
+                // The reply flow (peer → us) lands on q.
+                assert_eq!(t.queue_of(peer, us, 7300, p), Some(q));
+            }
         }
+        // Mixed families hash nothing.
+        assert_eq!(t.queue_of(peer6, us, 7300, 1), None);
         let sym = Steering::Symmetric { queues: 2 };
         assert!(sym.accepts(1, us, 50001, peer, 7300));
         assert!(!sym.accepts(0, us, 50001, peer, 7300));

@@ -265,19 +265,28 @@ impl StackWorker for DpdkWorker {
         opts: &SocketOptions,
     ) -> Result<Box<dyn ServerSocket>, StackError> {
         let mut e = self.engine.lock();
-        let ip = e.ip();
-        match addr.ip() {
-            std::net::IpAddr::V4(a) if a.is_unspecified() || a == ip => {}
+        let (ip, ip6) = (e.ip(), e.ip6());
+        // Listeners take both families (smoltcp listens on a port, any address); the address
+        // reported is the one asked for, or the interface's of that family.
+        let local_ip: std::net::IpAddr = match addr.ip() {
+            std::net::IpAddr::V4(a) if a.is_unspecified() || a == ip => ip.into(),
+            std::net::IpAddr::V6(a) if ip6.is_some_and(|i| a.is_unspecified() || a == i) => {
+                ip6.unwrap_or(a).into()
+            }
             _ => {
+                let has = match ip6 {
+                    Some(i) => format!("{ip} and {i}"),
+                    None => format!("{ip} only (no IPv6 address configured)"),
+                };
                 return Err(StackError::Bind {
                     addr,
                     source: io::Error::new(
                         io::ErrorKind::AddrNotAvailable,
-                        format!("the DPDK interface has address {ip} only (IPv4)"),
+                        format!("the DPDK interface has address {has}"),
                     ),
-                })
+                });
             }
-        }
+        };
         let (rx, tx) = self.buffers(opts);
         let port = e
             .listen(addr.port(), rx, tx, opts.nodelay, opts.backlog as usize)
@@ -286,7 +295,7 @@ impl StackWorker for DpdkWorker {
             engine: self.engine.clone(),
             worker: self.index,
             port,
-            local: SocketAddr::from((ip, port)),
+            local: SocketAddr::from((local_ip, port)),
         }))
     }
 
@@ -295,17 +304,11 @@ impl StackWorker for DpdkWorker {
         addr: SocketAddr,
         opts: &SocketOptions,
     ) -> Result<Box<dyn ConnectedSocket>, StackError> {
-        let SocketAddr::V4(v4) = addr else {
-            return Err(StackError::Connect {
-                addr,
-                source: io::Error::new(io::ErrorKind::Unsupported, "the DPDK stack is IPv4 only"),
-            });
-        };
         let (rx, tx) = self.buffers(opts);
         let h = self
             .engine
             .lock()
-            .connect(v4, rx, tx, opts.nodelay)
+            .connect(addr, rx, tx, opts.nodelay)
             .map_err(|source| StackError::Connect { addr, source })?;
         Ok(Box::new(DpdkSocket {
             engine: self.engine.clone(),

@@ -13,7 +13,8 @@ pub struct Stats {
     pub rx_bytes: AtomicU64,
     /// Largest frame that went to the TCP/IP stack (Ethernet header included).
     pub rx_max_frame: AtomicU64,
-    /// ARP replies handed to the other queues' interfaces (one per queue reached).
+    /// ARP replies and IPv6 neighbour advertisements handed to the other queues' interfaces
+    /// (one per queue reached).
     pub arp_shared: AtomicU64,
     /// ARP requests sent.
     pub tx_arp_requests: AtomicU64,
@@ -21,9 +22,9 @@ pub struct Stats {
     pub tx_frames: AtomicU64,
     /// Received frames shorter than an Ethernet header.
     pub drop_runt: AtomicU64,
-    /// Received frames that are neither IPv4 nor ARP.
+    /// Received frames that are neither IPv4, IPv6 nor ARP.
     pub drop_not_ip: AtomicU64,
-    /// Received IPv4/TCP packets whose headers or lengths do not fit the frame.
+    /// Received IP/TCP packets whose headers or lengths do not fit the frame.
     pub drop_truncated: AtomicU64,
     /// Received frames with a wrong IPv4 or TCP checksum.
     pub drop_checksum: AtomicU64,

@@ -79,3 +79,51 @@ pub fn enter_netns(name: &str) {
     let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
     assert_eq!(r, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
+
+/// A thread sending `n` messages of `stream` (16 to 215 bytes) on `conn`; it hands `conn` back.
+pub fn spawn_sender(conn: Connection, stream: u32, n: u64) -> std::thread::JoinHandle<Connection> {
+    std::thread::spawn(move || {
+        for i in 0..n {
+            send_retry(
+                &conn,
+                Message::new(1, payload(stream, i, 16 + (i % 200) as usize)),
+            );
+        }
+        conn
+    })
+}
+
+/// Sends each frame `times` times on `iface` through an `AF_PACKET` socket.
+pub fn send_raw(iface: &str, frames: &[Vec<u8>], times: usize) {
+    let name = std::ffi::CString::new(iface).expect("name");
+    // SAFETY: plain libc calls on a socket this function owns; the address struct is
+    // zero-initialised and filled with valid values; buffers outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let index = libc::if_nametoindex(name.as_ptr());
+        assert!(index > 0, "no interface {iface}");
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = index as i32;
+        sll.sll_halen = 6;
+        for _ in 0..times {
+            for f in frames {
+                let r = libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert!(r >= 0, "sendto: {}", std::io::Error::last_os_error());
+            }
+        }
+        libc::close(fd);
+    }
+}
