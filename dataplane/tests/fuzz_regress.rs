@@ -153,6 +153,7 @@ fn client_hello() -> Hello {
         addr: None,
         name: "client".into(),
         lane: 0,
+        conn_tag: 0,
     }
 }
 

@@ -176,6 +176,7 @@ fn handshake(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         addr: None,
         name: "client".into(),
         lane: 0,
+        conn_tag: 0,
     };
     write(dir, "hello", &wire::encode_hello(&base)?)?;
     let v4: SocketAddr = "10.1.2.3:6800".parse()?;
@@ -185,6 +186,7 @@ fn handshake(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         lossless: false,
         name: "osd.12".into(),
         lane: 3,
+        conn_tag: 0,
         ..base.clone()
     };
     write(dir, "hello-v4", &wire::encode_hello(&h)?)?;

@@ -5,6 +5,7 @@
 mod common;
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -937,4 +938,51 @@ fn inject_faults_record_batches_lossless_exactly_once_in_order() {
     assert!(c.reconnects >= 10, "reconnected {} times", c.reconnects);
     assert_eq!(c.remote_resets + s.remote_resets, 0);
     assert_eq!(s.malformed, 0);
+}
+
+/// One client messenger that reaches one server twice, through two of its addresses (IPv4
+/// and IPv6 loopback on a dual-stack listener), has one session with it: the second
+/// connection is refused with a clear reason instead of feeding that session a second,
+/// independent sequence (whose messages the server used to take for duplicates and drop,
+/// while the client counted them delivered). The first connection is untouched.
+#[test]
+fn a_second_connection_to_the_same_server_is_refused_not_merged() {
+    let d = Checker::fast();
+    let server = start_messenger(
+        "server",
+        test_config(),
+        Arc::new(dataplane_stack_posix::PosixStack::new()),
+        d.clone(),
+        Policy::lossless_client(),
+        Some("[::]:0".parse().unwrap()),
+    );
+    let port = addr(&server).port();
+    let client = messenger("client", test_config(), Checker::fast(), false);
+    let a = client
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    for i in 0..1000 {
+        send_retry(&a, Message::new(1, payload(0, i, 64)));
+    }
+    d.assert_delivered(1000, T);
+    let b = client
+        .connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
+        .unwrap();
+    assert!(
+        wait_until(T, || b.is_closed()),
+        "the second connection must be refused"
+    );
+    let e = b
+        .send(Message::new(1, payload(1, 0, 64)))
+        .expect_err("closed");
+    assert!(matches!(e.kind, SendErrorKind::Closed), "{e}");
+    assert!(server.counters().handshake_failures >= 1);
+    // The first connection goes on as before.
+    for i in 1000..2000 {
+        send_retry(&a, Message::new(1, payload(0, i, 64)));
+    }
+    d.assert_delivered(2000, T);
+    assert!(!a.is_closed());
+    assert_eq!(server.counters().duplicates, 0);
+    d.assert_clean();
 }

@@ -138,22 +138,42 @@ impl Shared {
     /// The connection an accepted peer's session belongs to: the existing lossless session
     /// of that peer, or a new one on `home` (the worker the accepted socket is bound to) or
     /// else the least-loaded worker.
-    fn session_for(&self, hello: &Hello, home: Option<usize>) -> Connection {
+    ///
+    /// Refused (with the reason) when the session is open under another connection of the
+    /// same client incarnation: one messenger that reached us twice, e.g. through two of our
+    /// addresses. Both would feed one session with two independent sequences, so the second
+    /// one's messages would be taken for duplicates; the client must use one connection (or
+    /// two lanes).
+    fn session_for(&self, hello: &Hello, home: Option<usize>) -> Result<Connection, String> {
         let policy = worker::server_policy(hello.lossless);
         let place = || home.unwrap_or_else(|| self.least_loaded());
         if !hello.lossless {
-            return self.new_conn(place(), None, policy);
+            return Ok(self.new_conn(place(), None, policy));
         }
         let key = (hello.name.clone(), hello.addr, hello.lane);
         let mut sessions = self.sessions.lock();
         if let Some(c) = sessions.get(&key) {
             if !c.is_closed() {
-                return c.clone();
+                if let Some(p) = c.peer() {
+                    let other = p.session_id == hello.session_id
+                        && p.conn_tag != 0
+                        && hello.conn_tag != 0
+                        && p.conn_tag != hello.conn_tag;
+                    if other {
+                        return Err(format!(
+                            "{} (lane {}) already has a lossless session here through another \
+                             of its connections; a client keeps one connection per server and \
+                             lane",
+                            hello.name, hello.lane
+                        ));
+                    }
+                }
+                return Ok(c.clone());
             }
         }
         let c = self.new_conn(place(), None, policy);
         sessions.insert(key, c.clone());
-        c
+        Ok(c)
     }
 
     /// Drops a closed connection from the lookup tables.

@@ -54,6 +54,7 @@ fn hello_frame_end_to_end() {
         addr: None,
         name: "client.1".to_owned(),
         lane: 0,
+        conn_tag: 0,
     };
     let body = encode_hello(&hello).unwrap();
     let h = FrameHead {

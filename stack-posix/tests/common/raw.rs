@@ -48,6 +48,7 @@ pub fn hello(name: &str, lossless: bool) -> Hello {
         addr: None,
         name: name.into(),
         lane: 0,
+        conn_tag: 0,
     }
 }
 

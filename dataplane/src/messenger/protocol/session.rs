@@ -219,6 +219,8 @@ pub struct PeerIdentity {
     pub features: u64,
     /// Parallel-connection lane the peer announced.
     pub lane: u32,
+    /// Tag of the peer's client connection (0 if it gave none; see `wire::HelloBody`).
+    pub conn_tag: u16,
 }
 
 impl PeerIdentity {
@@ -230,6 +232,7 @@ impl PeerIdentity {
             session_id: h.session_id,
             features: h.features,
             lane: h.lane,
+            conn_tag: h.conn_tag,
         }
     }
 }
@@ -288,6 +291,8 @@ pub struct Session {
     cfg: SessionConfig,
     local: Arc<LocalIdentity>,
     lane: u32,
+    /// Client: the tag of this connection in its hello (see `wire::HelloBody::conn_tag`).
+    conn_tag: u16,
     /// Client: the nonce sent with the hello while authentication is under way.
     auth_nonce: Option<[u8; 32]>,
     /// Client: the peer proved its key in this handshake.
@@ -351,6 +356,7 @@ impl Session {
             cfg,
             local,
             lane: 0,
+            conn_tag: 0,
             auth_nonce: None,
             authenticated: false,
             hello_digest: [0; 32],
@@ -389,6 +395,12 @@ impl Session {
     /// Sets the parallel-connection lane a client announces (0 by default).
     pub fn set_lane(&mut self, lane: u32) {
         self.lane = lane;
+    }
+
+    /// Sets the tag a client announces for this connection (0 by default: none). A server
+    /// refuses a second connection of one client session under another tag.
+    pub fn set_conn_tag(&mut self, tag: u16) {
+        self.conn_tag = tag;
     }
 
     /// Current state.
@@ -843,6 +855,7 @@ impl Session {
             addr: self.local.addr,
             name: self.local.name.clone(),
             lane: self.lane,
+            conn_tag: self.conn_tag,
         }
     }
 
@@ -975,6 +988,7 @@ impl Session {
             addr: local.addr,
             name: local.name.clone(),
             lane: 0,
+            conn_tag: 0,
         };
         let mut stage = Vec::new();
         if let Ok(body) = wire::encode_hello(&hello) {

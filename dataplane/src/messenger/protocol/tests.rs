@@ -324,6 +324,7 @@ fn peer_claiming_more_than_was_sent_loses_nothing() {
             addr: None,
             name: "server".into(),
             lane: 0,
+            conn_tag: 0,
         })
         .unwrap(),
     )

@@ -301,6 +301,17 @@ impl Worker {
                 "frames sent before the handshake reply",
             );
         }
+        // A socket bound to a worker gets its new session there; an existing session owned
+        // elsewhere migrates to it (`on_adopt`, on the connection's route worker first).
+        let home = match self.entries.get(t) {
+            Some(Entry::Pending(p)) => p.socket.home_worker(),
+            _ => None,
+        }
+        .filter(|&h| h < self.shared.workers.len());
+        let conn = match self.shared.session_for(&hello, home) {
+            Ok(c) => c,
+            Err(reason) => return self.refuse(t, HelloStatus::Refused, &reason),
+        };
         let Entry::Pending(p) = self.entries.remove(t) else {
             return;
         };
@@ -314,12 +325,6 @@ impl Worker {
         if let Err(e) = socket.deregister(self.center.registry()) {
             tracing::warn!(%peer, error = %e, "deregistering accepted socket");
         }
-        // A socket bound to a worker gets its new session there; an existing session owned
-        // elsewhere migrates to it (`on_adopt`, on the connection's route worker first).
-        let home = socket
-            .home_worker()
-            .filter(|&h| h < self.shared.workers.len());
-        let conn = self.shared.session_for(&hello, home);
         let target = conn.worker_index().unwrap_or(self.index);
         tracing::debug!(%peer, name = %hello.name, target, ?home, "hello accepted");
         let a = Adopt {

@@ -310,6 +310,7 @@ mod tests {
             addr: None,
             name: "client".into(),
             lane: 0,
+            conn_tag: 0,
         };
         // Homes jump around: back to the route worker (0), to a worker the session is still
         // travelling to, away and back while a previous move is unfinished (x, h, z, h).
@@ -322,7 +323,7 @@ mod tests {
             homes.push((x >> 33) as usize % WORKERS);
         }
         let mut sinks = Vec::new();
-        let conn = shared.session_for(&hello, Some(homes[0]));
+        let conn = shared.session_for(&hello, Some(homes[0])).unwrap();
         assert_eq!(conn.worker_index(), Some(0));
         let per_socket = N / homes.len() as u64;
         let mut next = 0u64;
@@ -342,7 +343,7 @@ mod tests {
                     connect_seq: k as u64 + 1,
                     ..hello.clone()
                 },
-                conn: shared.session_for(&hello, Some(home)),
+                conn: shared.session_for(&hello, Some(home)).unwrap(),
                 sealer: None,
             };
             assert!(shared.push_command(0, Command::Adopt(Box::new(a))));

@@ -453,9 +453,13 @@ impl Worker {
 
     fn connect(&mut self, conn: Connection, addr: SocketAddr, lane: u32) {
         let lossy = conn.policy().lossy;
+        // Tells this connection apart from the messenger's other connections to the same
+        // server (reached through another of its addresses) in the server's session table.
+        let tag = (conn.id() % u64::from(u16::MAX)) as u16 + 1;
         let t = self.new_conn_state(conn, Role::Client, lossy, Some(addr));
         if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
             st.session.set_lane(lane);
+            st.session.set_conn_tag(tag);
         }
         self.start_connect(t);
     }
