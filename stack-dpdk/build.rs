@@ -74,7 +74,6 @@ fn build() -> Result<(), String> {
         .allowlist_function("rte_eth_dev_start")
         .allowlist_function("rte_eth_dev_set_link_up")
         .allowlist_function("rte_eth_dev_set_link_down")
-        .allowlist_function("rte_eth_allmulticast_enable")
         .allowlist_function("rte_strerror")
         .allowlist_function("rte_socket_id")
         .allowlist_function("rte_thread_register")

@@ -125,12 +125,6 @@ impl Port {
         })();
         match opened {
             Ok((pool, info)) => {
-                if cfg.ipv6.is_some() {
-                    if let Err(e) = safe::allmulticast(id) {
-                        tracing::debug!(port = id, error = %e,
-                            "all-multicast not available (IPv6 neighbour discovery relies on the driver passing multicast)");
-                    }
-                }
                 let steering = steering(id, &info, queues);
                 tracing::info!(port = id, driver = %info.driver, mac = ?info.mac, mtu = info.mtu,
                     rss = info.rss, queues, ?steering, skip_tcp_checksum = cfg.skip_tcp_checksum,

@@ -185,19 +185,6 @@ pub fn port_stop(port: u16) {
     }
 }
 
-/// Asks the port to deliver every multicast frame (IPv6 neighbour discovery reaches an
-/// interface through solicited-node multicast groups). Drivers without the notion (memif,
-/// rings) or without the operation answer with an error, handed back as text.
-pub fn allmulticast(port: u16) -> Result<(), String> {
-    // SAFETY: `port` is a configured port of this process; the call only changes its
-    // receive filter.
-    let r = unsafe { rte_eth_allmulticast_enable(port) };
-    if r != 0 {
-        return Err(strerror(r.abs()));
-    }
-    Ok(())
-}
-
 /// Starts a stopped port again.
 pub fn port_start(port: u16) -> Result<(), DpdkError> {
     // SAFETY: starting a configured, stopped port; the caller (the stack's `set_link`) holds
