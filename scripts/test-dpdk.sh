@@ -3,7 +3,7 @@
 #
 #   scripts/test-dpdk.sh            # every test
 #   scripts/test-dpdk.sh interop    # only the named ones: smoke interop interop_ipv6
-#                                   # memif memif_multiqueue memif_jumbo bench
+#                                   # memif memif_multiqueue memif_ipv6 memif_jumbo bench
 #
 # Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping
 # ethtool jq),
@@ -165,6 +165,10 @@ test_memif_multiqueue() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif_multiqueue -- --ignored --nocapture
 }
 
+test_memif_ipv6() {
+    cargo test --release -q -p dataplane-stack-dpdk --test memif_ipv6 -- --ignored --nocapture
+}
+
 test_memif_jumbo() {
     cargo test --release -q -p dataplane-stack-dpdk --test memif_jumbo -- --ignored --nocapture
 }
@@ -188,10 +192,10 @@ test_bench() {
 
 export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP DPDK_IP6 PEER_IP6 RUN_DIR
 export CARGO_TARGET_DIR
-export -f setup_veth test_smoke test_interop test_interop_ipv6 test_memif test_memif_multiqueue test_memif_jumbo \
+export -f setup_veth test_smoke test_interop test_interop_ipv6 test_memif test_memif_multiqueue test_memif_ipv6 test_memif_jumbo \
     test_bench
 
-ALL=(smoke interop interop_ipv6 memif memif_multiqueue memif_jumbo bench)
+ALL=(smoke interop interop_ipv6 memif memif_multiqueue memif_ipv6 memif_jumbo bench)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
@@ -201,6 +205,7 @@ for t in "${SELECTED[@]}"; do
         interop_ipv6) run interop_ipv6_dual_stack_vs_posix test_interop_ipv6 ;;
         memif) run memif_two_processes_link_down_up test_memif ;;
         memif_multiqueue) run memif_two_queues_two_workers_each test_memif_multiqueue ;;
+        memif_ipv6) run memif_ipv6_two_processes_two_queues test_memif_ipv6 ;;
         memif_jumbo) run memif_jumbo_frames_tcp_checksums_off test_memif_jumbo ;;
         bench) run bench_dpdk_beside_posix test_bench ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;

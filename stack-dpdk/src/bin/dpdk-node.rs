@@ -1,11 +1,13 @@
 //! `dpdk-node`: a messenger node on the DPDK stack, for tests and manual experiments.
 //!
 //! ```text
-//! dpdk-node --vdev <vdev> [--vdev <vdev>…] --port <name|id> --ip <a.b.c.d> [--listen <port>]
-//!           [--expect <messages>] [--no-huge] [--seconds <limit>] [--workers <n>]
+//! dpdk-node --vdev <vdev> [--vdev <vdev>…] --port <name|id> --ip <a.b.c.d> [--ipv6 <addr>]
+//!           [--listen <port>] [--expect <messages>] [--no-huge] [--seconds <limit>]
+//!           [--workers <n>]
 //! ```
 //!
-//! It binds `ip:listen`, checks every message it receives (per stream: sequence numbers
+//! It binds `ip:listen` (with `--ipv6`, the interface is dual stack and it binds
+//! `[::]:listen`, which takes both families), checks every message it receives (per stream: sequence numbers
 //! exactly once and in order, payload bytes as the tests generate them: see
 //! `tests/common/mod.rs`), prints `READY <addr>` once listening, and with `--expect N` prints
 //! `DONE <messages> <bytes> errors=<n> streams=<s> accepted=<a,b,…> stats=…` and exits (0 if
@@ -14,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,6 +75,7 @@ struct Args {
     vdevs: Vec<String>,
     port: String,
     ip: Ipv4Addr,
+    ipv6: Option<Ipv6Addr>,
     listen: u16,
     expect: Option<u64>,
     no_huge: bool,
@@ -85,6 +88,7 @@ fn parse() -> Result<Args, String> {
         vdevs: Vec::new(),
         port: "0".into(),
         ip: Ipv4Addr::new(10, 88, 0, 1),
+        ipv6: None,
         listen: 7300,
         expect: None,
         no_huge: false,
@@ -98,6 +102,7 @@ fn parse() -> Result<Args, String> {
             "--vdev" => a.vdevs.push(v()?),
             "--port" => a.port = v()?,
             "--ip" => a.ip = v()?.parse().map_err(|e| format!("--ip: {e}"))?,
+            "--ipv6" => a.ipv6 = Some(v()?.parse().map_err(|e| format!("--ipv6: {e}"))?),
             "--listen" => a.listen = v()?.parse().map_err(|e| format!("--listen: {e}"))?,
             "--expect" => a.expect = Some(v()?.parse().map_err(|e| format!("--expect: {e}"))?),
             "--seconds" => a.seconds = v()?.parse().map_err(|e| format!("--seconds: {e}"))?,
@@ -110,7 +115,7 @@ fn parse() -> Result<Args, String> {
             }
             "-h" | "--help" => {
                 return Err("usage: dpdk-node --vdev <vdev> --port <name> --ip <ip> \
-                            [--listen <port>] [--expect <n>] [--no-huge] [--seconds <s>] \
+                            [--ipv6 <addr>] [--listen <port>] [--expect <n>] [--no-huge] [--seconds <s>] \
                             [--workers <n>]"
                     .into())
             }
@@ -146,6 +151,7 @@ fn run(a: Args) -> Result<ExitCode, String> {
             port: a.port.clone(),
             queues: a.workers as u16,
             ip: a.ip,
+            ipv6: a.ipv6,
             ..DpdkConfig::default()
         })
         .map_err(|e| e.to_string())?,
@@ -164,7 +170,10 @@ fn run(a: Args) -> Result<ExitCode, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let addr = m
-        .bind(SocketAddr::from((a.ip, a.listen)))
+        .bind(match a.ipv6 {
+            Some(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, a.listen)),
+            None => SocketAddr::from((a.ip, a.listen)),
+        })
         .map_err(|e| e.to_string())?;
     m.start().map_err(|e| e.to_string())?;
     let mut out = std::io::stdout();
