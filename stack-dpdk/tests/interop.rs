@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dataplane::{Message, Policy};
-use dataplane_stack_dpdk::{check_frame, DpdkConfig, DpdkStack, FrameDrop};
-use dataplane_stack_posix::PosixStack;
+use dataplane_stack_dpdk::{check_frame, DpdkStack, FrameDrop};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -31,18 +30,7 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
     let n: u64 = env_or("INTEROP_MESSAGES", "100000").parse().expect("count");
 
     // The DPDK node, in this namespace.
-    let stack = Arc::new(
-        DpdkStack::new(DpdkConfig {
-            no_huge: no_huge(),
-            no_pci: true,
-            vdevs: vec![format!("net_af_packet0,iface={iface}")],
-            port: "net_af_packet0".into(),
-            ip,
-            prefix_len: 24,
-            ..DpdkConfig::default()
-        })
-        .expect("DPDK stack"),
-    );
+    let stack = Arc::new(DpdkStack::new(af_packet_config(&iface, ip)).expect("DPDK stack"));
     eprintln!(
         "dpdk port {} driver {} mac {:02x?}",
         stack.port_id(),
@@ -62,45 +50,17 @@ fn interop_dpdk_af_packet_with_posix_kernel_tcp() {
 
     // The POSIX node, built on a thread inside the peer namespace.
     let posix_rx = Checker::fast();
-    let prx = posix_rx.clone();
-    let posix = std::thread::spawn(move || {
-        enter_netns(&peer_ns);
-        start_messenger(
-            "posix-node",
-            test_config(),
-            Arc::new(PosixStack::new()),
-            prx,
-            Policy::lossless_client(),
-            Some(SocketAddr::from((peer_ip, 7200))),
-        )
-    })
-    .join()
-    .expect("posix thread");
+    let posix = posix_node_in(
+        &peer_ns,
+        "posix-node",
+        posix_rx.clone(),
+        Some(SocketAddr::from((peer_ip, 7200))),
+    );
     let posix_addr = posix.addr().expect("posix bound");
 
-    // ARP + ICMP echo, answered by smoltcp on the DPDK port.
-    let ping = std::process::Command::new("ip")
-        .args(["netns", "exec", &env_or("PEER_NETNS", "dp-peer"), "ping"])
-        .args(["-c", "3", "-i", "0.2", "-W", "2", &ip.to_string()])
-        .output()
-        .expect("run ping");
-    let out = String::from_utf8_lossy(&ping.stdout);
-    eprintln!("{out}");
-    assert!(ping.status.success(), "ping of the DPDK node failed: {out}");
-    assert!(out.contains("3 received"), "{out}");
-    // The peer's kernel learnt the DPDK port's MAC by ARP (answered by smoltcp).
-    let neigh = std::process::Command::new("ip")
-        .args(["netns", "exec", &env_or("PEER_NETNS", "dp-peer")])
-        .args(["ip", "neigh", "show", &ip.to_string()])
-        .output()
-        .expect("ip neigh");
-    let neigh = String::from_utf8_lossy(&neigh.stdout).to_lowercase();
-    let mac: Vec<String> = stack.mac().iter().map(|b| format!("{b:02x}")).collect();
-    assert!(
-        neigh.contains(&mac.join(":")),
-        "ARP entry of the DPDK node: {neigh:?}, want {}",
-        mac.join(":")
-    );
+    // ARP + ICMP echo, answered by smoltcp on the DPDK port; the peer's kernel learnt the
+    // DPDK port's MAC by ARP.
+    assert_answers_ping_and_neighbour(&peer_ns, ip.into(), stack.mac());
 
     // Bad input from the wire, sent raw from the peer namespace: every frame is dropped
     // before the TCP/IP stack and counted by cause; the node keeps working (the messages

@@ -19,7 +19,6 @@ use std::time::Duration;
 use common::*;
 use dataplane::Policy;
 use dataplane_stack_dpdk::{check_frame, DpdkConfig, DpdkStack, FrameDrop};
-use dataplane_stack_posix::PosixStack;
 
 const T: Duration = Duration::from_secs(120);
 
@@ -27,19 +26,6 @@ fn env_ip6(name: &str, default: &str) -> Ipv6Addr {
     env_or(name, default)
         .parse()
         .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Runs `cmd` in the peer namespace and returns (success, stdout).
-fn in_peer(ns: &str, cmd: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(cmd)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[test]
@@ -56,15 +42,9 @@ fn interop_ipv6_dual_stack_dpdk_with_posix_kernel_tcp() {
 
     let stack = Arc::new(
         DpdkStack::new(DpdkConfig {
-            no_huge: no_huge(),
-            no_pci: true,
-            vdevs: vec![format!("net_af_packet0,iface={iface}")],
-            port: "net_af_packet0".into(),
-            ip,
-            prefix_len: 24,
             ipv6: Some(ip6),
             ipv6_prefix_len: 64,
-            ..DpdkConfig::default()
+            ..af_packet_config(&iface, ip)
         })
         .expect("DPDK stack"),
     );
@@ -86,50 +66,16 @@ fn interop_ipv6_dual_stack_dpdk_with_posix_kernel_tcp() {
     );
 
     let posix_rx = Checker::fast();
-    let prx = posix_rx.clone();
-    let ns = peer_ns.clone();
-    let posix = std::thread::spawn(move || {
-        enter_netns(&ns);
-        start_messenger(
-            "posix-node",
-            test_config(),
-            Arc::new(PosixStack::new()),
-            prx,
-            Policy::lossless_client(),
-            Some(SocketAddr::from((peer_ip6, 7201))),
-        )
-    })
-    .join()
-    .expect("posix thread");
+    let posix = posix_node_in(
+        &peer_ns,
+        "posix-node",
+        posix_rx.clone(),
+        Some(SocketAddr::from((peer_ip6, 7201))),
+    );
     let posix_addr = posix.addr().expect("posix bound");
 
     // Neighbour discovery and ICMPv6 echo, answered by smoltcp.
-    let (ok, out) = in_peer(
-        &peer_ns,
-        &[
-            "ping",
-            "-6",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &ip6.to_string(),
-        ],
-    );
-    eprintln!("{out}");
-    assert!(
-        ok && out.contains("3 received"),
-        "ping -6 of the DPDK node: {out}"
-    );
-    let (_, neigh) = in_peer(&peer_ns, &["ip", "-6", "neigh", "show", &ip6.to_string()]);
-    let mac: Vec<String> = stack.mac().iter().map(|b| format!("{b:02x}")).collect();
-    assert!(
-        neigh.to_lowercase().contains(&mac.join(":")),
-        "neighbour entry of the DPDK node: {neigh:?}, want {}",
-        mac.join(":")
-    );
+    assert_answers_ping_and_neighbour(&peer_ns, ip6.into(), stack.mac());
 
     // Malformed IPv6 from the wire: dropped before smoltcp, counted by cause.
     let before = stack.stats();
@@ -181,20 +127,7 @@ fn interop_ipv6_dual_stack_dpdk_with_posix_kernel_tcp() {
 
     // The same listener over IPv4 (dual stack), from another POSIX node (a messenger keeps
     // one session per peer).
-    let ns = peer_ns.clone();
-    let posix4 = std::thread::spawn(move || {
-        enter_netns(&ns);
-        start_messenger(
-            "posix-node-v4",
-            test_config(),
-            Arc::new(PosixStack::new()),
-            Checker::fast(),
-            Policy::lossless_client(),
-            None,
-        )
-    })
-    .join()
-    .expect("posix v4 thread");
+    let posix4 = posix_node_in(&peer_ns, "posix-node-v4", Checker::fast(), None);
     let to_dpdk4 = posix4
         .connect(SocketAddr::from((ip, 7101)))
         .expect("posix -> dpdk over IPv4");

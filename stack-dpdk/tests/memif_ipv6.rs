@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Config, Message, Policy};
+use dataplane::{Config, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
 
 #[test]
@@ -22,7 +22,9 @@ use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
 fn memif_ipv6_two_dpdk_processes_two_queues_exactly_once() {
     init_tracing();
     const CONNS: u32 = 6;
-    let per_conn: u64 = env_or("MEMIF_IPV6_MESSAGES", "10000").parse().expect("count");
+    let per_conn: u64 = env_or("MEMIF_IPV6_MESSAGES", "10000")
+        .parse()
+        .expect("count");
     let n = per_conn * u64::from(CONNS);
     let dir = SocketDir::new("memif-v6");
     let server_ip6: Ipv6Addr = "fd89::1".parse().expect("address");
@@ -59,7 +61,10 @@ fn memif_ipv6_two_dpdk_processes_two_queues_exactly_once() {
     // back is handed to queue 1's interface too.
     let mut conns = vec![m.open(target, Policy::lossless_client()).expect("open")];
     assert!(
-        wait_until(std::time::Duration::from_secs(10), || stack.stats().arp_shared >= 1),
+        wait_until(std::time::Duration::from_secs(10), || stack
+            .stats()
+            .arp_shared
+            >= 1),
         "worker 0's neighbour advertisement was not shared: {:?}",
         stack.stats()
     );
@@ -68,17 +73,7 @@ fn memif_ipv6_two_dpdk_processes_two_queues_exactly_once() {
     let senders: Vec<_> = conns
         .iter()
         .enumerate()
-        .map(|(s, c)| {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                for i in 0..per_conn {
-                    send_retry(
-                        &c,
-                        Message::new(1, payload(s as u32, i, 16 + (i % 300) as usize)),
-                    );
-                }
-            })
-        })
+        .map(|(s, c)| spawn_sender(c.clone(), s as u32, per_conn))
         .collect();
     for t in senders {
         t.join().expect("sender");

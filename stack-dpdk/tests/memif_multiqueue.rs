@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Config, Message, Policy};
+use dataplane::{Config, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack, Steering};
 
 #[test]
@@ -75,17 +75,7 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
     let senders: Vec<_> = conns
         .iter()
         .enumerate()
-        .map(|(s, c)| {
-            let c = c.clone();
-            std::thread::spawn(move || {
-                for i in 0..per_conn {
-                    send_retry(
-                        &c,
-                        Message::new(1, payload(s as u32, i, 16 + (i % 200) as usize)),
-                    );
-                }
-            })
-        })
+        .map(|(s, c)| spawn_sender(c.clone(), s as u32, per_conn))
         .collect();
     for t in senders {
         t.join().expect("sender");

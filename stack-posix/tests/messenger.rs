@@ -749,20 +749,27 @@ fn backpressure_bidirectional_echo_never_stalls() {
     }
 }
 
-#[test]
-fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
+/// A server and a client whose connection queues at most `max_msgs` messages; the server's
+/// checker and the client's connection to it.
+fn pair_with_queue_limit(max_msgs: usize) -> (Arc<Checker>, Messenger, Messenger, Connection) {
     let d = Checker::fast();
     let server = messenger("server", test_config(), d.clone(), true);
     let client = messenger(
         "client",
         Config {
-            queue_max_msgs: 1000,
+            queue_max_msgs: max_msgs,
             ..test_config()
         },
         Checker::fast(),
         false,
     );
     let conn = client.connect(addr(&server)).unwrap();
+    (d, server, client, conn)
+}
+
+#[test]
+fn batch_send_delivers_in_order_and_refuses_a_batch_whole() {
+    let (d, _server, _client, conn) = pair_with_queue_limit(1000);
     let mut next = 0u64;
     for _ in 0..400 {
         let batch: Vec<Message> = (0..250)
@@ -800,18 +807,7 @@ fn record_batch(next: &mut u64, count: u64) -> RecordBatch {
 
 #[test]
 fn record_batches_deliver_in_order_with_messages_and_are_refused_whole() {
-    let d = Checker::fast();
-    let server = messenger("server", test_config(), d.clone(), true);
-    let client = messenger(
-        "client",
-        Config {
-            queue_max_msgs: 1000,
-            ..test_config()
-        },
-        Checker::fast(),
-        false,
-    );
-    let conn = client.connect(addr(&server)).unwrap();
+    let (d, _server, _client, conn) = pair_with_queue_limit(1000);
     let mut next = 0u64;
     for round in 0..200u64 {
         conn.send_records_wait(record_batch(&mut next, 240), T)

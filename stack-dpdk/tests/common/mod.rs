@@ -5,10 +5,13 @@
 //! byte-exact delivery, and waiting helpers.
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::{Config, Connection, Message};
+use dataplane::{Config, Connection, Dispatcher, Message, Messenger, Policy};
+use dataplane_stack_dpdk::DpdkConfig;
+use dataplane_stack_posix::PosixStack;
 use dataplane_test_support::Backoff;
 // Not every test uses every one of these.
 #[allow(unused_imports)]
@@ -126,4 +129,77 @@ pub fn send_raw(iface: &str, frames: &[Vec<u8>], times: usize) {
         }
         libc::close(fd);
     }
+}
+
+/// The DPDK configuration of the veth tests: `net_af_packet` on `iface`, address `ip`/24.
+pub fn af_packet_config(iface: &str, ip: Ipv4Addr) -> DpdkConfig {
+    DpdkConfig {
+        no_huge: no_huge(),
+        no_pci: true,
+        vdevs: vec![format!("net_af_packet0,iface={iface}")],
+        port: "net_af_packet0".into(),
+        ip,
+        prefix_len: 24,
+        ..DpdkConfig::default()
+    }
+}
+
+/// A POSIX messenger (Linux kernel TCP) named `name`, built on a thread that entered the
+/// network namespace `ns` (its workers live there too), bound to `bind` if given.
+pub fn posix_node_in(
+    ns: &str,
+    name: &str,
+    d: Arc<dyn Dispatcher>,
+    bind: Option<SocketAddr>,
+) -> Messenger {
+    let (ns, name) = (ns.to_string(), name.to_string());
+    std::thread::spawn(move || {
+        enter_netns(&ns);
+        start_messenger(
+            &name,
+            test_config(),
+            Arc::new(PosixStack::new()),
+            d,
+            Policy::lossless_client(),
+            bind,
+        )
+    })
+    .join()
+    .expect("POSIX node thread")
+}
+
+/// Runs `cmd` in the network namespace `ns`; returns (success, stdout).
+pub fn in_netns(ns: &str, cmd: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?} in {ns}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// From namespace `ns`: three pings of `ip` are answered, and the kernel's neighbour entry
+/// for `ip` (learnt by ARP or neighbour discovery, both answered by smoltcp) holds `mac`.
+pub fn assert_answers_ping_and_neighbour(ns: &str, ip: IpAddr, mac: [u8; 6]) {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
+    let ip = ip.to_string();
+    let (ok, out) = in_netns(
+        ns,
+        &["ping", family, "-c", "3", "-i", "0.2", "-W", "2", &ip],
+    );
+    eprintln!("{out}");
+    assert!(
+        ok && out.contains("3 received"),
+        "ping of the DPDK node {ip}: {out}"
+    );
+    let (_, neigh) = in_netns(ns, &["ip", family, "neigh", "show", &ip]);
+    let mac: Vec<String> = mac.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        neigh.to_lowercase().contains(&mac.join(":")),
+        "neighbour entry of the DPDK node: {neigh:?}, want {}",
+        mac.join(":")
+    );
 }
