@@ -494,7 +494,8 @@ impl Connection {
     /// Sends, waiting (parked, not spinning) while the connection's queue is full, until
     /// `timeout` passes. A full queue drains as the peer acknowledges; the waiter resumes
     /// when the queue is back under half its limits. Errors other than backpressure (closed,
-    /// too large) return at once; on time-out the last `QueueFull` error is returned.
+    /// too large) return at once, and so does a message larger than the queue's byte limit,
+    /// which could never fit; on time-out the last `QueueFull` error is returned.
     #[allow(clippy::result_large_err)] // see `send`
     pub fn send_wait(&self, msg: Message, timeout: Duration) -> Result<(), SendError> {
         self.retry(
