@@ -982,3 +982,34 @@ fn a_second_connection_to_the_same_server_is_refused_not_merged() {
     assert_eq!(server.counters().duplicates, 0);
     d.assert_clean();
 }
+
+/// A message larger than the connection's queue byte limit (but within the message size
+/// limit) can never be queued: `send_wait` says so at once instead of waiting out its timeout.
+#[test]
+fn send_wait_fails_at_once_for_a_message_over_the_queue_limit() {
+    let server = messenger("server", test_config(), Checker::fast(), true);
+    let client = messenger(
+        "client",
+        Config {
+            queue_max_bytes: 1000,
+            ..test_config()
+        },
+        Checker::fast(),
+        false,
+    );
+    let conn = client.connect(addr(&server)).unwrap();
+    let start = std::time::Instant::now();
+    let e = conn
+        .send_wait(
+            Message::new(1, payload(0, 0, 2000)),
+            Duration::from_secs(120),
+        )
+        .unwrap_err();
+    assert!(matches!(e.kind, SendErrorKind::QueueFull { .. }), "{e}");
+    assert_eq!(e.message.len(), 2000, "the message comes back");
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "waited {:?} for a message that can never fit",
+        start.elapsed()
+    );
+}
