@@ -641,6 +641,7 @@ impl Engine {
                         writable: false,
                         error: false,
                         closed: false,
+                        polled: true,
                     });
                 }
             }
@@ -694,6 +695,7 @@ impl Engine {
                     writable,
                     error,
                     closed,
+                    polled: true,
                 });
             }
         }

@@ -174,6 +174,7 @@ impl CqPoller {
                         writable: true,
                         error: false,
                         closed: false,
+                        polled: true,
                     });
                 }
             }

@@ -153,6 +153,12 @@ pub struct RdmaSocket {
     peer: Option<Hello>,
     ctl_in: Vec<u8>,
     ctl_out: Vec<u8>,
+    /// The side channel may hold bytes not read yet: set by every kernel event on the
+    /// socket's token (`on_file_event`; the side channel is registered edge-triggered, so new
+    /// bytes always raise one) and on registration, cleared when a read drains it. A read that
+    /// found nothing on the queues reads the side channel only then, instead of making a
+    /// system call per received message that finds nothing.
+    ctl_maybe: bool,
     tcp_eof: bool,
     peer_close: Option<u32>,
     kick: Kick,
@@ -313,6 +319,7 @@ impl RdmaSocket {
             peer: None,
             ctl_in: Vec::new(),
             ctl_out: Vec::new(),
+            ctl_maybe: true,
             tcp_eof: false,
             peer_close: None,
             kick: Kick::new()?,
@@ -1759,9 +1766,19 @@ impl ConnectedSocket for RdmaSocket {
         if let Some(res) = &self.res {
             poller::join(&res.shared, token);
         }
-        // Completions may have arrived while no loop watched us: make the new owner look.
+        // Completions and side-channel bytes may have arrived while no loop watched us: make
+        // the new owner look at both.
+        self.ctl_maybe = true;
         self.kick.kick();
         Ok(())
+    }
+
+    fn on_file_event(&mut self) {
+        self.ctl_maybe = true;
+        // A side channel that was full takes the control bytes left over now.
+        if !self.ctl_out.is_empty() {
+            self.flush_ctl();
+        }
     }
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
@@ -1839,7 +1856,9 @@ impl ConnectedSocket for RdmaSocket {
             if buf.remaining() == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            self.pump_ctl()?;
+            if std::mem::take(&mut self.ctl_maybe) {
+                self.pump_ctl()?;
+            }
             self.maybe_kick();
             if self.drained_eof() {
                 return Ok(0);

@@ -37,6 +37,9 @@ pub enum Fired {
         error: bool,
         /// The peer closed its side (or the source failed): read until end of stream.
         closed: bool,
+        /// Reported by a [`Poller`] (a queue or completion queue it polled), not by the
+        /// kernel for one of the files registered under `token`.
+        polled: bool,
     },
     /// A timer added with [`EventCenter::add_timer`] is due.
     Timer {
@@ -247,6 +250,7 @@ impl EventCenter {
                 writable: ev.is_writable(),
                 error: ev.is_error(),
                 closed: ev.is_read_closed() || ev.is_error(),
+                polled: false,
             });
         }
         if timeout != Some(Duration::ZERO) {

@@ -204,6 +204,13 @@ pub trait ConnectedSocket: Send {
     /// Registers with an event loop for edge-triggered readability and writability.
     fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()>;
 
+    /// Called before the worker acts on an event of this socket's token that the kernel
+    /// reported for one of its registered files, not on a readiness report of a poller. A
+    /// socket with several sources under one token (RDMA: completion queue, side channel)
+    /// learns from it that a file, and not only a queue, may have something: it can skip
+    /// system calls on that file otherwise. Default: nothing.
+    fn on_file_event(&mut self) {}
+
     /// Removes it from the event loop.
     fn deregister(&mut self, registry: &Registry) -> io::Result<()>;
 

@@ -255,7 +255,13 @@ impl Worker {
                         writable,
                         error,
                         closed,
-                    } => self.on_file(token.0, readable || error, writable, closed),
+                        polled,
+                    } => {
+                        if !polled {
+                            self.on_file_event(token.0);
+                        }
+                        self.on_file(token.0, readable || error, writable, closed)
+                    }
                     Fired::Timer { key } => self.on_timer(key as usize),
                 }
             }
@@ -490,6 +496,16 @@ impl Worker {
             Err(e) => {
                 let err = io::Error::other(e.to_string());
                 self.fault(t, Fault::Io(err));
+            }
+        }
+    }
+
+    /// The kernel reported one of the files of connection `t`'s socket ready (not a poller):
+    /// tells the socket (see `ConnectedSocket::on_file_event`).
+    fn on_file_event(&mut self, t: usize) {
+        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+            if let Some(s) = st.socket.as_mut() {
+                s.on_file_event();
             }
         }
     }
