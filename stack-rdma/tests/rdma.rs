@@ -1215,9 +1215,15 @@ fn rdma_write_through_a_revoked_window_is_refused_and_lent_memory_is_untouched()
     let keep = Checker::keeping();
     let t = Trio::new(srv_stack, bad_stack, good_stack, keep.clone());
     // Frames larger than a SEND: each goes by RDMA WRITE into a chunk the server lends (and
-    // the keeping application holds); the second round through the ring uses stale keys.
-    for i in 0..8u64 {
+    // the keeping application holds); a write after the server re-keyed a chunk uses the
+    // stale key. The server lends a chunk only when its send queue has room for the re-bind
+    // (else it copies, and the key stays valid), so the frames are spread out and sent until
+    // the bad write happened.
+    let mut i = 0u64;
+    while i < 64 && t.stack(1).stats().last_failure.lock().is_none() {
         let _ = t.bad_conn.send(Message::new(1, payload(1, i, 300 << 10)));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
     }
     let why = t.failure(1, "the write through a revoked window");
     eprintln!("revoked window: the bad peer's connection failed with \"{why}\"");
