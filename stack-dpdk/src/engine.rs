@@ -189,6 +189,14 @@ impl Engine {
         self.ip6
     }
 
+    /// The interface's address of the family of `addr`, if it has one.
+    pub(crate) fn ip_for(&self, addr: &SocketAddr) -> Option<IpAddr> {
+        match addr {
+            SocketAddr::V4(_) => Some(self.ip.into()),
+            SocketAddr::V6(_) => self.ip6.map(IpAddr::from),
+        }
+    }
+
     fn new_socket(rx: usize, tx: usize, nodelay: bool) -> tcp::Socket<'static> {
         let mut s = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; rx.max(1024)]),
@@ -323,18 +331,12 @@ impl Engine {
         tx: usize,
         nodelay: bool,
     ) -> std::io::Result<SocketHandle> {
-        let ip: IpAddr = match addr {
-            SocketAddr::V4(_) => self.ip.into(),
-            SocketAddr::V6(_) => self
-                .ip6
-                .ok_or_else(|| {
-                    io_err(
-                        std::io::ErrorKind::AddrNotAvailable,
-                        "the DPDK interface has no IPv6 address (DpdkConfig::ipv6)",
-                    )
-                })?
-                .into(),
-        };
+        let ip = self.ip_for(&addr).ok_or_else(|| {
+            io_err(
+                std::io::ErrorKind::AddrNotAvailable,
+                "the DPDK interface has no IPv6 address (DpdkConfig::ipv6)",
+            )
+        })?;
         // A local port whose reply flow the device sends back to this worker's queue (the
         // socket lives in this worker's interface).
         let (queue, port) = (self.dev.queue(), self.port.clone());

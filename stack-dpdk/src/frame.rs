@@ -22,28 +22,37 @@ pub enum Drop {
 /// `hw_bad`: the NIC flagged a bad checksum.
 pub fn check_frame(frame: &[u8], ip_ok: bool, tcp_ok: bool, hw_bad: bool) -> Result<(), Drop> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| Drop::Runt)?;
-    match eth.ethertype() {
+    let ipv6 = match eth.ethertype() {
         EthernetProtocol::Arp => return Ok(()),
-        EthernetProtocol::Ipv4 => {}
-        EthernetProtocol::Ipv6 => return check_ipv6(eth.payload(), tcp_ok, hw_bad),
+        EthernetProtocol::Ipv4 => false,
+        EthernetProtocol::Ipv6 => true,
         _ => return Err(Drop::NotIp),
-    }
+    };
     if hw_bad {
         return Err(Drop::Checksum);
     }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| Drop::Truncated)?;
+    if ipv6 {
+        check_ipv6(eth.payload(), tcp_ok)
+    } else {
+        check_ipv4(eth.payload(), ip_ok, tcp_ok)
+    }
+}
+
+/// The IPv4 part of [`check_frame`]: header, lengths and header checksum, then a TCP segment
+/// that is not a fragment.
+fn check_ipv4(packet: &[u8], ip_ok: bool, tcp_ok: bool) -> Result<(), Drop> {
+    let ip = Ipv4Packet::new_checked(packet).map_err(|_| Drop::Truncated)?;
     if !ip_ok && !ip.verify_checksum() {
         return Err(Drop::Checksum);
     }
     if ip.next_header() == IpProtocol::Tcp && !ip.more_frags() && ip.frag_offset() == 0 {
-        let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| Drop::Truncated)?;
-        let (src, dst) = (
-            IpAddress::Ipv4(ip.src_addr()),
-            IpAddress::Ipv4(ip.dst_addr()),
-        );
-        if !tcp_ok && !tcp.verify_checksum(&src, &dst) {
-            return Err(Drop::Checksum);
-        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        check_tcp(
+            ip.payload(),
+            IpAddress::Ipv4(src),
+            IpAddress::Ipv4(dst),
+            tcp_ok,
+        )?;
     }
     Ok(())
 }
@@ -51,20 +60,26 @@ pub fn check_frame(frame: &[u8], ip_ok: bool, tcp_ok: bool, hw_bad: bool) -> Res
 /// The IPv6 part of [`check_frame`]: the header and its payload length fit, and a TCP
 /// segment right behind the header (no extension headers) has the right checksum. IPv6 has no
 /// header checksum; ICMPv6 (neighbour discovery, echo) is checked by smoltcp.
-fn check_ipv6(packet: &[u8], tcp_ok: bool, hw_bad: bool) -> Result<(), Drop> {
-    if hw_bad {
-        return Err(Drop::Checksum);
-    }
+fn check_ipv6(packet: &[u8], tcp_ok: bool) -> Result<(), Drop> {
     let ip = Ipv6Packet::new_checked(packet).map_err(|_| Drop::Truncated)?;
     if ip.next_header() == IpProtocol::Tcp {
-        let tcp = TcpPacket::new_checked(ip.payload()).map_err(|_| Drop::Truncated)?;
-        let (src, dst) = (
-            IpAddress::Ipv6(ip.src_addr()),
-            IpAddress::Ipv6(ip.dst_addr()),
-        );
-        if !tcp_ok && !tcp.verify_checksum(&src, &dst) {
-            return Err(Drop::Checksum);
-        }
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        check_tcp(
+            ip.payload(),
+            IpAddress::Ipv6(src),
+            IpAddress::Ipv6(dst),
+            tcp_ok,
+        )?;
+    }
+    Ok(())
+}
+
+/// A TCP segment from `src` to `dst`: its header fits, and its checksum over the pseudo-header
+/// is right unless the NIC verified it (`tcp_ok`).
+fn check_tcp(segment: &[u8], src: IpAddress, dst: IpAddress, tcp_ok: bool) -> Result<(), Drop> {
+    let tcp = TcpPacket::new_checked(segment).map_err(|_| Drop::Truncated)?;
+    if !tcp_ok && !tcp.verify_checksum(&src, &dst) {
+        return Err(Drop::Checksum);
     }
     Ok(())
 }

@@ -265,27 +265,25 @@ impl StackWorker for DpdkWorker {
         opts: &SocketOptions,
     ) -> Result<Box<dyn ServerSocket>, StackError> {
         let mut e = self.engine.lock();
-        let (ip, ip6) = (e.ip(), e.ip6());
         // Listeners take both families (smoltcp listens on a port, any address); the address
         // reported is the one asked for, or the interface's of that family.
-        let local_ip: std::net::IpAddr = match addr.ip() {
-            std::net::IpAddr::V4(a) if a.is_unspecified() || a == ip => ip.into(),
-            std::net::IpAddr::V6(a) if ip6.is_some_and(|i| a.is_unspecified() || a == i) => {
-                ip6.unwrap_or(a).into()
-            }
-            _ => {
-                let has = match ip6 {
-                    Some(i) => format!("{ip} and {i}"),
-                    None => format!("{ip} only (no IPv6 address configured)"),
-                };
-                return Err(StackError::Bind {
-                    addr,
-                    source: io::Error::new(
-                        io::ErrorKind::AddrNotAvailable,
-                        format!("the DPDK interface has address {has}"),
-                    ),
-                });
-            }
+        let asked = addr.ip();
+        let local_ip = e
+            .ip_for(&addr)
+            .filter(|&i| asked.is_unspecified() || asked == i);
+        let Some(local_ip) = local_ip else {
+            let ip = e.ip();
+            let has = match e.ip6() {
+                Some(i) => format!("{ip} and {i}"),
+                None => format!("{ip} only (no IPv6 address configured)"),
+            };
+            return Err(StackError::Bind {
+                addr,
+                source: io::Error::new(
+                    io::ErrorKind::AddrNotAvailable,
+                    format!("the DPDK interface has address {has}"),
+                ),
+            });
         };
         let (rx, tx) = self.buffers(opts);
         let port = e

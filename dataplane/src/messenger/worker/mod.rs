@@ -256,12 +256,7 @@ impl Worker {
                         error,
                         closed,
                         polled,
-                    } => {
-                        if !polled {
-                            self.on_file_event(token.0);
-                        }
-                        self.on_file(token.0, readable || error, writable, closed)
-                    }
+                    } => self.on_file(token.0, readable || error, writable, closed, polled),
                     Fired::Timer { key } => self.on_timer(key as usize),
                 }
             }
@@ -500,21 +495,18 @@ impl Worker {
         }
     }
 
-    /// The kernel reported one of the files of connection `t`'s socket ready (not a poller):
-    /// tells the socket (see `ConnectedSocket::on_file_event`).
-    fn on_file_event(&mut self, t: usize) {
-        if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
-            if let Some(s) = st.socket.as_mut() {
-                s.on_file_event();
-            }
-        }
-    }
-
-    fn on_file(&mut self, t: usize, readable: bool, writable: bool, closed: bool) {
+    /// Readiness of entry `t`; `polled`: reported by a poller, not by the kernel for one of
+    /// the socket's files (a kernel event is passed on: `ConnectedSocket::on_file_event`).
+    fn on_file(&mut self, t: usize, readable: bool, writable: bool, closed: bool, polled: bool) {
         match self.entries.get_mut(t) {
             Some(Entry::Listener(_)) => self.accept(t),
             Some(Entry::Pending(_)) => self.pending_readable(t),
             Some(Entry::Conn(st)) => {
+                if !polled {
+                    if let Some(s) = st.socket.as_mut() {
+                        s.on_file_event();
+                    }
+                }
                 if writable {
                     st.write_blocked = false;
                 }
