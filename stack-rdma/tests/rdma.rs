@@ -1191,9 +1191,14 @@ fn rdma_write_chunks_are_lent_zero_copy_through_memory_windows() {
         binds >= chunks + 2,
         "{binds} bindings for {chunks} chunks lent"
     );
+    // Every lent chunk carried a WRITE ending at a frame too large for a SEND, decoded where
+    // the peer wrote it. (How many of the large frames find a chunk free, rather than going
+    // as SENDs while the application still holds both, depends on how the sender's pace and
+    // the chunks' return line up: a share of all large frames would test timing, not this.)
     assert!(
-        in_place >= by_write / 2,
-        "only {in_place} bytes decoded in place ({by_write} bytes in WRITE-sized frames)"
+        in_place >= chunks * (128 << 10),
+        "only {in_place} bytes decoded in place for {chunks} lent write chunks \
+         ({by_write} bytes in WRITE-sized frames)"
     );
     assert_torn_down_lent_returned(p, &srv);
 }

@@ -261,6 +261,9 @@ impl Worker {
                 }
             }
             self.fired = fired;
+            // Messages sent by dispatchers that ran on this thread just now (an echo, a
+            // reply) go out in this round, not after another turn of the loop.
+            self.drain_commands();
             self.retry_reads();
             self.flush_dirty();
             self.flush_outbox();
