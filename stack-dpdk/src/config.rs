@@ -33,7 +33,10 @@ pub struct DpdkConfig {
     /// warning.
     pub no_huge: bool,
     /// Virtual devices (`--vdev`), e.g. `net_af_packet0,iface=veth0` or
-    /// `net_memif0,role=server,socket=/run/memif.sock`.
+    /// `net_memif0,role=server,socket=/run/memif.sock`. A memif client with `zero-copy=yes`
+    /// shares its own mbuf memory with the server (one copy per packet on the link instead
+    /// of two); the EAL then needs `--single-file-segments`, which [`DpdkConfig::eal_args`]
+    /// adds.
     pub vdevs: Vec<String>,
     /// PCI devices to use (`-a`); empty with `no_pci` set means no PCI scan at all.
     pub pci_allow: Vec<String>,
@@ -139,6 +142,9 @@ impl Default for DpdkConfig {
     }
 }
 
+/// The EAL option a memif zero-copy client needs.
+const SINGLE_FILE: &str = "--single-file-segments";
+
 impl DpdkConfig {
     /// Checks the values the TCP/IP stack would otherwise reject with a panic.
     pub fn validate(&self) -> Result<(), crate::DpdkError> {
@@ -200,8 +206,22 @@ impl DpdkConfig {
             None => a.push("--in-memory".into()),
         }
         a.push("--log-level=*:warning".into());
+        if self.memif_zero_copy() && !self.extra_eal_args.iter().any(|x| x == SINGLE_FILE) {
+            // memif's zero-copy client hands the server one file descriptor per memory
+            // segment list; without this the PMD refuses the device.
+            a.push(SINGLE_FILE.into());
+        }
         a.extend(self.extra_eal_args.iter().cloned());
         a
+    }
+
+    /// Whether a memif client among the virtual devices asks for zero-copy (`zero-copy=yes`).
+    pub fn memif_zero_copy(&self) -> bool {
+        self.vdevs.iter().any(|v| {
+            v.starts_with("net_memif")
+                && v.split(',')
+                    .any(|kv| kv.trim().eq_ignore_ascii_case("zero-copy=yes"))
+        })
     }
 }
 
@@ -230,6 +250,32 @@ mod tests {
         }
         let h = DpdkConfig::default().eal_args();
         assert!(h.iter().any(|x| x == "--in-memory"), "{h:?}");
+        assert!(!h.iter().any(|x| x == SINGLE_FILE), "{h:?}");
+    }
+
+    #[test]
+    fn a_memif_zero_copy_client_gets_single_file_segments_once() {
+        let zc = DpdkConfig {
+            vdevs: vec![
+                "net_memif0,role=server,socket=/tmp/m.sock".into(),
+                "net_memif1,role=client,socket=/tmp/m.sock,zero-copy=yes".into(),
+            ],
+            ..DpdkConfig::default()
+        };
+        assert!(zc.memif_zero_copy());
+        let count = |c: &DpdkConfig| c.eal_args().iter().filter(|x| *x == SINGLE_FILE).count();
+        assert_eq!(count(&zc), 1);
+        let given = DpdkConfig {
+            extra_eal_args: vec![SINGLE_FILE.into()],
+            ..zc.clone()
+        };
+        assert_eq!(count(&given), 1, "not added twice");
+        let copy = DpdkConfig {
+            vdevs: vec!["net_memif1,role=client,zero-copy=no".into()],
+            ..DpdkConfig::default()
+        };
+        assert!(!copy.memif_zero_copy());
+        assert_eq!(count(&copy), 0);
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! port pairs in this process (the EAL starts once per process, so all four ports are declared
 //! up front).
 //!
-//! 1. Pair A (MTU 9000, `bsize=9216`, TCP checksums off at both ends): a lossless stream of
-//!    small and large messages arrives exactly once, in order, byte for byte; frames longer
-//!    than a standard 1514-byte frame really crossed the link; no frame was dropped (a zero
-//!    TCP checksum is accepted by a peer that skips the check).
+//! 1. Pair A (MTU 9000, `bsize=9216`, TCP checksums off at both ends, the client in memif's
+//!    zero-copy mode): a lossless stream of small and large messages arrives exactly once, in
+//!    order, byte for byte; frames longer than a standard 1514-byte frame really crossed the
+//!    link; no frame was dropped (a zero TCP checksum is accepted by a peer that skips the
+//!    check). The zero-copy link really shares the client's mbuf memory: its memif region
+//!    holds the rings only, where pair B's (copy mode) holds a packet buffer per descriptor.
 //! 2. Pair B (MTU 1500): one end skips TCP checksums, the other checks them. The checking end
 //!    drops every segment of the other (their TCP checksum is zero) and counts them, so the
 //!    connection never carries a message: the option really removes the checksums.
@@ -76,7 +78,7 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
                 sock_a.display()
             ),
             format!(
-                "net_memif1,role=client,id=0,bsize={bsize},socket={}",
+                "net_memif1,role=client,id=0,bsize={bsize},socket={},zero-copy=yes",
                 sock_a.display()
             ),
             format!("net_memif2,role=server,id=0,socket={}", sock_b.display()),
@@ -97,6 +99,20 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
                 .all(|s| s.link_up())
         }),
         "memif links did not come up"
+    );
+
+    // The client of each pair makes the link's shared-memory file, `memif_region_0`, mapped
+    // here twice (client and server). Copy mode (pair B) puts a packet buffer per descriptor
+    // in it, megabytes; zero-copy (pair A) only the rings, the packets live in the client's
+    // hugepage memory, which the server maps.
+    let regions = memif_region_sizes();
+    assert!(
+        regions.len() >= 2 && regions.iter().min() < Some(&(1 << 20)),
+        "no memif region without packet buffers (zero-copy client): {regions:?}"
+    );
+    assert!(
+        regions.iter().max() > Some(&(1 << 20)),
+        "no memif region with packet buffers (copy mode): {regions:?}"
     );
 
     // 1. Jumbo frames, no TCP checksums, every message exactly once.
@@ -174,4 +190,20 @@ fn memif_jumbo_frames_and_tcp_checksums_off() {
     client.shutdown();
     server.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sizes of this process's mappings of memif's shared-memory region files (`/proc/self/maps`).
+fn memif_region_sizes() -> Vec<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
+    maps.lines()
+        .filter(|l| l.contains("memif_region_0"))
+        .filter_map(|l| {
+            let (a, b) = l.split_whitespace().next()?.split_once('-')?;
+            let (a, b) = (
+                u64::from_str_radix(a, 16).ok()?,
+                u64::from_str_radix(b, 16).ok()?,
+            );
+            Some(b - a)
+        })
+        .collect()
 }

@@ -1,7 +1,9 @@
 //! `dataplane-dpdk`: the messenger on the DPDK stack. Client and server messengers run in this
 //! process on two DPDK ports joined by `net_memif` (a shared-memory packet ring pair: the
 //! fastest path on a machine without a NIC), each with its own smoltcp TCP/IP stack, over
-//! lossless connections (sequenced, acknowledged, crc-checked) as in `dataplane-posix`.
+//! lossless connections (sequenced, acknowledged, crc-checked) as in `dataplane-posix`. The
+//! client port runs memif's zero-copy mode: its mbufs are the link's buffers, so each packet
+//! is copied once on the link (by the server side) instead of twice.
 //!
 //! The EAL can start once per process, and DPDK 22.11's memif cannot restart a port, so the
 //! two ports and their stacks are created on the first row and kept for the whole run; each
@@ -39,6 +41,21 @@ pub fn set_mtu(mtu: u16) {
     MTU.store(mtu, Ordering::Relaxed);
 }
 
+/// `DATAPLANE_BENCH_MEMIF_COPY=1`: the memif client copies too (for comparison with the
+/// default zero-copy client).
+fn copy_mode() -> bool {
+    std::env::var("DATAPLANE_BENCH_MEMIF_COPY").is_ok_and(|v| v == "1")
+}
+
+/// How the memif link moves packets, for the row notes.
+fn link_mode() -> &'static str {
+    if copy_mode() {
+        "copy"
+    } else {
+        "zero-copy client"
+    }
+}
+
 /// The server and client stacks, joined by memif.
 type Pair = (Arc<DpdkStack>, Arc<DpdkStack>);
 
@@ -64,6 +81,9 @@ fn pair() -> Result<Pair> {
         let sock =
             std::env::temp_dir().join(format!("dataplane-bench-{}.memif", std::process::id()));
         let mtu = MTU.load(Ordering::Relaxed);
+        // The client side in zero-copy mode (its mbufs are the link's buffers: one copy per
+        // packet instead of two); `DATAPLANE_BENCH_MEMIF_COPY=1` copies on both sides.
+        let zc = !copy_mode();
         // One frame per memif descriptor (and so per mbuf on receive).
         let bsize = dataplane_stack_dpdk::frame_buffer_len(Some(mtu));
         let base = DpdkConfig {
@@ -76,8 +96,9 @@ fn pair() -> Result<Pair> {
                     sock.display()
                 ),
                 format!(
-                    "net_memif1,role=client,id=0,bsize={bsize},socket={}",
-                    sock.display()
+                    "net_memif1,role=client,id=0,bsize={bsize},socket={}{}",
+                    sock.display(),
+                    if zc { ",zero-copy=yes" } else { "" }
                 ),
             ],
             mtu: Some(mtu),
@@ -158,17 +179,19 @@ impl Backend for Dpdk {
         Box::new(move |elapsed| {
             let fps = (frames(port.stats()) - base) as f64 / elapsed.as_secs_f64();
             Some(format!(
-                "memif (MTU {}), smoltcp TCP, 1 worker per side; {:.2} M frames/s through the \
-                 sender's port",
+                "memif (MTU {}, {}), smoltcp TCP, 1 worker per side; {:.2} M frames/s through \
+                 the sender's port",
                 MTU.load(Ordering::Relaxed),
+                link_mode(),
                 fps / 1e6
             ))
         })
     }
     fn pingpong_note(&self) -> Option<String> {
         Some(format!(
-            "memif (MTU {}) between two DPDK ports, smoltcp TCP, busy-polling workers",
-            MTU.load(Ordering::Relaxed)
+            "memif (MTU {}, {}) between two DPDK ports, smoltcp TCP, busy-polling workers",
+            MTU.load(Ordering::Relaxed),
+            link_mode()
         ))
     }
 }
