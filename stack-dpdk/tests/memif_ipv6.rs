@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Config, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
 
 #[test]
@@ -45,41 +44,10 @@ fn memif_ipv6_two_dpdk_processes_two_queues_exactly_once() {
         n,
         &["--workers", "2", "--ipv6", &server_ip6.to_string()],
     );
-    let m = start_messenger(
-        "memif-v6-sender",
-        Config {
-            workers: 2,
-            ..dpdk_config()
-        },
-        stack.clone(),
-        Checker::fast(),
-        Policy::lossless_client(),
-        None,
-    );
     let target = SocketAddr::from((server_ip6, 7401));
-    // The first connection alone: worker 0 solicits the peer, and the advertisement it gets
-    // back is handed to queue 1's interface too.
-    let mut conns = vec![m.open(target, Policy::lossless_client()).expect("open")];
-    assert!(
-        wait_until(std::time::Duration::from_secs(10), || stack
-            .stats()
-            .arp_shared
-            >= 1),
-        "worker 0's neighbour advertisement was not shared: {:?}",
-        stack.stats()
-    );
-    conns.extend((1..CONNS).map(|_| m.open(target, Policy::lossless_client()).expect("open")));
-    assert_eq!(m.worker_loads(), vec![3, 3], "connections on both workers");
-    let senders: Vec<_> = conns
-        .iter()
-        .enumerate()
-        .map(|(s, c)| spawn_sender(c.clone(), s as u32, per_conn))
-        .collect();
-    for t in senders {
-        t.join().expect("sender");
-    }
+    let (m, conns) = memif::two_worker_sender("memif-v6-sender", &stack, target, CONNS as usize);
+    memif::send_on_all(&conns, per_conn, &stack);
     for c in &conns {
-        memif::assert_all_acknowledged(c, &stack);
         let peer = c.peer_addr().expect("peer");
         assert!(peer.is_ipv6(), "{peer}");
     }

@@ -13,11 +13,10 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::memif::{self, Node, SocketDir};
 use common::*;
-use dataplane::{Config, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack, Steering};
 
 #[test]
@@ -46,43 +45,11 @@ fn memif_two_queues_two_workers_each_several_connections_exactly_once() {
     );
     let node = Node::spawn(&dir.sock, server_ip, 7400, n, &["--workers", "2"]);
 
-    let m = start_messenger(
-        "memif-mq-sender",
-        Config {
-            workers: 2,
-            ..dpdk_config()
-        },
-        stack.clone(),
-        Checker::fast(),
-        Policy::lossless_client(),
-        None,
-    );
     let target = SocketAddr::from((server_ip, 7400));
     // Separate lossless connections, placed on the least-loaded worker: three per worker.
-    // The first one alone: worker 0 resolves the peer by ARP and hands the reply to queue 1's
-    // interface, so worker 1 never has to ask (on an RSS NIC its own reply would land on
-    // queue 0 and never reach it).
-    let mut conns = vec![m.open(target, Policy::lossless_client()).expect("open")];
-    assert!(
-        wait_until(Duration::from_secs(10), || stack.stats().arp_shared >= 1),
-        "worker 0's ARP reply was not shared: {:?}",
-        stack.stats()
-    );
-    conns.extend((1..CONNS).map(|_| m.open(target, Policy::lossless_client()).expect("open")));
-    let loads = m.worker_loads();
-    assert_eq!(loads, vec![3, 3], "connections spread over both workers");
+    let (m, conns) = memif::two_worker_sender("memif-mq-sender", &stack, target, CONNS as usize);
     let start = Instant::now();
-    let senders: Vec<_> = conns
-        .iter()
-        .enumerate()
-        .map(|(s, c)| spawn_sender(c.clone(), s as u32, per_conn))
-        .collect();
-    for t in senders {
-        t.join().expect("sender");
-    }
-    for c in &conns {
-        memif::assert_all_acknowledged(c, &stack);
-    }
+    memif::send_on_all(&conns, per_conn, &stack);
     let (done, status) = node.finish();
     eprintln!(
         "memif 2 queues: {n} messages on {CONNS} connections in {:.2} s; receiver: {done}; \

@@ -3,15 +3,16 @@
 //! receiver, which checks every message and reports on its stdout.
 
 use std::io::{BufRead, BufReader, Lines};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use dataplane::Connection;
+use dataplane::{Config, Connection, Messenger, Policy};
 use dataplane_stack_dpdk::{DpdkConfig, DpdkStack};
 
-use super::{no_huge, wait_until};
+use super::{dpdk_config, no_huge, spawn_sender, start_messenger, wait_until, Checker};
 
 /// A directory of its own for the memif control socket, removed on drop.
 pub struct SocketDir {
@@ -107,4 +108,57 @@ pub fn assert_all_acknowledged(conn: &Connection, stack: &DpdkStack) {
         conn.queued(),
         stack.stats()
     );
+}
+
+/// A sending messenger `name` with two workers on `stack` (two queue pairs), and `conns`
+/// lossless connections from it to `target`, asserted spread evenly over both workers. The
+/// first is opened alone, until worker 0's neighbour reply (ARP, or an NDP advertisement) was
+/// handed to queue 1's interface too, so worker 1 never has to ask (on an RSS NIC its own
+/// reply could land on queue 0 and never reach it).
+pub fn two_worker_sender(
+    name: &str,
+    stack: &Arc<DpdkStack>,
+    target: SocketAddr,
+    conns: usize,
+) -> (Messenger, Vec<Connection>) {
+    let m = start_messenger(
+        name,
+        Config {
+            workers: 2,
+            ..dpdk_config()
+        },
+        stack.clone(),
+        Checker::fast(),
+        Policy::lossless_client(),
+        None,
+    );
+    let mut opened = vec![m.open(target, Policy::lossless_client()).expect("open")];
+    assert!(
+        wait_until(Duration::from_secs(10), || stack.stats().arp_shared >= 1),
+        "worker 0's neighbour reply was not shared: {:?}",
+        stack.stats()
+    );
+    opened.extend((1..conns).map(|_| m.open(target, Policy::lossless_client()).expect("open")));
+    assert_eq!(
+        m.worker_loads(),
+        vec![conns / 2; 2],
+        "connections spread over both workers"
+    );
+    (m, opened)
+}
+
+/// Sends `per_conn` checked messages on each of `conns` at once (stream = the connection's
+/// index), then asserts the receiver acknowledged all of them.
+pub fn send_on_all(conns: &[Connection], per_conn: u64, stack: &DpdkStack) {
+    let senders: Vec<_> = conns
+        .iter()
+        .enumerate()
+        .map(|(s, c)| spawn_sender(c.clone(), s as u32, per_conn))
+        .collect();
+    for t in senders {
+        t.join().expect("sender");
+    }
+    for c in conns {
+        assert_all_acknowledged(c, stack);
+    }
 }
