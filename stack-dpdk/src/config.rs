@@ -142,6 +142,20 @@ impl Default for DpdkConfig {
     }
 }
 
+/// Free hugepages of the default size (`/proc/meminfo`), 0 if unknown: without any, the
+/// stack runs the EAL with `--no-huge`.
+pub fn hugepages_free() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("HugePages_Free:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The EAL option a memif zero-copy client needs.
 const SINGLE_FILE: &str = "--single-file-segments";
 

@@ -32,7 +32,7 @@ mod frame;
 mod rss;
 mod stats;
 
-pub use config::{frame_buffer_len, DpdkConfig, MAX_MTU, MIN_MTU};
+pub use config::{frame_buffer_len, hugepages_free, DpdkConfig, MAX_MTU, MIN_MTU};
 pub use error::DpdkError;
 pub use frame::{check_frame, Drop as FrameDrop};
 pub use rss::{tcp4_input, toeplitz, RssTable, Steering};

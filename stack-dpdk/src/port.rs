@@ -24,7 +24,7 @@ static CLAIMED: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 /// Initialises the EAL with `cfg`'s arguments, once per process.
 pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
-    let args = if !cfg.no_huge && hugepages_free() == 0 {
+    let args = if !cfg.no_huge && crate::hugepages_free() == 0 {
         // A laptop or CI box without reserved hugepages: run without them rather than fail.
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
@@ -53,19 +53,6 @@ pub(crate) fn eal(cfg: &DpdkConfig) -> Result<(), DpdkError> {
         }),
         Err(e) => Err(e.clone()),
     }
-}
-
-/// Free hugepages of the default size (`/proc/meminfo`), 0 if unknown.
-fn hugepages_free() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("HugePages_Free:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A started port: its queues, its mbuf pool, what it can do. Stopped on drop.

@@ -64,18 +64,6 @@ static PAIR: OnceLock<std::result::Result<Pair, String>> = OnceLock::new();
 /// Rows run one at a time; this also keeps two rows from sharing a port.
 static LOCK: Mutex<()> = Mutex::new(());
 
-fn hugepages_free() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("HugePages_Free:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn pair() -> Result<Pair> {
     let r = PAIR.get_or_init(|| {
         let sock =
@@ -87,7 +75,7 @@ fn pair() -> Result<Pair> {
         // One frame per memif descriptor (and so per mbuf on receive).
         let bsize = dataplane_stack_dpdk::frame_buffer_len(Some(mtu));
         let base = DpdkConfig {
-            no_huge: hugepages_free() < 256,
+            no_huge: dataplane_stack_dpdk::hugepages_free() < 256,
             no_pci: true,
             memory_mb: 512,
             vdevs: vec![
