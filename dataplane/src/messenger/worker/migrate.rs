@@ -122,6 +122,7 @@ impl Worker {
         // Timers and retry lists are keyed by token; a timer still due for `t` finds either
         // nothing or a later entry, which re-checks its own deadlines.
         self.dirty.retain(|&x| x != t);
+        self.timers_due.retain(|&x| x != t);
         self.read_again.retain(|&x| x != t);
         self.read_blocked.retain(|&x| x != t);
         if let Some(old) = st.socket.take() {
@@ -134,6 +135,7 @@ impl Worker {
         st.timer_at = None;
         st.read_delay = None;
         st.dirty = false;
+        st.timer_due = false;
         st.write_blocked = false;
         self.shared.workers[self.index]
             .load

@@ -132,6 +132,9 @@ struct ConnState {
     read_delay: Option<Instant>,
     closing: Option<Instant>,
     dirty: bool,
+    /// On `timers_due`: the session changed this round and its timer is recomputed at the
+    /// end of the round.
+    timer_due: bool,
     /// The socket refused bytes (`WouldBlock` or a short write): nothing is written until its
     /// writable event, so a full socket never makes the flush loop spin.
     write_blocked: bool,
@@ -163,6 +166,10 @@ pub(crate) struct Worker {
     /// (connection id, token) of the last lookup; id 0 is never used.
     last_lookup: (u64, usize),
     dirty: Vec<usize>,
+    /// Connections whose timer is recomputed at the end of this round, after the round's
+    /// writes: an ack that leaves with a reply in the same round then never reaches the
+    /// timer heap.
+    timers_due: Vec<usize>,
     read_again: Vec<usize>,
     read_blocked: Vec<usize>,
     /// An empty list with capacity, swapped with `dirty` / `read_again` / `read_blocked`
@@ -208,6 +215,7 @@ impl Worker {
             pending: 0,
             last_lookup: (0, 0),
             dirty: Vec::new(),
+            timers_due: Vec::new(),
             read_again: Vec::new(),
             read_blocked: Vec::new(),
             spare: Vec::new(),
@@ -267,6 +275,7 @@ impl Worker {
             self.retry_reads();
             self.flush_dirty();
             self.flush_outbox();
+            self.flush_timers();
             self.shared.workers[self.index]
                 .forwarding
                 .store(self.moved.len(), std::sync::atomic::Ordering::Relaxed);
@@ -448,6 +457,7 @@ impl Worker {
             read_delay: None,
             closing: None,
             dirty: false,
+            timer_due: false,
             write_blocked: false,
         };
         let t = self.entries.insert(Entry::Conn(Box::new(st)));
@@ -813,7 +823,23 @@ impl Worker {
             st.dirty = true;
             self.dirty.push(t);
         }
-        self.schedule_timer(t);
+        if !st.timer_due {
+            st.timer_due = true;
+            self.timers_due.push(t);
+        }
+    }
+
+    /// Schedules the timers of the connections whose sessions changed this round.
+    fn flush_timers(&mut self) {
+        let mut due = std::mem::take(&mut self.timers_due);
+        for &t in &due {
+            if let Some(Entry::Conn(st)) = self.entries.get_mut(t) {
+                st.timer_due = false;
+            }
+            self.schedule_timer(t);
+        }
+        due.clear();
+        self.timers_due = due;
     }
 
     fn schedule_timer(&mut self, t: usize) {
@@ -850,7 +876,12 @@ impl Worker {
                 let Some(Entry::Conn(st)) = self.entries.get_mut(t) else {
                     return;
                 };
-                st.timer_at = None;
+                // The heap may hold stale entries for this connection (deadlines that moved
+                // later); only the scheduled one, at `timer_at`, means the session has work.
+                let session_due = st.timer_at.is_none_or(|at| at <= now);
+                if session_due {
+                    st.timer_at = None;
+                }
                 if st.closing.is_some_and(|d| now >= d) {
                     return self.remove_conn(t, false);
                 }
@@ -861,6 +892,9 @@ impl Worker {
                 if st.socket.is_none() && st.reconnect_at.is_some_and(|d| now >= d) {
                     self.start_connect(t);
                     return self.schedule_timer(t);
+                }
+                if !session_due {
+                    return;
                 }
                 if let Err(f) = st.session.handle_timeout(now) {
                     return self.fault(t, f);
