@@ -175,7 +175,12 @@ pub struct RdmaConfig {
     pub srq_max_wr: u32,
     /// Send slots per connection (send-queue depth).
     pub send_depth: u32,
-    /// Sends up to this many bytes go inline in the work request (capped by the device).
+    /// Sends up to this many bytes go inline in the work request: the CPU writes them into the
+    /// send queue entry, so the NIC needs no DMA read of a buffer and no memory-key lookup.
+    /// 256 by default, room for the whole frame of a message of up to ~150 payload bytes
+    /// (header, payload, crc); the device may grant less (then 64, then none is used).
+    /// Inlining frames of 64 B messages instead of reading them from send slots cut the 64 B
+    /// ping-pong p50 by ~8% on Soft-RoCE (docs/rdma.md).
     pub max_inline: u32,
     /// Chunks of the per-connection buffer the peer may RDMA-WRITE large messages into
     /// (registered with remote-write access, that buffer only). 0 turns RDMA WRITE off: every
@@ -271,7 +276,7 @@ impl Default for RdmaConfig {
             srq_share: 8,
             srq_max_wr: 4096,
             send_depth: 32,
-            max_inline: 64,
+            max_inline: 256,
             write_chunks: 2,
             write_chunk: 512 << 10,
             write_min: 256 << 10,

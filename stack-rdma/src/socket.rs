@@ -1149,12 +1149,13 @@ impl RdmaSocket {
         self.poll_cq()?;
         let depth = u64::from(self.dev.cfg.send_depth);
         let signal_every = (self.dev.cfg.send_depth / 4).max(1);
-        let inline_max = self.dev.max_inline as usize;
         let chunk = self.chunk;
         let misbehave = self.dev.cfg.misbehave;
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
+        // What this QP really takes inline (the device may grant less than configured).
+        let inline_max = res.qp.max_inline() as usize;
         let wanted: usize = iov.iter().map(|s| s.bytes().len()).sum();
         let zc_min = if self.dev.cfg.zero_copy {
             self.dev.cfg.zero_copy_min.max(1)

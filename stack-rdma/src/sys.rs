@@ -274,6 +274,8 @@ pub(crate) struct PathTo {
 /// a shared receive queue. Holds what it uses (PD, CQ, SRQ) alive until it is destroyed.
 pub(crate) struct RawQp {
     qp: std::ptr::NonNull<ffi::ibv_qp>,
+    /// Inline bytes the device granted (see [`RawQp::max_inline`]).
+    max_inline: u32,
     /// The owner of the SRQ this QP receives from: keeps it alive until the QP is destroyed.
     _srq: Option<Arc<dyn std::any::Any + Send + Sync>>,
     _cq: Arc<BasicCompletionQueue>,
@@ -281,6 +283,10 @@ pub(crate) struct RawQp {
     send_wrs: Vec<ffi::ibv_send_wr>,
     send_sges: Vec<ffi::ibv_sge>,
 }
+
+/// Inline bytes asked for when a device refuses the configured amount (the old default,
+/// which every verbs device with inline support takes).
+const FALLBACK_INLINE: u32 = 64;
 
 /// Sizes of a new queue pair.
 #[derive(Debug, Clone, Copy)]
@@ -300,7 +306,7 @@ unsafe impl Send for RawQp {}
 impl RawQp {
     /// Creates an RC QP on `pd` with `cq` for both queues, receiving from `srq` when given
     /// (then `recv_depth` is ignored; the `Arc` is the SRQ's owner, kept alive as long as the
-    /// QP). `max_inline` falls back to 0 when the device refuses it.
+    /// QP). `max_inline` falls back to 64, then 0, when the device refuses it.
     pub(crate) fn create(
         pd: &Arc<ProtectionDomain>,
         cq: &Arc<BasicCompletionQueue>,
@@ -336,22 +342,37 @@ impl RawQp {
             // SAFETY: PD, CQ and SRQ are live (the caller holds them, and the QP keeps `Arc`s
             // to them until it is destroyed); `attr` is a valid local.
             let qp = unsafe { ffi::ibv_create_qp(pd.pd().as_ptr(), &mut attr) };
-            std::ptr::NonNull::new(qp).ok_or_else(io::Error::last_os_error)
+            // The provider writes the capabilities it granted back into `attr.cap`.
+            std::ptr::NonNull::new(qp)
+                .map(|qp| (qp, attr.cap.max_inline_data.min(inline)))
+                .ok_or_else(io::Error::last_os_error)
         };
-        // Some devices support no inline data at all.
-        let qp = match make(max_inline) {
-            Ok(qp) => qp,
-            Err(_) if max_inline > 0 => make(0)?,
-            Err(e) => return Err(e),
+        // A device may take less inline data than asked, or none at all: fall back to
+        // `FALLBACK_INLINE` bytes, then to none.
+        let mut inline = max_inline;
+        let (qp, max_inline) = loop {
+            match make(inline) {
+                Ok(made) => break made,
+                Err(_) if inline > FALLBACK_INLINE => inline = FALLBACK_INLINE,
+                Err(_) if inline > 0 => inline = 0,
+                Err(e) => return Err(e),
+            }
         };
         Ok(RawQp {
             qp,
+            max_inline,
             _srq: srq.map(|s| s.1),
             _cq: cq.clone(),
             _pd: pd.clone(),
             send_wrs: Vec::new(),
             send_sges: Vec::new(),
         })
+    }
+
+    /// Bytes a send may carry inline on this QP: what was asked, or less (0 when the device
+    /// refused inline data).
+    pub(crate) fn max_inline(&self) -> u32 {
+        self.max_inline
     }
 
     /// The QP number.

@@ -57,6 +57,7 @@ fn stack() -> Result<Arc<dyn NetworkStack>> {
         write_chunks: num("DATAPLANE_RDMA_WRITE_CHUNKS").unwrap_or(d.write_chunks),
         zero_copy: std::env::var("DATAPLANE_RDMA_ZERO_COPY").map_or(true, |v| v != "0"),
         lend_receive: std::env::var("DATAPLANE_RDMA_LEND").map_or(true, |v| v != "0"),
+        max_inline: num("DATAPLANE_RDMA_MAX_INLINE").unwrap_or(d.max_inline),
         ..cfg
     };
     Ok(Arc::new(RdmaStack::with_config(cfg)?))
