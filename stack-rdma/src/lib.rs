@@ -177,10 +177,10 @@ pub struct RdmaConfig {
     pub send_depth: u32,
     /// Sends up to this many bytes go inline in the work request: the CPU writes them into the
     /// send queue entry, so the NIC needs no DMA read of a buffer and no memory-key lookup.
-    /// 256 by default, room for the whole frame of a message of up to ~150 payload bytes
-    /// (header, payload, crc); the device may grant less (then 64, then none is used).
-    /// Inlining frames of 64 B messages instead of reading them from send slots cut the 64 B
-    /// ping-pong p50 by ~8% on Soft-RoCE (docs/rdma.md).
+    /// 256 by default: the whole frame of a message of up to 212 payload bytes (a 40-byte
+    /// header and a 4-byte crc around it); the device may grant less (then 64, then none is
+    /// used). Inlining the 108-byte frames of 64 B messages cut the 64 B ping-pong p50 by 8%
+    /// on Soft-RoCE (docs/rdma.md).
     pub max_inline: u32,
     /// Chunks of the per-connection buffer the peer may RDMA-WRITE large messages into
     /// (registered with remote-write access, that buffer only). 0 turns RDMA WRITE off: every
@@ -300,6 +300,9 @@ pub struct RdmaStats {
     pub sends: AtomicU64,
     /// Data SENDs received.
     pub recvs: AtomicU64,
+    /// SENDs posted inline: the frame bytes copied into the work request itself (at most
+    /// [`RdmaConfig::max_inline`], or what the device granted).
+    pub inline_sends: AtomicU64,
     /// Doorbells (post_send calls with at least one WR).
     pub doorbells: AtomicU64,
     /// Highest number of our receive buffers the peer had consumed and we had not yet

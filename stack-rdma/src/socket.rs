@@ -1169,7 +1169,7 @@ impl RdmaSocket {
         let mut keep = std::mem::take(&mut self.send_keep);
         keep.clear();
         let mut batch_keeps = false;
-        let (mut zc_bytes, mut copied_bytes) = (0u64, 0u64);
+        let (mut zc_bytes, mut copied_bytes, mut inlined) = (0u64, 0u64, 0u64);
         let slot_size = self.dev.pool.slot_size();
         // The largest RDMA WRITE: the peer's chunk, capped by our SGEs and half our ring.
         let peer_write = self.peer.and_then(|p| p.write);
@@ -1419,13 +1419,15 @@ impl RdmaSocket {
             batch_keeps |= !keep.is_empty();
             let seq = self.send_seq;
             self.held.extend(keep.drain(..).map(|b| (seq, b)));
+            let inline = remote.is_none() && len <= inline_max;
+            inlined += u64::from(inline);
             batch.push(SendWr {
                 wr_id: self.send_seq,
                 sge_at,
                 sge_n,
                 imm,
                 signaled,
-                inline: remote.is_none() && len <= inline_max,
+                inline,
                 remote,
             });
             self.sent_total = self.sent_total.wrapping_add(1);
@@ -1461,6 +1463,7 @@ impl RdmaSocket {
             RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
         }
         RdmaStats::bump(&self.dev.stats.zero_copy_bytes, zc_bytes);
+        RdmaStats::bump(&self.dev.stats.inline_sends, inlined);
         RdmaStats::bump(&self.dev.stats.copied_bytes, copied_bytes);
         if total < wanted {
             self.want_write = true;

@@ -435,6 +435,11 @@ fn rdma_ping_pong_echo_round_trips() {
         );
     }
     back.assert_clean();
+    // Each ping and each echo went alone, a 108-byte frame: inline in its work request.
+    for (end, s) in [("client", &cli_stack), ("server", &srv_stack)] {
+        let inlined = s.stats().inline_sends.load(Ordering::Relaxed);
+        assert!(inlined >= 500, "{end}: only {inlined} of 500 SENDs inline");
+    }
     drop(conn);
     client.shutdown();
     server.shutdown();
