@@ -22,9 +22,9 @@
 //!   completion (or the QP's destruction); frame headers, checksums, small and heap payloads
 //!   are copied into registered send slots ([`RdmaConfig::zero_copy`],
 //!   [`RdmaStats::zero_copy_bytes`], [`RdmaStats::copied_bytes`]). The batch goes out with one
-//!   doorbell (SENDs up to a receive buffer, inline below `max_inline_data`); only every
-//!   `send_depth / 4`-th WR, the one that fills the ring and the last of a batch that holds
-//!   `Buf`s are signalled (RC completes in order, so one completion frees every slot and
+//!   doorbell (SENDs up to a receive buffer, inline up to [`RdmaConfig::max_inline`] or what
+//!   the device grants); only every `send_depth / 4`-th WR, the one that fills the ring and
+//!   the last of a batch that holds `Buf`s are signalled (RC completes in order, so one completion frees every slot and
 //!   `Buf` before it).
 //! - **Receive buffers**: by default one shared receive queue (SRQ) per stack (`srq`): each
 //!   connection is granted a credit share ([`RdmaConfig::srq_share`]) backed by buffers
@@ -378,7 +378,6 @@ pub(crate) struct Device {
     pub(crate) gid: Gid,
     pub(crate) lid: u16,
     pub(crate) mtu: u8,
-    pub(crate) max_inline: u32,
     /// SGEs per send work request (1..=`MAX_SEND_SGE`, capped by the device's `max_sge`).
     pub(crate) max_send_sge: u32,
     pub(crate) cfg: RdmaConfig,
@@ -512,7 +511,6 @@ fn open_device(cfg: &RdmaConfig) -> Result<Device, RdmaError> {
         gid,
         lid: port_attr.lid(),
         mtu,
-        max_inline: cfg.max_inline,
         max_send_sge,
         cfg: cfg.clone(),
         srq,

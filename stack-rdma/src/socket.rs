@@ -1664,7 +1664,7 @@ fn create_res(dev: &Device) -> io::Result<Res> {
         send_depth: cfg.send_depth,
         recv_depth: cfg.recv_depth,
         max_send_sge: dev.max_send_sge,
-        max_inline: dev.max_inline,
+        max_inline: dev.cfg.max_inline,
     };
     let qp = match RawQp::create(&dev.pd, &cq, raw.zip(keep), caps) {
         Ok(qp) => qp,
