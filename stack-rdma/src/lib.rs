@@ -24,8 +24,8 @@
 //!   [`RdmaStats::zero_copy_bytes`], [`RdmaStats::copied_bytes`]). The batch goes out with one
 //!   doorbell (SENDs up to a receive buffer, inline up to [`RdmaConfig::max_inline`] or what
 //!   the device grants); only every `send_depth / 4`-th WR, the one that fills the ring and
-//!   the last of a batch that holds `Buf`s are signalled (RC completes in order, so one completion frees every slot and
-//!   `Buf` before it).
+//!   the last of a batch that holds `Buf`s are signalled (RC completes in order, so one
+//!   completion frees every slot and `Buf` before it).
 //! - **Receive buffers**: by default one shared receive queue (SRQ) per stack (`srq`): each
 //!   connection is granted a credit share ([`RdmaConfig::srq_share`]) backed by buffers
 //!   posted to the SRQ, which grows on demand up to [`RdmaConfig::srq_max_wr`] (beyond, new
