@@ -77,6 +77,17 @@ pub struct Config {
     pub features: u64,
     /// Feature bits we require of peers.
     pub required_features: u64,
+    /// Leave payload crcs to transports that check every byte themselves (default true).
+    /// On a stack whose workers report
+    /// [`StackWorker::checks_integrity`](crate::stack::StackWorker::checks_integrity) (RDMA:
+    /// every RoCE or InfiniBand packet carries a CRC-32 the receiving device checks), the
+    /// hellos offer [`FEATURE_TRANSPORT_CRC`](crate::wire::FEATURE_TRANSPORT_CRC), and when
+    /// the peer offers it too, messages travel without the crc32c of their payload: a pass
+    /// over every byte at each end saved. What it gives up: corruption between host memory
+    /// and the device (DMA, PCIe, which has its own link-level CRC) is no longer caught by
+    /// the messenger. Set false to keep end-to-end payload crcs everywhere. Preambles keep
+    /// their crcs either way; secure mode seals instead.
+    pub trust_transport_crc: bool,
     /// Most connections (established plus handshaking) accepted at once; further incoming
     /// connections are closed at once and counted (`refused_connections`).
     pub max_connections: usize,
@@ -136,6 +147,7 @@ impl Default for Config {
             recv_buffer_bytes: 0,
             features: crate::wire::FEATURE_BATCH,
             required_features: 0,
+            trust_transport_crc: true,
             max_connections: 16 * 1024,
             dispatch_throttle_bytes: 256 * 1024 * 1024,
             auth: AuthConfig::default(),

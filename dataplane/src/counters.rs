@@ -45,6 +45,10 @@ counters! {
     rekeys,
     /// Handshakes refused (by us or by the peer).
     handshake_failures,
+    /// Handshakes (first or reconnect) that agreed to leave payload crcs to the transport
+    /// ([`FEATURE_TRANSPORT_CRC`](crate::wire::FEATURE_TRANSPORT_CRC): both stacks check
+    /// every byte themselves, e.g. RDMA).
+    transport_crc_sessions,
     /// Peers that failed authentication (wrong or missing key, bad proof).
     auth_failures,
     /// Lossy connections reset (application told through `handle_reset`).

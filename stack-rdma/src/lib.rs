@@ -656,6 +656,14 @@ impl NetworkStack for RdmaStack {
             poller: Some(poller::CqPoller::new(self.dev.cfg.busy_poll)),
         }))
     }
+
+    /// Every byte travels in RoCE or InfiniBand packets whose invariant CRC (a CRC-32 over
+    /// the packet) the receiving device checks, on a reliable-connected queue pair that
+    /// delivers in order or moves to the error state (the connection then fails and
+    /// reconnects). The side channel carries no messages, only set-up and grants.
+    fn checks_integrity(&self) -> bool {
+        true
+    }
 }
 
 /// One worker's share of the RDMA stack. Sockets own their verbs resources (see the crate

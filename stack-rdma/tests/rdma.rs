@@ -277,7 +277,46 @@ fn rdma_sixteen_mib_messages_byte_for_byte() {
     }
     p.srv_d.assert_delivered(3, T);
     assert_eq!(p.srv_d.bytes(), 3 * (16 << 20));
+    // Both ends are RDMA: the payload crcs were left to the transport (the checker
+    // compared every byte above).
+    for (end, m) in [("client", &p.client), ("server", &p.server)] {
+        let n = m.counters().transport_crc_sessions;
+        assert!(n >= 1, "{end}: payload crcs not left to the transport");
+    }
     assert_torn_down(p);
+}
+
+#[test]
+fn rdma_payload_crcs_stay_when_one_end_keeps_them() {
+    // The server keeps end-to-end payload crcs (`trust_transport_crc = false`): the
+    // handshake then keeps them both ways, and everything arrives byte for byte.
+    let Some(srv_stack) = stack() else { return };
+    let Some(cli_stack) = stack() else { return };
+    let srv_d = Checker::fast();
+    let strict = Config {
+        trust_transport_crc: false,
+        ..config()
+    };
+    let server = messenger_cfg("server", &srv_stack, srv_d.clone(), true, strict);
+    let client = messenger("client", &cli_stack, Checker::fast(), false);
+    let conn = client
+        .connect(server.addr().expect("bound"))
+        .expect("connect");
+    for i in 0..200u64 {
+        let len = if i % 50 == 0 {
+            1 << 20
+        } else {
+            16 + (i % 300) as usize
+        };
+        send_retry(&conn, Message::new(1, payload(0, i, len)));
+    }
+    srv_d.assert_delivered(200, T);
+    assert_eq!(client.counters().transport_crc_sessions, 0);
+    assert_eq!(server.counters().transport_crc_sessions, 0);
+    assert_eq!(server.counters().malformed, 0);
+    drop(conn);
+    client.shutdown();
+    server.shutdown();
 }
 
 #[test]

@@ -66,6 +66,10 @@ pub(crate) struct WorkerHandle {
     ring: mpsc::Sender<Command>,
     doorbell: Arc<Doorbell>,
     load: AtomicUsize,
+    /// Its stack checks every payload byte and the configuration trusts that
+    /// (`Config::trust_transport_crc`): its sessions offer to leave payload crcs out, so
+    /// `Connection::send` does not compute them for it.
+    checked: bool,
     /// Connections this worker forwards to, or holds commands for, a migrated session
     /// (published once per loop iteration).
     forwarding: AtomicUsize,
@@ -130,7 +134,7 @@ impl Shared {
             self.cfg.queue_max_msgs,
             self.cfg.queue_max_bytes,
             self.cfg.max_message_bytes as usize,
-            self.cfg.auth.mode != Mode::Secure,
+            self.cfg.auth.mode != Mode::Secure && !w.checked,
             self.counters.clone(),
         )
     }
@@ -348,7 +352,7 @@ impl MessengerBuilder {
         let mut centers = Vec::with_capacity(cfg.workers);
         let mut receivers = Vec::with_capacity(cfg.workers);
         let mut handles = Vec::with_capacity(cfg.workers);
-        for _ in 0..cfg.workers {
+        for stack in &stacks {
             let center = EventCenter::new(event_cfg).map_err(|source| Error::Io {
                 what: "creating event loop".into(),
                 source,
@@ -358,6 +362,7 @@ impl MessengerBuilder {
                 ring: tx,
                 doorbell: center.doorbell().clone(),
                 load: AtomicUsize::new(0),
+                checked: cfg.trust_transport_crc && stack.checks_integrity(),
                 forwarding: AtomicUsize::new(0),
             });
             centers.push(center);

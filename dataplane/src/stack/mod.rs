@@ -147,6 +147,17 @@ pub trait NetworkStack: Send + Sync + 'static {
     fn listen_on_every_worker(&self) -> bool {
         false
     }
+
+    /// True if every byte this stack's connections carry is checked end to end by the
+    /// transport with a 32-bit CRC of its own, and a connection delivers in
+    /// order or fails (RDMA: the invariant CRC of every RoCE or InfiniBand packet, checked by
+    /// the receiving device, on a reliable-connected queue pair). The messenger then offers
+    /// to leave payload crcs out (`wire::FEATURE_TRANSPORT_CRC`, unless
+    /// `Config::trust_transport_crc` is off). Defaults to false: TCP's 16-bit checksum does
+    /// not qualify.
+    fn checks_integrity(&self) -> bool {
+        false
+    }
 }
 
 /// One worker's share of a stack. Lives on, and is only used from, its worker thread.

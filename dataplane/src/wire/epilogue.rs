@@ -5,6 +5,16 @@ use super::error::WireError;
 /// Size of the epilogue; present only when `front_len + data_len > 0`.
 pub const EPILOGUE_LEN: usize = 4;
 
+/// Feature bit: "my transport checks every payload byte end to end with a CRC of its own, so
+/// payload crcs may be left out on this connection". An RDMA stack offers it (every RoCE or
+/// InfiniBand packet carries an invariant CRC-32 that the receiving device checks, and a
+/// reliable-connected queue pair delivers in order or fails the connection); the POSIX and
+/// DPDK stacks do not (TCP's 16-bit checksum is too weak to stand in for a crc32c). When both
+/// hellos carry it and the connection is not sealed, `Message` and `MessageBatch` frames carry
+/// [`FLAG_TRANSPORT_CHECKED`](super::FLAG_TRANSPORT_CHECKED) and a zero epilogue. Preambles
+/// and control frames keep their crcs.
+pub const FEATURE_TRANSPORT_CRC: u64 = 1 << 3;
+
 /// crc32c over a scatter list of payload parts (front then data parts).
 ///
 /// The result equals the crc32c of the concatenation of the parts, however

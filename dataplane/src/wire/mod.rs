@@ -28,7 +28,9 @@ pub use batch::{
 };
 pub use close::{encode_close, parse_close, Close, CloseHead, CLOSE_HEAD_LEN, MAX_CLOSE_REASON};
 pub use crc::{crc32c, crc32c_append};
-pub use epilogue::{encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN};
+pub use epilogue::{
+    encode_epilogue, payload_crc, verify_epilogue, EPILOGUE_LEN, FEATURE_TRANSPORT_CRC,
+};
 pub use error::WireError;
 pub use hello::{
     encode_hello, parse_hello, Hello, HelloBody, HelloStatus, AF_INET, AF_INET6, AF_NONE, BANNER,
@@ -36,7 +38,7 @@ pub use hello::{
 };
 pub use preamble::{
     encode_preamble, parse_preamble, FrameHead, Limits, Preamble, FLAG_ACK_VALID, FLAG_SEALED,
-    KNOWN_FLAGS, MAGIC, PREAMBLE_CRC_OFFSET, PREAMBLE_LEN, VERSION,
+    FLAG_TRANSPORT_CHECKED, KNOWN_FLAGS, MAGIC, PREAMBLE_CRC_OFFSET, PREAMBLE_LEN, VERSION,
 };
 pub use tag::Tag;
 

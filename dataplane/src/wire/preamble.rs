@@ -20,8 +20,14 @@ pub const FLAG_ACK_VALID: u8 = 0x01;
 /// Flag bit: the payload is sealed (secure mode). It is encrypted, and a 16-byte
 /// authentication tag follows it in place of the crc epilogue, even when the payload is empty.
 pub const FLAG_SEALED: u8 = 0x02;
+/// Flag bit: the payload's integrity is checked by the transport (the CRC every RoCE and
+/// InfiniBand packet carries end to end), so the sender did not compute the payload crc: the
+/// epilogue is sent as zero and not checked. Only on `Message` and `MessageBatch` frames of a
+/// connection whose two ends offered [`FEATURE_TRANSPORT_CRC`](crate::wire::FEATURE_TRANSPORT_CRC),
+/// never with [`FLAG_SEALED`]; a receiver that did not offer it rejects the frame.
+pub const FLAG_TRANSPORT_CHECKED: u8 = 0x04;
 /// Every flag bit this build understands; a preamble with any other bit set is rejected.
-pub const KNOWN_FLAGS: u8 = FLAG_ACK_VALID | FLAG_SEALED;
+pub const KNOWN_FLAGS: u8 = FLAG_ACK_VALID | FLAG_SEALED | FLAG_TRANSPORT_CHECKED;
 
 /// The frame preamble as it lies on the wire: 40 bytes, little-endian, no padding.
 ///
@@ -443,7 +449,7 @@ mod tests {
 
     #[test]
     fn rejects_unknown_flags() {
-        for f in [0x04u8, 0x80, 0xFF] {
+        for f in [0x08u8, 0x80, 0xFF] {
             let mut h = head(Tag::Message, 1, 2);
             h.flags = f;
             assert_eq!(parse(&encode_preamble(&h)), Err(WireError::UnknownFlags(f)));

@@ -31,6 +31,11 @@ pub struct FrameDecoder {
     copied: u64,
     /// Secure mode: opens every frame after the handshake, in place.
     opener: Option<Opener>,
+    /// The transport checks every payload byte (our hellos offer
+    /// [`wire::FEATURE_TRANSPORT_CRC`]): message and batch frames flagged
+    /// [`wire::FLAG_TRANSPORT_CHECKED`] are taken without a payload crc. Without it such a
+    /// frame is refused.
+    trust_transport: bool,
 }
 
 impl FrameDecoder {
@@ -43,7 +48,19 @@ impl FrameDecoder {
             need: 0,
             copied: 0,
             opener: None,
+            trust_transport: false,
         }
+    }
+
+    /// Accepts message and batch frames the peer flagged
+    /// [`wire::FLAG_TRANSPORT_CHECKED`] (no payload crc) when `trust` is set: for a
+    /// connection whose transport checks every byte and whose hellos offer
+    /// [`wire::FEATURE_TRANSPORT_CRC`] ([`Session::set_checked_transport`]). Set before the
+    /// first frame; the peer flags frames only once both ends offered it.
+    ///
+    /// [`Session::set_checked_transport`]: super::Session::set_checked_transport
+    pub fn trust_transport(&mut self, trust: bool) {
+        self.trust_transport = trust;
     }
 
     /// Secure mode from the next frame on: every frame must arrive sealed and open with
@@ -297,8 +314,22 @@ impl FrameDecoder {
                 let (payload, mac) = rest.split_at_mut(front_len + data_len);
                 opener.open(aad, payload, mac)?;
             }
+            let unchecked = flags & wire::FLAG_TRANSPORT_CHECKED != 0;
+            if unchecked {
+                if sealed || !matches!(tag, Tag::Message | Tag::MessageBatch) {
+                    return Err(Fault::Protocol(format!(
+                        "{tag:?} frame flagged transport-checked"
+                    )));
+                }
+                if !self.trust_transport {
+                    return Err(Fault::Protocol(format!(
+                        "{tag:?} frame without a payload crc, which this connection did not \
+                         agree to (feature transport-crc not offered here)"
+                    )));
+                }
+            }
             let mut data = rx.split_to(frame_len);
-            if !sealed && front_len + data_len > 0 {
+            if !sealed && !unchecked && front_len + data_len > 0 {
                 let bytes = data.as_slice();
                 wire::verify_epilogue(
                     [&bytes[PREAMBLE_LEN..front_end], &bytes[front_end..data_end]],

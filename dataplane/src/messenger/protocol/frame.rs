@@ -73,6 +73,36 @@ pub(crate) enum TxKind {
     Control,
 }
 
+/// How a frame's body is protected on the wire.
+pub(crate) enum Guard<'a> {
+    /// A crc32c of the body in the epilogue (plain mode).
+    Crc,
+    /// The transport checks the body (both ends offered `wire::FEATURE_TRANSPORT_CRC`): the
+    /// frame carries `wire::FLAG_TRANSPORT_CHECKED` and a zero epilogue, and nobody reads
+    /// the body for a crc. Only for message and batch frames.
+    Transport,
+    /// Sealed with the session's keys (secure mode).
+    Sealed(&'a mut Sealer),
+}
+
+/// What a plain frame's epilogue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Epi {
+    /// The crc, computed while the body is staged.
+    Compute,
+    /// A crc the sending thread computed already (used when the payload goes by reference).
+    Known(u32),
+    /// Zero: the transport checks the body.
+    Zero,
+}
+
+impl<'a> From<Option<&'a mut Sealer>> for Guard<'a> {
+    /// Secure mode when there is a sealer, else a crc.
+    fn from(s: Option<&'a mut Sealer>) -> Guard<'a> {
+        s.map_or(Guard::Crc, Guard::Sealed)
+    }
+}
+
 /// A frame queued for sending. Its staged bytes live in the session's staging buffer at
 /// `stage_off`: `head_len` bytes before the payload (preamble, front, and the payload itself
 /// when it is small) and `tail_len` bytes after it (the epilogue when the payload is sent by
@@ -89,8 +119,8 @@ pub struct TxFrame {
 
 impl TxFrame {
     /// Encodes a frame of `kind` around `front` (a control body) and `payload` (a message's
-    /// payload, empty for control frames), appending its staged bytes to `stage`. With a
-    /// `sealer` (secure mode) the frame is sealed.
+    /// payload, empty for control frames), appending its staged bytes to `stage`, protected
+    /// as `guard` says.
     ///
     /// A payload larger than [`INLINE_MAX`] is not copied: [`IovBuilder::frame`] must then be
     /// given the same payload.
@@ -100,11 +130,12 @@ impl TxFrame {
         front: &[u8],
         kind: TxKind,
         payload: &[Buf],
-        sealer: Option<&mut Sealer>,
+        guard: Guard<'_>,
     ) -> TxFrame {
-        match sealer {
-            Some(s) => TxFrame::encode_sealed(stage, head, front, kind, payload, s),
-            None => TxFrame::encode_plain(stage, head, front, kind, payload, None),
+        match guard {
+            Guard::Sealed(s) => TxFrame::encode_sealed(stage, head, front, kind, payload, s),
+            Guard::Crc => TxFrame::encode_plain(stage, head, front, kind, payload, Epi::Compute),
+            Guard::Transport => TxFrame::encode_plain(stage, head, front, kind, payload, Epi::Zero),
         }
     }
 
@@ -117,11 +148,16 @@ impl TxFrame {
         kind: TxKind,
         payload: &[Buf],
         payload_crc: Option<u32>,
-        sealer: Option<&mut Sealer>,
+        guard: Guard<'_>,
     ) -> TxFrame {
-        match sealer {
-            Some(s) => TxFrame::encode_sealed(stage, head, &[], kind, payload, s),
-            None => TxFrame::encode_plain(stage, head, &[], kind, payload, payload_crc),
+        let epi = match payload_crc {
+            Some(crc) => Epi::Known(crc),
+            None => Epi::Compute,
+        };
+        match guard {
+            Guard::Sealed(s) => TxFrame::encode_sealed(stage, head, &[], kind, payload, s),
+            Guard::Crc => TxFrame::encode_plain(stage, head, &[], kind, payload, epi),
+            Guard::Transport => TxFrame::encode_plain(stage, head, &[], kind, payload, Epi::Zero),
         }
     }
 
@@ -167,29 +203,37 @@ impl TxFrame {
 
     /// Closes the frame that [`TxFrame::open_staged`] started at `off`, whose front
     /// (`head.front_len` bytes) and data are staged after it: writes its preamble with the
-    /// data length filled in and one crc over the body, or seals the body in place in secure
-    /// mode. Batches (records as data) and single messages staged this way take the same
-    /// shape.
+    /// data length filled in and one crc over the body (or a zero epilogue when the transport
+    /// checks it), or seals the body in place in secure mode. Batches (records as data) and
+    /// single messages staged this way take the same shape.
     pub(crate) fn close_staged(
         stage: &mut Vec<u8>,
         off: usize,
         mut head: FrameHead,
         kind: TxKind,
-        sealer: Option<&mut Sealer>,
+        guard: Guard<'_>,
     ) -> TxFrame {
         let body = stage.len() - off - PREAMBLE_LEN;
         // Bounded by the callers (small control bodies, a batch of a few KiB, a message
         // within the size limit).
         head.data_len = (body - head.front_len as usize) as u32;
-        match sealer {
-            None => {
+        match guard {
+            Guard::Crc | Guard::Transport => {
+                let checked = matches!(guard, Guard::Transport);
+                if checked {
+                    head.flags |= wire::FLAG_TRANSPORT_CHECKED;
+                }
                 stage[off..off + PREAMBLE_LEN].copy_from_slice(Preamble::new(&head).as_bytes());
                 if body > 0 {
-                    let crc = wire::crc32c(&stage[off + PREAMBLE_LEN..]);
+                    let crc = if checked {
+                        0
+                    } else {
+                        wire::crc32c(&stage[off + PREAMBLE_LEN..])
+                    };
                     stage.extend_from_slice(&wire::encode_epilogue(crc));
                 }
             }
-            Some(s) => {
+            Guard::Sealed(s) => {
                 head.flags |= wire::FLAG_SEALED;
                 stage[off..off + PREAMBLE_LEN].copy_from_slice(&wire::encode_preamble(&head));
                 let (aad, records) = stage[off..].split_at_mut(PREAMBLE_LEN);
@@ -239,20 +283,21 @@ impl TxFrame {
         for b in payload {
             stage.extend_from_slice(b);
         }
-        TxFrame::close_staged(stage, off, head, kind, Some(sealer))
+        TxFrame::close_staged(stage, off, head, kind, Guard::Sealed(sealer))
     }
 
     /// Plain mode: preamble, front, the payload when it is small (else it is sent by
-    /// reference), then the crc epilogue. Everything is written straight into `stage` after
+    /// reference), then the epilogue. Everything is written straight into `stage` after
     /// one reservation, and the payload crc is computed in the same pass that copies it, or,
-    /// for a payload sent by reference with no front, taken from `known_crc` when given.
+    /// for a payload sent by reference with no front, taken from `Epi::Known` when given;
+    /// with `Epi::Zero` (the transport checks the payload) nothing reads the payload.
     fn encode_plain(
         stage: &mut Vec<u8>,
         mut head: FrameHead,
         front: &[u8],
         kind: TxKind,
         payload: &[Buf],
-        known_crc: Option<u32>,
+        epi: Epi,
     ) -> TxFrame {
         let data_len: usize = payload.iter().map(Buf::len).sum();
         // Lengths were bounded by the sender (message size limit, small control bodies).
@@ -262,16 +307,28 @@ impl TxFrame {
         let has_epilogue = front.len() + data_len > 0;
         let epilogue_len = if has_epilogue { EPILOGUE_LEN } else { 0 };
         let len = PREAMBLE_LEN + front.len() + data_len + epilogue_len;
+        if epi == Epi::Zero {
+            head.flags |= wire::FLAG_TRANSPORT_CHECKED;
+        }
         let stage_off = stage.len();
         stage.reserve(if external { len - data_len } else { len });
         stage.extend_from_slice(Preamble::new(&head).as_bytes());
         let mut crc = 0;
         if !front.is_empty() {
             stage.extend_from_slice(front);
-            crc = wire::crc32c_append(crc, front);
+            if epi != Epi::Zero {
+                crc = wire::crc32c_append(crc, front);
+            }
         }
-        match known_crc {
-            Some(known) if external && front.is_empty() => {
+        match epi {
+            Epi::Zero => {
+                if !external {
+                    for b in payload {
+                        stage.extend_from_slice(b);
+                    }
+                }
+            }
+            Epi::Known(known) if external && front.is_empty() => {
                 debug_assert_eq!(
                     known,
                     wire::payload_crc(payload.iter().map(|b| &b[..])),

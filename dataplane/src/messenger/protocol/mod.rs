@@ -15,7 +15,7 @@ mod session;
 
 pub use decoder::FrameDecoder;
 pub use frame::{Frame, TxFrame};
-pub(crate) use frame::{TxKind, INLINE_MAX};
+pub(crate) use frame::{Guard, TxKind, INLINE_MAX};
 pub use out_queue::{OutQueue, Outgoing, Queued};
 pub(crate) use records::BlockWriter;
 pub use records::{RecordBlock, BLOCK_COPY_MAX, BLOCK_MAX};

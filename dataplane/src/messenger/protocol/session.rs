@@ -14,7 +14,7 @@ use crate::secure::{self, OpenError, Opener, Sealer, SecureConfig, SessionKeys};
 use crate::stack::Segment;
 use crate::wire::{self, FrameHead, Hello, HelloStatus, Tag, WireError};
 
-use super::frame::{Gather, IovBuilder, TxKind};
+use super::frame::{Gather, Guard, IovBuilder, TxKind};
 use super::held::{Held, RecordLog, Records};
 use super::{Frame, OutQueue, Queued, TxFrame};
 use super::{Outgoing, RecordBlock};
@@ -315,6 +315,12 @@ pub struct Session {
     tx: VecDeque<TxFrame>,
     /// Both ends speak [`wire::FEATURE_BATCH`]: small messages go out in batch frames.
     batching: bool,
+    /// The current transport checks every payload byte itself (the driver says so, see
+    /// [`Session::set_checked_transport`]): our hellos offer [`wire::FEATURE_TRANSPORT_CRC`].
+    checked_transport: bool,
+    /// Both ends offered [`wire::FEATURE_TRANSPORT_CRC`] on this transport: message and batch
+    /// frames go without a payload crc.
+    transport_crc: bool,
     /// The batch being filled at the end of `stage`, not yet in `tx`. Closed (preamble and
     /// crc written, frame queued) before anything else is staged and before writing.
     batch: Option<OpenBatch>,
@@ -347,6 +353,16 @@ pub struct Session {
     ordered_events: usize,
 }
 
+/// How a message or batch frame is protected: sealed in secure mode, else a payload crc
+/// unless both ends leave it to the transport.
+fn data_guard(sealer: Option<&mut Sealer>, transport_crc: bool) -> Guard<'_> {
+    match sealer {
+        Some(s) => Guard::Sealed(s),
+        None if transport_crc => Guard::Transport,
+        None => Guard::Crc,
+    }
+}
+
 impl Session {
     /// A new session. A client starts `Idle` until [`Session::start_client`]; a server starts
     /// `Standby` until [`Session::accept_hello`].
@@ -357,6 +373,8 @@ impl Session {
             local,
             lane: 0,
             conn_tag: 0,
+            checked_transport: false,
+            transport_crc: false,
             auth_nonce: None,
             authenticated: false,
             hello_digest: [0; 32],
@@ -605,7 +623,7 @@ impl Session {
             TxKind::Message { seq: self.out_seq },
             msg.payload.bufs(),
             msg.payload_crc(),
-            self.sealer.as_mut(),
+            data_guard(self.sealer.as_mut(), self.transport_crc),
         );
         self.push_tx(f);
         self.flight.push_back(Held::Msg {
@@ -678,7 +696,8 @@ impl Session {
             first: b.first,
             count: b.count,
         };
-        let f = TxFrame::close_staged(&mut self.stage, b.off, head, kind, self.sealer.as_mut());
+        let guard = data_guard(self.sealer.as_mut(), self.transport_crc);
+        let f = TxFrame::close_staged(&mut self.stage, b.off, head, kind, guard);
         self.push_tx(f);
         self.flight.push_back(Held::Batch {
             first: b.first,
@@ -746,7 +765,7 @@ impl Session {
                 count: *count,
             },
             std::slice::from_ref(buf),
-            self.sealer.as_mut(),
+            data_guard(self.sealer.as_mut(), self.transport_crc),
         );
         self.push_tx(f);
         self.out_seq += u64::from(*count);
@@ -780,7 +799,8 @@ impl Session {
         self.stage.extend_from_slice(records);
         let head = self.batch_head(first, count, priority);
         let kind = TxKind::Batch { first, count };
-        let f = TxFrame::close_staged(&mut self.stage, off, head, kind, self.sealer.as_mut());
+        let guard = data_guard(self.sealer.as_mut(), self.transport_crc);
+        let f = TxFrame::close_staged(&mut self.stage, off, head, kind, guard);
         self.push_tx(f);
         self.out_seq += u64::from(count);
         self.flight.push_back(h);
@@ -822,10 +842,12 @@ impl Session {
     pub fn start_client(&mut self, now: Instant) {
         debug_assert_eq!(self.role, Role::Client);
         self.connect_seq += 1;
-        // A new transport: plaintext until this handshake agrees on keys.
+        // A new transport: plaintext until this handshake agrees on keys, payload crcs until
+        // it agrees to leave them to the transport.
         self.sealer = None;
         self.opener = None;
         self.expect_sealed = false;
+        self.transport_crc = false;
         let body = self.hello_body(HelloStatus::Ok);
         self.hello_digest = secure::hello_digest(&body);
         self.push_frame(Tag::Hello, 0, &body);
@@ -841,12 +863,39 @@ impl Session {
         self.last_rx = now;
     }
 
+    /// The driver tells the session whether the transport it is about to use checks every
+    /// payload byte end to end itself ([`NetworkStack::checks_integrity`], and the messenger's
+    /// `Config::trust_transport_crc`). Then the hellos offer [`wire::FEATURE_TRANSPORT_CRC`],
+    /// and when the peer offers it too and the connection is not sealed (secure mode), message
+    /// and batch frames leave out their payload crcs.
+    ///
+    /// [`NetworkStack::checks_integrity`]: crate::stack::NetworkStack::checks_integrity
+    pub fn set_checked_transport(&mut self, checked: bool) {
+        self.checked_transport = checked;
+    }
+
+    /// True when both ends agreed to leave payload crcs to the transport.
+    pub fn transport_crc(&self) -> bool {
+        self.transport_crc
+    }
+
+    /// [`wire::FEATURE_TRANSPORT_CRC`] when our hellos offer it, else 0. A handshake that
+    /// agrees on secure mode does not use it (sealed frames carry a tag instead); both ends
+    /// know the frames after the hellos are sealed.
+    fn transport_offer(&self) -> u64 {
+        if self.checked_transport {
+            wire::FEATURE_TRANSPORT_CRC
+        } else {
+            0
+        }
+    }
+
     fn hello(&self, status: HelloStatus) -> Hello {
         Hello {
             proto_version: u16::from(wire::VERSION),
             entity_type: self.local.entity_type,
             status,
-            features: self.local.features,
+            features: self.local.features | self.transport_offer(),
             required: self.local.required,
             session_id: self.local.session_id,
             connect_seq: self.connect_seq,
@@ -890,7 +939,7 @@ impl Session {
             front,
             TxKind::Control,
             &[],
-            self.sealer.as_mut(),
+            self.sealer.as_mut().into(),
         );
         self.push_tx(f);
     }
@@ -996,7 +1045,7 @@ impl Session {
                 tag: Tag::HelloReply as u8,
                 ..FrameHead::default()
             };
-            TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
+            TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], Guard::Crc);
         }
         let body = wire::encode_close(&wire::Close {
             code: 1,
@@ -1006,7 +1055,7 @@ impl Session {
             tag: Tag::Close as u8,
             ..FrameHead::default()
         };
-        TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], None);
+        TxFrame::encode(&mut stage, head, &body, TxKind::Control, &[], Guard::Crc);
         stage
     }
 
@@ -1029,6 +1078,7 @@ impl Session {
         }
         self.peer = Some(PeerIdentity::from_hello(hello));
         self.batching = self.local.features & hello.features & wire::FEATURE_BATCH != 0;
+        self.transport_crc = sealer.is_none() && self.transport_offer() & hello.features != 0;
         self.connect_seq = hello.connect_seq;
         self.lane = hello.lane;
         // Drop anything left from the old transport and answer first.
@@ -1325,6 +1375,7 @@ impl Session {
         let peer = PeerIdentity::from_hello(&reply);
         self.peer = Some(peer.clone());
         self.batching = self.local.features & reply.features & wire::FEATURE_BATCH != 0;
+        self.transport_crc = self.sealer.is_none() && self.transport_offer() & reply.features != 0;
         self.state = SessionState::Open;
         self.hello_deadline = None;
         self.last_rx = now;

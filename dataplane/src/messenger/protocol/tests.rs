@@ -915,7 +915,7 @@ fn sealed_stream(sealer: &mut crate::secure::Sealer, n: usize) -> (Vec<u8>, Vec<
             &[],
             kind,
             msg.payload.bufs(),
-            Some(sealer),
+            frame::Guard::Sealed(sealer),
         );
         assert_eq!(
             f.len(),
@@ -935,7 +935,7 @@ fn sealed_stream(sealer: &mut crate::secure::Sealer, n: usize) -> (Vec<u8>, Vec<
         &[],
         frame::TxKind::Control,
         &[],
-        Some(sealer),
+        frame::Guard::Sealed(sealer),
     );
     (stage, bodies)
 }
@@ -1052,7 +1052,7 @@ fn sealed_and_plain_frames_do_not_mix() {
         &[],
         frame::TxKind::Message { seq: 1 },
         msg.payload.bufs(),
-        None,
+        frame::Guard::Crc,
     );
     let mut dec = FrameDecoder::new(Limits::default());
     dec.set_opener(opener);
@@ -1107,7 +1107,7 @@ fn batch_frame(first: u64, ack: u64, payloads: &[&[u8]]) -> Vec<u8> {
         first,
         count: payloads.len() as u16,
     };
-    TxFrame::close_staged(&mut stage, off, head, kind, None);
+    TxFrame::close_staged(&mut stage, off, head, kind, frame::Guard::Crc);
     stage
 }
 
@@ -1505,4 +1505,194 @@ fn segments_describe_the_same_bytes_as_io_slices_and_share_payloads() {
         got,
         vec![m(1).payload.to_vec(), big.to_vec(), m(2).payload.to_vec()]
     );
+}
+
+/// A pair whose two transports check integrity (`checked.0` for the client, `.1` for the
+/// server), handshaken, each decoder trusting its own transport.
+fn checked_pair(checked: (bool, bool)) -> Pair {
+    let mut p = Pair::new(false);
+    p.c.set_checked_transport(checked.0);
+    p.s.set_checked_transport(checked.1);
+    p.cd.trust_transport(checked.0);
+    p.sd.trust_transport(checked.1);
+    p.handshake();
+    p
+}
+
+/// The (tag, flags, epilogue) of every frame in `bytes` that carries a payload.
+fn frame_marks(bytes: &[u8]) -> Vec<(Tag, u8, [u8; 4])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let p = wire::parse_preamble(&bytes[at..], &Limits::default())
+            .unwrap()
+            .unwrap();
+        let len = p.frame_len();
+        let body = p.front_len.get() as usize + p.data_len.get() as usize;
+        if body > 0 {
+            let e = &bytes[at + len - 4..at + len];
+            out.push((
+                Tag::try_from(p.tag).unwrap(),
+                p.flags,
+                [e[0], e[1], e[2], e[3]],
+            ));
+        }
+        at += len;
+    }
+    out
+}
+
+#[test]
+fn checked_transports_agree_to_leave_payload_crcs_out() {
+    let mut p = checked_pair((true, true));
+    assert!(p.c.transport_crc() && p.s.transport_crc());
+    // A batch of small messages and a large one sent by reference, both ways.
+    for i in 0..5 {
+        p.c.queue(m(i), p.now);
+    }
+    p.c.queue(
+        Message::new(9, Buf::from_vec(vec![0xAB; 3 * INLINE_MAX])),
+        p.now,
+    );
+    let bytes = drain(&mut p.c, p.now);
+    let marks = frame_marks(&bytes);
+    assert!(!marks.is_empty());
+    for (tag, flags, epi) in &marks {
+        assert!(matches!(tag, Tag::Message | Tag::MessageBatch), "{tag:?}");
+        assert_ne!(
+            flags & wire::FLAG_TRANSPORT_CHECKED,
+            0,
+            "{tag:?} not flagged"
+        );
+        assert_eq!(epi, &[0; 4], "{tag:?} carries a crc");
+    }
+    for f in feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap() {
+        p.s.handle_frame(f, p.now).unwrap();
+    }
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(got.len(), 6);
+    assert_eq!(got[5], vec![0xAB; 3 * INLINE_MAX]);
+    // Control frames keep their crcs: the close body is checked.
+    p.s.queue(m(1), p.now);
+    p.s_to_c().unwrap();
+    assert_eq!(msgs(&events(&mut p.c)), vec![vec![1; 11]]);
+}
+
+#[test]
+fn payload_crcs_stay_unless_both_transports_check() {
+    for checked in [(true, false), (false, true), (false, false)] {
+        let mut p = checked_pair(checked);
+        assert!(!p.c.transport_crc() && !p.s.transport_crc(), "{checked:?}");
+        p.c.queue(m(3), p.now);
+        p.c.queue(
+            Message::new(9, Buf::from_vec(vec![7; 2 * INLINE_MAX])),
+            p.now,
+        );
+        let bytes = drain(&mut p.c, p.now);
+        for (tag, flags, epi) in frame_marks(&bytes) {
+            assert_eq!(
+                flags & wire::FLAG_TRANSPORT_CHECKED,
+                0,
+                "{checked:?} {tag:?}"
+            );
+            assert_ne!(epi, [0; 4], "{checked:?} {tag:?}: no crc");
+        }
+        for f in feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap() {
+            p.s.handle_frame(f, p.now).unwrap();
+        }
+        assert_eq!(msgs(&events(&mut p.s)).len(), 2);
+    }
+}
+
+#[test]
+fn a_new_transport_negotiates_again() {
+    let mut p = checked_pair((true, true));
+    assert!(p.c.transport_crc());
+    // The client's next transport does not check (say, another stack): crcs are back.
+    p.c.on_fault(false);
+    p.s.on_fault(false);
+    p.c.set_checked_transport(false);
+    p.cd = FrameDecoder::new(Limits::default());
+    p.sd = FrameDecoder::new(Limits::default());
+    p.sd.trust_transport(true);
+    p.handshake();
+    assert!(!p.c.transport_crc() && !p.s.transport_crc());
+}
+
+#[test]
+fn unchecked_frames_are_refused_where_not_agreed() {
+    // The client leaves crcs out; a server whose decoder does not trust the transport
+    // refuses the frame instead of taking an unchecked payload.
+    let mut p = checked_pair((true, true));
+    p.c.queue(m(4), p.now);
+    let bytes = drain(&mut p.c, p.now);
+    let mut strict = FrameDecoder::new(Limits::default());
+    let r = feed(&mut strict, &p.pool, &bytes, 1500);
+    assert!(
+        matches!(&r, Err(Fault::Protocol(why)) if why.contains("payload crc")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn the_transport_flag_on_a_control_frame_is_refused() {
+    let body = wire::encode_close(&wire::Close {
+        code: 1,
+        reason: "bye".into(),
+    });
+    let head = wire::FrameHead {
+        tag: Tag::Close as u8,
+        flags: wire::FLAG_TRANSPORT_CHECKED,
+        front_len: body.len() as u32,
+        ..wire::FrameHead::default()
+    };
+    let mut bytes = wire::encode_preamble(&head).to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&[0; 4]);
+    let mut dec = FrameDecoder::new(Limits::default());
+    dec.trust_transport(true);
+    let r = feed(&mut dec, &pool(), &bytes, 1500);
+    assert!(
+        matches!(&r, Err(Fault::Protocol(why)) if why.contains("transport-checked")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn an_unflagged_frame_is_still_checked_on_a_trusted_transport() {
+    let mut p = Pair::new(false);
+    p.sd.trust_transport(true);
+    p.handshake();
+    p.c.queue(m(5), p.now);
+    let mut bytes = drain(&mut p.c, p.now);
+    let last = bytes.len() - 6;
+    bytes[last] ^= 0x40;
+    let r = feed(&mut p.sd, &p.pool, &bytes, 1500);
+    assert!(matches!(
+        r,
+        Err(Fault::Wire(wire::WireError::PayloadCrc { .. }))
+    ));
+}
+
+#[test]
+fn a_sealed_connection_keeps_its_tags_even_when_both_offer() {
+    let now = Instant::now();
+    let mut c = Session::new(Role::Client, cfg(false), ident("client", 11), now);
+    c.set_checked_transport(true);
+    c.start_client(now);
+    let bytes = drain(&mut c, now);
+    let frames = feed(
+        &mut FrameDecoder::new(Limits::default()),
+        &pool(),
+        &bytes,
+        99,
+    )
+    .unwrap();
+    let hello = wire::parse_hello(&frames[0].front).unwrap();
+    assert_ne!(hello.features & wire::FEATURE_TRANSPORT_CRC, 0, "offered");
+    let mut s = Session::new(Role::Server, cfg(false), ident("server", 22), now);
+    s.set_checked_transport(true);
+    let (sealer, _opener) = sealed_pair(1000);
+    s.accept_hello(&hello, Some(sealer), now);
+    assert!(!s.transport_crc(), "secure mode seals; no transport crcs");
 }

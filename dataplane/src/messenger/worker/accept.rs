@@ -12,7 +12,7 @@ use mio::Token;
 use super::{close_socket, Adopt, Command, Entry, Worker};
 use crate::auth::{self, Key, Side};
 use crate::counters::Counters;
-use crate::messenger::protocol::{Fault, Frame, FrameDecoder, Session, TxFrame, TxKind};
+use crate::messenger::protocol::{Fault, Frame, FrameDecoder, Guard, Session, TxFrame, TxKind};
 use crate::secure::{self, Sealer, SessionKeys};
 use crate::stack::ConnectedSocket;
 use crate::wire::{
@@ -212,7 +212,7 @@ impl Worker {
                     &wire::encode_auth(&nonce_s, &proof),
                     TxKind::Control,
                     &[],
-                    None,
+                    Guard::Crc,
                 );
                 // A fresh socket's buffer is empty: the 108-byte challenge fits whole.
                 match p.socket.writev(&[IoSlice::new(&stage)]) {

@@ -7,7 +7,6 @@
 
 use super::{close_socket, Adopt, Command, ConnState, Entry, Migrate, Moved, Worker};
 use crate::counters::Counters;
-use crate::messenger::protocol::FrameDecoder;
 
 use std::sync::atomic::Ordering;
 
@@ -129,7 +128,7 @@ impl Worker {
             close_socket(self.center.registry(), old);
             st.session.on_fault(false);
         }
-        st.decoder = FrameDecoder::new(self.shared.limits);
+        st.decoder = super::new_decoder(self.shared.limits, self.checked);
         st.connecting = false;
         st.connect_deadline = None;
         st.timer_at = None;

@@ -148,6 +148,9 @@ enum Entry {
 
 /// One worker thread's state.
 pub(crate) struct Worker {
+    /// This worker's stack checks every payload byte end to end and the configuration trusts
+    /// it (`Config::trust_transport_crc`): its sessions offer to leave payload crcs out.
+    checked: bool,
     index: usize,
     shared: Arc<Shared>,
     center: EventCenter,
@@ -201,7 +204,9 @@ impl Worker {
             ..SocketOptions::default()
         };
         let inject = FaultInjector::new(&cfg.inject, index);
+        let checked = shared.workers[index].checked;
         Worker {
+            checked,
             index,
             shared,
             center,
@@ -447,7 +452,7 @@ impl Worker {
             session: Session::new(role, cfg, local, self.now),
             handle: handle.clone(),
             socket: None,
-            decoder: FrameDecoder::new(self.shared.limits),
+            decoder: new_decoder(self.shared.limits, self.checked),
             target,
             connecting: false,
             connect_deadline: None,
@@ -535,6 +540,7 @@ impl Worker {
                     match r {
                         Ok(true) => {
                             st.connecting = false;
+                            st.session.set_checked_transport(self.checked);
                             st.session.start_client(self.now);
                             self.mark_dirty(t);
                         }
@@ -599,7 +605,9 @@ impl Worker {
         st.socket = Some(socket);
         st.write_blocked = false;
         st.decoder = decoder;
+        st.decoder.trust_transport(self.checked);
         st.connecting = false;
+        st.session.set_checked_transport(self.checked);
         st.session.accept_hello(&hello, sealer, self.now);
         self.poll_session(t);
         self.mark_dirty(t);
@@ -798,6 +806,9 @@ impl Worker {
                 } => {
                     *st.handle.shared.peer.lock() = Some(peer);
                     st.backoff = shared.reconnect_min;
+                    if st.session.transport_crc() {
+                        Counters::add(&c.transport_crc_sessions, 1);
+                    }
                     if remote_reset {
                         Counters::add(&c.remote_resets, 1);
                         shared.dispatch.push(Item::RemoteReset(st.handle.clone()));
@@ -1021,7 +1032,7 @@ impl Worker {
             close_socket(self.center.registry(), s);
         }
         st.connecting = false;
-        st.decoder = FrameDecoder::new(self.shared.limits);
+        st.decoder = new_decoder(self.shared.limits, self.checked);
         let state = st.session.on_fault(fault.is_permanent());
         let closing = st.closing.is_some();
         self.poll_session(t);
@@ -1221,6 +1232,13 @@ fn deliver(shared: &Shared, handle: &Connection, m: Message) {
     } else {
         shared.dispatch.push(Item::Message(handle.clone(), m));
     }
+}
+
+/// A frame decoder for a new transport; `checked` as in `Worker::checked`.
+fn new_decoder(limits: crate::wire::Limits, checked: bool) -> FrameDecoder {
+    let mut d = FrameDecoder::new(limits);
+    d.trust_transport(checked);
+    d
 }
 
 fn close_socket(registry: &mio::Registry, mut s: Box<dyn ConnectedSocket>) {
