@@ -28,7 +28,7 @@ use crate::messenger::protocol::{
 use crate::messenger::{Connection, Message, Policy, Shared};
 use crate::ring::mpsc;
 use crate::secure::Sealer;
-use crate::stack::{ConnectedSocket, ServerSocket, SocketOptions, StackWorker};
+use crate::stack::{ConnectedSocket, Segment, ServerSocket, SocketOptions, StackWorker};
 use crate::wire::Hello;
 
 /// Most slices handed to one `writev` (Linux `IOV_MAX`).
@@ -148,6 +148,8 @@ enum Entry {
 
 /// One worker thread's state.
 pub(crate) struct Worker {
+    /// Memory for the gather lists of writes, reused from one write to the next.
+    gather: Gather,
     /// This worker's stack checks every payload byte end to end and the configuration trusts
     /// it (`Config::trust_transport_crc`): its sessions offer to leave payload crcs out.
     checked: bool,
@@ -206,6 +208,7 @@ impl Worker {
         let inject = FaultInjector::new(&cfg.inject, index);
         let checked = shared.workers[index].checked;
         Worker {
+            gather: Gather::default(),
             checked,
             index,
             shared,
@@ -953,7 +956,12 @@ impl Worker {
             if !st.session.has_tx() {
                 st.session.prepare_tx(now);
             }
-            let (total, r) = match write_tx(&mut st.session, sock.as_mut(), &mut self.inject) {
+            let (total, r) = match write_tx(
+                &mut st.session,
+                sock.as_mut(),
+                &mut self.inject,
+                &mut self.gather,
+            ) {
                 Tx::Empty => break,
                 Tx::Injected => {
                     Counters::add(&self.shared.counters.injected_faults, 1);
@@ -1193,32 +1201,74 @@ fn write_tx(
     session: &mut Session,
     sock: &mut dyn ConnectedSocket,
     inject: &mut FaultInjector,
+    gather: &mut Gather,
 ) -> Tx {
     if sock.wants_segments() {
-        let mut segs = Vec::with_capacity(64);
+        let mut segs = gather.segments();
         let total = session.segments(&mut segs, IOV_MAX);
-        if total == 0 {
-            return Tx::Empty;
-        }
-        if inject.should_fail() {
-            return Tx::Injected;
-        }
-        return Tx::Wrote {
-            total,
-            result: sock.send_segments(&segs),
+        let tx = if total == 0 {
+            Tx::Empty
+        } else if inject.should_fail() {
+            Tx::Injected
+        } else {
+            Tx::Wrote {
+                total,
+                result: sock.send_segments(&segs),
+            }
         };
+        gather.keep_segments(segs);
+        return tx;
     }
-    let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(64);
+    let mut iov = gather.io_slices();
     let total = session.io_slices(&mut iov, IOV_MAX);
-    if total == 0 {
-        return Tx::Empty;
+    let tx = if total == 0 {
+        Tx::Empty
+    } else if inject.should_fail() {
+        Tx::Injected
+    } else {
+        Tx::Wrote {
+            total,
+            result: sock.writev(&iov),
+        }
+    };
+    gather.keep_io_slices(iov);
+    tx
+}
+
+/// The memory of the gather lists `write_tx` builds, kept from one write to the next: a
+/// list borrows the session it was built from, so it is emptied and its allocation carried
+/// over to the next list (an empty vector mapped in place to another lifetime keeps its
+/// allocation) instead of allocating one per write.
+#[derive(Default)]
+struct Gather {
+    iov: Vec<IoSlice<'static>>,
+    segs: Vec<Segment<'static>>,
+}
+
+impl Gather {
+    /// First capacity of each list.
+    const START: usize = 64;
+
+    fn io_slices<'a>(&mut self) -> Vec<IoSlice<'a>> {
+        let mut v = std::mem::take(&mut self.iov);
+        v.reserve(Gather::START);
+        v.into_iter().map(|_| IoSlice::new(&[])).collect()
     }
-    if inject.should_fail() {
-        return Tx::Injected;
+
+    fn keep_io_slices(&mut self, mut v: Vec<IoSlice<'_>>) {
+        v.clear();
+        self.iov = v.into_iter().map(|_| IoSlice::new(&[])).collect();
     }
-    Tx::Wrote {
-        total,
-        result: sock.writev(&iov),
+
+    fn segments<'a>(&mut self) -> Vec<Segment<'a>> {
+        let mut v = std::mem::take(&mut self.segs);
+        v.reserve(Gather::START);
+        v.into_iter().map(|_| Segment::Staged(&[])).collect()
+    }
+
+    fn keep_segments(&mut self, mut v: Vec<Segment<'_>>) {
+        v.clear();
+        self.segs = v.into_iter().map(|_| Segment::Staged(&[])).collect();
     }
 }
 
