@@ -636,17 +636,23 @@ fn decoder_rejects_oversized_frame_before_allocating() {
     ));
 }
 
-#[test]
-fn decoder_detects_payload_corruption() {
+/// Flips a payload bit of a crc-carrying message frame; the server's decoder trusts its
+/// transport when `trust` (the frame is not flagged, so its crc is checked anyway).
+fn corrupted_payload(trust: bool) -> Result<Vec<Frame>, Fault> {
     let mut p = Pair::new(false);
+    p.sd.trust_transport(trust);
     p.handshake();
     p.c.queue(m(5), p.now);
     let mut bytes = drain(&mut p.c, p.now);
     let last = bytes.len() - 6;
     bytes[last] ^= 0x40;
-    let r = feed(&mut p.sd, &p.pool, &bytes, 1500);
+    feed(&mut p.sd, &p.pool, &bytes, 1500)
+}
+
+#[test]
+fn decoder_detects_payload_corruption() {
     assert!(matches!(
-        r,
+        corrupted_payload(false),
         Err(Fault::Wire(wire::WireError::PayloadCrc { .. }))
     ));
 }
@@ -1660,16 +1666,8 @@ fn the_transport_flag_on_a_control_frame_is_refused() {
 
 #[test]
 fn an_unflagged_frame_is_still_checked_on_a_trusted_transport() {
-    let mut p = Pair::new(false);
-    p.sd.trust_transport(true);
-    p.handshake();
-    p.c.queue(m(5), p.now);
-    let mut bytes = drain(&mut p.c, p.now);
-    let last = bytes.len() - 6;
-    bytes[last] ^= 0x40;
-    let r = feed(&mut p.sd, &p.pool, &bytes, 1500);
     assert!(matches!(
-        r,
+        corrupted_payload(true),
         Err(Fault::Wire(wire::WireError::PayloadCrc { .. }))
     ));
 }

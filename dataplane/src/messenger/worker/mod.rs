@@ -1204,75 +1204,56 @@ fn write_tx(
     gather: &mut Gather,
 ) -> Tx {
     if sock.wants_segments() {
-        let mut segs = gather.segments();
+        let mut segs = relife(std::mem::take(&mut gather.segs), || Segment::Staged(&[]));
         let total = session.segments(&mut segs, IOV_MAX);
-        let tx = if total == 0 {
-            Tx::Empty
-        } else if inject.should_fail() {
-            Tx::Injected
-        } else {
-            Tx::Wrote {
-                total,
-                result: sock.send_segments(&segs),
-            }
-        };
-        gather.keep_segments(segs);
+        let tx = tx_outcome(total, inject, || sock.send_segments(&segs));
+        gather.segs = relife(segs, || Segment::Staged(&[]));
         return tx;
     }
-    let mut iov = gather.io_slices();
+    let mut iov = relife(std::mem::take(&mut gather.iov), || IoSlice::new(&[]));
     let total = session.io_slices(&mut iov, IOV_MAX);
-    let tx = if total == 0 {
+    let tx = tx_outcome(total, inject, || sock.writev(&iov));
+    gather.iov = relife(iov, || IoSlice::new(&[]));
+    tx
+}
+
+/// What a write of `total` framed bytes came to: nothing to write, an injected fault, or
+/// what `write` returned.
+fn tx_outcome(
+    total: usize,
+    inject: &mut FaultInjector,
+    write: impl FnOnce() -> io::Result<usize>,
+) -> Tx {
+    if total == 0 {
         Tx::Empty
     } else if inject.should_fail() {
         Tx::Injected
     } else {
         Tx::Wrote {
             total,
-            result: sock.writev(&iov),
+            result: write(),
         }
-    };
-    gather.keep_io_slices(iov);
-    tx
+    }
 }
 
 /// The memory of the gather lists `write_tx` builds, kept from one write to the next: a
 /// list borrows the session it was built from, so it is emptied and its allocation carried
-/// over to the next list (an empty vector mapped in place to another lifetime keeps its
-/// allocation) instead of allocating one per write.
+/// over to the next list ([`relife`]) instead of allocating one per write.
 #[derive(Default)]
 struct Gather {
     iov: Vec<IoSlice<'static>>,
     segs: Vec<Segment<'static>>,
 }
 
-impl Gather {
-    /// First capacity of each list.
-    const START: usize = 64;
-
-    fn io_slices<'a>(&mut self) -> Vec<IoSlice<'a>> {
-        let mut v = std::mem::take(&mut self.iov);
-        v.reserve(Gather::START);
-        v.into_iter().map(|_| IoSlice::new(&[])).collect()
-    }
-
-    fn keep_io_slices(&mut self, mut v: Vec<IoSlice<'_>>) {
-        v.clear();
-        self.iov = v.into_iter().map(|_| IoSlice::new(&[])).collect();
-    }
-
-    fn segments<'a>(&mut self) -> Vec<Segment<'a>> {
-        let mut v = std::mem::take(&mut self.segs);
-        v.reserve(Gather::START);
-        v.into_iter().map(|_| Segment::Staged(&[])).collect()
-    }
-
-    fn keep_segments(&mut self, mut v: Vec<Segment<'_>>) {
-        v.clear();
-        self.segs = v.into_iter().map(|_| Segment::Staged(&[])).collect();
-    }
+/// `v` emptied, as a vector of another element type of the same layout (a gather list of
+/// another lifetime) in the same allocation: collecting a mapped vector in place keeps its
+/// allocation, and the map never runs on an empty vector. At least 64 slots.
+fn relife<A, B>(mut v: Vec<A>, blank: impl Fn() -> B) -> Vec<B> {
+    v.clear();
+    v.reserve(64);
+    v.into_iter().map(|_| blank()).collect()
 }
 
-/// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
 /// Hands a received message to the application: inline on the worker thread when the
 /// dispatcher takes it (fast dispatch), else through the dispatch queue.
 #[inline]
@@ -1291,6 +1272,7 @@ fn new_decoder(limits: crate::wire::Limits, checked: bool) -> FrameDecoder {
     d
 }
 
+/// Takes a socket out of the event loop and shuts it down (best effort: it is being dropped).
 fn close_socket(registry: &mio::Registry, mut s: Box<dyn ConnectedSocket>) {
     let _ = s.deregister(registry);
     s.shutdown();
