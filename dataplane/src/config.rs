@@ -78,8 +78,8 @@ pub struct Config {
     /// Feature bits we require of peers.
     pub required_features: u64,
     /// Leave payload crcs to transports that check every byte themselves (default true).
-    /// On a stack whose workers report
-    /// [`StackWorker::checks_integrity`](crate::stack::StackWorker::checks_integrity) (RDMA:
+    /// On a stack that reports
+    /// [`NetworkStack::checks_integrity`](crate::stack::NetworkStack::checks_integrity) (RDMA:
     /// every RoCE or InfiniBand packet carries a CRC-32 the receiving device checks), the
     /// hellos offer [`FEATURE_TRANSPORT_CRC`](crate::wire::FEATURE_TRANSPORT_CRC), and when
     /// the peer offers it too, messages travel without the crc32c of their payload: a pass
