@@ -880,11 +880,29 @@ proptest! {
         let _ = feed_mixed(&mut dec, &pool(), &bytes, chunk, pattern, drop);
     }
 
-    /// Arbitrary bytes never panic the decoder.
+    /// Arbitrary bytes never panic the decoder, whether or not it trusts its transport
+    /// (frames flagged transport-checked then skip the payload crc).
     #[test]
-    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096), chunk in 1usize..512) {
+    fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..4096), chunk in 1usize..512, trust in any::<bool>()) {
         let mut dec = FrameDecoder::new(Limits::default());
+        dec.trust_transport(trust);
         let _ = feed(&mut dec, &pool(), &bytes, chunk);
+    }
+
+    /// Message frames sent without payload crcs decode to the same payloads in any chunking,
+    /// and a decoder that did not agree to it refuses them.
+    #[test]
+    fn transport_checked_frames_decode_in_any_chunking(sizes in proptest::collection::vec(0usize..3000, 1..12), chunk in 1usize..4000) {
+        let mut p = checked_pair((true, true));
+        for (i, &n) in sizes.iter().enumerate() {
+            p.c.queue(Message::new(3, Buf::from_vec(vec![i as u8; n])), p.now);
+        }
+        let bytes = drain(&mut p.c, p.now);
+        let frames = feed(&mut p.sd, &p.pool, &bytes, chunk).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let want: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, &n)| vec![i as u8; n]).collect();
+        prop_assert_eq!(payloads_of(&frames), want);
+        let strict = feed(&mut FrameDecoder::new(Limits::default()), &p.pool, &bytes, chunk);
+        prop_assert!(strict.is_err() || sizes.iter().all(|&n| n == 0));
     }
 }
 
