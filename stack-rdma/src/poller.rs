@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use dataplane::event::{Fired, Poller};
 use mio::Token;
 use parking_lot::Mutex;
-use sideway::ibverbs::completion::{BasicCompletionQueue, PollCompletionQueueError};
+use sideway::ibverbs::completion::BasicCompletionQueue;
 
 /// One completion, copied out of the CQ.
 #[derive(Debug, Clone, Copy)]
@@ -63,21 +63,22 @@ impl CqShared {
 }
 
 fn poll_into(cq: &BasicCompletionQueue, out: &mut Vec<Wc>) -> Result<(), String> {
-    match cq.start_poll() {
-        // Every completion the poller fetched must be taken, or it is lost.
-        Ok(poller) => {
-            out.extend(poller.map(|wc| Wc {
-                wr_id: wc.wr_id(),
-                status: wc.status(),
-                vendor_err: wc.vendor_err(),
-                byte_len: wc.byte_len(),
-                imm: u32::from_be(wc.imm_data()),
-                opcode: wc.opcode(),
-            }));
-            Ok(())
+    let mut wcs = crate::sys::wc_batch();
+    loop {
+        // Every completion polled must be taken, or it is lost.
+        let got = crate::sys::poll_cq(cq, &mut wcs).map_err(|e| e.to_string())?;
+        let n = got.len();
+        out.extend(got.iter().map(|wc| Wc {
+            wr_id: wc.wr_id,
+            status: wc.status,
+            vendor_err: wc.vendor_err,
+            byte_len: wc.byte_len,
+            imm: crate::sys::wc_imm(wc),
+            opcode: wc.opcode,
+        }));
+        if n < crate::sys::WC_BATCH {
+            return Ok(());
         }
-        Err(PollCompletionQueueError::CompletionQueueEmpty) => Ok(()),
-        Err(e) => Err(e.to_string()),
     }
 }
 

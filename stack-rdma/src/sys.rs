@@ -6,12 +6,52 @@
 //! here.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use rdma_mummy_sys as ffi;
 use sideway::ibverbs::completion::{BasicCompletionQueue, CompletionChannel, CompletionQueue};
 use sideway::ibverbs::protection_domain::ProtectionDomain;
+
+/// Work completions per `ibv_poll_cq` call.
+pub(crate) const WC_BATCH: usize = 32;
+
+/// Room for the work completions of one `ibv_poll_cq` call.
+pub(crate) type WcBatch = [MaybeUninit<ffi::ibv_wc>; WC_BATCH];
+
+/// An empty [`WcBatch`], on the caller's stack (not even zeroed).
+pub(crate) fn wc_batch() -> WcBatch {
+    [MaybeUninit::uninit(); WC_BATCH]
+}
+
+/// Polls up to [`WC_BATCH`] completions of `cq` into `wcs` and returns the ones it got.
+///
+/// `sideway`'s `BasicCompletionQueue::start_poll` allocates a buffer of work completions on
+/// every call, empty polls included; a busy-polling worker polls its CQs on every loop round,
+/// so this polls into the caller's array instead.
+pub(crate) fn poll_cq<'a>(
+    cq: &BasicCompletionQueue,
+    wcs: &'a mut WcBatch,
+) -> io::Result<&'a [ffi::ibv_wc]> {
+    // SAFETY: `cq` is a live CQ (we hold a reference to its owner); `ibv_poll_cq` writes at
+    // most `WC_BATCH` entries into `wcs`, which has room for them (`MaybeUninit<T>` has the
+    // layout of `T`).
+    let rc =
+        unsafe { ffi::ibv_poll_cq(cq.cq().as_ptr(), WC_BATCH as i32, wcs.as_mut_ptr().cast()) };
+    let got = match usize::try_from(rc) {
+        Ok(got) => got.min(WC_BATCH),
+        Err(_) => return Err(io::Error::from_raw_os_error(rc.saturating_neg())),
+    };
+    // SAFETY: `ibv_poll_cq` initialised the first `got` entries.
+    Ok(unsafe { std::slice::from_raw_parts(wcs.as_ptr().cast::<ffi::ibv_wc>(), got) })
+}
+
+/// The immediate data of a completion, in host byte order.
+pub(crate) fn wc_imm(wc: &ffi::ibv_wc) -> u32 {
+    // SAFETY: both members of the union are `u32`; any bit pattern is valid for either.
+    u32::from_be(unsafe { wc.imm_data_invalidated_rkey_union.imm_data })
+}
 
 /// Asks for one completion event on `cq`'s channel at the next completion.
 pub(crate) fn req_notify(cq: &BasicCompletionQueue) -> io::Result<()> {
