@@ -29,8 +29,12 @@ pub const NAME: &str = "dataplane-dpdk";
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
-/// TCP socket buffers of the smoltcp sockets (each direction, each connection).
-const SOCKET_BUFFER: usize = 512 << 10;
+/// TCP socket buffers of the smoltcp sockets (each direction, each connection): 2 MiB.
+/// smoltcp's rings are fixed where Linux autotunes a loopback socket's up to `tcp_wmem`'s
+/// 4 MiB; with 512 KiB the 64 B stream was window-bound whenever the scheduler took a polling
+/// worker's core away (26 against 33 M msg/s here), and 4 MiB cost the 64 KiB stream about 5%
+/// in cache misses without adding to the 64 B one (`docs/dpdk.md`).
+const SOCKET_BUFFER: usize = 2 << 20;
 
 /// IP MTU of the memif link (see [`set_mtu`]).
 static MTU: AtomicU16 = AtomicU16::new(9000);
