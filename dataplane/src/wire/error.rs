@@ -42,6 +42,17 @@ pub enum WireError {
     /// The preamble has flag bits set outside [`KNOWN_FLAGS`](super::KNOWN_FLAGS).
     #[error("unknown frame flags {0:#04x}")]
     UnknownFlags(u8),
+    /// A known flag on a frame that must not carry it: [`FLAG_TRANSPORT_CHECKED`] on anything
+    /// but an unsealed `Message` or `MessageBatch` frame.
+    ///
+    /// [`FLAG_TRANSPORT_CHECKED`]: super::FLAG_TRANSPORT_CHECKED
+    #[error("{tag:?} frame must not carry flags {flags:#04x} (transport-checked)")]
+    MisplacedFlag {
+        /// The kind of the offending frame.
+        tag: Tag,
+        /// Its flag bits.
+        flags: u8,
+    },
     /// The front segment is longer than the receiver allows.
     #[error("front segment too long: {len} bytes, limit {max}")]
     FrontTooLong {

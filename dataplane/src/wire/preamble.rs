@@ -184,8 +184,8 @@ impl Default for Limits {
 ///
 /// Returns `Ok(None)` if `buf` holds fewer than [`PREAMBLE_LEN`] bytes (read more).
 /// Bytes past the preamble are ignored. Checks, in this order, stopping at the
-/// first failure: magic, version, crc, tag known, flags known,
-/// `front_len <= max_front`, `data_len <= max_data`, then the payload shape of
+/// first failure: magic, version, crc, tag known, flags known, the transport-checked flag
+/// only on an unsealed `Message` or `MessageBatch`, `front_len <= max_front`, `data_len <= max_data`, then the payload shape of
 /// the frame kind: control frames (`Ack`, `Keepalive`, `KeepaliveAck`) carry no
 /// payload; `Hello`, `HelloReply` and `Close` carry a non-empty front segment and
 /// no data segment; `Message` may carry anything within the limits.
@@ -219,6 +219,14 @@ pub fn parse_preamble<'a>(
     let tag = p.tag()?;
     if p.flags & !KNOWN_FLAGS != 0 {
         return Err(WireError::UnknownFlags(p.flags));
+    }
+    if p.flags & FLAG_TRANSPORT_CHECKED != 0
+        && (p.flags & FLAG_SEALED != 0 || !matches!(tag, Tag::Message | Tag::MessageBatch))
+    {
+        return Err(WireError::MisplacedFlag {
+            tag,
+            flags: p.flags,
+        });
     }
     let front_len = p.front_len.get();
     if front_len > limits.max_front {
@@ -457,6 +465,36 @@ mod tests {
     }
 
     #[test]
+    fn refuses_the_transport_flag_off_unsealed_messages() {
+        for tag in [Tag::Message, Tag::MessageBatch] {
+            let mut h = head(tag, 0, 8);
+            h.flags = FLAG_TRANSPORT_CHECKED | FLAG_ACK_VALID;
+            assert!(parse(&encode_preamble(&h)).is_ok(), "{tag:?}");
+            h.flags |= FLAG_SEALED;
+            assert_eq!(
+                parse(&encode_preamble(&h)),
+                Err(WireError::MisplacedFlag {
+                    tag,
+                    flags: h.flags
+                })
+            );
+        }
+        for tag in [Tag::Ack, Tag::Keepalive, Tag::Hello, Tag::Close] {
+            let front = if tag.is_front_only() { 4 } else { 0 };
+            let mut h = head(tag, front, 0);
+            h.flags = FLAG_TRANSPORT_CHECKED;
+            assert_eq!(
+                parse(&encode_preamble(&h)),
+                Err(WireError::MisplacedFlag {
+                    tag,
+                    flags: FLAG_TRANSPORT_CHECKED
+                }),
+                "{tag:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_oversized_front() {
         let lim = Limits::default();
         let ok = encode_preamble(&head(Tag::Message, lim.max_front, 0));
@@ -579,6 +617,14 @@ mod tests {
         if h.flags & !KNOWN_FLAGS != 0 {
             return Err(WireError::UnknownFlags(h.flags));
         }
+        let unsealed_message =
+            h.flags & FLAG_SEALED == 0 && matches!(tag, Tag::Message | Tag::MessageBatch);
+        if h.flags & FLAG_TRANSPORT_CHECKED != 0 && !unsealed_message {
+            return Err(WireError::MisplacedFlag {
+                tag,
+                flags: h.flags,
+            });
+        }
         if h.front_len > lim.max_front {
             return Err(WireError::FrontTooLong {
                 len: h.front_len,
@@ -619,7 +665,7 @@ mod tests {
     prop_compose! {
         fn any_head()(
             tag in prop_oneof![1u8..=9, any::<u8>()],
-            flags in prop_oneof![0u8..=1, any::<u8>()],
+            flags in prop_oneof![0u8..=7, any::<u8>()],
             priority in any::<u8>(),
             msg_type in any::<u16>(),
             seq in any::<u64>(),

@@ -315,18 +315,13 @@ impl FrameDecoder {
                 opener.open(aad, payload, mac)?;
             }
             let unchecked = flags & wire::FLAG_TRANSPORT_CHECKED != 0;
-            if unchecked {
-                if sealed || !matches!(tag, Tag::Message | Tag::MessageBatch) {
-                    return Err(Fault::Protocol(format!(
-                        "{tag:?} frame flagged transport-checked"
-                    )));
-                }
-                if !self.trust_transport {
-                    return Err(Fault::Protocol(format!(
-                        "{tag:?} frame without a payload crc, which this connection did not \
-                         agree to (feature transport-crc not offered here)"
-                    )));
-                }
+            // `parse_preamble` refused the flag on any other kind of frame; whether this
+            // connection agreed to it is the decoder's question.
+            if unchecked && !self.trust_transport {
+                return Err(Fault::Protocol(format!(
+                    "{tag:?} frame without a payload crc, which this connection did not \
+                     agree to (feature transport-crc not offered here)"
+                )));
             }
             let mut data = rx.split_to(frame_len);
             if !sealed && !unchecked && front_len + data_len > 0 {

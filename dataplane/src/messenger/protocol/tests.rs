@@ -1677,7 +1677,13 @@ fn the_transport_flag_on_a_control_frame_is_refused() {
     dec.trust_transport(true);
     let r = feed(&mut dec, &pool(), &bytes, 1500);
     assert!(
-        matches!(&r, Err(Fault::Protocol(why)) if why.contains("transport-checked")),
+        matches!(
+            &r,
+            Err(Fault::Wire(wire::WireError::MisplacedFlag {
+                tag: Tag::Close,
+                ..
+            }))
+        ),
         "{r:?}"
     );
 }
