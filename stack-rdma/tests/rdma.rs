@@ -474,10 +474,16 @@ fn rdma_ping_pong_echo_round_trips() {
         );
     }
     back.assert_clean();
-    // Each ping and each echo went alone, a 108-byte frame: inline in its work request.
+    // Each ping and each echo went alone, a 108-byte frame: inline in its work request, read
+    // by the post straight from the messenger's slices, never copied into a send slot first.
     for (end, s) in [("client", &cli_stack), ("server", &srv_stack)] {
         let inlined = s.stats().inline_sends.load(Ordering::Relaxed);
         assert!(inlined >= 500, "{end}: only {inlined} of 500 SENDs inline");
+        let copied = s.stats().copied_bytes.load(Ordering::Relaxed);
+        assert!(
+            copied < 500 * 108 / 10,
+            "{end}: {copied} bytes copied into send slots for 500 inline frames"
+        );
     }
     drop(conn);
     client.shutdown();
