@@ -91,6 +91,25 @@ fn frame_ahead<P: Piece>(iov: &[P], vi: usize, off: usize) -> Option<usize> {
     Some(head.bytes().len() + payload.bytes().len() + dataplane::wire::EPILOGUE_LEN)
 }
 
+/// Takes the receive and write credits owed to the peer (`owed`, `owed_writes`) that one
+/// work request's immediate can carry, counted as granted (`granted`, `writes_granted`)
+/// before the peer can see (and use) them. Fields, not `&mut self`: the send paths hold the
+/// socket's QP borrowed.
+fn grant_owed(
+    owed: &mut u32,
+    owed_writes: &mut u32,
+    granted: &mut u64,
+    writes_granted: &mut u64,
+) -> (u32, u32) {
+    let credits = (*owed).min(wire::IMM_MAX_CREDITS);
+    let write_credits = (*owed_writes).min(wire::IMM_MAX_WRITE_CREDITS);
+    *owed -= credits;
+    *owed_writes -= write_credits;
+    *granted += u64::from(credits);
+    *writes_granted += u64::from(write_credits);
+    (credits, write_credits)
+}
+
 /// Slices one inline SEND gathers at most (a frame's preamble, payload and epilogue, or a
 /// short gather of small frames).
 const INLINE_SGES: usize = 8;
@@ -1192,13 +1211,12 @@ impl RdmaSocket {
         let signal_every = (self.dev.cfg.send_depth / 4).max(1);
         // Each WR takes an entry of the send ring (its slot unused), as in the general path.
         self.send_seq += 1;
-        let credits = self.owed.min(wire::IMM_MAX_CREDITS);
-        let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
-        self.owed -= credits;
-        self.owed_writes -= write_credits;
-        // Counted as granted before the peer can see (and use) them.
-        self.granted_total += u64::from(credits);
-        self.writes_granted += u64::from(write_credits);
+        let (credits, write_credits) = grant_owed(
+            &mut self.owed,
+            &mut self.owed_writes,
+            &mut self.granted_total,
+            &mut self.writes_granted,
+        );
         self.credits -= 1;
         let imm = Imm {
             credits,
@@ -1448,13 +1466,12 @@ impl RdmaSocket {
                 self.send_seq += 1;
             }
             let sge_n = sges.len() as u32 - sge_at;
-            let credits = self.owed.min(wire::IMM_MAX_CREDITS);
-            let write_credits = self.owed_writes.min(wire::IMM_MAX_WRITE_CREDITS);
-            self.owed -= credits;
-            self.owed_writes -= write_credits;
-            // Counted as granted before the peer can see (and use) them.
-            self.granted_total += u64::from(credits);
-            self.writes_granted += u64::from(write_credits);
+            let (credits, write_credits) = grant_owed(
+                &mut self.owed,
+                &mut self.owed_writes,
+                &mut self.granted_total,
+                &mut self.writes_granted,
+            );
             self.credits = self.credits.saturating_sub(1);
             let mut imm = Imm {
                 credits,
