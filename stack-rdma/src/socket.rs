@@ -1962,7 +1962,15 @@ impl ConnectedSocket for RdmaSocket {
         loop {
             let polled = self.poll_cq();
             let copied = self.copy_out(buf);
-            self.repost_and_return()?;
+            // Buffers consumed by a read that delivers bytes, fewer than a quarter of the
+            // window, wait for the read that finds nothing (the messenger reads until
+            // `WouldBlock`, and sends what the bytes asked for before reading again):
+            // re-posted now, they would sit between a request and its reply. More go back at
+            // once, so a stream's sender keeps its credits; at most a quarter of the window
+            // is ever held back, so a peer is never left without credit by it.
+            if copied == 0 || self.repost.len() >= (self.window / 4).max(1) as usize {
+                self.repost_and_return()?;
+            }
             if copied > 0 {
                 self.maybe_kick();
                 return Ok(copied);

@@ -741,6 +741,7 @@ impl Worker {
                     if let Err(fault) = r {
                         return self.fault(t, fault);
                     }
+                    self.reply_now();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Drained: an idle connection keeps no receive buffer.
@@ -753,6 +754,18 @@ impl Worker {
         }
         if !self.read_again.contains(&t) {
             self.read_again.push(t);
+        }
+    }
+
+    /// Sends what dispatchers on this thread queued while the last read was delivered (an
+    /// echo, a reply) before reading on: reading again first would put the next read's work
+    /// (a poll that finds nothing, an `EAGAIN`, re-posting receive buffers) between a request
+    /// and its reply. Nothing queued: nothing to do, and the round's writes go out together
+    /// at its end as before.
+    fn reply_now(&mut self) {
+        if !self.rx.is_empty() {
+            self.drain_commands();
+            self.flush_dirty();
         }
     }
 
