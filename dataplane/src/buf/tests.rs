@@ -747,3 +747,24 @@ fn prefault_maps_every_page_in_at_creation() {
         "without prefault the pages come in on first touch"
     );
 }
+
+#[test]
+fn the_chunk_freed_last_is_allocated_first() {
+    let p = pool(4096, 8);
+    let at = |b: &mut BufMut| b.spare_mut().as_ptr() as usize;
+    let mut first = alloc(&p);
+    let mut a = alloc(&p);
+    let mut b = alloc(&p);
+    let (pa, pb) = (at(&mut a), at(&mut b));
+    assert_ne!(at(&mut first), pa);
+    drop(a);
+    drop(b);
+    // Still warm in cache: the last one back goes out again first, then the one before.
+    let mut again_b = alloc(&p);
+    let mut again_a = alloc(&p);
+    assert_eq!(at(&mut again_b), pb);
+    assert_eq!(at(&mut again_a), pa);
+    assert_eq!(p.available(), 8 - 3);
+    drop((first, again_a, again_b));
+    assert_eq!(p.available(), 8);
+}
