@@ -49,10 +49,16 @@ impl CqShared {
         })
     }
 
-    /// Moves every completion (the poller's first, then the CQ's) into `out`.
+    /// Moves the completions the poller took into `out`, or, when it took none, those in the
+    /// CQ. The poller polled the CQ just before it reported them, so what came after is left
+    /// for its next round (or the next read) instead of a second poll that finds nothing.
     pub(crate) fn take(&self, out: &mut Vec<Wc>) -> Result<(), String> {
         let mut p = self.pending.lock();
-        out.append(&mut p);
+        if !p.is_empty() {
+            out.append(&mut p);
+            return Ok(());
+        }
+        drop(p);
         poll_into(&self.cq, out)
     }
 

@@ -186,6 +186,9 @@ pub struct RdmaSocket {
     peer_close: Option<u32>,
     kick: Kick,
     kicked: bool,
+    /// `read_lent` polled the CQ and lent nothing: the `read` that follows at once copies
+    /// what it found without polling again.
+    just_polled: bool,
     res: Option<Res>,
     failed: Option<String>,
     // Send side.
@@ -347,6 +350,7 @@ impl RdmaSocket {
             peer_close: None,
             kick: Kick::new()?,
             kicked: false,
+            just_polled: false,
             res: Some(res),
             failed: None,
             credits: 0,
@@ -1960,7 +1964,11 @@ impl ConnectedSocket for RdmaSocket {
             }
         }
         loop {
-            let polled = self.poll_cq();
+            let polled = if std::mem::take(&mut self.just_polled) && !self.ready.is_empty() {
+                Ok(0)
+            } else {
+                self.poll_cq()
+            };
             let copied = self.copy_out(buf);
             // Buffers consumed by a read that delivers bytes, fewer than a quarter of the
             // window, wait for the read that finds nothing (the messenger reads until
@@ -2016,8 +2024,10 @@ impl ConnectedSocket for RdmaSocket {
         if self.ready.is_empty() {
             // A poll error is reported by the `read` that follows.
             self.poll_cq().ok()?;
+            self.just_polled = true;
         }
         let b = self.lend_front()?;
+        self.just_polled = false;
         // A re-post failure fails the socket; the next `read` reports it.
         let _ = self.repost_and_return();
         self.maybe_kick();
