@@ -741,7 +741,9 @@ impl Worker {
                     if let Err(fault) = r {
                         return self.fault(t, fault);
                     }
-                    self.reply_now();
+                    if msgs_in > 0 {
+                        self.reply_now();
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Drained: an idle connection keeps no receive buffer.
@@ -757,11 +759,12 @@ impl Worker {
         }
     }
 
-    /// Sends what dispatchers on this thread queued while the last read was delivered (an
-    /// echo, a reply) before reading on: reading again first would put the next read's work
-    /// (a poll that finds nothing, an `EAGAIN`, re-posting receive buffers) between a request
-    /// and its reply. Nothing queued: nothing to do, and the round's writes go out together
-    /// at its end as before.
+    /// After a read that delivered messages: sends what dispatchers on this thread queued
+    /// meanwhile (an echo, a reply) before reading on, as reading again first would put the
+    /// next read's work (a poll that finds nothing, an `EAGAIN`, re-posting receive buffers)
+    /// between a request and its reply. Nothing queued: nothing to do, and the round's writes
+    /// go out together at its end as before. At most one flush per read (up to a receive
+    /// buffer of messages), also when other threads' commands are what is queued.
     fn reply_now(&mut self) {
         if !self.rx.is_empty() {
             self.drain_commands();
