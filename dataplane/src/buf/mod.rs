@@ -21,6 +21,7 @@
 mod buf;
 mod buf_mut;
 mod error;
+mod free_stack;
 mod list;
 mod pool;
 pub mod recycle;

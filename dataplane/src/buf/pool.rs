@@ -2,12 +2,13 @@
 
 use std::fmt;
 use std::ptr::NonNull;
-use std::sync::atomic::{self, AtomicIsize, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{self, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hugepages::{Arena, ArenaOptions, Backing, PageSize};
 
 use super::buf::Owner;
+use super::free_stack::FreeStack;
 use super::{BufError, BufMut};
 
 /// Reference counts above this are treated like `Arc` overflow: the process aborts, because
@@ -53,84 +54,6 @@ impl Default for PoolConfig {
 struct ChunkMeta {
     /// Number of live `Buf`/`BufMut` handles on the chunk; 0 while it is in the free stack.
     refs: AtomicUsize,
-    /// While the chunk is free: the free chunk under it in the stack (index + 1, 0: none).
-    next: AtomicU32,
-}
-
-/// The free chunks, as a lock-free stack (Treiber's, with a tag against ABA): the chunk freed
-/// last is allocated first. A queue would hand out every chunk of the pool in turn, so each
-/// receive would write into memory last touched a whole pool ago (32 MiB with the defaults),
-/// missing every cache; the stack hands back the chunk just released, still cached.
-struct FreeStack {
-    /// Low 32 bits: the top chunk's index + 1 (0: empty). High 32 bits: a tag bumped by
-    /// every push and pop, so a stale `compare_exchange` fails even when the same chunk is
-    /// back on top.
-    head: AtomicU64,
-    /// Chunks on the stack (a snapshot; may lag a push or pop in flight).
-    len: AtomicIsize,
-}
-
-impl FreeStack {
-    fn new() -> FreeStack {
-        FreeStack {
-            head: AtomicU64::new(0),
-            len: AtomicIsize::new(0),
-        }
-    }
-
-    fn next_head(head: u64, top: u32) -> u64 {
-        ((head >> 32).wrapping_add(1) << 32) | u64::from(top)
-    }
-
-    /// Puts chunk `idx` (< `meta.len()`, not on the stack) on top.
-    fn push(&self, meta: &[ChunkMeta], idx: u32) {
-        let mut head = self.head.load(Ordering::Relaxed);
-        loop {
-            meta[idx as usize]
-                .next
-                .store(head as u32, Ordering::Relaxed);
-            // Release: the chunk's last user's accesses, and `next`, happen-before the pop
-            // that takes it.
-            match self.head.compare_exchange_weak(
-                head,
-                Self::next_head(head, idx + 1),
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => head = now,
-            }
-        }
-        self.len.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes the top chunk.
-    fn pop(&self, meta: &[ChunkMeta]) -> Option<u32> {
-        let mut head = self.head.load(Ordering::Acquire);
-        loop {
-            let top = head as u32;
-            let idx = top.checked_sub(1)?;
-            // Read before the exchange: if another thread took this chunk meanwhile (and
-            // perhaps pushed it back), the tag moved and the exchange fails.
-            let next = meta.get(idx as usize)?.next.load(Ordering::Relaxed);
-            match self.head.compare_exchange_weak(
-                head,
-                Self::next_head(head, next),
-                Ordering::Acquire,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.len.fetch_sub(1, Ordering::Relaxed);
-                    return Some(idx);
-                }
-                Err(now) => head = now,
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        usize::try_from(self.len.load(Ordering::Relaxed)).unwrap_or(0)
-    }
 }
 
 /// Shared state of a pool. Lives as long as any [`BufPool`] handle or any allocated chunk.
@@ -205,11 +128,8 @@ impl BufPool {
             populate: cfg.prefault,
         })?;
         let meta: Box<[ChunkMeta]> = (0..cfg.count).map(|_| ChunkMeta::default()).collect();
-        let free = FreeStack::new();
         // Chunk 0 on top: the first allocations go through the arena in address order.
-        for idx in (0..count32).rev() {
-            free.push(&meta, idx);
-        }
+        let free = FreeStack::full(count32);
         tracing::debug!(
             buf_size = cfg.buf_size,
             count = cfg.count,
@@ -237,7 +157,7 @@ impl BufPool {
     /// [`BufError::Exhausted`] when every buffer is in use. Never blocks.
     pub fn alloc(&self) -> Result<BufMut, BufError> {
         let inner = &*self.inner;
-        let Some(idx) = inner.free.pop(&inner.meta) else {
+        let Some(idx) = inner.free.pop() else {
             return Err(BufError::Exhausted {
                 buf_size: inner.buf_size,
                 count: inner.count,
@@ -380,7 +300,7 @@ impl Drop for ChunkRef {
         }
         // Make every other holder's accesses to the chunk happen-before its reuse.
         atomic::fence(Ordering::Acquire);
-        inner.free.push(&inner.meta, self.idx);
+        inner.free.push(self.idx);
         // SAFETY: `pool` came from `Arc::into_raw` in `alloc`, and this was the chunk's last
         // reference, so we own the strong count it carried. Nothing touches `inner` after this.
         drop(unsafe { Arc::from_raw(self.pool) });
