@@ -1001,6 +1001,11 @@ impl Worker {
                         st.write_blocked = true;
                         break;
                     }
+                    if !st.session.wants_write(now) {
+                        // All written and nothing left to frame: no second pass that would
+                        // frame nothing and hand the socket an empty gather list.
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     st.write_blocked = true;
