@@ -324,6 +324,12 @@ pub struct Session {
     /// The batch being filled at the end of `stage`, not yet in `tx`. Closed (preamble and
     /// crc written, frame queued) before anything else is staged and before writing.
     batch: Option<OpenBatch>,
+    /// A small message waiting to open a batch (with its sequence number): held as it is
+    /// until a second one joins it (the batch then opens with both) or the batch would
+    /// close, when it goes as a plain message frame. A lone message (a request, a reply) is
+    /// thus never staged as a record, logged and turned back into a message. Never set
+    /// while `batch` is.
+    lone: Option<(u64, Message)>,
     /// Frames in `tx` whose payload is sent by reference. While there are none, the bytes
     /// to write are one contiguous range of `stage`.
     tx_external: usize,
@@ -392,6 +398,7 @@ impl Session {
             tx: VecDeque::new(),
             batching: false,
             batch: None,
+            lone: None,
             tx_external: 0,
             stage: Vec::new(),
             tx_off: 0,
@@ -608,66 +615,81 @@ impl Session {
             return self.batch_message(msg);
         }
         self.close_batch();
+        self.frame_alone(self.out_seq, msg);
+    }
+
+    /// Frames `msg`, numbered `seq`, as a message frame of its own with the current ack.
+    fn frame_alone(&mut self, seq: u64, msg: Message) {
         let head = FrameHead {
             tag: Tag::Message as u8,
             flags: wire::FLAG_ACK_VALID,
             priority: msg.priority,
             msg_type: msg.msg_type,
-            seq: self.out_seq,
+            seq,
             ack: self.in_seq,
             ..FrameHead::default()
         };
         let f = TxFrame::encode_message(
             &mut self.stage,
             head,
-            TxKind::Message { seq: self.out_seq },
+            TxKind::Message { seq },
             msg.payload.bufs(),
             msg.payload_crc(),
             data_guard(self.sealer.as_mut(), self.transport_crc),
         );
         self.push_tx(f);
-        self.flight.push_back(Held::Msg {
-            seq: self.out_seq,
-            msg,
-        });
+        self.flight.push_back(Held::Msg { seq, msg });
     }
 
-    /// Appends a small message to the open batch, opening one if there is none or the open
-    /// one is full or of another priority.
+    /// Appends a small message (numbered `out_seq`) to the open batch. Without an open
+    /// batch it waits as the lone message; a second one of the same priority opens the batch
+    /// with both.
     #[inline]
     fn batch_message(&mut self, msg: Message) {
-        match self.batch {
-            Some(b)
-                if b.priority == msg.priority
-                    && b.count < u16::MAX
-                    && self.stage.len() - b.off < BATCH_MAX =>
+        if let Some(b) = self.batch {
+            if b.priority == msg.priority
+                && b.count < u16::MAX
+                && self.stage.len() - b.off < BATCH_MAX
             {
                 self.batch = Some(OpenBatch {
                     count: b.count + 1,
                     bytes: b.bytes + msg.len(),
                     ..b
                 });
+                TxFrame::batch_append(&mut self.stage, msg.msg_type, &msg.payload);
+                // The payload is in the batch now (and its records go to the log when it
+                // closes): the message itself is dropped here, while it is still in cache.
+                return;
             }
-            _ => {
-                self.close_batch();
+            self.close_batch();
+        }
+        match self.lone.take() {
+            None => self.lone = Some((self.out_seq, msg)),
+            Some((first, lone)) if lone.priority == msg.priority => {
                 let off = TxFrame::open_staged(&mut self.stage);
+                TxFrame::batch_append(&mut self.stage, lone.msg_type, &lone.payload);
+                TxFrame::batch_append(&mut self.stage, msg.msg_type, &msg.payload);
                 self.batch = Some(OpenBatch {
                     off,
-                    first: self.out_seq,
-                    count: 1,
-                    bytes: msg.len(),
+                    first,
+                    count: 2,
+                    bytes: lone.len() + msg.len(),
                     priority: msg.priority,
                 });
             }
+            Some((seq, lone)) => {
+                self.frame_alone(seq, lone);
+                self.lone = Some((self.out_seq, msg));
+            }
         }
-        TxFrame::batch_append(&mut self.stage, msg.msg_type, &msg.payload);
-        // The payload is in the batch now (and its records go to the log when it closes):
-        // the message itself is dropped here, while it is still in cache.
     }
 
     /// Closes the open batch, if any: writes its preamble (with the current ack) and crc (or
     /// seals it) and queues the frame.
     fn close_batch(&mut self) {
+        if let Some((seq, msg)) = self.lone.take() {
+            return self.frame_alone(seq, msg);
+        }
         let Some(b) = self.batch.take() else {
             return;
         };
@@ -680,18 +702,7 @@ impl Session {
             let at = self.log.append(&self.stage[records_at..]);
             Records::Log { at, len }
         };
-        let mut head = self.batch_head(b.first, b.count, b.priority);
-        if b.count == 1 && b.bytes > 0 {
-            // A batch of one goes as a plain message frame (the record head out, no record
-            // walk at the receiver): a lone message costs what it did before batching.
-            let rec = &self.stage[records_at..records_at + wire::BATCH_RECORD_HEAD];
-            head.tag = Tag::Message as u8;
-            head.msg_type = u16::from_le_bytes([rec[4], rec[5]]);
-            self.stage
-                .copy_within(records_at + wire::BATCH_RECORD_HEAD.., records_at);
-            self.stage
-                .truncate(self.stage.len() - wire::BATCH_RECORD_HEAD);
-        }
+        let head = self.batch_head(b.first, b.count, b.priority);
         let kind = TxKind::Batch {
             first: b.first,
             count: b.count,
@@ -962,6 +973,7 @@ impl Session {
     fn clear_tx_frames(&mut self) {
         self.tx.clear();
         self.batch = None;
+        self.lone = None;
         self.tx_external = 0;
     }
 
@@ -1751,7 +1763,7 @@ impl Session {
 
     /// True when framed output is waiting for the socket.
     pub fn has_tx(&self) -> bool {
-        !self.tx.is_empty() || self.batch.is_some()
+        !self.tx.is_empty() || self.batch.is_some() || self.lone.is_some()
     }
 
     /// The socket took `n` bytes of the gather list. Returns how many message frames were

@@ -1187,6 +1187,55 @@ fn small_messages_travel_in_one_batch_frame_and_arrive_in_order() {
     assert_eq!(bytes.len(), wire::PREAMBLE_LEN + 15 + wire::EPILOGUE_LEN);
 }
 
+/// The tags of the frames `p.c` writes now, as the server decodes them.
+fn written_tags(p: &mut Pair) -> Vec<(Tag, u16)> {
+    let bytes = drain(&mut p.c, p.now);
+    feed(&mut p.sd, &p.pool, &bytes, 1500)
+        .unwrap()
+        .iter()
+        .map(|f| (f.tag, f.msg_type))
+        .collect()
+}
+
+#[test]
+fn a_lone_message_goes_as_itself_and_opens_a_batch_with_the_next_one() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    // Two of one priority: a batch of two (its type field counts the records).
+    p.c.queue(m(1), p.now);
+    p.c.queue(m(2), p.now);
+    assert_eq!(written_tags(&mut p), [(Tag::MessageBatch, 2)]);
+    // A lone message of another priority goes ahead of the next one as a message frame.
+    p.c.queue(m(3).with_priority(priority::HIGH), p.now);
+    p.c.queue(m(4), p.now);
+    assert_eq!(written_tags(&mut p), [(Tag::Message, 7), (Tag::Message, 7)]);
+    p.c.queue(m(5).with_priority(priority::HIGH), p.now);
+    p.c.queue(m(6), p.now);
+    p.c.queue(m(7), p.now);
+    assert_eq!(
+        written_tags(&mut p),
+        [(Tag::Message, 7), (Tag::MessageBatch, 2)]
+    );
+    // A lone message waiting when the transport fails is resent once, after what was
+    // written before it and not acknowledged.
+    p.c.queue(m(8), p.now);
+    p.c.queue(m(9), p.now);
+    drain(&mut p.c, p.now);
+    p.c.queue(m(10), p.now);
+    p.reconnect();
+    p.c.queue(m(11), p.now);
+    let bytes = drain(&mut p.c, p.now);
+    for f in feed(&mut p.sd, &p.pool, &bytes, 1500).unwrap() {
+        p.s.handle_frame(f, p.now).unwrap();
+    }
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(
+        got,
+        (1..12).map(|i| m(i).payload.to_vec()).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn batched_messages_are_resent_exactly_once_after_a_reconnect() {
     let mut p = Pair::new(false);
