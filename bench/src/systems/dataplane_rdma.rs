@@ -12,7 +12,8 @@
 //! `DATAPLANE_RDMA_WRITE_CHUNKS` (0: no RDMA WRITE, every byte in SENDs),
 //! `DATAPLANE_RDMA_ZERO_COPY=0` (copy every payload into send slots instead of sending the
 //! pool buffers zero-copy), `DATAPLANE_RDMA_LEND=0` (copy every received byte instead of
-//! lending receive buffers to the messenger).
+//! lending receive buffers to the messenger), `DATAPLANE_RDMA_PIN=1` (one worker per end,
+//! pinned apart: the server's to the last core, the client's to the first).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,10 +77,20 @@ impl Backend for Rdma {
     fn name(&self) -> &'static str {
         NAME
     }
-    fn config(&self, _server: bool, workers: u32) -> Config {
+    /// With `DATAPLANE_RDMA_PIN=1` and one worker per end, the workers are pinned apart as
+    /// the DPDK rows' are: the server's to the last core, the client's to the first.
+    fn config(&self, server: bool, workers: u32) -> Config {
+        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+        let pin = workers <= 1 && std::env::var("DATAPLANE_RDMA_PIN").is_ok_and(|v| v == "1");
         Config {
             workers: workers.max(1) as usize,
             backend: "rdma".into(),
+            pin_workers: pin,
+            worker_cores: if pin {
+                vec![if server { last } else { 0 }]
+            } else {
+                Vec::new()
+            },
             ..Config::default()
         }
     }
