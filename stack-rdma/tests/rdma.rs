@@ -767,6 +767,83 @@ fn rdma_bad_immediate_is_torn_down_and_others_continue() {
 /// once and in order, no connection ever has more receives outstanding than its share, the
 /// SRQ never runs dry, it holds far fewer buffers than sixteen per-QP receive queues would,
 /// and it is gone (with every QP, CQ and buffer) after shutdown.
+/// The worker's busy rounds poll only the CQs of connections with recent completions: with
+/// sixteen connections on the server's one worker and traffic on one, the server's poller
+/// makes about one CQ poll per round, not sixteen.
+#[test]
+fn rdma_idle_connections_cost_busy_rounds_nothing() {
+    const CONNS: usize = 16;
+    const N: u64 = 20_000;
+    let (Some(srv_stack), Some(cli_stack)) = (stack(), stack()) else {
+        return;
+    };
+    // Keepalives far apart, so idle connections stay idle while the stream runs.
+    let cfg = || Config {
+        keepalive_interval_ms: 10_000,
+        ..config()
+    };
+    let d = Checker::fast();
+    let server = messenger_cfg("server", &srv_stack, d.clone(), true, cfg());
+    let addr = server.addr().expect("bound");
+    let clients: Vec<(Messenger, Connection)> = (0..CONNS)
+        .map(|i| {
+            let m = messenger_cfg(
+                &format!("client{i}"),
+                &cli_stack,
+                Checker::fast(),
+                false,
+                cfg(),
+            );
+            let c = m.connect(addr).expect("connect");
+            (m, c)
+        })
+        .collect();
+    for (s, (_, c)) in clients.iter().enumerate() {
+        send_retry(c, Message::new(1, payload(s as u32, 0, 64)));
+    }
+    d.assert_delivered(CONNS as u64, T);
+    // Well past the busy-poll window (1 ms): every connection has gone quiet.
+    std::thread::sleep(Duration::from_millis(200));
+    let st = srv_stack.stats();
+    let snap = || {
+        (
+            st.poller_rounds.load(Ordering::Relaxed),
+            st.poller_cq_polls.load(Ordering::Relaxed),
+        )
+    };
+    let (r0, p0) = snap();
+    let (_, busy) = &clients[0];
+    for i in 1..=N {
+        send_retry(busy, Message::new(1, payload(0, i, 64)));
+    }
+    d.assert_delivered(CONNS as u64 + N, T);
+    let (r1, p1) = snap();
+    let (rounds, polls) = (r1 - r0, p1 - p0);
+    eprintln!(
+        "poller: {CONNS} connections, one streaming {N} messages: {rounds} busy rounds, {polls} \
+         CQ polls ({:.2} per round)",
+        polls as f64 / rounds.max(1) as f64
+    );
+    assert!(
+        rounds >= 100,
+        "the server's worker hardly polled ({rounds} rounds)"
+    );
+    assert!(
+        polls <= rounds + rounds / 2 + 100,
+        "idle connections polled in busy rounds: {polls} CQ polls in {rounds} rounds \
+         ({CONNS} connections, one busy)"
+    );
+    assert_eq!(st.failures.load(Ordering::Relaxed), 0);
+    for (m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop(clients);
+    drop(server);
+    assert_released("server", &srv_stack);
+    assert_released("client", &cli_stack);
+}
+
 #[test]
 fn rdma_sixteen_connections_share_one_srq() {
     const CONNS: usize = 16;
