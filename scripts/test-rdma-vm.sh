@@ -114,7 +114,7 @@ for bin in $(echo $TESTS); do
             r=FAIL; fail=1
             tail -n 40 \$OUT/test-\$t.log
         fi
-        grep -E "^(credits|reconnect|srq|write|bad peer)" \$OUT/test-\$t.log || true
+        grep -E "^(credits|reconnect|srq|write|bad peer|poller)" \$OUT/test-\$t.log || true
         printf 'TEST %-60s %s (%d s)\n' "\$t" "\$r" "\$((SECONDS - start))"
     done
 done
