@@ -1628,7 +1628,20 @@ impl Session {
             let msg = if let Some(h) = self.resend.pop_front() {
                 debug_assert_eq!(h.first(), self.out_seq + 1, "resend keeps its sequence");
                 match h {
-                    Held::Msg { msg, .. } => msg,
+                    Held::Msg { seq, msg } => {
+                        // A resent message goes as it went, in a frame of its own. Joined to a
+                        // new batch it would put records in the log after those of the held
+                        // batches resent behind it, and acknowledging that batch would
+                        // release theirs (the log is released in order, from the front).
+                        self.close_batch();
+                        if msg.len() > super::frame::INLINE_MAX {
+                            external += msg.payload.buf_count();
+                        }
+                        self.out_seq = seq;
+                        self.frame_alone(seq, msg);
+                        framed = true;
+                        continue;
+                    }
                     batch if self.batching => {
                         self.reframe_batch(batch);
                         framed = true;

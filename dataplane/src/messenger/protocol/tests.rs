@@ -1237,6 +1237,42 @@ fn a_lone_message_goes_as_itself_and_opens_a_batch_with_the_next_one() {
 }
 
 #[test]
+fn a_resent_lone_message_never_releases_the_batch_resent_behind_it() {
+    let mut p = Pair::new(false);
+    p.handshake();
+    events(&mut p.s);
+    // Two messages written alone (held as messages), then eight in one batch (held as
+    // records in the log); none of it arrives.
+    p.c.queue(m(1), p.now);
+    drain(&mut p.c, p.now);
+    p.c.queue(m(2), p.now);
+    drain(&mut p.c, p.now);
+    for i in 3..=10 {
+        p.c.queue(m(i), p.now);
+    }
+    drain(&mut p.c, p.now);
+    p.reconnect();
+    // The resend's first frame arrives and is acknowledged; the transport fails again
+    // with the rest on the wire.
+    let bytes = drain(&mut p.c, p.now);
+    let first = feed(&mut p.sd, &p.pool, &bytes, 1500)
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    p.s.handle_frame(first, p.now).unwrap();
+    p.now += Duration::from_millis(50);
+    p.s_to_c().unwrap();
+    p.reconnect();
+    p.c_to_s().unwrap();
+    let got = msgs(&events(&mut p.s));
+    assert_eq!(
+        got,
+        (1..=10).map(|i| m(i).payload.to_vec()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn batched_messages_are_resent_exactly_once_after_a_reconnect() {
     let mut p = Pair::new(false);
     p.handshake();
