@@ -135,11 +135,10 @@ impl Backend for Dpdk {
     /// One worker per end, pinned as DPDK lcores are: the server's to the last core, the
     /// client's to the first (the sender thread is left to the scheduler).
     fn config(&self, server: bool, _workers: u32) -> Config {
-        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
         Config {
             workers: 1,
             pin_workers: true,
-            worker_cores: vec![if server { last } else { 0 }],
+            worker_cores: vec![messenger_rows::core_apart(server)],
             backend: "dpdk".into(),
             send_buffer_bytes: SOCKET_BUFFER,
             recv_buffer_bytes: SOCKET_BUFFER,

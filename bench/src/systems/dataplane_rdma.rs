@@ -80,14 +80,13 @@ impl Backend for Rdma {
     /// With `DATAPLANE_RDMA_PIN=1` and one worker per end, the workers are pinned apart as
     /// the DPDK rows' are: the server's to the last core, the client's to the first.
     fn config(&self, server: bool, workers: u32) -> Config {
-        let last = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
         let pin = workers <= 1 && std::env::var("DATAPLANE_RDMA_PIN").is_ok_and(|v| v == "1");
         Config {
             workers: workers.max(1) as usize,
             backend: "rdma".into(),
             pin_workers: pin,
             worker_cores: if pin {
-                vec![if server { last } else { 0 }]
+                vec![messenger_rows::core_apart(server)]
             } else {
                 Vec::new()
             },

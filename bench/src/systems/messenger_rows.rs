@@ -153,6 +153,16 @@ impl Dispatcher for Sink {
     }
 }
 
+/// The core of one end's single worker when the two ends are pinned apart: the server's on
+/// the last core, the client's on the first (the sender thread is left to the scheduler).
+pub fn core_apart(server: bool) -> usize {
+    if server {
+        std::thread::available_parallelism().map_or(1, |n| n.get()) - 1
+    } else {
+        0
+    }
+}
+
 /// A counting (or echoing) dispatcher.
 pub fn sink(echo: bool) -> Arc<Sink> {
     Arc::new(Sink {
