@@ -1244,6 +1244,10 @@ impl RdmaSocket {
             inline: true,
             remote: None,
         }];
+        // Counted before the post: see `send_gather`.
+        RdmaStats::bump(&self.dev.stats.sends, 1);
+        RdmaStats::bump(&self.dev.stats.doorbells, 1);
+        RdmaStats::bump(&self.dev.stats.inline_sends, 1);
         // SAFETY: one inline SEND whose SGEs (0..n, in bounds) point at the caller's slices,
         // which outlive this call; the provider copies inline data into the work request
         // during `ibv_post_send` and reads nothing after it returns.
@@ -1252,9 +1256,6 @@ impl RdmaSocket {
             return Err(self.fail(format!("post send: {e}")));
         }
         self.sent_total = self.sent_total.wrapping_add(1);
-        RdmaStats::bump(&self.dev.stats.sends, 1);
-        RdmaStats::bump(&self.dev.stats.doorbells, 1);
-        RdmaStats::bump(&self.dev.stats.inline_sends, 1);
         Ok(Some(total))
     }
 
@@ -1568,6 +1569,19 @@ impl RdmaSocket {
         }
         self.send_keep = keep;
         let posted = batch.len() as u64;
+        // Counted before the post: a peer may see (and deliver) what is posted before
+        // `ibv_post_send` returns (rxe delivers inside the call), and whoever reads the
+        // counters after that delivery must find these sends in them. A failed post fails
+        // the connection, so counting first overstates nothing that goes on.
+        if posted > 0 {
+            RdmaStats::bump(&self.dev.stats.sends, posted);
+            RdmaStats::bump(&self.dev.stats.doorbells, 1);
+            RdmaStats::bump(&self.dev.stats.writes, writes);
+            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
+        }
+        RdmaStats::bump(&self.dev.stats.zero_copy_bytes, zc_bytes);
+        RdmaStats::bump(&self.dev.stats.inline_sends, inlined);
+        RdmaStats::bump(&self.dev.stats.copied_bytes, copied_bytes);
         // SAFETY: every SGE points either at a send slot of this socket's registered arena,
         // written above and not touched again until a completion (`send_done`) passes it, or
         // into a registered pool arena, or a slot or chunk this stack lent, inside a `Buf` held
@@ -1581,14 +1595,7 @@ impl RdmaSocket {
             if let Err(e) = r {
                 return Err(self.fail(format!("post send: {e}")));
             }
-            RdmaStats::bump(&self.dev.stats.sends, posted);
-            RdmaStats::bump(&self.dev.stats.doorbells, 1);
-            RdmaStats::bump(&self.dev.stats.writes, writes);
-            RdmaStats::bump(&self.dev.stats.write_bytes, write_bytes);
         }
-        RdmaStats::bump(&self.dev.stats.zero_copy_bytes, zc_bytes);
-        RdmaStats::bump(&self.dev.stats.inline_sends, inlined);
-        RdmaStats::bump(&self.dev.stats.copied_bytes, copied_bytes);
         if total < wanted {
             self.want_write = true;
             if self.credits == 0 {
