@@ -1190,6 +1190,11 @@ impl RdmaSocket {
             len: 0,
             lkey: 0,
         }; INLINE_SGES];
+        let zc_min = if self.dev.cfg.zero_copy {
+            self.dev.cfg.zero_copy_min.max(1)
+        } else {
+            usize::MAX
+        };
         let (mut n, mut total) = (0usize, 0usize);
         for piece in iov {
             let b = piece.bytes();
@@ -1198,6 +1203,11 @@ impl RdmaSocket {
             }
             total += b.len();
             if n == INLINE_SGES || n == self.dev.max_send_sge as usize || total > inline_max {
+                return Ok(None);
+            }
+            // The tail of a large payload left by a short send goes zero-copy like the rest
+            // of it (the general path), not as inline bytes the provider copies.
+            if piece.shared().is_some_and(|buf| buf.len() >= zc_min) {
                 return Ok(None);
             }
             // Inline data is read by `ibv_post_send` itself, so no lkey is needed (the verbs
