@@ -1,8 +1,11 @@
 //! Busy-polling of completion queues by the worker's event loop (Ceph's
-//! `ms_async_rdma_polling_us`): while there was work in the last `busy_poll`, the loop does
-//! not sleep; it polls the CQs of the sockets registered on this worker thread and reports
-//! those with completions as ready. Once the window passes, sockets arm their completion
-//! channels (in `read`) and the loop sleeps in epoll.
+//! `ms_async_rdma_polling_us`), per socket: the loop polls the CQ of each socket registered
+//! on this worker thread that had a completion in the last `busy_poll` (a *hot* socket) and
+//! reports those with completions as ready. A socket quiet for the whole window is armed
+//! (`ibv_req_notify_cq`) and left to its completion channel, whose fd is in the loop's epoll
+//! set: the loop no longer polls it, and its next completion wakes the loop and makes it hot
+//! again (its `read` takes the event). A busy round thus costs one CQ poll per hot socket, not
+//! one per connection; once no socket is hot, the loop sleeps in epoll.
 //!
 //! Sockets are not bound to a worker (the messenger may move an accepted one), so each one
 //! joins the poll set of the thread that registers it and leaves it when deregistered.
@@ -14,6 +17,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dataplane::event::{Fired, Poller};
+
+use crate::RdmaStats;
 use mio::Token;
 use parking_lot::Mutex;
 use sideway::ibverbs::completion::BasicCompletionQueue;
@@ -88,15 +93,30 @@ fn poll_into(cq: &BasicCompletionQueue, out: &mut Vec<Wc>) -> Result<(), String>
     }
 }
 
+/// A socket in a thread's poll set.
+struct Member {
+    cq: Weak<CqShared>,
+    /// Its last completion seen by the poller, its last wake-up by its completion channel,
+    /// or when it joined.
+    last_work: Instant,
+    /// The poller armed it and left it to its channel (cold).
+    cold: bool,
+}
+
 thread_local! {
     /// Sockets registered with this thread's event loop.
-    static POLL_SET: RefCell<Vec<Weak<CqShared>>> = const { RefCell::new(Vec::new()) };
+    static POLL_SET: RefCell<Vec<Member>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Adds a socket to the calling (worker) thread's poll set.
 pub(crate) fn join(s: &Arc<CqShared>, token: Token) {
     s.set_token(Some(token));
-    POLL_SET.with(|set| set.borrow_mut().push(Arc::downgrade(s)));
+    let m = Member {
+        cq: Arc::downgrade(s),
+        last_work: Instant::now(),
+        cold: false,
+    };
+    POLL_SET.with(|set| set.borrow_mut().push(m));
 }
 
 /// Removes a socket from the calling thread's poll set.
@@ -104,7 +124,7 @@ pub(crate) fn leave(s: &Arc<CqShared>) {
     s.set_token(None);
     POLL_SET.with(|set| {
         set.borrow_mut()
-            .retain(|w| w.upgrade().is_some_and(|x| !Arc::ptr_eq(&x, s)))
+            .retain(|m| m.cq.upgrade().is_some_and(|x| !Arc::ptr_eq(&x, s)))
     });
 }
 
@@ -112,80 +132,95 @@ pub(crate) fn leave(s: &Arc<CqShared>) {
 #[derive(Debug)]
 pub(crate) struct CqPoller {
     busy: Duration,
-    last_work: Option<Instant>,
+    stats: Arc<RdmaStats>,
 }
 
 impl CqPoller {
-    pub(crate) fn new(busy: Duration) -> CqPoller {
-        CqPoller {
-            busy,
-            last_work: None,
-        }
+    pub(crate) fn new(busy: Duration, stats: Arc<RdmaStats>) -> CqPoller {
+        CqPoller { busy, stats }
     }
 }
 
 impl Poller for CqPoller {
+    /// One busy round: polls the hot sockets' CQs, arms those quiet for the whole window.
+    /// True while some socket is hot (the loop keeps spinning) or completions were found.
     fn poll(&mut self, now: Instant, ready: &mut Vec<Fired>) -> bool {
         if self.busy.is_zero() {
             return false;
         }
-        let mut found = self.poll_all(ready, false);
-        if found {
-            self.last_work = Some(now);
-        }
-        // Keep the loop spinning for `busy` after the last completion.
-        let spinning = self
-            .last_work
-            .is_some_and(|t| now.saturating_duration_since(t) < self.busy);
-        if spinning {
-            return true;
-        }
-        // About to let the loop sleep: arm every CQ (sockets do not arm themselves when a
-        // poller is busy-polling them), then look once more for what raced the arming.
-        found = self.poll_all(ready, true);
-        if found {
-            self.last_work = Some(now);
-        }
-        found
-    }
-}
-
-impl CqPoller {
-    /// Polls every socket's CQ of this thread into its pending list and reports those with
-    /// completions. With `arm`, first arms the CQs that are not armed.
-    fn poll_all(&mut self, ready: &mut Vec<Fired>, arm: bool) -> bool {
-        let mut found = false;
+        let (mut hot, mut polls) = (false, 0u64);
         POLL_SET.with(|set| {
             let mut set = set.borrow_mut();
-            set.retain(|w| w.strong_count() > 0);
-            for w in set.iter() {
-                let Some(s) = w.upgrade() else { continue };
+            set.retain(|m| m.cq.strong_count() > 0);
+            for m in set.iter_mut() {
+                let Some(s) = m.cq.upgrade() else { continue };
                 let Some(token) = *s.token.lock() else {
                     continue;
                 };
-                let mut err = false;
-                if arm && !s.armed.load(Ordering::Acquire) {
-                    // A failure is reported through the socket: it polls and fails.
-                    err = crate::sys::req_notify(&s.cq).is_err();
-                    s.armed.store(true, Ordering::Release);
+                if s.armed.load(Ordering::Acquire) {
+                    // Cold: its completion channel wakes the loop; its `read` takes the event
+                    // and clears the flag, and it is polled here again.
+                    continue;
                 }
-                let mut p = s.pending.lock();
-                let before = p.len();
-                // A poll error is reported by the socket itself when it polls next.
-                err |= poll_into(&s.cq, &mut p).is_err();
-                if p.len() > before || err {
-                    found = true;
-                    ready.push(Fired::File {
-                        token,
-                        readable: true,
-                        writable: true,
-                        error: false,
-                        closed: false,
-                        polled: true,
-                    });
+                if std::mem::take(&mut m.cold) {
+                    // Woken by its channel since the last round: traffic again, so it stays
+                    // in the busy rounds for a window (else a request-reply connection would
+                    // be armed after every wake-up and pay an event per message).
+                    m.last_work = now;
+                }
+                polls += 1;
+                if poll_ready(&s, token, ready) {
+                    m.last_work = now;
+                    hot = true;
+                    continue;
+                }
+                if now.saturating_duration_since(m.last_work) < self.busy {
+                    hot = true;
+                    continue;
+                }
+                // Quiet for the whole window: arm it (a failure is reported through the
+                // socket: it polls and fails), then look once more for what raced the arming
+                // (a completion that landed before it raises no event).
+                let err = crate::sys::req_notify(&s.cq).is_err();
+                s.armed.store(true, Ordering::Release);
+                m.cold = true;
+                polls += 1;
+                if poll_ready(&s, token, ready) || err {
+                    if err {
+                        push_ready(token, ready);
+                    }
+                    m.last_work = now;
+                    hot = true;
                 }
             }
         });
-        found
+        RdmaStats::bump(&self.stats.poller_cq_polls, polls);
+        RdmaStats::bump(&self.stats.poller_rounds, 1);
+        hot
     }
+}
+
+/// Polls `s`'s CQ into its pending list; reports the socket ready (as `token`) when that
+/// found completions or failed (the socket reports the error when it polls next).
+fn poll_ready(s: &CqShared, token: Token, ready: &mut Vec<Fired>) -> bool {
+    let mut p = s.pending.lock();
+    let before = p.len();
+    let err = poll_into(&s.cq, &mut p).is_err();
+    let found = p.len() > before || err;
+    drop(p);
+    if found {
+        push_ready(token, ready);
+    }
+    found
+}
+
+fn push_ready(token: Token, ready: &mut Vec<Fired>) {
+    ready.push(Fired::File {
+        token,
+        readable: true,
+        writable: true,
+        error: false,
+        closed: false,
+        polled: true,
+    });
 }

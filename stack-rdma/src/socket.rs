@@ -1977,7 +1977,9 @@ impl ConnectedSocket for RdmaSocket {
         }
         if let Some(res) = &self.res {
             if res.shared.armed.swap(false, Ordering::AcqRel) {
-                sys::drain_events(&res.chan, &res.cq).map_err(verr("completion channel"))?;
+                let n =
+                    sys::drain_events(&res.chan, &res.cq).map_err(verr("completion channel"))?;
+                RdmaStats::bump(&self.dev.stats.cq_events, u64::from(n));
             }
         }
         loop {

@@ -763,6 +763,152 @@ fn rdma_bad_immediate_is_torn_down_and_others_continue() {
     bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true, true);
 }
 
+/// Client side of a ping-pong the workers run alone: each echo sends the next ping (stream 2)
+/// from the client's worker thread, until `limit` echoes came back.
+#[derive(Default)]
+struct Relay {
+    got: std::sync::atomic::AtomicU64,
+    limit: std::sync::atomic::AtomicU64,
+}
+
+impl Dispatcher for Relay {
+    fn can_fast_dispatch(&self, _m: &Message) -> bool {
+        true
+    }
+    fn dispatch(&self, conn: &Connection, _m: Message) {
+        let got = self.got.fetch_add(1, Ordering::SeqCst) + 1;
+        if got < self.limit.load(Ordering::SeqCst) {
+            let _ = conn.send(Message::new(1, payload(2, got, 64)));
+        }
+    }
+}
+
+/// The worker's busy rounds poll only the CQs of connections with recent completions: with
+/// sixteen connections on the server's one worker and traffic on one, the server's poller
+/// makes about one CQ poll per round, not sixteen. A connection that went quiet (armed,
+/// left to its completion channel) comes back into the busy rounds when traffic resumes.
+#[test]
+fn rdma_idle_connections_cost_busy_rounds_nothing() {
+    const CONNS: usize = 16;
+    const N: u64 = 20_000;
+    let (Some(srv_stack), Some(cli_stack)) = (stack(), stack()) else {
+        return;
+    };
+    // Keepalives far apart, so idle connections stay idle while the stream runs.
+    let cfg = || Config {
+        keepalive_interval_ms: 10_000,
+        ..config()
+    };
+    let d = Checker::fast();
+    let server = messenger_cfg("server", &srv_stack, d.clone(), true, cfg());
+    let addr = server.addr().expect("bound");
+    let clients: Vec<(Messenger, Connection)> = (0..CONNS)
+        .map(|i| {
+            let m = messenger_cfg(
+                &format!("client{i}"),
+                &cli_stack,
+                Checker::fast(),
+                false,
+                cfg(),
+            );
+            let c = m.connect(addr).expect("connect");
+            (m, c)
+        })
+        .collect();
+    for (s, (_, c)) in clients.iter().enumerate() {
+        send_retry(c, Message::new(1, payload(s as u32, 0, 64)));
+    }
+    d.assert_delivered(CONNS as u64, T);
+    // Well past the busy-poll window (1 ms): every connection has gone quiet.
+    std::thread::sleep(Duration::from_millis(200));
+    let st = srv_stack.stats();
+    let snap = || {
+        (
+            st.poller_rounds.load(Ordering::Relaxed),
+            st.poller_cq_polls.load(Ordering::Relaxed),
+        )
+    };
+    let (r0, p0) = snap();
+    let (_, busy) = &clients[0];
+    for i in 1..=N {
+        send_retry(busy, Message::new(1, payload(0, i, 64)));
+    }
+    d.assert_delivered(CONNS as u64 + N, T);
+    let (r1, p1) = snap();
+    let (rounds, polls) = (r1 - r0, p1 - p0);
+    eprintln!(
+        "poller: {CONNS} connections, one streaming {N} messages: {rounds} busy rounds, {polls} \
+         CQ polls ({:.2} per round)",
+        polls as f64 / rounds.max(1) as f64
+    );
+    assert!(
+        rounds >= 100,
+        "the server's worker hardly polled ({rounds} rounds)"
+    );
+    assert!(
+        polls <= rounds + rounds / 2 + 100,
+        "idle connections polled in busy rounds: {polls} CQ polls in {rounds} rounds \
+         ({CONNS} connections, one busy)"
+    );
+    // A quiet connection that gets traffic again stays in the busy rounds: after a quiet
+    // spell, a ping-pong run by the two workers alone (each echo sends the next ping from the
+    // client's worker, a round trip far inside the busy-poll window). Each end's channel wakes
+    // its worker once; a socket armed again after each wake-up takes an event per message.
+    let echo = messenger_cfg("echo", &srv_stack, Checker::echo(), true, cfg());
+    let relay = Arc::new(Relay::default());
+    let pinger = messenger_cfg("pinger", &cli_stack, relay.clone(), false, cfg());
+    let conn = pinger
+        .connect(echo.addr().expect("bound"))
+        .expect("connect");
+    relay.limit.store(1, Ordering::SeqCst);
+    send_retry(&conn, Message::new(1, payload(2, 0, 64)));
+    assert!(
+        wait_until(T, || relay.got.load(Ordering::SeqCst) == 1),
+        "no first echo"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    const M: u64 = 200;
+    let ce = cli_stack.stats();
+    let (s0, c0) = (
+        st.cq_events.load(Ordering::Relaxed),
+        ce.cq_events.load(Ordering::Relaxed),
+    );
+    relay.limit.store(1 + M, Ordering::SeqCst);
+    send_retry(&conn, Message::new(1, payload(2, 1, 64)));
+    assert!(
+        wait_until(T, || relay.got.load(Ordering::SeqCst) == 1 + M),
+        "the ping-pong stalled after {} echoes",
+        relay.got.load(Ordering::SeqCst)
+    );
+    let (srv_events, cli_events) = (
+        st.cq_events.load(Ordering::Relaxed) - s0,
+        ce.cq_events.load(Ordering::Relaxed) - c0,
+    );
+    eprintln!(
+        "poller: {M} round trips after a quiet spell: {srv_events} channel events on the \
+         echoing end, {cli_events} on the pinging end"
+    );
+    assert!(
+        srv_events <= M / 4 && cli_events <= M / 4,
+        "{srv_events} / {cli_events} completion-channel events for {M} round trips: a woken \
+         connection left the busy rounds again"
+    );
+    drop(conn);
+    pinger.shutdown();
+    echo.shutdown();
+    drop(pinger);
+    drop(echo);
+    assert_eq!(st.failures.load(Ordering::Relaxed), 0);
+    for (m, _) in &clients {
+        m.shutdown();
+    }
+    server.shutdown();
+    drop(clients);
+    drop(server);
+    assert_released("server", &srv_stack);
+    assert_released("client", &cli_stack);
+}
+
 /// Sixteen connections into one server stack share its SRQ: every message arrives exactly
 /// once and in order, no connection ever has more receives outstanding than its share, the
 /// SRQ never runs dry, it holds far fewer buffers than sixteen per-QP receive queues would,
