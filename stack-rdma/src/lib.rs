@@ -49,7 +49,7 @@
 //!   while there is work; when drained, the CQ is armed and the channel's fd wakes the
 //!   worker's `EventCenter`. With [`RdmaConfig::busy_poll`] the worker's poller (`poller`)
 //!   keeps polling the CQ of each of its sockets for that long after that socket's last
-//!   completion, then arms it and leaves it to its channel, so idle connections cost a busy
+//!   completion (or wake-up by its channel), then arms it and leaves it to its channel, so idle connections cost a busy
 //!   round nothing. An eventfd per socket raises the writable event when credits or send
 //!   slots come back.
 //! - **Thread-agnostic sockets**: QP, CQ, channel and send slots belong to the socket, not to
@@ -196,14 +196,13 @@ pub struct RdmaConfig {
     pub write_min: usize,
     /// Bytes per registered arena (grown on demand, one MR each).
     pub arena_bytes: usize,
-    /// After a socket's last completion, the worker's event loop keeps polling its CQ this
-    /// long instead of waiting on its completion channel (Ceph's `ms_async_rdma_polling_us`,
-    /// 1 ms there and here by default). A connection with traffic then pays no wake-up per
-    /// message; an idle one costs the loop nothing after the window, and a worker whose
-    /// connections are all idle sleeps. On the 2-vCPU
-    /// test VM it cuts the 64 B ping-pong p50 about six-fold against sleeping at once
-    /// (`Duration::ZERO`, for machines where a spinning worker would starve others; see
-    /// docs/rdma.md).
+    /// After a socket's last completion (or its channel's wake-up), the worker's event loop
+    /// keeps polling its CQ this long instead of waiting on its completion channel (Ceph's
+    /// `ms_async_rdma_polling_us`, 1 ms there and here by default). A connection with
+    /// traffic then pays no wake-up per message; an idle one costs the loop nothing after the
+    /// window, and a worker whose connections are all idle sleeps. On the 2-vCPU test VM it
+    /// cuts the 64 B ping-pong p50 about six-fold against sleeping at once (`Duration::ZERO`,
+    /// for machines where a spinning worker would starve others; see docs/rdma.md).
     pub busy_poll: Duration,
     /// Send the messenger's payload `Buf`s without copying them (the default): a payload in
     /// a `BufPool` arena goes out as an SGE of that arena's memory region (each arena
