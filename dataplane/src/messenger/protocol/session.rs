@@ -1625,23 +1625,11 @@ impl Session {
             && external < MAX_EXTERNAL
             && self.rekey_due().is_none()
         {
-            let msg = if let Some(h) = self.resend.pop_front() {
+            // A resent message keeps its sequence number.
+            let (msg, resent) = if let Some(h) = self.resend.pop_front() {
                 debug_assert_eq!(h.first(), self.out_seq + 1, "resend keeps its sequence");
                 match h {
-                    Held::Msg { seq, msg } => {
-                        // A resent message goes as it went, in a frame of its own. Joined to a
-                        // new batch it would put records in the log after those of the held
-                        // batches resent behind it, and acknowledging that batch would
-                        // release theirs (the log is released in order, from the front).
-                        self.close_batch();
-                        if msg.len() > super::frame::INLINE_MAX {
-                            external += msg.payload.buf_count();
-                        }
-                        self.out_seq = seq;
-                        self.frame_alone(seq, msg);
-                        framed = true;
-                        continue;
-                    }
+                    Held::Msg { seq, msg } => (msg, Some(seq)),
                     batch if self.batching => {
                         self.reframe_batch(batch);
                         framed = true;
@@ -1666,7 +1654,7 @@ impl Session {
                     continue;
                 }
                 match q.msg {
-                    Outgoing::Msg(m) => m,
+                    Outgoing::Msg(m) => (m, None),
                     Outgoing::Records(b) => {
                         external += 1;
                         self.push_records(b);
@@ -1680,7 +1668,18 @@ impl Session {
             if msg.len() > super::frame::INLINE_MAX {
                 external += msg.payload.buf_count();
             }
-            self.frame_message(msg);
+            match resent {
+                // A resent message goes as it went, in a frame of its own. Joined to a new
+                // batch it would put records in the log after those of the held batches
+                // resent behind it, and acknowledging that batch would release theirs (the
+                // log is released in order, from the front).
+                Some(seq) => {
+                    self.close_batch();
+                    self.out_seq = seq;
+                    self.frame_alone(seq, msg);
+                }
+                None => self.frame_message(msg),
+            }
             framed = true;
         }
         if framed {
