@@ -49,9 +49,9 @@
 //!   while there is work; when drained, the CQ is armed and the channel's fd wakes the
 //!   worker's `EventCenter`. With [`RdmaConfig::busy_poll`] the worker's poller (`poller`)
 //!   keeps polling the CQ of each of its sockets for that long after that socket's last
-//!   completion (or wake-up by its channel), then arms it and leaves it to its channel, so idle connections cost a busy
-//!   round nothing. An eventfd per socket raises the writable event when credits or send
-//!   slots come back.
+//!   completion (or wake-up by its channel), then arms it and leaves it to its channel, so
+//!   idle connections cost a busy round nothing. An eventfd per socket raises the writable
+//!   event when credits or send slots come back.
 //! - **Thread-agnostic sockets**: QP, CQ, channel and send slots belong to the socket, not to
 //!   a worker (the SRQ belongs to the stack), so the messenger may hand an accepted socket to another worker (`Adopt`) and it
 //!   re-registers its fds there. No change to the messenger was needed.
@@ -356,8 +356,8 @@ pub struct RdmaStats {
     /// Busy-poll rounds of the workers' CQ pollers.
     pub poller_rounds: AtomicU64,
     /// CQ polls those rounds made: one per hot socket (a completion or a channel wake-up
-    /// within `busy_poll`),
-    /// plus one after arming a socket gone quiet; idle connections cost nothing.
+    /// within `busy_poll`), plus one after arming a socket gone quiet; idle connections cost
+    /// nothing.
     pub poller_cq_polls: AtomicU64,
     /// Completion-channel events taken: a connection whose CQ was armed (quiet, or busy
     /// polling off) woken by its next completion.

@@ -1179,6 +1179,7 @@ impl RdmaSocket {
         {
             return Ok(None);
         }
+        let zc_min = self.zero_copy_min();
         let Some(res) = self.res.as_mut() else {
             return Ok(None);
         };
@@ -1190,11 +1191,6 @@ impl RdmaSocket {
             len: 0,
             lkey: 0,
         }; INLINE_SGES];
-        let zc_min = if self.dev.cfg.zero_copy {
-            self.dev.cfg.zero_copy_min.max(1)
-        } else {
-            usize::MAX
-        };
         let (mut n, mut total) = (0usize, 0usize);
         for piece in iov {
             let b = piece.bytes();
@@ -1269,6 +1265,16 @@ impl RdmaSocket {
         Ok(Some(total))
     }
 
+    /// The smallest pool `Buf` whose bytes go zero-copy (`usize::MAX`: zero-copy is off).
+    /// Judged on the whole `Buf`, so every piece of a large payload goes the same way.
+    fn zero_copy_min(&self) -> usize {
+        if self.dev.cfg.zero_copy {
+            self.dev.cfg.zero_copy_min.max(1)
+        } else {
+            usize::MAX
+        }
+    }
+
     fn send_gather<P: Piece>(&mut self, iov: &[P]) -> io::Result<usize> {
         if self.failed.is_some() {
             return Err(self.failed_err());
@@ -1287,17 +1293,13 @@ impl RdmaSocket {
         let signal_every = (self.dev.cfg.send_depth / 4).max(1);
         let chunk = self.chunk;
         let misbehave = self.dev.cfg.misbehave;
+        let zc_min = self.zero_copy_min();
         let Some(res) = self.res.as_mut() else {
             return Err(self.failed_err());
         };
         // What this QP really takes inline (the device may grant less than configured).
         let inline_max = res.qp.max_inline() as usize;
         let wanted: usize = iov.iter().map(|s| s.bytes().len()).sum();
-        let zc_min = if self.dev.cfg.zero_copy {
-            self.dev.cfg.zero_copy_min.max(1)
-        } else {
-            usize::MAX
-        };
         if zc_min != usize::MAX {
             self.zc_regions.refresh(&self.dev.regions);
         }
