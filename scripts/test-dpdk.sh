@@ -174,11 +174,13 @@ test_memif_jumbo() {
 }
 
 # `dataplane-bench --backend dpdk`: dataplane-dpdk stream rows (memif port pair) beside the
-# dataplane-posix rows of the same run; every DPDK row must carry numbers, not an error.
+# dataplane-posix rows of the same run, three rounds each, interleaved (median reported: the
+# polling workers' rows swing with whatever else the 2 cores run); every DPDK row must carry
+# numbers, not an error.
 
 test_bench() {
     local json=$CARGO_TARGET_DIR/bench-dpdk.json
-    "$CARGO_TARGET_DIR/release/dataplane-bench" --backend dpdk --quick \
+    "$CARGO_TARGET_DIR/release/dataplane-bench" --backend dpdk --quick --rounds 3 \
         --systems dataplane-dpdk,dataplane-posix --workloads stream,pingpong \
         --json "$json" || return 1
     jq -e '[.results[] | select(.system == "dataplane-dpdk" and .workload == "stream")]

@@ -10,7 +10,9 @@
 #   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat)
 #   --no-bench         tests only
 #   --no-install       do not apt-get / pip install (everything already present)
-# Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), VM_TIMEOUT (default 1500),
+# Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), BENCH_ROUNDS (default 3:
+# each row measured that many times, interleaved with perftest, median reported; one boot's
+# speed drifts by half between its start and its end), VM_TIMEOUT (default 1500),
 # BENCH_WORKLOADS (default stream,pingpong), TESTS_FILTER (extended regex on test names, default
 # all; '^$' runs none, for benchmark-only boots),
 # BENCH_VARIANTS: space-separated NAME:VAR=VALUE[,VAR=VALUE...]; each runs dataplane-rdma
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
 done
 VM_TIMEOUT=${VM_TIMEOUT:-1500}
 BENCH_SECS=${BENCH_SECS:-3}
+BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_SIZES=${BENCH_SIZES:-64,64K}
 BENCH_VARIANTS=${BENCH_VARIANTS:-}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-stream,pingpong}
@@ -136,7 +139,7 @@ echo "--- perftest (ib_send_bw, ib_send_lat) and dataplane-rdma on rxe0, same bo
 export DATAPLANE_RDMA_DEVICE=rxe0 DATAPLANE_RDMA_GID_INDEX=1 RUST_LOG=warn
 timeout 900 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
     --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
-    --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
+    --rounds $BENCH_ROUNDS --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
 [ -s \$OUT/bench.json ] || { echo "FAIL: no benchmark JSON"; echo 1 > \$OUT/bench-status; }
 for v in $BENCH_VARIANTS; do
     name=\${v%%:*}
@@ -144,7 +147,7 @@ for v in $BENCH_VARIANTS; do
     echo "--- dataplane-rdma variant \$name (\$vars), same boot"
     env \$vars timeout 600 $BENCH_BIN --backend rdma --systems dataplane-rdma \
         --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
-        --json \$OUT/bench-\$name.json 2>&1 | tee \$OUT/bench-\$name.log
+        --rounds $BENCH_ROUNDS --json \$OUT/bench-\$name.json 2>&1 | tee \$OUT/bench-\$name.log
 done
 EOF
 fi

@@ -96,6 +96,12 @@ pub struct RunArgs {
     /// Only these workloads, comma separated (e.g. `stream,pingpong`).
     #[arg(long, value_delimiter = ',')]
     pub workloads: Option<Vec<String>>,
+    /// Measure every row this many times, interleaved with the other systems of its
+    /// workload and size (A B, B A, A B, ...), and report the median round with every
+    /// round's value in the note and in the JSON's `rounds`. For machines whose speed
+    /// drifts during a run (shared hosts, emulated VMs).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=25))]
+    pub rounds: u32,
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,

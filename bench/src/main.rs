@@ -10,6 +10,7 @@ mod cli;
 mod machine;
 mod measure;
 mod report;
+mod rounds;
 mod row;
 mod suite;
 mod systems;
@@ -103,6 +104,7 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
         connections: args.common.connections.max(1),
         systems: args.systems.clone(),
         workloads,
+        rounds: args.rounds,
     };
     let jobs = suite::plan(&systems, &cfg)?;
     if jobs.is_empty() {
@@ -120,12 +122,15 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
     let attended = std::io::stderr().is_terminal();
     let mut rows = Vec::with_capacity(jobs.len());
     for (i, job) in jobs.iter().enumerate() {
-        let label = format!(
+        let mut label = format!(
             "{} {} {}",
             systems[job.system].name(),
             job.workload.name(),
             format_size(job.params.size as u64)
         );
+        if cfg.rounds > 1 {
+            label.push_str(&format!(" (round {}/{})", job.round + 1, cfg.rounds));
+        }
         bar.set_message(label.clone());
         if !attended {
             eprintln!("[{}/{}] {label}", i + 1, jobs.len());
@@ -134,10 +139,11 @@ fn run_suite(args: cli::RunArgs) -> Result<()> {
         if let Some(note) = row.note.as_deref().filter(|n| n.starts_with("error")) {
             bar.suspend(|| eprintln!("warning: {label}: {note}"));
         }
-        rows.push(row);
+        rows.push((*job, row));
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let rows = rounds::median_of_rounds(rows);
     finish(&machine, &rows, &extras, backend, &args.common)?;
     eprintln!(
         "{} rows in {:.1} s",

@@ -9,7 +9,7 @@ use serde::Serialize;
 /// are never stored. The JSON encoding of this struct is the stable contract of
 /// `--json`: `system`, `workload`, `size_bytes`, `msgs_per_sec`, `gbit_per_sec`,
 /// `p50_us`, `p99_us`, `p999_us`, plus the descriptive `connections`, `workers`,
-/// `duration_secs` and `note` fields.
+/// `duration_secs` and `note` fields, and `rounds` when the row is a median of rounds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     /// System name, e.g. `tokio-framed` or `dataplane-posix`.
@@ -36,6 +36,12 @@ pub struct Row {
     pub duration_secs: Option<f64>,
     /// Why the numbers are missing, or how they were obtained, when that needs saying.
     pub note: Option<String>,
+    /// When the row is the median of several rounds (`--rounds`): the row's key metric
+    /// (msg/s, or p50 for ping-pong) in each measured round, in the order they ran. The
+    /// row's numbers are those of the median round. Empty (and left out of the JSON) for a
+    /// single round.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
     /// Latency distribution as `(latency_us, quantile)` points, for the CDF plot only.
     #[serde(skip)]
     pub cdf: Vec<(f64, f64)>,
@@ -57,6 +63,7 @@ impl Row {
             workers: None,
             duration_secs: None,
             note: None,
+            rounds: Vec::new(),
             cdf: Vec::new(),
         }
     }

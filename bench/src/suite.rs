@@ -294,6 +294,9 @@ pub struct SuiteConfig {
     pub systems: Option<Vec<String>>,
     /// Only these workloads (`None`: all).
     pub workloads: Option<Vec<Workload>>,
+    /// Times each row is measured (`--rounds`), interleaved with the other systems of its
+    /// group; the report keeps the median round ([`crate::rounds`]).
+    pub rounds: u32,
 }
 
 impl SuiteConfig {
@@ -317,6 +320,8 @@ pub struct Job {
     pub workload: Workload,
     /// Parameters.
     pub params: Params,
+    /// Which round of the row this is (0 with a single round).
+    pub round: u32,
 }
 
 /// The rows of a workload: `(size, connections, workers)` triples.
@@ -341,7 +346,8 @@ fn workload_rows(workload: Workload, cfg: &SuiteConfig) -> Vec<(usize, u32, u32)
     }
 }
 
-/// Lists the jobs of a run, grouped by workload and size, dataplane first in a group.
+/// Lists the jobs of a run, grouped by workload and size, dataplane first in a group; with
+/// several rounds a group runs them round after round before the next group.
 pub fn plan(systems: &[Box<dyn System>], cfg: &SuiteConfig) -> Result<Vec<Job>> {
     if let Some(names) = &cfg.systems {
         for name in names {
@@ -361,14 +367,28 @@ pub fn plan(systems: &[Box<dyn System>], cfg: &SuiteConfig) -> Result<Vec<Job>> 
             continue;
         }
         for (size, connections, workers) in workload_rows(workload, cfg) {
-            for (index, system) in systems.iter().enumerate() {
-                let wanted = cfg
-                    .systems
-                    .as_ref()
-                    .is_none_or(|names| names.iter().any(|n| n == system.name()));
-                if wanted && system.supports(workload, size) {
+            let group: Vec<usize> = systems
+                .iter()
+                .enumerate()
+                .filter(|(_, system)| {
+                    cfg.systems
+                        .as_ref()
+                        .is_none_or(|names| names.iter().any(|n| n == system.name()))
+                        && system.supports(workload, size)
+                })
+                .map(|(index, _)| index)
+                .collect();
+            // Rounds alternate the order (A B C, C B A, A B C, ...), so that no system
+            // always runs first after a quiet spell or last after the others warmed the
+            // machine; a drift over the run then touches every system alike.
+            for round in 0..cfg.rounds.max(1) {
+                let mut order = group.clone();
+                if round % 2 == 1 {
+                    order.reverse();
+                }
+                for system in order {
                     jobs.push(Job {
-                        system: index,
+                        system,
                         workload,
                         params: Params {
                             size,
@@ -376,6 +396,7 @@ pub fn plan(systems: &[Box<dyn System>], cfg: &SuiteConfig) -> Result<Vec<Job>> 
                             workers,
                             duration: cfg.duration,
                         },
+                        round,
                     });
                 }
             }
@@ -417,6 +438,7 @@ mod tests {
             connections: 1,
             systems: None,
             workloads: None,
+            rounds: 1,
         }
     }
 
@@ -453,6 +475,28 @@ mod tests {
         c.sizes = Some(vec![64]);
         let jobs = plan(&systems, &c).unwrap();
         assert!(jobs.iter().all(|j| j.workload == Workload::PingPong));
+    }
+
+    #[test]
+    fn rounds_interleave_and_alternate_the_order() {
+        let systems = systems(Backend::Rdma).unwrap();
+        let mut c = cfg();
+        c.systems = Some(vec!["dataplane-rdma".into(), "ib_send_bw".into()]);
+        c.workloads = Some(vec![Workload::Stream]);
+        c.sizes = Some(vec![64, 65536]);
+        c.rounds = 3;
+        let jobs = plan(&systems, &c).unwrap();
+        let seen: Vec<_> = jobs
+            .iter()
+            .map(|j| (systems[j.system].name(), j.params.size, j.round))
+            .collect();
+        let (a, b) = ("dataplane-rdma", "ib_send_bw");
+        let mut want = Vec::new();
+        for size in [64, 65536] {
+            want.extend([(a, size, 0), (b, size, 0), (b, size, 1)]);
+            want.extend([(a, size, 1), (a, size, 2), (b, size, 2)]);
+        }
+        assert_eq!(seen, want);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use crate::cli::Backend;
 use crate::row::Row;
-use crate::suite::{reference_system, Workload, MIB};
-use crate::systems::{iperf3, rings, sockperf, tokio_framed};
+use crate::suite::{reference_system, Workload, KIB, MIB};
+use crate::systems::{dataplane_posix, iperf3, perftest, rings, sockperf, tokio_framed};
 
 /// Which number of a row a ratio compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +110,8 @@ pub fn ratio_cell(row: &Row, rows: &[Row], backend: Backend) -> RatioCell {
 /// A performance goal: reference / baseline on `metric` must be ≥ (or ≤) `bound`.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
+    /// The `--backend` whose runs it belongs to (its reference is that backend's dataplane).
+    pub backend: Backend,
     /// Human description.
     pub label: &'static str,
     /// Workload compared.
@@ -126,9 +128,11 @@ pub struct Target {
     pub at_most: bool,
 }
 
-/// The project's targets, as stated in the benchmark issue.
-pub const TARGETS: [Target; 6] = [
+/// The project's targets, as stated in the benchmark issue (POSIX and the rings) and in the
+/// DPDK and RDMA backends' issues. A run reports those of its `--backend`.
+pub const TARGETS: [Target; 9] = [
     Target {
+        backend: Backend::Posix,
         label: "64 B stream >= 1.5x tokio-framed msg/s",
         workload: Workload::Stream,
         size: 64,
@@ -138,6 +142,7 @@ pub const TARGETS: [Target; 6] = [
         at_most: false,
     },
     Target {
+        backend: Backend::Posix,
         label: "64 B stream >= 4x sockperf tp msg/s",
         workload: Workload::Stream,
         size: 64,
@@ -147,6 +152,7 @@ pub const TARGETS: [Target; 6] = [
         at_most: false,
     },
     Target {
+        backend: Backend::Posix,
         label: "1 MiB stream >= 0.9x iperf3 Gbit/s",
         workload: Workload::Stream,
         size: MIB,
@@ -156,6 +162,7 @@ pub const TARGETS: [Target; 6] = [
         at_most: false,
     },
     Target {
+        backend: Backend::Posix,
         label: "64 B ping-pong p50 <= 1.1x sockperf",
         workload: Workload::PingPong,
         size: 64,
@@ -165,6 +172,7 @@ pub const TARGETS: [Target; 6] = [
         at_most: true,
     },
     Target {
+        backend: Backend::Posix,
         label: "SPSC ring >= 1.0x rtrb",
         workload: Workload::RingSpsc,
         size: 64,
@@ -174,6 +182,7 @@ pub const TARGETS: [Target; 6] = [
         at_most: false,
     },
     Target {
+        backend: Backend::Posix,
         label: "SPSC ring >= 4x crossbeam ArrayQueue",
         workload: Workload::RingSpsc,
         size: 64,
@@ -182,7 +191,42 @@ pub const TARGETS: [Target; 6] = [
         bound: 4.0,
         at_most: false,
     },
+    Target {
+        backend: Backend::Dpdk,
+        label: "64 B stream over memif >= 1.5x dataplane-posix on loopback msg/s",
+        workload: Workload::Stream,
+        size: 64,
+        baseline: dataplane_posix::NAME,
+        metric: Metric::MsgsPerSec,
+        bound: 1.5,
+        at_most: false,
+    },
+    Target {
+        backend: Backend::Rdma,
+        label: "64 KiB stream >= 0.9x ib_send_bw Gbit/s",
+        workload: Workload::Stream,
+        size: 64 * KIB,
+        baseline: perftest::BW,
+        metric: Metric::GbitPerSec,
+        bound: 0.9,
+        at_most: false,
+    },
+    Target {
+        backend: Backend::Rdma,
+        label: "64 B ping-pong p50 <= 1.2x ib_send_lat",
+        workload: Workload::PingPong,
+        size: 64,
+        baseline: perftest::LAT,
+        metric: Metric::P50,
+        bound: 1.2,
+        at_most: true,
+    },
 ];
+
+/// The targets a run on `backend` reports.
+pub fn targets_of(backend: Backend) -> impl Iterator<Item = &'static Target> {
+    TARGETS.iter().filter(move |t| t.backend == backend)
+}
 
 /// Outcome of one target.
 #[derive(Debug, Clone, PartialEq)]
@@ -268,6 +312,43 @@ mod tests {
             evaluate(&TARGETS[2], &rows, Backend::Posix),
             Verdict::Missing(_)
         ));
+    }
+
+    #[test]
+    fn backend_targets_compare_with_their_baselines() {
+        let mut bw = row("dataplane-rdma", "stream", 64 * KIB, 400.0, None);
+        let sbw = row("ib_send_bw", "stream", 64 * KIB, 450.0, None);
+        let lat = row("dataplane-rdma", "pingpong", 64, 1e4, Some(90.0));
+        let slat = row("ib_send_lat", "pingpong", 64, 1e4, Some(36.0));
+        bw.gbit_per_sec = Some(0.95 * sbw.gbit_per_sec.unwrap());
+        let rows = vec![bw, sbw, lat, slat];
+        let rdma: Vec<_> = targets_of(Backend::Rdma).collect();
+        assert_eq!(rdma.len(), 2);
+        assert!(matches!(
+            evaluate(rdma[0], &rows, Backend::Rdma),
+            Verdict::Measured { met: true, .. }
+        ));
+        match evaluate(rdma[1], &rows, Backend::Rdma) {
+            Verdict::Measured { ratio, met } => {
+                assert!((ratio - 2.5).abs() < 1e-9);
+                assert!(!met);
+            }
+            other => panic!("{other:?}"),
+        }
+        let dpdk = vec![
+            row("dataplane-dpdk", "stream", 64, 30e6, None),
+            row("dataplane-posix", "stream", 64, 20e6, None),
+        ];
+        let t: Vec<_> = targets_of(Backend::Dpdk).collect();
+        assert_eq!(t.len(), 1);
+        assert_eq!(
+            evaluate(t[0], &dpdk, Backend::Dpdk),
+            Verdict::Measured {
+                ratio: 1.5,
+                met: true
+            }
+        );
+        assert!(targets_of(Backend::Posix).all(|t| t.backend == Backend::Posix));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use crate::cli::Backend;
 use crate::measure::format_size;
 use crate::row::Row;
-use crate::targets::{evaluate, ratio_cell, RatioCell, Verdict, TARGETS};
+use crate::targets::{evaluate, ratio_cell, targets_of, RatioCell, Verdict};
 
 /// Formats a rate with a k/M/G suffix.
 pub fn format_rate(value: f64) -> String {
@@ -90,8 +90,11 @@ pub fn render(rows: &[Row], backend: Backend) -> String {
         crate::suite::dataplane_name(backend)
     );
     out.push_str("\nTargets:\n");
-    let label_width = TARGETS.iter().map(|t| t.label.len()).max().unwrap_or(0);
-    for target in &TARGETS {
+    let label_width = targets_of(backend)
+        .map(|t| t.label.len())
+        .max()
+        .unwrap_or(0);
+    for target in targets_of(backend) {
         let verdict = match evaluate(target, rows, backend) {
             Verdict::Measured { ratio, met } => {
                 format!("{ratio:>6.2}x  {}", if met { "met" } else { "not met" })
