@@ -4,6 +4,7 @@
 #   scripts/test-dpdk.sh            # every test
 #   scripts/test-dpdk.sh interop    # only the named ones: smoke interop interop_ipv6
 #                                   # memif memif_multiqueue memif_ipv6 memif_jumbo bench
+#                                   # bench_two_processes
 #
 # Installs what it needs (libdpdk-dev pkg-config clang libclang-dev iproute2 iputils-ping
 # ethtool jq),
@@ -192,12 +193,52 @@ test_bench() {
            | "\(.system) stream 64 B: \(.msgs_per_sec | floor) msg/s"' "$json"
 }
 
+# The same rows with each end in its own process (`dataplane-bench server` and `client`, the
+# two-host mode on one host): memif between two DPDK processes, as the target names it, and
+# the POSIX pair as two processes on loopback, one after the other.
+
+# two_process_rows SYSTEM ADDR JSON SERVER_ENV CLIENT_ENV: the server in the background until
+# the client has measured; both bounded in time.
+two_process_rows() {
+    local system=$1 addr=$2 json=$3 senv=$4 cenv=$5
+    local bin=$CARGO_TARGET_DIR/release/dataplane-bench log=$RUN_DIR/server-$system.log
+    env $senv "$bin" server --system "$system" --addr "$addr" --workers 1 --max-secs 120 \
+        > "$log" 2>&1 &
+    local spid=$!
+    trap "kill $spid 2>/dev/null" EXIT
+    for _ in $(seq 1 300); do grep -q serving "$log" && break; sleep 0.1; done
+    env $cenv timeout 120 "$bin" client --system "$system" --addr "$addr" \
+        --workloads stream,pingpong --sizes 64 --duration 1 --json "$json" \
+        | grep -E "^$system " || { cat "$log"; return 1; }
+    kill $spid 2>/dev/null
+    wait $spid 2>/dev/null
+    return 0
+}
+
+test_bench_two_processes() {
+    local sock=$RUN_DIR/bench-2p.memif bsize=9216
+    local link="DATAPLANE_DPDK_PORT=net_memif0 DATAPLANE_DPDK_MTU=9000 DATAPLANE_DPDK_SKIP_TCP_CHECKSUM=1"
+    two_process_rows dataplane-dpdk 10.98.0.1:7979 "$RUN_DIR/dpdk-2p.json" \
+        "$link DATAPLANE_DPDK_IP=10.98.0.1 DATAPLANE_DPDK_VDEV=net_memif0,role=server,id=0,bsize=$bsize,socket=$sock" \
+        "$link DATAPLANE_DPDK_IP=10.98.0.2 DATAPLANE_DPDK_VDEV=net_memif0,role=client,id=0,bsize=$bsize,socket=$sock,zero-copy=yes" \
+        || return 1
+    two_process_rows dataplane-posix 127.0.0.1:7980 "$RUN_DIR/posix-2p.json" "" "" || return 1
+    local dpdk posix
+    dpdk=$(jq -e '[.results[] | select(.workload == "stream" and .size_bytes == 64)][0].msgs_per_sec' \
+        "$RUN_DIR/dpdk-2p.json") || { echo "no dataplane-dpdk two-process stream row"; return 1; }
+    posix=$(jq -e '[.results[] | select(.workload == "stream" and .size_bytes == 64)][0].msgs_per_sec' \
+        "$RUN_DIR/posix-2p.json") || { echo "no dataplane-posix two-process stream row"; return 1; }
+    jq -e '[.results[] | select(.workload == "pingpong")][0].p50_us > 0' "$RUN_DIR/dpdk-2p.json" \
+        >/dev/null || { echo "no dataplane-dpdk two-process ping-pong row"; return 1; }
+    awk -v d="$dpdk" -v p="$posix" 'BEGIN { printf "64 B stream, two processes each: memif %.2f M msg/s, loopback %.2f M msg/s: %.2fx (target 1.5x)\n", d / 1e6, p / 1e6, d / p }'
+}
+
 export NS_DPDK NS_PEER VETH_DPDK VETH_PEER DPDK_IP PEER_IP DPDK_IP6 PEER_IP6 RUN_DIR
 export CARGO_TARGET_DIR
 export -f setup_veth test_smoke test_interop test_interop_ipv6 test_memif test_memif_multiqueue test_memif_ipv6 test_memif_jumbo \
-    test_bench
+    test_bench two_process_rows test_bench_two_processes
 
-ALL=(smoke interop interop_ipv6 memif memif_multiqueue memif_ipv6 memif_jumbo bench)
+ALL=(smoke interop interop_ipv6 memif memif_multiqueue memif_ipv6 memif_jumbo bench bench_two_processes)
 SELECTED=("$@")
 [ ${#SELECTED[@]} = 0 ] && SELECTED=("${ALL[@]}")
 for t in "${SELECTED[@]}"; do
@@ -210,6 +251,7 @@ for t in "${SELECTED[@]}"; do
         memif_ipv6) run memif_ipv6_two_processes_two_queues test_memif_ipv6 ;;
         memif_jumbo) run memif_jumbo_frames_tcp_checksums_off test_memif_jumbo ;;
         bench) run bench_dpdk_beside_posix test_bench ;;
+        bench_two_processes) run bench_two_processes_memif_and_loopback test_bench_two_processes ;;
         *) echo "unknown test $t (have: ${ALL[*]})"; FAILED+=("$t") ;;
     esac
 done

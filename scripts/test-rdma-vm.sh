@@ -4,7 +4,9 @@
 #   1. ibv_devices and the RDMA integration tests (each name and result printed),
 #   2. `rdma resource` to check that no QP / MR / CQ / PD / SRQ outlives the tests,
 #   3. perftest ib_send_bw (64 KiB) and ib_send_lat (64 B) on rxe0, and
-#      `dataplane-bench --backend rdma` with the same sizes (unless --no-bench).
+#      `dataplane-bench --backend rdma` with the same sizes (unless --no-bench), then the same
+#      rows with the two ends in two processes, as perftest runs them (`dataplane-bench
+#      server` / `client --system dataplane-rdma`: the two-host mode, on one host).
 #
 # Usage (as root): scripts/test-rdma-vm.sh [--bench-json FILE] [--no-bench] [--no-install]
 #   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat)
@@ -149,6 +151,16 @@ for v in $BENCH_VARIANTS; do
         --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
         --rounds $BENCH_ROUNDS --json \$OUT/bench-\$name.json 2>&1 | tee \$OUT/bench-\$name.log
 done
+echo "--- dataplane-rdma as two processes, as perftest runs (dataplane-bench server / client)"
+$BENCH_BIN server --system dataplane-rdma --addr 10.77.0.1:7979 --workers 1 --max-secs 600 \
+    > \$OUT/server-2p.log 2>&1 &
+spid=\$!
+for i in \$(seq 1 600); do grep -q serving \$OUT/server-2p.log && break; sleep 0.1; done
+timeout 600 $BENCH_BIN client --system dataplane-rdma --addr 10.77.0.1:7979 \
+    --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
+    --json \$OUT/bench-2p.json 2>&1 | tee \$OUT/bench-2p.log
+kill \$spid 2>/dev/null; wait \$spid 2>/dev/null
+cat \$OUT/server-2p.log
 EOF
 fi
 echo 'echo done > $OUT/done' >> "$GUEST"
@@ -199,6 +211,28 @@ if bad:
     print("FAIL: benchmark rows without numbers")
     sys.exit(1)
 PY
+    # The two-process rows (server and client processes) must carry numbers too.
+    python3 - "$OUT/bench-2p.json" "$BENCH_WORKLOADS" <<'PY' || status=1
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["results"]
+except (OSError, ValueError) as e:
+    print(f"FAIL: no two-process benchmark JSON ({e})")
+    sys.exit(1)
+workloads = sys.argv[2].split(",")
+need = [("stream", 65536, "gbit_per_sec"), ("pingpong", 64, "p50_us")]
+bad = 0
+for workload, size, field in need:
+    if workload not in workloads:
+        continue
+    r = [x for x in rows if (x["workload"], x["size_bytes"]) == (workload, size)]
+    v = r[0].get(field) if r else None
+    print(f"dataplane-rdma (two processes) {workload:9} {size:6} {field:13} {v}")
+    bad |= v is None
+if bad:
+    print("FAIL: two-process benchmark rows without numbers")
+    sys.exit(1)
+PY
 fi
 if [ -n "$BENCH_JSON" ] && [ -s "$OUT/bench.json" ]; then
     cp "$OUT/bench.json" "$BENCH_JSON"
@@ -211,6 +245,10 @@ if [ -n "$BENCH_JSON" ] && [ -s "$OUT/bench.json" ]; then
             echo "variant $name benchmark JSON: $dst"
         fi
     done
+    if [ -s "$OUT/bench-2p.json" ]; then
+        cp "$OUT/bench-2p.json" "${BENCH_JSON%.json}-two-process.json"
+        echo "two-process benchmark JSON: ${BENCH_JSON%.json}-two-process.json"
+    fi
 fi
 echo "logs: $OUT"
 [ $status = 0 ] && say "RDMA VM tests passed"

@@ -130,7 +130,9 @@ pub struct ClientArgs {
     /// Address of the `dataplane-bench server`.
     #[arg(long)]
     pub addr: SocketAddr,
-    /// System to measure; the server must serve the same one.
+    /// System to measure; the server must serve the same one: `std-blocking`,
+    /// `tokio-framed`, `dataplane-posix` or `dataplane-rdma` (the RDMA device, GID index and
+    /// the stack's options come from the `DATAPLANE_RDMA_*` variables, as in the local rows).
     #[arg(long, default_value = "tokio-framed")]
     pub system: String,
     /// Workloads to run, comma separated: `stream`, `pingpong`, `stream-64conn`.

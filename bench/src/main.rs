@@ -32,7 +32,7 @@ use crate::machine::Machine;
 use crate::measure::format_size;
 use crate::row::Row;
 use crate::suite::{SuiteConfig, Workload};
-use crate::systems::Transport;
+use crate::systems::{messenger_remote, messenger_rows, Transport};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -50,19 +50,41 @@ fn main() -> ExitCode {
     }
 }
 
-/// Transports that also run across two hosts (`server` / `client` subcommands).
-fn remote_transport(name: &str) -> Result<&'static dyn Transport> {
-    let all: [&'static dyn Transport; 2] = [
+/// A system with a two-host mode (`server` / `client` subcommands).
+#[derive(Clone, Copy)]
+enum Remote {
+    /// A baseline over a TCP listener of its own.
+    Transport(&'static dyn Transport),
+    /// The dataplane messenger on one of its stacks, on both hosts.
+    Messenger(&'static dyn messenger_rows::Backend),
+}
+
+/// The system `name` in its two-host mode.
+fn remote_system(name: &str) -> Result<Remote> {
+    let transports: [&'static dyn Transport; 2] = [
         &systems::std_blocking::STD_BLOCKING,
         &systems::tokio_framed::TOKIO_FRAMED,
     ];
-    all.into_iter().find(|t| t.name() == name).with_context(|| {
-        let names: Vec<_> = all.iter().map(|t| t.name()).collect();
-        format!(
-            "system `{name}` has no two-host mode; choose one of: {}",
-            names.join(", ")
-        )
-    })
+    let messengers = [
+        systems::dataplane_posix::backend(),
+        systems::dataplane_rdma::backend(),
+        systems::dataplane_dpdk::remote_backend(),
+    ];
+    if let Some(t) = transports.iter().find(|t| t.name() == name) {
+        return Ok(Remote::Transport(*t));
+    }
+    if let Some(b) = messengers.iter().find(|b| b.name() == name) {
+        return Ok(Remote::Messenger(*b));
+    }
+    let names: Vec<_> = transports
+        .iter()
+        .map(|t| t.name())
+        .chain(messengers.iter().map(|b| b.name()))
+        .collect();
+    bail!(
+        "system `{name}` has no two-host mode; choose one of: {}",
+        names.join(", ")
+    )
 }
 
 fn progress_bar(len: u64) -> ProgressBar {
@@ -204,7 +226,19 @@ fn finish(
 }
 
 fn run_server(args: ServerArgs) -> Result<()> {
-    let transport = remote_transport(&args.system)?;
+    let transport = match remote_system(&args.system)? {
+        Remote::Transport(t) => t,
+        Remote::Messenger(b) => {
+            let stop = AtomicBool::new(false);
+            return messenger_remote::serve(
+                b,
+                args.addr,
+                args.workers.max(1),
+                Duration::from_secs(args.max_secs),
+                &stop,
+            );
+        }
+    };
     let listener =
         TcpListener::bind(args.addr).with_context(|| format!("binding {}", args.addr))?;
     let addr = listener.local_addr()?;
@@ -239,10 +273,15 @@ fn run_server(args: ServerArgs) -> Result<()> {
 }
 
 fn run_client(args: ClientArgs) -> Result<()> {
-    let transport = remote_transport(&args.system)?;
+    let remote = remote_system(&args.system)?;
+    let name = match remote {
+        Remote::Transport(t) => t.name(),
+        Remote::Messenger(b) => b.name(),
+    };
     let duration = SuiteConfig::duration_for(false, args.common.duration)?;
     let machine = Machine::detect();
     let mut rows = Vec::new();
+    let system = name;
     for name in &args.workloads {
         let workload =
             Workload::from_name(name).with_context(|| format!("unknown workload `{name}`"))?;
@@ -265,28 +304,41 @@ fn run_client(args: ClientArgs) -> Result<()> {
             other => bail!("workload `{}` has no two-host mode", other.name()),
         };
         for size in sizes {
-            eprintln!("{} {} {}", transport.name(), name, format_size(size as u64));
-            let mut row = if workload == Workload::PingPong {
-                transport.pingpong_client(args.addr, size, duration)?
-            } else {
-                transport.stream_client(
+            eprintln!("{system} {} {}", workload.name(), format_size(size as u64));
+            let workers = args.common.workers.max(1);
+            let mut row = match (remote, workload == Workload::PingPong) {
+                (Remote::Transport(t), true) => t.pingpong_client(args.addr, size, duration)?,
+                (Remote::Transport(t), false) => {
+                    t.stream_client(args.addr, size, connections, workers, duration)?
+                }
+                (Remote::Messenger(b), true) => {
+                    messenger_remote::pingpong_client(b, args.addr, size, duration)?
+                }
+                (Remote::Messenger(b), false) => messenger_remote::stream_client(
+                    b,
                     args.addr,
                     size,
                     connections,
-                    args.common.workers.max(1),
+                    workers,
                     duration,
-                )?
+                )?,
             };
             row.workload = workload.name().to_string();
             row.note = Some(format!("remote server {}", args.addr));
             rows.push(row);
         }
     }
+    // The table's reference and targets are those of the system's backend.
+    let backend = match name {
+        systems::dataplane_rdma::NAME => Backend::Rdma,
+        systems::dataplane_dpdk::NAME => Backend::Dpdk,
+        _ => Backend::Posix,
+    };
     finish(
         &machine,
         &rows,
         &report::json::Extras::default(),
-        Backend::Posix,
+        backend,
         &args.common,
     )
 }

@@ -187,6 +187,108 @@ impl Backend for Dpdk {
     }
 }
 
+/// The stack of this process in the two-host mode, or why it could not be made.
+static REMOTE: OnceLock<std::result::Result<Arc<DpdkStack>, String>> = OnceLock::new();
+
+/// A variable of the two-host mode, parsed.
+fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow!("{name}={v} cannot be parsed")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// The one DPDK port of this process in the two-host mode, from `DATAPLANE_DPDK_*`.
+fn remote_stack() -> Result<Arc<DpdkStack>> {
+    let r = REMOTE.get_or_init(|| {
+        let build = || -> Result<DpdkStack> {
+            let ip: Ipv4Addr = env("DATAPLANE_DPDK_IP")?.ok_or_else(|| {
+                anyhow!("DATAPLANE_DPDK_IP is not set (the IPv4 address of this end's port)")
+            })?;
+            let list = |name: &str, sep: char| -> Vec<String> {
+                std::env::var(name)
+                    .map(|v| {
+                        v.split(sep)
+                            .map(str::trim)
+                            .filter(|x| !x.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let pci_allow = list("DATAPLANE_DPDK_PCI", ',');
+            let d = DpdkConfig::default();
+            let cfg = DpdkConfig {
+                no_huge: dataplane_stack_dpdk::hugepages_free() < 256,
+                no_pci: pci_allow.is_empty(),
+                pci_allow,
+                memory_mb: 512,
+                vdevs: list("DATAPLANE_DPDK_VDEV", ';'),
+                port: std::env::var("DATAPLANE_DPDK_PORT").unwrap_or(d.port),
+                mtu: env("DATAPLANE_DPDK_MTU")?,
+                skip_tcp_checksum: std::env::var("DATAPLANE_DPDK_SKIP_TCP_CHECKSUM")
+                    .is_ok_and(|v| v == "1"),
+                ip,
+                prefix_len: env("DATAPLANE_DPDK_PREFIX_LEN")?.unwrap_or(d.prefix_len),
+                gateway: env("DATAPLANE_DPDK_GATEWAY")?,
+                ..d
+            };
+            Ok(DpdkStack::new(cfg)?)
+        };
+        build().map(Arc::new).map_err(|e| format!("{e:#}"))
+    });
+    r.clone().map_err(|e| anyhow!("{e}"))
+}
+
+/// The two-host mode: one DPDK port per process (`DATAPLANE_DPDK_*`), the other end on
+/// another host or in another process (memif between two processes on one host).
+struct Remote;
+
+impl Backend for Remote {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+    /// One worker, pinned as the in-process rows' are: the server's to the last core, the
+    /// client's to the first, so two processes on one host poll different cores.
+    fn config(&self, server: bool, workers: u32) -> Config {
+        Dpdk.config(server, workers)
+    }
+    fn stack(&self, server: bool) -> Result<Arc<dyn NetworkStack>> {
+        let stack = remote_stack()?;
+        if !server {
+            // A memif client's link comes up when it has reached the server; a NIC's when
+            // autonegotiation is done.
+            let end = Instant::now() + Duration::from_secs(30);
+            while !stack.link_up() {
+                if Instant::now() > end {
+                    return Err(anyhow!("the DPDK port's link did not come up within 30 s"));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let stack: Arc<dyn NetworkStack> = stack;
+        Ok(stack)
+    }
+    fn bind_addr(&self) -> Result<SocketAddr> {
+        let ip: Ipv4Addr = env("DATAPLANE_DPDK_IP")?.unwrap_or(Ipv4Addr::UNSPECIFIED);
+        Ok(SocketAddr::from((ip, 0)))
+    }
+    fn max_senders(&self) -> usize {
+        Dpdk.max_senders()
+    }
+    fn workers(&self, asked: u32) -> u32 {
+        Dpdk.workers(asked)
+    }
+}
+
+/// The DPDK rows' backend for the two-host mode (`systems::messenger_remote`).
+pub fn remote_backend() -> &'static dyn Backend {
+    &Remote
+}
+
 /// One-way stream of `size`-byte messages on `connections` lossless connections.
 pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -> Result<Row> {
     let _guard = LOCK.lock().map_err(|_| anyhow!("bench lock poisoned"))?;

@@ -39,6 +39,11 @@ impl Backend for Posix {
     }
 }
 
+/// The POSIX rows' backend, for the two-host mode (`systems::messenger_remote`).
+pub fn backend() -> &'static dyn Backend {
+    &Posix
+}
+
 /// One-way stream of `size`-byte messages on `connections` lossless connections.
 pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -> Result<Row> {
     messenger_rows::stream(&Posix, size, connections, workers, duration)

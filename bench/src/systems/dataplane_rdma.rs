@@ -101,6 +101,11 @@ impl Backend for Rdma {
     }
 }
 
+/// The RDMA rows' backend, for the two-host mode (`systems::messenger_remote`).
+pub fn backend() -> &'static dyn Backend {
+    &Rdma
+}
+
 /// One-way stream of `size`-byte messages on `connections` lossless connections.
 pub fn stream(size: usize, connections: u32, workers: u32, duration: Duration) -> Result<Row> {
     messenger_rows::stream(&Rdma, size, connections, workers, duration)

@@ -25,6 +25,9 @@ use crate::measure::{LatencyRecorder, Throughput};
 use crate::row::Row;
 use crate::systems::warmup;
 
+/// Message type of the stream rows' messages.
+pub const STREAM_TYPE: u16 = 1;
+
 /// Messages per `send_batch` in stream rows (fewer for large messages, see [`batch_len`]).
 const BATCH: usize = 256;
 /// Payload bytes per batch at most: a batch is reserved whole against the queue limit.
@@ -225,7 +228,7 @@ pub fn server(
 /// A payload of `size` bytes of `byte` in a buffer pool of its own, as an application that
 /// allocates its messages from a `BufPool` has them: an RDMA stack registers the pool's arena
 /// once and sends the payload zero-copy (any memory does for the other stacks).
-fn pool_payload(size: usize, byte: u8) -> Result<Buf> {
+pub fn pool_payload(size: usize, byte: u8) -> Result<Buf> {
     let pool = BufPool::new(&PoolConfig {
         buf_size: size.max(1),
         count: 1,
@@ -257,49 +260,31 @@ fn send_stream_batch(c: &Connection, payload: &Buf, count: usize, records: bool)
     if records {
         let mut batch = RecordBatch::with_capacity(count, count * payload.len());
         for _ in 0..count {
-            batch.push(1, payload)?;
+            batch.push(STREAM_TYPE, payload)?;
         }
         c.send_records_wait(batch, timeout)
             .map_err(|e| anyhow!("send failed: {e}"))
     } else {
         let batch: Vec<Message> = (0..count)
-            .map(|_| Message::new(1, payload.clone()))
+            .map(|_| Message::new(STREAM_TYPE, payload.clone()))
             .collect();
         c.send_batch_wait(batch, timeout)
             .map_err(|e| anyhow!("send failed: {e}"))
     }
 }
 
-/// One-way stream of `size`-byte messages on `connections` lossless connections.
-pub fn stream(
-    b: &dyn Backend,
-    size: usize,
-    connections: u32,
-    workers: u32,
-    duration: Duration,
-) -> Result<Row> {
-    let workers = b.workers(workers);
-    let d = sink(false);
-    let (srv, addr) = server(b, workers, d.clone())?;
-    let client = messenger(b, "bench-client", false, workers, sink(false))?;
-    let conns: Vec<Connection> = (0..connections.max(1))
-        .map(|_| client.open(addr, Policy::lossless_client()))
-        .collect::<Result<_, _>>()?;
-    let payload = pool_payload(size, 0xAB)?;
-    // Warm-up: every connection handshaken and carrying traffic.
-    for c in &conns {
-        send(c, Message::new(1, payload.clone()))?;
-    }
-    wait_for(|| d.msgs.get(), conns.len() as u64, Duration::from_secs(30))?;
-    let base = d.msgs.get();
-    let base_bytes = d.bytes.get();
-    let senders = conns.len().min(b.max_senders()).max(1);
-    let per_batch = batch_len(size);
-    let records = size <= RecordBatch::MAX_PAYLOAD && !messages_forced();
-    let probe = b.stream_probe();
-    let start = Instant::now();
-    let deadline = start + duration;
-    let sent: u64 = std::thread::scope(|s| -> Result<u64> {
+/// Sends batches of `payload` on `conns` until `deadline` from at most `max_senders` threads
+/// (connections dealt out among them), and returns how many messages were sent.
+pub fn send_for(
+    conns: &[Connection],
+    payload: &Buf,
+    max_senders: usize,
+    deadline: Instant,
+) -> Result<u64> {
+    let senders = conns.len().min(max_senders).max(1);
+    let per_batch = batch_len(payload.len());
+    let records = payload.len() <= RecordBatch::MAX_PAYLOAD && !messages_forced();
+    std::thread::scope(|s| -> Result<u64> {
         let handles: Vec<_> = (0..senders)
             .map(|t| {
                 let mine: Vec<&Connection> = conns.iter().skip(t).step_by(senders).collect();
@@ -325,7 +310,35 @@ pub fn stream(
             total += h.join().map_err(|_| anyhow!("sender panicked"))??;
         }
         Ok(total)
-    })?;
+    })
+}
+
+/// One-way stream of `size`-byte messages on `connections` lossless connections.
+pub fn stream(
+    b: &dyn Backend,
+    size: usize,
+    connections: u32,
+    workers: u32,
+    duration: Duration,
+) -> Result<Row> {
+    let workers = b.workers(workers);
+    let d = sink(false);
+    let (srv, addr) = server(b, workers, d.clone())?;
+    let client = messenger(b, "bench-client", false, workers, sink(false))?;
+    let conns: Vec<Connection> = (0..connections.max(1))
+        .map(|_| client.open(addr, Policy::lossless_client()))
+        .collect::<Result<_, _>>()?;
+    let payload = pool_payload(size, 0xAB)?;
+    // Warm-up: every connection handshaken and carrying traffic.
+    for c in &conns {
+        send(c, Message::new(1, payload.clone()))?;
+    }
+    wait_for(|| d.msgs.get(), conns.len() as u64, Duration::from_secs(30))?;
+    let base = d.msgs.get();
+    let base_bytes = d.bytes.get();
+    let probe = b.stream_probe();
+    let start = Instant::now();
+    let sent = send_for(&conns, &payload, b.max_senders(), start + duration)?;
     wait_for(|| d.msgs.get(), base + sent, Duration::from_secs(120))?;
     let elapsed = start.elapsed();
     let mut row = Row::new(b.name(), "stream", size, connections);
@@ -347,6 +360,8 @@ pub fn stream(
 /// worker thread and sends the next ping at once.
 struct Pinger {
     payload: Buf,
+    /// Message type of the pings (the server echoes it).
+    msg_type: u16,
     state: Mutex<PingState>,
     /// Signalled when `PingState::done` is set. The main thread blocks on it rather than
     /// polling: on a 2-core machine every wake-up of a polling thread preempts one of the
@@ -391,7 +406,7 @@ impl Dispatcher for Pinger {
         // The next round trip starts now: one clock read per pong (a clock read costs a
         // system call on machines without a usable TSC, such as the emulated RDMA VM).
         st.sent_at = now;
-        if let Err(e) = conn.send(Message::new(1, self.payload.clone())) {
+        if let Err(e) = conn.send(Message::new(self.msg_type, self.payload.clone())) {
             st.error = Some(e.to_string());
             st.done = true;
             self.finished.notify_all();
@@ -403,9 +418,24 @@ impl Dispatcher for Pinger {
 /// the client's worker thread.
 pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row> {
     let (srv, addr) = server(b, 1, sink(true))?;
+    let row = pingpong_to(b, addr, 1, size, duration);
+    srv.shutdown();
+    row
+}
+
+/// The client half of [`pingpong`]: pings of `msg_type` to the server at `addr`, which
+/// echoes them (in this process, or a `dataplane-bench server` on another host).
+pub fn pingpong_to(
+    b: &dyn Backend,
+    addr: SocketAddr,
+    msg_type: u16,
+    size: usize,
+    duration: Duration,
+) -> Result<Row> {
     let now = Instant::now();
     let pinger = Arc::new(Pinger {
         payload: pool_payload(size, 0x5A)?,
+        msg_type,
         state: Mutex::new(PingState {
             sent_at: now,
             warm_until: now + warmup(duration),
@@ -420,7 +450,7 @@ pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row>
     });
     let client = messenger(b, "bench-client", false, 1, pinger.clone())?;
     let conn = client.connect(addr)?;
-    send(&conn, Message::new(1, pinger.payload.clone()))?;
+    send(&conn, Message::new(msg_type, pinger.payload.clone()))?;
     let limit = duration + Duration::from_secs(30);
     let st = pinger
         .state
@@ -448,6 +478,5 @@ pub fn pingpong(b: &dyn Backend, size: usize, duration: Duration) -> Result<Row>
     row.note = b.pingpong_note();
     drop(st);
     client.shutdown();
-    srv.shutdown();
     Ok(row)
 }

@@ -7,6 +7,7 @@ pub mod dataplane_posix;
 pub mod dataplane_rdma;
 pub mod external;
 pub mod iperf3;
+pub mod messenger_remote;
 pub mod messenger_rows;
 pub mod perftest;
 pub mod rings;
