@@ -211,8 +211,9 @@ if bad:
     print("FAIL: benchmark rows without numbers")
     sys.exit(1)
 PY
-    # The two-process rows (server and client processes) must carry numbers too.
-    python3 - "$OUT/bench-2p.json" "$BENCH_WORKLOADS" <<'PY' || status=1
+    # The two-process rows (server and client processes) must carry numbers too; their
+    # ratios to the same boot's perftest rows are printed beside the in-process ones.
+    python3 - "$OUT/bench-2p.json" "$BENCH_WORKLOADS" "$OUT/bench.json" <<'PY' || status=1
 import json, sys
 try:
     rows = json.load(open(sys.argv[1]))["results"]
@@ -220,14 +221,17 @@ except (OSError, ValueError) as e:
     print(f"FAIL: no two-process benchmark JSON ({e})")
     sys.exit(1)
 workloads = sys.argv[2].split(",")
-need = [("stream", 65536, "gbit_per_sec"), ("pingpong", 64, "p50_us")]
+perftest = json.load(open(sys.argv[3]))["results"]
+need = [("stream", 65536, "gbit_per_sec", "ib_send_bw"), ("pingpong", 64, "p50_us", "ib_send_lat")]
 bad = 0
-for workload, size, field in need:
+for workload, size, field, base in need:
     if workload not in workloads:
         continue
     r = [x for x in rows if (x["workload"], x["size_bytes"]) == (workload, size)]
     v = r[0].get(field) if r else None
-    print(f"dataplane-rdma (two processes) {workload:9} {size:6} {field:13} {v}")
+    b = [x.get(field) for x in perftest if (x["system"], x["workload"], x["size_bytes"]) == (base, workload, size)]
+    ratio = f"{v / b[0]:.2f}x {base}" if v and b and b[0] else "no ratio"
+    print(f"dataplane-rdma (two processes) {workload:9} {size:6} {field:13} {v} ({ratio})")
     bad |= v is None
 if bad:
     print("FAIL: two-process benchmark rows without numbers")
