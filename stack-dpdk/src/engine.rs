@@ -30,6 +30,9 @@ use crate::stats::Stats;
 const BACKLOG: usize = 16;
 /// How long a dropped socket may linger finishing its close before it is aborted.
 const LINGER: Duration = Duration::from_secs(10);
+/// How long a worker going away polls its port so that its connections deliver what they
+/// hold and close ([`Engine::drain`]).
+const DRAIN_ON_DROP: Duration = Duration::from_millis(100);
 /// First ephemeral port.
 const EPHEMERAL_MIN: u16 = 49152;
 
@@ -705,10 +708,73 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Whether a TCP socket still has something for its peer: unsent or unacknowledged
+    /// bytes, or a FIN not yet acknowledged.
+    fn owes_peer(t: &tcp::Socket<'_>) -> bool {
+        t.send_queue() > 0
+            || matches!(
+                t.state(),
+                tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck
+            )
+    }
+
+    /// Before the worker goes: closes every open connection and polls the port until each
+    /// has delivered what it holds and its FIN (the messenger's last frames, its close
+    /// frame), for at most [`DRAIN_ON_DROP`]. Without this the close frames a shutting-down
+    /// messenger writes would die in the sockets' rings (nobody polls the port once its
+    /// worker is gone), and peers would see resets instead of closes, as if this end had
+    /// crashed. Returns how many connections still owed their peer something.
+    fn drain(&mut self) -> usize {
+        if self.dev.is_down() {
+            return 0;
+        }
+        for (_, s) in self.sockets.iter_mut() {
+            #[allow(irrefutable_let_patterns)]
+            if let smoltcp::socket::Socket::Tcp(t) = s {
+                if t.is_open() && !t.is_listening() {
+                    t.close();
+                }
+            }
+        }
+        let owing = |e: &Engine| {
+            e.sockets
+                .iter()
+                .filter(|(_, s)| {
+                    #[allow(irrefutable_let_patterns)]
+                    let owes = if let smoltcp::socket::Socket::Tcp(t) = s {
+                        Self::owes_peer(t)
+                    } else {
+                        false
+                    };
+                    owes
+                })
+                .count()
+        };
+        let end = std::time::Instant::now() + DRAIN_ON_DROP;
+        while owing(self) > 0 && std::time::Instant::now() < end {
+            let now = self.now();
+            self.dev.begin_round();
+            let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+            self.dev.flush();
+            std::thread::yield_now();
+        }
+        owing(self)
+    }
+}
+
 impl Drop for Engine {
-    /// The worker is going away: reset every connection still open (one last round sends
+    /// The worker is going away: lets every connection deliver what it holds and close
+    /// (bounded, [`Engine::drain`]), then resets whatever is still open (one last round sends
     /// the RSTs), so peers learn at once instead of waiting for their timeouts.
     fn drop(&mut self) {
+        let owed = self.drain();
+        if owed > 0 {
+            tracing::debug!(
+                owed,
+                "engine dropped: connections still owed their peers data"
+            );
+        }
         let mut open = 0;
         for (_, s) in self.sockets.iter_mut() {
             #[allow(irrefutable_let_patterns)]
