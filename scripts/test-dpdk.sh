@@ -208,7 +208,7 @@ two_process_rows() {
     trap "kill $spid 2>/dev/null" EXIT
     for _ in $(seq 1 300); do grep -q serving "$log" && break; sleep 0.1; done
     env $cenv timeout 120 "$bin" client --system "$system" --addr "$addr" \
-        --workloads stream,pingpong --sizes 64 --duration 1 --json "$json" \
+        --workloads stream,pingpong --sizes 64 --duration 1 --rounds 3 --json "$json" \
         | grep -E "^$system " || { cat "$log"; return 1; }
     kill $spid 2>/dev/null
     wait $spid 2>/dev/null

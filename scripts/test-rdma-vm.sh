@@ -158,7 +158,7 @@ spid=\$!
 for i in \$(seq 1 600); do grep -q serving \$OUT/server-2p.log && break; sleep 0.1; done
 timeout 600 $BENCH_BIN client --system dataplane-rdma --addr 10.77.0.1:7979 \
     --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
-    --json \$OUT/bench-2p.json 2>&1 | tee \$OUT/bench-2p.log
+    --rounds $BENCH_ROUNDS --json \$OUT/bench-2p.json 2>&1 | tee \$OUT/bench-2p.log
 kill \$spid 2>/dev/null; wait \$spid 2>/dev/null
 cat \$OUT/server-2p.log
 EOF

@@ -131,13 +131,18 @@ pub struct ClientArgs {
     #[arg(long)]
     pub addr: SocketAddr,
     /// System to measure; the server must serve the same one: `std-blocking`,
-    /// `tokio-framed`, `dataplane-posix` or `dataplane-rdma` (the RDMA device, GID index and
-    /// the stack's options come from the `DATAPLANE_RDMA_*` variables, as in the local rows).
+    /// `tokio-framed`, `dataplane-posix`, `dataplane-rdma` (the RDMA device, GID index and
+    /// the stack's options come from the `DATAPLANE_RDMA_*` variables, as in the local rows)
+    /// or `dataplane-dpdk` (its port from the `DATAPLANE_DPDK_*` variables).
     #[arg(long, default_value = "tokio-framed")]
     pub system: String,
     /// Workloads to run, comma separated: `stream`, `pingpong`, `stream-64conn`.
     #[arg(long, value_delimiter = ',', default_value = "stream,pingpong")]
     pub workloads: Vec<String>,
+    /// Measure every row this many times in a row and report the median round (as the
+    /// local suite's `--rounds`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=25))]
+    pub rounds: u32,
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,

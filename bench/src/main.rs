@@ -304,30 +304,50 @@ fn run_client(args: ClientArgs) -> Result<()> {
             other => bail!("workload `{}` has no two-host mode", other.name()),
         };
         for size in sizes {
-            eprintln!("{system} {} {}", workload.name(), format_size(size as u64));
             let workers = args.common.workers.max(1);
-            let mut row = match (remote, workload == Workload::PingPong) {
-                (Remote::Transport(t), true) => t.pingpong_client(args.addr, size, duration)?,
-                (Remote::Transport(t), false) => {
-                    t.stream_client(args.addr, size, connections, workers, duration)?
-                }
-                (Remote::Messenger(b), true) => {
-                    messenger_remote::pingpong_client(b, args.addr, size, duration)?
-                }
-                (Remote::Messenger(b), false) => messenger_remote::stream_client(
-                    b,
-                    args.addr,
-                    size,
-                    connections,
-                    workers,
-                    duration,
-                )?,
-            };
-            row.workload = workload.name().to_string();
-            row.note = Some(format!("remote server {}", args.addr));
-            rows.push(row);
+            for round in 0..args.rounds {
+                eprintln!(
+                    "{system} {} {} (round {}/{})",
+                    workload.name(),
+                    format_size(size as u64),
+                    round + 1,
+                    args.rounds
+                );
+                let mut row = match (remote, workload == Workload::PingPong) {
+                    (Remote::Transport(t), true) => t.pingpong_client(args.addr, size, duration)?,
+                    (Remote::Transport(t), false) => {
+                        t.stream_client(args.addr, size, connections, workers, duration)?
+                    }
+                    (Remote::Messenger(b), true) => {
+                        messenger_remote::pingpong_client(b, args.addr, size, duration)?
+                    }
+                    (Remote::Messenger(b), false) => messenger_remote::stream_client(
+                        b,
+                        args.addr,
+                        size,
+                        connections,
+                        workers,
+                        duration,
+                    )?,
+                };
+                row.workload = workload.name().to_string();
+                row.note = Some(format!("remote server {}", args.addr));
+                let job = suite::Job {
+                    system: 0,
+                    workload,
+                    params: suite::Params {
+                        size,
+                        connections,
+                        workers,
+                        duration,
+                    },
+                    round,
+                };
+                rows.push((job, row));
+            }
         }
     }
+    let rows = rounds::median_of_rounds(rows);
     // The table's reference and targets are those of the system's backend.
     let backend = match name {
         systems::dataplane_rdma::NAME => Backend::Rdma,

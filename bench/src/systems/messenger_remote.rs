@@ -196,7 +196,13 @@ pub fn stream_client(
 ) -> Result<Row> {
     let workers = b.workers(workers);
     let tallies = Arc::new(Tallies::default());
-    let client = messenger(b, "bench-client", false, workers, tallies.clone())?;
+    let client = messenger(
+        b,
+        &messenger_rows::client_name(),
+        false,
+        workers,
+        tallies.clone(),
+    )?;
     let conns: Vec<Connection> = (0..connections.max(1))
         .map(|_| client.open(addr, Policy::lossless_client()))
         .collect::<Result<_, _>>()?;

@@ -196,6 +196,19 @@ pub fn wait_for(counter: impl Fn() -> u64, target: u64, limit: Duration) -> Resu
     Ok(())
 }
 
+/// A name for a new client messenger, unique to this process and row. A lossless server
+/// keeps the session of a client that vanished without closing (killed, or a link that went
+/// away) and hands what it still held to the next incarnation of that name; rows of the
+/// two-host mode meet the same server again and again, so each row's client is a new peer.
+pub fn client_name() -> String {
+    static ROW: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "bench-client-{}-{}",
+        std::process::id(),
+        ROW.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// A started messenger on `b`'s stack; `server` says which end it is.
 pub fn messenger(
     b: &dyn Backend,
@@ -324,7 +337,7 @@ pub fn stream(
     let workers = b.workers(workers);
     let d = sink(false);
     let (srv, addr) = server(b, workers, d.clone())?;
-    let client = messenger(b, "bench-client", false, workers, sink(false))?;
+    let client = messenger(b, &client_name(), false, workers, sink(false))?;
     let conns: Vec<Connection> = (0..connections.max(1))
         .map(|_| client.open(addr, Policy::lossless_client()))
         .collect::<Result<_, _>>()?;
@@ -448,7 +461,7 @@ pub fn pingpong_to(
         }),
         finished: Condvar::new(),
     });
-    let client = messenger(b, "bench-client", false, 1, pinger.clone())?;
+    let client = messenger(b, &client_name(), false, 1, pinger.clone())?;
     let conn = client.connect(addr)?;
     send(&conn, Message::new(msg_type, pinger.payload.clone()))?;
     let limit = duration + Duration::from_secs(30);
