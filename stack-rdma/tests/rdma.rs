@@ -266,6 +266,19 @@ fn rdma_connect_and_small_messages_byte_for_byte() {
             "the kernel lists {n} QPs of this process while connected"
         );
     }
+    // The client's shutdown reaches the server as a close, so the server ends the session
+    // (after a reset a lossless server keeps it, waiting for the client to come back).
+    p.client.shutdown();
+    assert!(
+        wait_until(Duration::from_secs(5), || p
+            .server
+            .worker_loads()
+            .iter()
+            .sum::<usize>()
+            == 0),
+        "the server still holds the session of a client that shut down: loads {:?}",
+        p.server.worker_loads()
+    );
     assert_torn_down(p);
 }
 

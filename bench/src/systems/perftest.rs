@@ -129,8 +129,19 @@ pub fn parse_bw(text: &str, size: usize, row: &mut Row) -> Result<()> {
     let (Some(avg), Some(mpps)) = (f.get(2), f.get(3)) else {
         bail!("short ib_send_bw result line: {f:?}");
     };
+    if *avg <= 0.0 && *mpps <= 0.0 {
+        // A run that moved nothing (seen once in the VM, between two good runs) is a failed
+        // measurement, not a speed of zero.
+        bail!("ib_send_bw reported no traffic: {f:?}");
+    }
     row.gbit_per_sec = Some(*avg);
-    row.msgs_per_sec = Some(mpps * 1e6);
+    // The message rate is printed with six decimals of Mpps; derive it from the bandwidth
+    // if that rounded it to nothing.
+    row.msgs_per_sec = Some(if *mpps > 0.0 {
+        mpps * 1e6
+    } else {
+        avg * 1e9 / 8.0 / size.max(1) as f64
+    });
     row.note = Some("perftest SEND bandwidth, BW average".to_string());
     Ok(())
 }
@@ -210,5 +221,13 @@ mod tests {
         assert_eq!(row.p99_us, Some(90.0));
         assert_eq!(row.p999_us, Some(180.0));
         assert!(parse_lat("garbage", 64, &mut row).is_err());
+    }
+
+    #[test]
+    fn a_bandwidth_run_that_moved_nothing_is_an_error() {
+        let zero = " #bytes     #iterations    BW peak[Gb/sec]    BW average[Gb/sec]   MsgRate[Mpps]\n 64      0             0.00               0.00  \t\t   0.000000\n";
+        let mut row = Row::new(BW, "stream", 64, 1);
+        assert!(parse_bw(zero, 64, &mut row).is_err());
+        assert!(!row.is_measured());
     }
 }
