@@ -229,13 +229,11 @@ fn run_server(args: ServerArgs) -> Result<()> {
     let transport = match remote_system(&args.system)? {
         Remote::Transport(t) => t,
         Remote::Messenger(b) => {
-            let stop = AtomicBool::new(false);
             return messenger_remote::serve(
                 b,
                 args.addr,
                 args.workers.max(1),
                 Duration::from_secs(args.max_secs),
-                &stop,
             );
         }
     };
@@ -274,14 +272,13 @@ fn run_server(args: ServerArgs) -> Result<()> {
 
 fn run_client(args: ClientArgs) -> Result<()> {
     let remote = remote_system(&args.system)?;
-    let name = match remote {
+    let system = match remote {
         Remote::Transport(t) => t.name(),
         Remote::Messenger(b) => b.name(),
     };
     let duration = SuiteConfig::duration_for(false, args.common.duration)?;
     let machine = Machine::detect();
     let mut rows = Vec::new();
-    let system = name;
     for name in &args.workloads {
         let workload =
             Workload::from_name(name).with_context(|| format!("unknown workload `{name}`"))?;
@@ -349,7 +346,7 @@ fn run_client(args: ClientArgs) -> Result<()> {
     }
     let rows = rounds::median_of_rounds(rows);
     // The table's reference and targets are those of the system's backend.
-    let backend = match name {
+    let backend = match system {
         systems::dataplane_rdma::NAME => Backend::Rdma,
         systems::dataplane_dpdk::NAME => Backend::Dpdk,
         _ => Backend::Posix,

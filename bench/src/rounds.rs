@@ -47,11 +47,7 @@ fn median_row(workload: Workload, mut rows: Vec<Row>) -> Option<Row> {
     let total = rows.len();
     let metric = Metric::for_workload(workload);
     let values: Vec<f64> = rows.iter().filter_map(|r| metric.value(r)).collect();
-    let mut ranked: Vec<(f64, Row)> = rows
-        .iter()
-        .filter_map(|r| metric.value(r).map(|v| (v, r.clone())))
-        .collect();
-    if ranked.is_empty() {
+    if values.is_empty() {
         // No round measured anything: the first round's row says why.
         let mut first = rows.swap_remove(0);
         first.note = Some(format!(
@@ -60,6 +56,10 @@ fn median_row(workload: Workload, mut rows: Vec<Row>) -> Option<Row> {
         ));
         return Some(first);
     }
+    let mut ranked: Vec<(f64, Row)> = rows
+        .into_iter()
+        .filter_map(|r| metric.value(&r).map(|v| (v, r)))
+        .collect();
     // Best first: highest throughput, lowest latency.
     ranked.sort_by(|a, b| {
         let order = a.0.total_cmp(&b.0);

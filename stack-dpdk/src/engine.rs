@@ -737,29 +737,29 @@ impl Engine {
                 }
             }
         }
-        let owing = |e: &Engine| {
-            e.sockets
-                .iter()
-                .filter(|(_, s)| {
-                    #[allow(irrefutable_let_patterns)]
-                    let owes = if let smoltcp::socket::Socket::Tcp(t) = s {
-                        Self::owes_peer(t)
-                    } else {
-                        false
-                    };
-                    owes
-                })
-                .count()
-        };
         let end = std::time::Instant::now() + DRAIN_ON_DROP;
-        while owing(self) > 0 && std::time::Instant::now() < end {
-            let now = self.now();
-            self.dev.begin_round();
-            let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
-            self.dev.flush();
+        while self.owing() > 0 && std::time::Instant::now() < end {
+            self.last_round();
             std::thread::yield_now();
         }
-        owing(self)
+        self.owing()
+    }
+
+    /// How many connections still owe their peer something ([`Engine::owes_peer`]).
+    fn owing(&self) -> usize {
+        self.sockets
+            .iter()
+            .filter(|(_, s)| matches!(s, smoltcp::socket::Socket::Tcp(t) if Self::owes_peer(t)))
+            .count()
+    }
+
+    /// One round of the port without the readiness bookkeeping of [`Engine::poll`] (nobody
+    /// is left to tell): receive, run smoltcp, transmit.
+    fn last_round(&mut self) {
+        let now = self.now();
+        self.dev.begin_round();
+        let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
+        self.dev.flush();
     }
 }
 
@@ -786,10 +786,7 @@ impl Drop for Engine {
             }
         }
         if open > 0 && !self.dev.is_down() {
-            let now = self.now();
-            self.dev.begin_round();
-            let _ = self.iface.poll(now, &mut self.dev, &mut self.sockets);
-            self.dev.flush();
+            self.last_round();
             tracing::debug!(open, "engine dropped: open connections reset");
         }
     }

@@ -68,6 +68,18 @@ static PAIR: OnceLock<std::result::Result<Pair, String>> = OnceLock::new();
 /// Rows run one at a time; this also keeps two rows from sharing a port.
 static LOCK: Mutex<()> = Mutex::new(());
 
+/// Waits until every one of `stacks` has its link up, at most `limit`; whether they have.
+fn links_up(stacks: &[&DpdkStack], limit: Duration) -> bool {
+    let end = Instant::now() + limit;
+    while !stacks.iter().all(|s| s.link_up()) {
+        if Instant::now() > end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
 fn pair() -> Result<Pair> {
     let r = PAIR.get_or_init(|| {
         let sock =
@@ -112,12 +124,8 @@ fn pair() -> Result<Pair> {
         })
         .map_err(|e| e.to_string())?;
         // memif connects asynchronously (control channel on the EAL's interrupt thread).
-        let end = Instant::now() + Duration::from_secs(10);
-        while !(server.link_up() && client.link_up()) {
-            if Instant::now() > end {
-                return Err("the memif pair did not come up within 10 s".to_string());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if !links_up(&[&server, &client], Duration::from_secs(10)) {
+            return Err("the memif pair did not come up within 10 s".to_string());
         }
         Ok((Arc::new(server), Arc::new(client)))
     });
@@ -261,12 +269,8 @@ impl Backend for Remote {
         if !server {
             // A memif client's link comes up when it has reached the server; a NIC's when
             // autonegotiation is done.
-            let end = Instant::now() + Duration::from_secs(30);
-            while !stack.link_up() {
-                if Instant::now() > end {
-                    return Err(anyhow!("the DPDK port's link did not come up within 30 s"));
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if !links_up(&[&stack], Duration::from_secs(30)) {
+                return Err(anyhow!("the DPDK port's link did not come up within 30 s"));
             }
         }
         let stack: Arc<dyn NetworkStack> = stack;

@@ -14,7 +14,6 @@
 //! local rows.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,9 +48,8 @@ impl Dispatcher for Server {
     fn in_place(&self, msg_type: u16) -> bool {
         msg_type == DATA
     }
-    fn dispatch_in_place(&self, _conn: &Connection, m: MessageRef<'_>) {
-        self.counts.bytes.add(m.payload.len() as u64);
-        self.counts.msgs.add(1);
+    fn dispatch_in_place(&self, conn: &Connection, m: MessageRef<'_>) {
+        self.counts.dispatch_in_place(conn, m);
     }
     fn dispatch(&self, conn: &Connection, m: Message) {
         match m.msg_type {
@@ -67,10 +65,7 @@ impl Dispatcher for Server {
                     eprintln!("warning: cannot answer a tally request: {e}");
                 }
             }
-            DATA => {
-                self.counts.bytes.add(m.len() as u64);
-                self.counts.msgs.add(1);
-            }
+            DATA => self.counts.dispatch(conn, m),
             // Another client's protocol: not ours to answer.
             _ => {}
         }
@@ -97,24 +92,15 @@ pub fn start_server(
     Ok((m, bound))
 }
 
-/// Serves `b`'s rows on `addr` until `stop` is set or `max` has passed.
-pub fn serve(
-    b: &dyn Backend,
-    addr: SocketAddr,
-    workers: u32,
-    max: Duration,
-    stop: &AtomicBool,
-) -> Result<()> {
+/// Serves `b`'s rows on `addr` for `max` (or until the process is stopped).
+pub fn serve(b: &dyn Backend, addr: SocketAddr, workers: u32, max: Duration) -> Result<()> {
     let (m, bound) = start_server(b, addr, workers)?;
     eprintln!(
         "serving {} on {bound} for at most {} s",
         b.name(),
         max.as_secs()
     );
-    let end = Instant::now() + max;
-    while Instant::now() < end && !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    std::thread::sleep(max);
     m.shutdown();
     Ok(())
 }
