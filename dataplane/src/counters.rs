@@ -32,8 +32,12 @@ counters! {
     bytes_out,
     /// Received bytes (frames included) decoded where the stack received them, in buffers it
     /// lent ([`ConnectedSocket::read_lent`](crate::stack::ConnectedSocket::read_lent)), with
-    /// no copy (the bytes of a frame straddling into a lent buffer are copied, not counted).
+    /// no copy (the bytes of a small frame straddling into a lent buffer are copied, not
+    /// counted; a large message frame spanning lent buffers is gathered, see `msgs_gathered`).
     bytes_lent,
+    /// Large messages (at least 64 KiB) that arrived spread over several lent buffers and
+    /// were delivered as a list of slices of them, with no copy.
+    msgs_gathered,
     /// Connections closed because the peer sent malformed frames or broke the protocol.
     malformed,
     /// Secure mode: connections closed because a frame failed authentication or came

@@ -77,8 +77,10 @@ impl Message {
         self.payload.is_empty()
     }
 
-    /// The payload as one buffer when it is contiguous (always the case for received
-    /// messages), without copying.
+    /// The payload as one buffer when it is contiguous, without copying. Received messages
+    /// are, except a large one (at least 64 KiB) that arrived spread over several buffers
+    /// an RDMA stack lent: its payload is a list of those buffers' slices (iterate
+    /// [`Message::payload`] instead of copying it together).
     pub fn contiguous(&self) -> Option<&[u8]> {
         self.payload.contiguous()
     }
@@ -90,6 +92,18 @@ impl Message {
             msg_type,
             priority,
             payload: BufList::from(data),
+            crc: None,
+        }
+    }
+}
+
+impl Message {
+    /// Builds a received message whose payload arrived in several buffers (zero copy).
+    pub(crate) fn received_parts(msg_type: u16, priority: u8, payload: BufList) -> Message {
+        Message {
+            msg_type,
+            priority,
+            payload,
             crc: None,
         }
     }

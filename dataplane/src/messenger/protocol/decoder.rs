@@ -5,8 +5,12 @@
 //! chunk gets a buffer of its exact size (its length was checked against the limits first),
 //! and the rest of its bytes are read directly into that buffer, so a large payload lands where
 //! the dispatcher will see it.
+//!
+//! Buffers a stack lends (RDMA receive buffers and write chunks) are decoded in place. A large
+//! message frame that spans several of them is not copied into one buffer: its payload is
+//! gathered as a list of slices of the buffers it arrived in ([`Frame::data_parts`]).
 
-use crate::buf::{Buf, BufMut, BufPool};
+use crate::buf::{Buf, BufList, BufMut, BufPool};
 use crate::secure::{Opener, TAG_LEN};
 use crate::wire::{self, Limits, Tag, EPILOGUE_LEN, PREAMBLE_LEN};
 
@@ -14,6 +18,28 @@ use super::{Fault, Frame};
 
 /// Don't issue a read into less spare room than this; take a fresh chunk instead.
 const MIN_READ_ROOM: usize = 1024;
+
+/// Message frames at least this long that continue into a lent buffer are gathered from the
+/// buffers they arrived in instead of being copied into one (see [`FrameDecoder::adopt`]).
+/// Below it, copying the straddling part is cheaper than a list of pieces.
+pub const GATHER_MIN: usize = 64 * 1024;
+
+/// A message frame being gathered from the buffers its bytes arrived in.
+#[derive(Debug)]
+struct Gather {
+    /// The frame's bytes so far, in order; the first piece holds its preamble and front.
+    parts: Vec<Buf>,
+    /// Bytes in `parts`.
+    have: usize,
+    /// The frame's length on the wire.
+    total: usize,
+}
+
+impl Gather {
+    fn rest(&self) -> usize {
+        self.total - self.have
+    }
+}
 
 /// Turns a byte stream into validated [`Frame`]s.
 #[derive(Debug)]
@@ -24,8 +50,14 @@ pub struct FrameDecoder {
     /// Only set while `rx` ends exactly at a frame boundary (see `adopt`); anything that
     /// adds bytes first moves it into `rx` (`unqueue`), so bytes stay in order.
     next: Option<BufMut>,
-    /// Total length of the frame at the front of `rx`, once its preamble has been parsed.
+    /// Total length of the frame at the front of `rx`, once its preamble has been parsed
+    /// (while gathering: the bytes the gathered frame still needs).
     need: usize,
+    /// A large message frame being gathered from lent buffers (see `adopt`); decoded before
+    /// anything in `rx`.
+    gather: Option<Gather>,
+    /// Bytes of gathered frames taken in place from the buffers they arrived in.
+    gathered: u64,
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
     /// the receive path can make).
     copied: u64,
@@ -46,6 +78,8 @@ impl FrameDecoder {
             rx: None,
             next: None,
             need: 0,
+            gather: None,
+            gathered: 0,
             copied: 0,
             opener: None,
             trust_transport: false,
@@ -80,6 +114,12 @@ impl FrameDecoder {
         self.copied
     }
 
+    /// Bytes of large message frames gathered in place from the lent buffers they spanned
+    /// (counted when a frame is complete).
+    pub fn gathered_bytes(&self) -> u64 {
+        self.gathered
+    }
+
     /// Lets go of the receive buffer when no partial frame is pending, so an idle connection
     /// holds no buffer (the next read takes a fresh one from the pool).
     pub fn release_idle(&mut self) {
@@ -91,7 +131,9 @@ impl FrameDecoder {
 
     /// Bytes received but not yet decoded (a partial frame).
     pub fn pending(&self) -> usize {
-        self.rx.as_ref().map_or(0, |b| b.len()) + self.next.as_ref().map_or(0, |b| b.len())
+        self.rx.as_ref().map_or(0, |b| b.len())
+            + self.next.as_ref().map_or(0, |b| b.len())
+            + self.gather.as_ref().map_or(0, |g| g.have)
     }
 
     /// Takes `b`, a buffer a stack lent ([`ConnectedSocket::read_lent`]), as the receive
@@ -99,6 +141,11 @@ impl FrameDecoder {
     /// pending, the bytes of `b` that complete it are copied after it (into buffers from
     /// `pool`) and the rest of `b` is decoded in place once that frame is. Returns how many
     /// of `b`'s bytes stay where they are (all of them unless a frame straddled into it).
+    ///
+    /// A pending message frame of at least [`GATHER_MIN`] bytes is not copied: its bytes so
+    /// far and those of `b` (and of the lent buffers after it) are gathered as they are, and
+    /// the frame's payload is handed on as a list of those pieces ([`Frame::data_parts`]).
+    /// Bytes a copying read adds meanwhile (a piece too small to be lent) become one piece.
     ///
     /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
     pub fn adopt(&mut self, mut b: BufMut, pool: &BufPool) -> usize {
@@ -112,11 +159,23 @@ impl FrameDecoder {
         self.unqueue(pool);
         let mut moved = 0;
         // A frame straddles into `b`: copy only the bytes that complete it (as a read into
-        // our own buffer would), then queue the rest of `b` to be decoded in place.
-        while !b.is_empty() {
+        // our own buffer would), then queue the rest of `b` to be decoded in place. A large
+        // message frame is gathered instead, once its preamble and front are complete.
+        loop {
+            if self.gather.is_some() || self.start_gather() {
+                self.gather_lent(b);
+                return n - moved;
+            }
+            if b.is_empty() {
+                break;
+            }
             let have = self.rx.as_ref().map_or(0, |r| r.len());
             let need = match self.front_len() {
-                Ok(Some(len)) => len,
+                // Only the head of a frame to gather.
+                Ok(Some(len)) => match self.gatherable() {
+                    Some((head, _)) if have < head => head,
+                    _ => len,
+                },
                 Ok(None) => PREAMBLE_LEN,
                 // A bad preamble: `decode` reports it; keep the bytes in order meanwhile.
                 Err(_) => usize::MAX,
@@ -133,6 +192,132 @@ impl FrameDecoder {
             self.next = Some(b);
         }
         n - moved
+    }
+
+    /// Gathering: adds the bytes of the lent buffer `b` that belong to the frame as a piece;
+    /// the rest of `b` is decoded in place after it.
+    fn gather_lent(&mut self, mut b: BufMut) {
+        // What a copying read added to the gathered frame goes first.
+        self.feed_gather();
+        if let Some(g) = self.gather.as_mut().filter(|g| g.rest() > 0) {
+            let k = g.rest().min(b.len());
+            g.parts.push(b.split_to(k));
+            g.have += k;
+        }
+        if !b.is_empty() {
+            if self.rx.as_ref().is_some_and(|r| !r.is_empty()) {
+                // The frame completed inside `rx`: `b` comes after the rest of it.
+                self.next = Some(b);
+            } else {
+                self.rx = Some(b);
+            }
+        }
+        self.need = self.gather.as_ref().map_or(0, Gather::rest);
+    }
+
+    /// The frame at the front of `rx` is to be gathered rather than copied when it continues
+    /// into a lent buffer: a message frame of at least [`GATHER_MIN`] bytes on a connection
+    /// that is not sealed (opening a sealed frame needs it contiguous). Returns the length of
+    /// its head (preamble and front, kept contiguous in its first piece) and its total.
+    fn gatherable(&self) -> Option<(usize, usize)> {
+        if self.opener.is_some() {
+            return None;
+        }
+        let p = wire::parse_preamble(self.rx.as_ref()?.filled(), &self.limits).ok()??;
+        let total = p.frame_len();
+        let ok =
+            p.tag() == Ok(Tag::Message) && p.flags & wire::FLAG_SEALED == 0 && total >= GATHER_MIN;
+        ok.then_some((PREAMBLE_LEN + p.front_len.get() as usize, total))
+    }
+
+    /// Starts gathering the partial frame in `rx` when it is [`gatherable`](Self::gatherable)
+    /// and its head is complete.
+    fn start_gather(&mut self) -> bool {
+        let Some((head, total)) = self.gatherable() else {
+            return false;
+        };
+        let have = self.rx.as_ref().map_or(0, |r| r.len());
+        if have < head || have >= total {
+            return false;
+        }
+        // `rx` holds only this frame's bytes (it is pending, and shorter than the frame).
+        let Some(first) = self.rx.take().map(BufMut::freeze) else {
+            return false;
+        };
+        self.gather = Some(Gather {
+            have: first.len(),
+            parts: vec![first],
+            total,
+        });
+        true
+    }
+
+    /// Moves the bytes of `rx` that belong to the gathered frame into its pieces.
+    fn feed_gather(&mut self) {
+        let (Some(g), Some(rx)) = (self.gather.as_mut(), self.rx.as_mut()) else {
+            return;
+        };
+        let k = g.rest().min(rx.len());
+        if k > 0 {
+            g.parts.push(rx.split_to(k));
+            g.have += k;
+        }
+    }
+
+    /// The gathered frame, complete: its payload as a list of slices of its pieces, checked
+    /// against its epilogue unless the transport checks payloads.
+    fn gathered_frame(&mut self, g: Gather) -> Result<Frame, Fault> {
+        let first = g.parts.first().map(Buf::as_slice).unwrap_or(&[]);
+        let Some(p) = wire::parse_preamble(first, &self.limits)? else {
+            return Err(Fault::Protocol("gathered frame lost its preamble".into()));
+        };
+        let (flags, front_len, data_len) = (
+            p.flags,
+            p.front_len.get() as usize,
+            p.data_len.get() as usize,
+        );
+        let unchecked = flags & wire::FLAG_TRANSPORT_CHECKED != 0;
+        check_unchecked(self.trust_transport, p.tag()?, unchecked)?;
+        let front_end = PREAMBLE_LEN + front_len;
+        let data_end = front_end + data_len;
+        let mut data = BufList::new();
+        let mut epilogue = [0u8; EPILOGUE_LEN];
+        let mut at = 0;
+        for part in &g.parts {
+            let (start, end) = (at, at + part.len());
+            at = end;
+            let (lo, hi) = (start.max(front_end), end.min(data_end));
+            if lo < hi {
+                data.push(part.slice(lo - start..hi - start));
+            }
+            let (lo, hi) = (start.max(data_end), end.min(data_end + EPILOGUE_LEN));
+            if lo < hi {
+                epilogue[lo - data_end..hi - data_end]
+                    .copy_from_slice(&part[lo - start..hi - start]);
+            }
+        }
+        let front = match g.parts.first() {
+            Some(f) if front_len > 0 => f.slice(PREAMBLE_LEN..front_end),
+            _ => Buf::new(),
+        };
+        if !unchecked {
+            wire::verify_epilogue(
+                std::iter::once(front.as_slice()).chain(data.iter().map(|b| b.as_slice())),
+                &epilogue,
+            )?;
+        }
+        self.gathered += g.total as u64;
+        Ok(Frame {
+            tag: Tag::Message,
+            flags,
+            priority: p.priority,
+            msg_type: p.msg_type.get(),
+            seq: p.seq.get(),
+            ack: p.ack.get(),
+            front,
+            data: Buf::new(),
+            data_parts: Some(Box::new(data)),
+        })
     }
 
     /// Copies `src` after the bytes in `rx` (through buffers from `pool`).
@@ -209,6 +394,24 @@ impl FrameDecoder {
 
     /// `read_buf` without the queued buffer.
     fn room(&mut self, pool: &BufPool) -> &mut BufMut {
+        if self.gather.is_some() {
+            // Gathering: what a copying read brings becomes pieces of the frame, so it is
+            // read into pool buffers (one piece each once full) instead of a buffer of the
+            // whole rest, which the lent buffers that carry most of it would leave unused.
+            if self.rx.as_ref().is_some_and(|r| r.remaining() > 0) {
+                return self
+                    .rx
+                    .get_or_insert_with(|| BufMut::with_capacity(PREAMBLE_LEN));
+            }
+            self.feed_gather();
+            if self.rx.as_ref().is_none_or(|r| r.is_empty()) {
+                let fresh = pool.alloc().unwrap_or_else(|e| {
+                    tracing::debug!(error = %e, "receive pool exhausted, using a heap buffer");
+                    BufMut::for_frame(pool.buf_size().max(MIN_READ_ROOM))
+                });
+                return self.rx.insert(fresh);
+            }
+        }
         let have = self.rx.as_ref().map_or(0, |b| b.len());
         let want_total = self.need.max(PREAMBLE_LEN);
         let room = self.rx.as_ref().map_or(0, |b| b.remaining());
@@ -266,6 +469,33 @@ impl FrameDecoder {
         mut on_frame: impl FnMut(Frame) -> Result<Option<Opener>, Fault>,
     ) -> Result<(), Fault> {
         loop {
+            if let Some(rest) = self.gather.as_ref().map(Gather::rest) {
+                if rest > 0 {
+                    // Bytes a copying read brought become a piece once their buffer is full
+                    // or they complete the frame (see `room`), not one piece per read.
+                    let (len, room) = self
+                        .rx
+                        .as_ref()
+                        .map_or((0, 0), |r| (r.len(), r.remaining()));
+                    if len < rest && room > 0 {
+                        self.need = rest;
+                        return Ok(());
+                    }
+                    self.feed_gather();
+                    if self.gather.as_ref().is_some_and(|g| g.rest() > 0) {
+                        self.need = rest;
+                        return Ok(());
+                    }
+                }
+                self.need = 0;
+                if let Some(g) = self.gather.take() {
+                    let frame = self.gathered_frame(g)?;
+                    if let Some(opener) = on_frame(frame)? {
+                        self.opener = Some(opener);
+                    }
+                }
+                continue;
+            }
             if self.rx.as_ref().is_none_or(|r| r.is_empty()) && self.next.is_some() {
                 // The current buffer ended at a frame boundary: go on in the queued one.
                 self.rx = self.next.take();
@@ -315,14 +545,7 @@ impl FrameDecoder {
                 opener.open(aad, payload, mac)?;
             }
             let unchecked = flags & wire::FLAG_TRANSPORT_CHECKED != 0;
-            // `parse_preamble` refused the flag on any other kind of frame; whether this
-            // connection agreed to it is the decoder's question.
-            if unchecked && !self.trust_transport {
-                return Err(Fault::Protocol(format!(
-                    "{tag:?} frame without a payload crc, which this connection did not \
-                     agree to (feature transport-crc not offered here)"
-                )));
-            }
+            check_unchecked(self.trust_transport, tag, unchecked)?;
             let mut data = rx.split_to(frame_len);
             if !sealed && !unchecked && front_len + data_len > 0 {
                 let bytes = data.as_slice();
@@ -347,6 +570,7 @@ impl FrameDecoder {
                 ack,
                 front,
                 data,
+                data_parts: None,
             })? {
                 self.opener = Some(opener);
             }
@@ -355,4 +579,17 @@ impl FrameDecoder {
             }
         }
     }
+}
+
+/// Refuses a frame without a payload crc on a connection that did not agree to that.
+fn check_unchecked(trust_transport: bool, tag: Tag, unchecked: bool) -> Result<(), Fault> {
+    // `parse_preamble` refused the flag on any other kind of frame; whether this
+    // connection agreed to it is the decoder's question.
+    if unchecked && !trust_transport {
+        return Err(Fault::Protocol(format!(
+            "{tag:?} frame without a payload crc, which this connection did not \
+             agree to (feature transport-crc not offered here)"
+        )));
+    }
+    Ok(())
 }

@@ -39,6 +39,10 @@ pub struct Frame {
     pub front: Buf,
     /// Data segment (message payload).
     pub data: Buf,
+    /// A message's data segment when it arrived scattered over several buffers a stack lent
+    /// (see [`FrameDecoder::adopt`](super::FrameDecoder::adopt)): the pieces in order, with
+    /// `data` empty. `None` otherwise (boxed: every frame carries the field).
+    pub data_parts: Option<Box<BufList>>,
 }
 
 impl Frame {

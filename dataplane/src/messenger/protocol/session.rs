@@ -1235,15 +1235,19 @@ impl Session {
                     if self.ack_deadline.is_none() {
                         self.ack_deadline = Some(now + self.cfg.ack_delay);
                     }
-                    if self.ordered_events == 0 && in_place(f.msg_type) {
+                    if self.ordered_events == 0 && f.data_parts.is_none() && in_place(f.msg_type) {
                         deliver_in_place(MessageRef {
                             msg_type: f.msg_type,
                             priority: f.priority,
                             payload: f.data.as_slice(),
                         });
                     } else {
-                        // The payload moves into the message: no reference-count traffic.
-                        let m = Message::received(f.msg_type, f.priority, f.data);
+                        // The payload moves into the message: no reference-count traffic. A
+                        // payload gathered from several lent buffers stays in them (a list).
+                        let m = match f.data_parts {
+                            Some(parts) => Message::received_parts(f.msg_type, f.priority, *parts),
+                            None => Message::received(f.msg_type, f.priority, f.data),
+                        };
                         if self.ordered_events == 0 {
                             deliver(m);
                         } else {

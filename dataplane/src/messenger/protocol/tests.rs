@@ -74,7 +74,10 @@ fn payloads_of(frames: &[Frame]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for f in frames {
         match f.tag {
-            Tag::Message => out.push(f.data.to_vec()),
+            Tag::Message => out.push(match &f.data_parts {
+                Some(parts) => parts.to_vec(),
+                None => f.data.to_vec(),
+            }),
             Tag::MessageBatch => {
                 let d = f.data.as_slice();
                 for (_, r) in wire::batch_records(d) {
@@ -782,6 +785,167 @@ fn a_frame_straddling_two_lent_buffers_copies_only_itself() {
             "frame after the straddle copied"
         );
     }
+}
+
+/// A stream of one large message frame (a counting pattern, so order shows) between two
+/// small ones, and the large frame's offset and length in it.
+fn stream_with_large_frame(len: usize) -> (Pair, Vec<u8>, Vec<u8>, usize, usize) {
+    let (mut p, small) = encoded_stream(&[100]);
+    let big: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    p.c.queue(Message::new(2, Buf::from_vec(big.clone())), p.now);
+    let frame = drain(&mut p.c, p.now);
+    p.c.queue(Message::new(3, Buf::from_vec(vec![7; 100])), p.now);
+    let after = drain(&mut p.c, p.now);
+    let (at, flen) = (small.len(), frame.len());
+    let bytes = [small, frame, after].concat();
+    (p, bytes, big, at, flen)
+}
+
+/// Lends `bytes` to the decoder cut at `cuts`, decoding after each piece; returns the frames,
+/// the lent memory's address ranges, and how many lent buffers went back.
+fn adopt_cut(
+    p: &mut Pair,
+    bytes: &[u8],
+    cuts: &[usize],
+) -> (
+    Vec<Frame>,
+    Vec<(usize, usize)>,
+    Arc<std::sync::atomic::AtomicU64>,
+) {
+    let released = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mut frames, mut ranges, mut at) = (Vec::new(), Vec::new(), 0);
+    for &end in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        let b = lent_counted(&bytes[at..end], &released);
+        let start = b.filled().as_ptr() as usize;
+        ranges.push((start, start + b.len()));
+        p.sd.adopt(b, &p.pool);
+        p.sd.decode(|f| {
+            frames.push(f);
+            Ok(())
+        })
+        .unwrap();
+        at = end;
+    }
+    (frames, ranges, released)
+}
+
+/// A large message frame spread over several lent buffers (as RDMA write chunks bring it) is
+/// handed on as a list of slices of them: nothing but its head is copied, the payload and
+/// its crc check out, and the buffers go back once the message is dropped.
+#[test]
+fn a_large_frame_over_lent_buffers_is_gathered_without_a_copy() {
+    let (mut p, bytes, big, at, flen) = stream_with_large_frame(1 << 20);
+    // Cuts: inside the large frame's preamble, three times in its payload, and inside its
+    // epilogue (the last piece carries the epilogue's end and the small frame after it).
+    let cuts = [
+        at + 10,
+        at + 300_000,
+        at + 600_001,
+        at + 900_000,
+        at + flen - 2,
+    ];
+    let (frames, ranges, released) = adopt_cut(&mut p, &bytes, &cuts);
+    assert_eq!(frames.len(), 3);
+    let payloads = payloads_of(&frames);
+    assert_eq!(payloads[0], vec![0u8; 100]);
+    assert_eq!(payloads[1], big);
+    assert_eq!(payloads[2], vec![7u8; 100]);
+    let parts = frames[1].data_parts.as_ref().expect("gathered");
+    assert!(frames[1].data.is_empty());
+    // One piece per lent buffer with payload bytes: the head went to a buffer of its own
+    // (its preamble straddled), and the last buffer holds only the epilogue's end.
+    assert_eq!(parts.iter().count(), 4);
+    for part in parts.iter() {
+        let (s, e) = (part.as_ptr() as usize, part.as_ptr() as usize + part.len());
+        assert!(
+            ranges.iter().any(|&(lo, hi)| s >= lo && e <= hi),
+            "payload piece copied"
+        );
+    }
+    // Only the preamble's first piece (10 bytes) was moved, to complete the head.
+    assert!(
+        p.sd.copied_bytes() <= 64,
+        "copied {} bytes",
+        p.sd.copied_bytes()
+    );
+    assert_eq!(p.sd.gathered_bytes(), flen as u64);
+    assert_eq!(p.sd.pending(), 0);
+    p.sd.release_idle();
+    let ordering = std::sync::atomic::Ordering::Acquire;
+    drop(frames);
+    assert_eq!(
+        released.load(ordering),
+        ranges.len() as u64,
+        "lent buffers not given back"
+    );
+}
+
+/// Gathering with copying reads in between (pieces too small to be lent arrive by `read`):
+/// the bytes read become pieces too, in order, and the frame is the same.
+#[test]
+fn a_gathered_frame_takes_copied_reads_in_order() {
+    let (mut p, bytes, big, at, flen) = stream_with_large_frame(300_000);
+    let mut frames = Vec::new();
+    let take = |p: &mut Pair, frames: &mut Vec<Frame>| {
+        p.sd.decode(|f| {
+            frames.push(f);
+            Ok(())
+        })
+        .unwrap()
+    };
+    // Lent: the small frame and the big one's first 100 000 bytes.
+    p.sd.adopt(lent(&bytes[..at + 100_000]), &p.pool);
+    take(&mut p, &mut frames);
+    // Read (copied): the next 50 000 bytes, in small reads.
+    let mut off = at + 100_000;
+    while off < at + 150_000 {
+        let b = p.sd.read_buf(&p.pool);
+        let n = b.extend_from_slice(&bytes[off..(off + 7_000).min(at + 150_000)]);
+        off += n;
+        take(&mut p, &mut frames);
+    }
+    // Lent: up to 5 bytes before the frame's end; then read: the rest and the next frame.
+    p.sd.adopt(lent(&bytes[off..at + flen - 5]), &p.pool);
+    take(&mut p, &mut frames);
+    let mut off = at + flen - 5;
+    while off < bytes.len() {
+        let b = p.sd.read_buf(&p.pool);
+        let n = b.extend_from_slice(&bytes[off..]);
+        off += n;
+        take(&mut p, &mut frames);
+    }
+    let payloads = payloads_of(&frames);
+    assert_eq!(payloads.len(), 3);
+    assert_eq!(payloads[1], big);
+    assert_eq!(payloads[2], vec![7u8; 100]);
+    assert!(frames[1].data_parts.is_some());
+    assert_eq!(p.sd.pending(), 0);
+}
+
+/// A gathered frame is checked like any other: a flipped payload byte fails its crc.
+#[test]
+fn a_gathered_frame_with_a_bad_crc_is_refused() {
+    let (mut p, mut bytes, _, at, flen) = stream_with_large_frame(200_000);
+    bytes[at + flen / 2] ^= 1;
+    p.sd.adopt(lent(&bytes[..at + 70_000]), &p.pool);
+    p.sd.decode(|_| Ok(())).unwrap();
+    p.sd.adopt(lent(&bytes[at + 70_000..]), &p.pool);
+    let r = p.sd.decode(|_| Ok(()));
+    assert!(
+        matches!(r, Err(Fault::Wire(wire::WireError::PayloadCrc { .. }))),
+        "{r:?}"
+    );
+}
+
+/// Small frames straddling lent buffers are still copied (cheaper than a list of pieces), and
+/// large frames on a sealed connection are never gathered.
+#[test]
+fn frames_below_the_gather_minimum_are_copied_not_gathered() {
+    let (mut p, bytes, big, at, _) = stream_with_large_frame(super::decoder::GATHER_MIN / 2);
+    let (frames, _, _) = adopt_cut(&mut p, &bytes, &[at + 1000]);
+    assert_eq!(payloads_of(&frames)[1], big);
+    assert!(frames[1].data_parts.is_none());
+    assert_eq!(p.sd.gathered_bytes(), 0);
 }
 
 #[test]

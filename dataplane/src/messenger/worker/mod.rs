@@ -1180,6 +1180,9 @@ fn decode_and_deliver(
     let (msgs, bytes) = (Cell::new(0u64), Cell::new(0u64));
     let d = &*shared.dispatcher;
     let r = decoder.decode_keyed(|f| {
+        if f.data_parts.is_some() {
+            Counters::add(&shared.counters.msgs_gathered, 1);
+        }
         session.receive_with(
             f,
             now,
