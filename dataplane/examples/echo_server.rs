@@ -49,10 +49,10 @@ impl Dispatcher for Check {
     }
     fn dispatch(&self, _c: &Connection, m: Message) {
         let want = self.next.fetch_add(1, Ordering::AcqRel);
-        let ok = m
-            .contiguous()
-            .and_then(|b| b.get(..8))
-            .is_some_and(|b| b == want.to_le_bytes());
+        // The payload may be split (a large message gathered from lent buffers): read the
+        // header across its pieces.
+        let mut head = [0u8; 8];
+        let ok = m.payload.copy_prefix(&mut head) == 8 && head == want.to_le_bytes();
         if !ok {
             self.bad.fetch_add(1, Ordering::Relaxed);
         }

@@ -157,6 +157,22 @@ impl BufList {
         v
     }
 
+    /// Copies the first `out.len()` bytes (fewer if the list is shorter) into `out`, across
+    /// buffers, and returns how many: for reading a header from a payload that may be split
+    /// (a large received message gathered from several buffers) without copying the rest.
+    pub fn copy_prefix(&self, out: &mut [u8]) -> usize {
+        let mut n = 0;
+        for b in self.iter() {
+            if n == out.len() {
+                break;
+            }
+            let k = (out.len() - n).min(b.len());
+            out[n..n + k].copy_from_slice(&b[..k]);
+            n += k;
+        }
+        n
+    }
+
     /// The bytes as one slice if they are contiguous (0 or 1 buffers), else `None`.
     pub fn contiguous(&self) -> Option<&[u8]> {
         match self.bufs() {

@@ -472,6 +472,12 @@ fn buflist_basics() {
     assert_eq!((l.len(), l.buf_count()), (7, 2));
     assert_eq!(l.contiguous(), None);
     assert_eq!(l.to_vec(), b"abcdefg");
+    let mut head = [0u8; 5];
+    assert_eq!(l.copy_prefix(&mut head), 5);
+    assert_eq!(&head, b"abcde");
+    let mut all = [0u8; 9];
+    assert_eq!(l.copy_prefix(&mut all), 7);
+    assert_eq!(&all[..7], b"abcdefg");
     let mut other = BufList::from(b"hi".to_vec());
     other.push(Buf::from("jk"));
     l.append(other);
