@@ -937,8 +937,7 @@ fn a_gathered_frame_with_a_bad_crc_is_refused() {
     );
 }
 
-/// Small frames straddling lent buffers are still copied (cheaper than a list of pieces), and
-/// large frames on a sealed connection are never gathered.
+/// Small frames straddling lent buffers are still copied (cheaper than a list of pieces).
 #[test]
 fn frames_below_the_gather_minimum_are_copied_not_gathered() {
     let (mut p, bytes, big, at, _) = stream_with_large_frame(super::decoder::GATHER_MIN / 2);
@@ -1149,6 +1148,45 @@ fn sealed_frames_round_trip_through_the_decoder_in_any_chunking() {
         assert_eq!(frames[50].tag, Tag::Ack);
         assert_eq!(frames[50].ack(), Some(5));
     }
+}
+
+/// A large sealed frame across lent buffers is copied together, not gathered: it is opened
+/// in place, which needs it contiguous.
+#[test]
+fn large_sealed_frames_are_not_gathered() {
+    let (mut sealer, opener) = sealed_pair(1 << 32);
+    let body: Vec<u8> = (0..100_000).map(|j| (j * 7) as u8).collect();
+    let mut stage = Vec::new();
+    let head = FrameHead {
+        tag: Tag::Message as u8,
+        seq: 1,
+        ..FrameHead::default()
+    };
+    let msg = Message::new(3, Buf::from_vec(body.clone()));
+    TxFrame::encode(
+        &mut stage,
+        head,
+        &[],
+        frame::TxKind::Message { seq: 1 },
+        msg.payload.bufs(),
+        frame::Guard::Sealed(&mut sealer),
+    );
+    let mut dec = FrameDecoder::new(Limits::default());
+    dec.set_opener(opener);
+    let p = pool();
+    let mut frames = Vec::new();
+    for piece in [&stage[..30_000], &stage[30_000..70_000], &stage[70_000..]] {
+        dec.adopt(lent(piece), &p);
+        dec.decode(|f| {
+            frames.push(f);
+            Ok(())
+        })
+        .unwrap();
+    }
+    assert_eq!(frames.len(), 1);
+    assert!(frames[0].data_parts.is_none());
+    assert_eq!(frames[0].data.to_vec(), body);
+    assert_eq!(dec.gathered_bytes(), 0);
 }
 
 #[test]
