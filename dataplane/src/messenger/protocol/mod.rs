@@ -13,7 +13,7 @@ mod out_queue;
 mod records;
 mod session;
 
-pub use decoder::FrameDecoder;
+pub use decoder::{FrameDecoder, GATHER_MIN};
 pub use frame::{Frame, TxFrame};
 pub(crate) use frame::{Guard, TxKind, INLINE_MAX};
 pub use out_queue::{OutQueue, Outgoing, Queued};
