@@ -12,7 +12,9 @@
 //!   - `0x04`: re-seal the checksums of the stream (see `dataplane_fuzz::reseal`) so
 //!     mutations reach the checks behind the crcs;
 //!   - `0x08`: lossy session policy (lossless otherwise);
-//!   - `0x10`: small receive limits (4 KiB front, 64 KiB data) instead of the defaults;
+//!   - `0x10`: small receive limits (4 KiB front, 64 KiB data) instead of the defaults, and
+//!     every message frame that straddles into a lent piece is gathered (gather minimum 1
+//!     byte instead of 64 KiB);
 //!   - `0x20`: (variant 1) the client has a key and authenticates: its hello went out with
 //!     an `Auth` frame and it expects the server's `Auth` challenge;
 //!     (variants 2, 3) before the input, both sides exchanged messages and left some
@@ -101,7 +103,15 @@ fn run(data: &[u8]) {
     };
     while session.poll_event().is_some() {}
 
-    let mut dec = FrameDecoder::new(lim);
+    let small = mode & 0x10 != 0;
+    let new_decoder = || {
+        let mut d = FrameDecoder::new(lim);
+        if small {
+            d.set_gather_min(1);
+        }
+        d
+    };
+    let mut dec = new_decoder();
     let mut sizes = sizes
         .iter()
         .map(|&b| if b == 0 { 4096 } else { usize::from(b) })
@@ -126,7 +136,7 @@ fn run(data: &[u8]) {
             if session.on_fault(fault.is_permanent()) == SessionState::Closed {
                 break;
             }
-            dec = FrameDecoder::new(lim);
+            dec = new_decoder();
             if session.role() == Role::Client {
                 session.start_client(now);
             }

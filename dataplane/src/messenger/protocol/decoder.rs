@@ -56,6 +56,8 @@ pub struct FrameDecoder {
     /// A large message frame being gathered from lent buffers (see `adopt`); decoded before
     /// anything in `rx`.
     gather: Option<Gather>,
+    /// The smallest message frame that is gathered ([`GATHER_MIN`] unless set).
+    gather_min: usize,
     /// Bytes of gathered frames taken in place from the buffers they arrived in.
     gathered: u64,
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
@@ -79,6 +81,7 @@ impl FrameDecoder {
             next: None,
             need: 0,
             gather: None,
+            gather_min: GATHER_MIN,
             gathered: 0,
             copied: 0,
             opener: None,
@@ -112,6 +115,13 @@ impl FrameDecoder {
     /// Bytes copied so far to move partial frames across buffer boundaries.
     pub fn copied_bytes(&self) -> u64 {
         self.copied
+    }
+
+    /// Sets the smallest message frame that is gathered from lent buffers rather than copied
+    /// together (default [`GATHER_MIN`]). Tuning and fuzzing: a small value sends every
+    /// straddling message frame down the gathering path.
+    pub fn set_gather_min(&mut self, bytes: usize) {
+        self.gather_min = bytes;
     }
 
     /// Bytes of large message frames gathered in place from the lent buffers they spanned
@@ -216,7 +226,7 @@ impl FrameDecoder {
     }
 
     /// The frame at the front of `rx` is to be gathered rather than copied when it continues
-    /// into a lent buffer: a message frame of at least [`GATHER_MIN`] bytes on a connection
+    /// into a lent buffer: a message frame of at least `gather_min` bytes on a connection
     /// that is not sealed (opening a sealed frame needs it contiguous). Returns the length of
     /// its head (preamble and front, kept contiguous in its first piece) and its total.
     fn gatherable(&self) -> Option<(usize, usize)> {
@@ -225,8 +235,9 @@ impl FrameDecoder {
         }
         let p = wire::parse_preamble(self.rx.as_ref()?.filled(), &self.limits).ok()??;
         let total = p.frame_len();
-        let ok =
-            p.tag() == Ok(Tag::Message) && p.flags & wire::FLAG_SEALED == 0 && total >= GATHER_MIN;
+        let ok = p.tag() == Ok(Tag::Message)
+            && p.flags & wire::FLAG_SEALED == 0
+            && total >= self.gather_min;
         ok.then_some((PREAMBLE_LEN + p.front_len.get() as usize, total))
     }
 
