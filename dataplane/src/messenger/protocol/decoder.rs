@@ -58,6 +58,9 @@ pub struct FrameDecoder {
     gather: Option<Gather>,
     /// The smallest message frame that is gathered ([`GATHER_MIN`] unless set).
     gather_min: usize,
+    /// The stack has lent buffers (`adopt`): a large frame then starts gathering as soon as
+    /// it outgrows its buffer, since most of it will arrive lent.
+    lends: bool,
     /// Bytes of gathered frames taken in place from the buffers they arrived in.
     gathered: u64,
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
@@ -82,6 +85,7 @@ impl FrameDecoder {
             need: 0,
             gather: None,
             gather_min: GATHER_MIN,
+            lends: false,
             gathered: 0,
             copied: 0,
             opener: None,
@@ -160,6 +164,7 @@ impl FrameDecoder {
     /// [`ConnectedSocket::read_lent`]: crate::stack::ConnectedSocket::read_lent
     pub fn adopt(&mut self, mut b: BufMut, pool: &BufPool) -> usize {
         let n = b.len();
+        self.lends = true;
         if self.pending() == 0 {
             self.rx = Some(b);
             self.need = 0;
@@ -405,6 +410,16 @@ impl FrameDecoder {
 
     /// `read_buf` without the queued buffer.
     fn room(&mut self, pool: &BufPool) -> &mut BufMut {
+        let outgrown = |d: &Self| {
+            d.rx.as_ref()
+                .is_some_and(|r| !r.is_empty() && r.len() + r.remaining() < d.need)
+        };
+        if self.gather.is_none() && self.lends && outgrown(self) {
+            // A large frame outgrew its buffer on a stack that lends: gather it from here
+            // (most of it will come in lent buffers) rather than take a buffer of its whole
+            // size that those would leave unused.
+            self.start_gather();
+        }
         if self.gather.is_some() {
             // Gathering: what a copying read brings becomes pieces of the frame, so it is
             // read into pool buffers (one piece each once full) instead of a buffer of the

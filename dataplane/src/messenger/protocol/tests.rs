@@ -922,6 +922,43 @@ fn a_gathered_frame_takes_copied_reads_in_order() {
     assert_eq!(p.sd.pending(), 0);
 }
 
+/// On a stack that lends, a large frame that outgrows the buffer a copying read put its head
+/// in is gathered from there on: no buffer of the frame's whole size is taken (the lent
+/// buffers that bring most of it would leave it unused).
+#[test]
+fn on_a_lending_stack_a_large_frame_never_takes_a_buffer_of_its_size() {
+    let (mut p, bytes, big, at, flen) = stream_with_large_frame(1 << 20);
+    let mut frames = Vec::new();
+    // Lent: the small frame. Read (copied): the large frame's first 1000 bytes.
+    p.sd.adopt(lent(&bytes[..at]), &p.pool);
+    let b = p.sd.read_buf(&p.pool);
+    let n = b.extend_from_slice(&bytes[at..at + 1000]);
+    assert_eq!(n, 1000);
+    p.sd.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+    // The next read is offered a pool buffer, not one of the frame's size.
+    let offered = p.sd.read_buf(&p.pool).remaining();
+    assert!(
+        offered <= p.pool.buf_size(),
+        "offered {offered} bytes for a frame of {flen}"
+    );
+    // Lent: the rest.
+    p.sd.adopt(lent(&bytes[at + 1000..]), &p.pool);
+    p.sd.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+    let payloads = payloads_of(&frames);
+    assert_eq!(payloads.len(), 3);
+    assert_eq!(payloads[1], big);
+    assert!(frames[1].data_parts.is_some());
+    assert_eq!(p.sd.pending(), 0);
+}
+
 /// A gathered frame is checked like any other: a flipped payload byte fails its crc.
 #[test]
 fn a_gathered_frame_with_a_bad_crc_is_refused() {
