@@ -44,7 +44,10 @@ pub trait Dispatcher: Send + Sync + 'static {
     /// For consumers that parse or apply a message at once, as eRPC's request handlers do.
     /// The same rules as fast dispatch apply: never block. The answer must depend on
     /// `msg_type` only (it is remembered for runs of one type). Asked only when
-    /// [`Dispatcher::dispatches_in_place`] is true. Default false.
+    /// [`Dispatcher::dispatches_in_place`] is true. Default false. Even for such a type, a
+    /// message that must wait behind an earlier event, or a large one whose payload arrived
+    /// spread over several buffers a stack lent (not contiguous), comes as an owned
+    /// [`Message`] through [`Dispatcher::fast_dispatch`] or [`Dispatcher::dispatch`].
     fn in_place(&self, _msg_type: u16) -> bool {
         false
     }
