@@ -61,7 +61,7 @@ pub struct FrameDecoder {
     /// The stack has lent buffers (`adopt`): a large frame then starts gathering as soon as
     /// it outgrows its buffer, since most of it will arrive lent.
     lends: bool,
-    /// Bytes of gathered frames taken in place from the buffers they arrived in.
+    /// Bytes of the frames delivered gathered.
     gathered: u64,
     /// Bytes copied to move a partial frame into a fresh buffer (observability of the one copy
     /// the receive path can make).
@@ -128,8 +128,8 @@ impl FrameDecoder {
         self.gather_min = bytes;
     }
 
-    /// Bytes of large message frames gathered in place from the lent buffers they spanned
-    /// (counted when a frame is complete).
+    /// Bytes of the message frames delivered gathered, as lists of the buffers they arrived
+    /// in (counted when a frame is complete).
     pub fn gathered_bytes(&self) -> u64 {
         self.gathered
     }
@@ -156,7 +156,8 @@ impl FrameDecoder {
     /// `pool`) and the rest of `b` is decoded in place once that frame is. Returns how many
     /// of `b`'s bytes stay where they are (all of them unless a frame straddled into it).
     ///
-    /// A pending message frame of at least [`GATHER_MIN`] bytes is not copied: its bytes so
+    /// A pending message frame of at least the gather minimum ([`GATHER_MIN`] unless
+    /// [set](FrameDecoder::set_gather_min)) is not copied: its bytes so
     /// far and those of `b` (and of the lent buffers after it) are gathered as they are, and
     /// the frame's payload is handed on as a list of those pieces ([`Frame::data_parts`]).
     /// Bytes a copying read adds meanwhile (a piece too small to be lent) become one piece.
