@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the RDMA stack on real verbs: boots Debian's kernel under QEMU (TCG) with this host's
 # root filesystem (virtme-ng), creates Soft-RoCE `rxe0` on a veth inside the guest, and runs
-#   1. ibv_devices and the RDMA integration tests (each name and result printed),
+#   1. ibv_devices, the RDMA integration tests (each name and result printed) and the
+#      `large_messages` example of stack-rdma,
 #   2. `rdma resource` to check that no QP / MR / CQ / PD / SRQ outlives the tests,
 #   3. perftest ib_send_bw (64 KiB) and ib_send_lat (64 B) on rxe0, and
 #      `dataplane-bench --backend rdma` with the same sizes (unless --no-bench), then the same
@@ -81,6 +82,8 @@ for line in sys.stdin:
 ')
 [ -n "$TESTS" ] || { echo "no RDMA test binary built" >&2; exit 1; }
 echo "$TESTS"
+cargo build --release -p dataplane-stack-rdma --example large_messages
+EXAMPLE_BIN="$ROOT/target/release/examples/large_messages"
 BENCH_BIN=""
 if [ "$BENCH" = 1 ]; then
     cargo build --release -p dataplane-bench
@@ -123,6 +126,17 @@ for bin in $(echo $TESTS); do
         printf 'TEST %-60s %s (%d s)\n' "\$t" "\$r" "\$((SECONDS - start))"
     done
 done
+if echo example_large_messages | grep -qE '$TESTS_FILTER'; then
+    start=\$SECONDS
+    if timeout 300 $EXAMPLE_BIN --count 8 --size 2097152 > \$OUT/example-large_messages.log 2>&1; then
+        r=PASS
+    else
+        r=FAIL
+        fail=1
+    fi
+    cat \$OUT/example-large_messages.log
+    printf 'TEST %-60s %s (%d s)\n' "example_large_messages" "\$r" "\$((SECONDS - start))"
+fi
 echo "--- rdma resource (after the tests: only kernel-owned entries may remain)"
 rdma resource show
 # User-space objects carry a pid; kernel-owned ones (GSI QP, ib_core CQ) do not.
