@@ -90,6 +90,15 @@ fn payloads_of(frames: &[Frame]) -> Vec<Vec<u8>> {
     out
 }
 
+/// Decodes what `dec` holds, appending the frames to `frames`.
+fn decode_into(dec: &mut FrameDecoder, frames: &mut Vec<Frame>) {
+    dec.decode(|f| {
+        frames.push(f);
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// Feeds bytes to a decoder in chunks of `chunk`, collecting frames.
 fn feed(
     dec: &mut FrameDecoder,
@@ -712,11 +721,7 @@ fn whole_frames_in_a_lent_buffer_are_cut_from_it_and_it_returns_after_them() {
     );
     assert_eq!(p.sd.adopt(b, &p.pool), bytes.len());
     let mut frames = Vec::new();
-    p.sd.decode(|f| {
-        frames.push(f);
-        Ok(())
-    })
-    .unwrap();
+    decode_into(&mut p.sd, &mut frames);
     assert_eq!(payloads_of(&frames).len(), 3);
     // No copy: every payload lies in the lent memory.
     for f in &frames {
@@ -752,19 +757,11 @@ fn a_frame_straddling_two_lent_buffers_copies_only_itself() {
     );
     let mut frames = Vec::new();
     p.sd.adopt(a, &p.pool);
-    p.sd.decode(|f| {
-        frames.push(f);
-        Ok(())
-    })
-    .unwrap();
+    decode_into(&mut p.sd, &mut frames);
     assert_eq!(frames.len(), 1);
     // The straddling frame's rest (2 * frame - cut bytes) is copied; the rest of `b` stays.
     assert_eq!(p.sd.adopt(b, &p.pool), bytes.len() - 2 * frame);
-    p.sd.decode(|f| {
-        frames.push(f);
-        Ok(())
-    })
-    .unwrap();
+    decode_into(&mut p.sd, &mut frames);
     let payloads = payloads_of(&frames);
     assert_eq!(payloads.len(), 4);
     for (i, d) in payloads.iter().enumerate() {
@@ -819,11 +816,7 @@ fn adopt_cut(
         let start = b.filled().as_ptr() as usize;
         ranges.push((start, start + b.len()));
         p.sd.adopt(b, &p.pool);
-        p.sd.decode(|f| {
-            frames.push(f);
-            Ok(())
-        })
-        .unwrap();
+        decode_into(&mut p.sd, &mut frames);
         at = end;
     }
     (frames, ranges, released)
@@ -886,33 +879,26 @@ fn a_large_frame_over_lent_buffers_is_gathered_without_a_copy() {
 fn a_gathered_frame_takes_copied_reads_in_order() {
     let (mut p, bytes, big, at, flen) = stream_with_large_frame(300_000);
     let mut frames = Vec::new();
-    let take = |p: &mut Pair, frames: &mut Vec<Frame>| {
-        p.sd.decode(|f| {
-            frames.push(f);
-            Ok(())
-        })
-        .unwrap()
-    };
     // Lent: the small frame and the big one's first 100 000 bytes.
     p.sd.adopt(lent(&bytes[..at + 100_000]), &p.pool);
-    take(&mut p, &mut frames);
+    decode_into(&mut p.sd, &mut frames);
     // Read (copied): the next 50 000 bytes, in small reads.
     let mut off = at + 100_000;
     while off < at + 150_000 {
         let b = p.sd.read_buf(&p.pool);
         let n = b.extend_from_slice(&bytes[off..(off + 7_000).min(at + 150_000)]);
         off += n;
-        take(&mut p, &mut frames);
+        decode_into(&mut p.sd, &mut frames);
     }
     // Lent: up to 5 bytes before the frame's end; then read: the rest and the next frame.
     p.sd.adopt(lent(&bytes[off..at + flen - 5]), &p.pool);
-    take(&mut p, &mut frames);
+    decode_into(&mut p.sd, &mut frames);
     let mut off = at + flen - 5;
     while off < bytes.len() {
         let b = p.sd.read_buf(&p.pool);
         let n = b.extend_from_slice(&bytes[off..]);
         off += n;
-        take(&mut p, &mut frames);
+        decode_into(&mut p.sd, &mut frames);
     }
     let payloads = payloads_of(&frames);
     assert_eq!(payloads.len(), 3);
@@ -934,11 +920,7 @@ fn on_a_lending_stack_a_large_frame_never_takes_a_buffer_of_its_size() {
     let b = p.sd.read_buf(&p.pool);
     let n = b.extend_from_slice(&bytes[at..at + 1000]);
     assert_eq!(n, 1000);
-    p.sd.decode(|f| {
-        frames.push(f);
-        Ok(())
-    })
-    .unwrap();
+    decode_into(&mut p.sd, &mut frames);
     // The next read is offered a pool buffer, not one of the frame's size.
     let offered = p.sd.read_buf(&p.pool).remaining();
     assert!(
@@ -947,11 +929,7 @@ fn on_a_lending_stack_a_large_frame_never_takes_a_buffer_of_its_size() {
     );
     // Lent: the rest.
     p.sd.adopt(lent(&bytes[at + 1000..]), &p.pool);
-    p.sd.decode(|f| {
-        frames.push(f);
-        Ok(())
-    })
-    .unwrap();
+    decode_into(&mut p.sd, &mut frames);
     let payloads = payloads_of(&frames);
     assert_eq!(payloads.len(), 3);
     assert_eq!(payloads[1], big);
@@ -1187,6 +1165,24 @@ fn sealed_frames_round_trip_through_the_decoder_in_any_chunking() {
     }
 }
 
+/// Encodes a message frame of `body` as sequence `seq` into `stage`, protected by `guard`.
+fn encode_message(stage: &mut Vec<u8>, seq: u64, body: &[u8], guard: frame::Guard<'_>) {
+    let head = FrameHead {
+        tag: Tag::Message as u8,
+        seq,
+        ..FrameHead::default()
+    };
+    let msg = Message::new(3, Buf::from_vec(body.to_vec()));
+    TxFrame::encode(
+        stage,
+        head,
+        &[],
+        frame::TxKind::Message { seq },
+        msg.payload.bufs(),
+        guard,
+    );
+}
+
 /// A large sealed frame across lent buffers is copied together, not gathered: it is opened
 /// in place, which needs it contiguous.
 #[test]
@@ -1194,31 +1190,14 @@ fn large_sealed_frames_are_not_gathered() {
     let (mut sealer, opener) = sealed_pair(1 << 32);
     let body: Vec<u8> = (0..100_000).map(|j| (j * 7) as u8).collect();
     let mut stage = Vec::new();
-    let head = FrameHead {
-        tag: Tag::Message as u8,
-        seq: 1,
-        ..FrameHead::default()
-    };
-    let msg = Message::new(3, Buf::from_vec(body.clone()));
-    TxFrame::encode(
-        &mut stage,
-        head,
-        &[],
-        frame::TxKind::Message { seq: 1 },
-        msg.payload.bufs(),
-        frame::Guard::Sealed(&mut sealer),
-    );
+    encode_message(&mut stage, 1, &body, frame::Guard::Sealed(&mut sealer));
     let mut dec = FrameDecoder::new(Limits::default());
     dec.set_opener(opener);
     let p = pool();
     let mut frames = Vec::new();
     for piece in [&stage[..30_000], &stage[30_000..70_000], &stage[70_000..]] {
         dec.adopt(lent(piece), &p);
-        dec.decode(|f| {
-            frames.push(f);
-            Ok(())
-        })
-        .unwrap();
+        decode_into(&mut dec, &mut frames);
     }
     assert_eq!(frames.len(), 1);
     assert!(frames[0].data_parts.is_none());
@@ -1303,20 +1282,7 @@ fn sealed_and_plain_frames_do_not_mix() {
     assert!(matches!(err, Fault::Insecure(_)), "{err}");
     // A plaintext message on a secure connection (a forger who cannot seal).
     let mut stage = Vec::new();
-    let head = FrameHead {
-        tag: Tag::Message as u8,
-        seq: 1,
-        ..FrameHead::default()
-    };
-    let msg = Message::new(3, Buf::from_vec(b"forged".to_vec()));
-    TxFrame::encode(
-        &mut stage,
-        head,
-        &[],
-        frame::TxKind::Message { seq: 1 },
-        msg.payload.bufs(),
-        frame::Guard::Crc,
-    );
+    encode_message(&mut stage, 1, b"forged", frame::Guard::Crc);
     let mut dec = FrameDecoder::new(Limits::default());
     dec.set_opener(opener);
     let err = feed(&mut dec, &pool(), &stage, 4096).unwrap_err();
@@ -2164,11 +2130,7 @@ proptest! {
                 let b = p.sd.read_buf(&p.pool);
                 at += b.extend_from_slice(&bytes[at..end]);
             }
-            p.sd.decode(|f| {
-                frames.push(f);
-                Ok(())
-            })
-            .unwrap();
+            decode_into(&mut p.sd, &mut frames);
         }
         let got = payloads_of(&frames);
         let want: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| vec![i as u8; *n]).collect();
