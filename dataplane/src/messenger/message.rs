@@ -85,25 +85,14 @@ impl Message {
         self.payload.contiguous()
     }
 
-    /// Builds a received message from the frame's data segment (zero copy).
+    /// Builds a received message from the frame's data segment, one buffer or the pieces it
+    /// was gathered from (zero copy).
     #[inline]
-    pub(crate) fn received(msg_type: u16, priority: u8, data: Buf) -> Message {
+    pub(crate) fn received(msg_type: u16, priority: u8, data: impl Into<BufList>) -> Message {
         Message {
             msg_type,
             priority,
-            payload: BufList::from(data),
-            crc: None,
-        }
-    }
-}
-
-impl Message {
-    /// Builds a received message whose payload arrived in several buffers (zero copy).
-    pub(crate) fn received_parts(msg_type: u16, priority: u8, payload: BufList) -> Message {
-        Message {
-            msg_type,
-            priority,
-            payload,
+            payload: data.into(),
             crc: None,
         }
     }

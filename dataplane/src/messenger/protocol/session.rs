@@ -1245,7 +1245,7 @@ impl Session {
                         // The payload moves into the message: no reference-count traffic. A
                         // payload gathered from several lent buffers stays in them (a list).
                         let m = match f.data_parts {
-                            Some(parts) => Message::received_parts(f.msg_type, f.priority, *parts),
+                            Some(parts) => Message::received(f.msg_type, f.priority, *parts),
                             None => Message::received(f.msg_type, f.priority, f.data),
                         };
                         if self.ordered_events == 0 {
