@@ -667,9 +667,9 @@ impl Trio {
 }
 
 /// A misbehaving client (`misbehave`) and a good one talk to the same server: the bad
-/// connection is torn down with `want` in the reason (on the side that detects it), the good
-/// one delivers everything, and nothing leaks.
-fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, shared_rq: bool) {
+/// connection is torn down with one of `want` in the reason (on the side that detects it),
+/// the good one delivers everything, and nothing leaks.
+fn bad_peer_case(misbehave: Misbehave, want: &[&str], detector_is_server: bool, shared_rq: bool) {
     // A narrow receive window of small buffers and a deep send ring of small slots on the
     // bad side: an overrun cannot hide behind the receiver re-posting fast enough.
     let Some(srv_stack) = stack_with(RdmaConfig {
@@ -708,7 +708,10 @@ fn bad_peer_case(misbehave: Misbehave, want: &str, detector_is_server: bool, sha
     }
     let why = t.failure(usize::from(!detector_is_server), "the bad peer");
     eprintln!("bad peer ({misbehave:?}): torn down with \"{why}\"");
-    assert!(why.contains(want), "unexpected reason: {why}");
+    assert!(
+        want.iter().any(|w| why.contains(w)),
+        "unexpected reason: {why}"
+    );
     let good_done = || srv_d.next_seq(0) == Some(N);
     assert!(wait_until(T, good_done), "the good connection stalled");
     srv_d.assert_clean();
@@ -720,14 +723,24 @@ fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue() {
     // Shared receive queue: the overrunning peer's SENDs land in SRQ buffers that back the
     // other connection's credits; the receiver counts every SEND against the credits it
     // granted that peer and tears it down; the good peer's SENDs wait (RNR retry) meanwhile.
-    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", true, true);
+    bad_peer_case(Misbehave::OverrunCredits, &["credits exceeded"], true, true);
 }
 
 #[test]
 fn rdma_peer_exceeding_credits_is_torn_down_and_others_continue_per_qp_receive_queue() {
     // The receiver has no buffer posted: RNR, and with rnr_retry 0 the overrunning sender's
-    // connection fails at once instead of retrying forever.
-    bad_peer_case(Misbehave::OverrunCredits, "credits exceeded", false, false);
+    // connection fails at once instead of retrying forever. When the receiver had re-posted
+    // a buffer just in time, the overrunning SEND lands instead: the receiver tears the
+    // connection down for it, and the sender, whose credit count never went below zero for
+    // the SENDs it had no credit for, sees those credits come back above its window
+    // ("more than it posted"). The sender's stack keeps reconnecting and overrunning, so its
+    // latest failure is either (seen once in a CI run).
+    bad_peer_case(
+        Misbehave::OverrunCredits,
+        &["credits exceeded", "more than it posted"],
+        false,
+        false,
+    );
 }
 
 #[test]
@@ -738,7 +751,7 @@ fn rdma_write_outside_the_advertised_buffer_is_torn_down_and_others_continue() {
     // down; the good peer (which also writes: 16 KiB messages in bulk) is unaffected.
     bad_peer_case(
         Misbehave::WriteOutsideWindow,
-        "RDMA write outside the advertised buffer",
+        &["RDMA write outside the advertised buffer"],
         true,
         true,
     );
@@ -750,7 +763,7 @@ fn rdma_write_chunks_granted_out_of_order_are_torn_down_and_others_continue() {
     // receives too: acks); the server checks every grant and fails that connection alone.
     bad_peer_case(
         Misbehave::GrantOutOfOrder,
-        "peer granted write chunk 1, expected chunk 0",
+        &["peer granted write chunk 1, expected chunk 0"],
         true,
         true,
     );
@@ -795,7 +808,12 @@ fn rdma_large_messages_use_rdma_write_byte_for_byte() {
 
 #[test]
 fn rdma_bad_immediate_is_torn_down_and_others_continue() {
-    bad_peer_case(Misbehave::BadImmediate, "bad immediate value", true, true);
+    bad_peer_case(
+        Misbehave::BadImmediate,
+        &["bad immediate value"],
+        true,
+        true,
+    );
 }
 
 /// Client side of a ping-pong the workers run alone: each echo sends the next ping (stream 2)
