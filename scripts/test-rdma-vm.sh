@@ -4,7 +4,9 @@
 #   1. ibv_devices, the RDMA integration tests (each name and result printed) and the
 #      `large_messages` example of stack-rdma,
 #   2. `rdma resource` to check that no QP / MR / CQ / PD / SRQ outlives the tests,
-#   3. perftest ib_send_bw (64 KiB) and ib_send_lat (64 B) on rxe0, and
+#   3. perftest ib_send_bw (64 KiB) and ib_send_lat (64 B) on rxe0, ib_send_lat_framed (the
+#      same tool moving the 108-byte frame of a 64 B message on a shared receive queue, as
+#      we do: what the transport alone charges for our frame), and
 #      `dataplane-bench --backend rdma` with the same sizes (unless --no-bench), then the same
 #      rows with the two ends in two processes, as perftest runs them (`dataplane-bench
 #      server` / `client --system dataplane-rdma`: the two-host mode, on one host).
@@ -13,7 +15,7 @@
 #   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat)
 #   --no-bench         tests only
 #   --no-install       do not apt-get / pip install (everything already present)
-# Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), BENCH_ROUNDS (default 3:
+# Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), BENCH_ROUNDS (default 5:
 # each row measured that many times, interleaved with perftest, median reported; one boot's
 # speed drifts by half between its start and its end), VM_TIMEOUT (default 1500),
 # BENCH_WORKLOADS (default stream,pingpong), TESTS_FILTER (extended regex on test names, default
@@ -42,7 +44,7 @@ while [ $# -gt 0 ]; do
 done
 VM_TIMEOUT=${VM_TIMEOUT:-1500}
 BENCH_SECS=${BENCH_SECS:-3}
-BENCH_ROUNDS=${BENCH_ROUNDS:-3}
+BENCH_ROUNDS=${BENCH_ROUNDS:-5}
 BENCH_SIZES=${BENCH_SIZES:-64,64K}
 BENCH_VARIANTS=${BENCH_VARIANTS:-}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-stream,pingpong}
@@ -151,9 +153,10 @@ echo \$fail > \$OUT/tests-status
 EOF
 if [ "$BENCH" = 1 ]; then
     cat >> "$GUEST" <<EOF
-echo "--- perftest (ib_send_bw, ib_send_lat) and dataplane-rdma on rxe0, same boot"
+echo "--- perftest (ib_send_bw, ib_send_lat, ib_send_lat_framed) and dataplane-rdma on rxe0, same boot"
 export DATAPLANE_RDMA_DEVICE=rxe0 DATAPLANE_RDMA_GID_INDEX=1 RUST_LOG=warn
-timeout 900 $BENCH_BIN --backend rdma --systems dataplane-rdma,ib_send_bw,ib_send_lat \
+timeout 900 $BENCH_BIN --backend rdma \
+    --systems dataplane-rdma,ib_send_bw,ib_send_lat,ib_send_lat_framed \
     --workloads $BENCH_WORKLOADS --sizes $BENCH_SIZES --workers 1 --duration $BENCH_SECS \
     --rounds $BENCH_ROUNDS --json \$OUT/bench.json 2>&1 | tee \$OUT/bench.log
 [ -s \$OUT/bench.json ] || { echo "FAIL: no benchmark JSON"; echo 1 > \$OUT/bench-status; }
@@ -224,6 +227,14 @@ for system, workload, size, field in need:
 if bad:
     print("FAIL: benchmark rows without numbers")
     sys.exit(1)
+# Where the 64 B round trip goes: what perftest pays for our frame (its size, the shared
+# receive queue) against what the messenger adds on top of that.
+p50 = {x["system"]: x.get("p50_us") for x in rows if (x["workload"], x["size_bytes"]) == ("pingpong", 64)}
+ours, lat, framed = (p50.get(k) for k in ("dataplane-rdma", "ib_send_lat", "ib_send_lat_framed"))
+if ours and lat and framed:
+    print(f"64 B ping-pong p50: ib_send_lat {lat:.1f} us, ib_send_lat_framed {framed:.1f} us "
+          f"({framed / lat:.2f}x: our frame on the transport alone), dataplane-rdma {ours:.1f} us "
+          f"({ours / lat:.2f}x; {ours - framed:.1f} us of it the messenger's own work)")
 PY
     # The two-process rows (server and client processes) must carry numbers too; their
     # ratios to the same boot's perftest rows are printed beside the in-process ones.

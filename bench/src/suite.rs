@@ -257,6 +257,7 @@ pub fn systems(backend: Backend) -> Result<Vec<Box<dyn System>>> {
             )),
             Box::new(perftest::BW_SYSTEM),
             Box::new(perftest::LAT_SYSTEM),
+            Box::new(perftest::LAT_FRAMED_SYSTEM),
         ],
     };
     all.extend([
