@@ -121,9 +121,9 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 
 /// Formats a byte count the way the table shows it: `64 B`, `4 KiB`, `1 MiB`.
 pub fn format_size(bytes: u64) -> String {
-    if bytes >= 1024 * 1024 && bytes % (1024 * 1024) == 0 {
+    if bytes >= 1024 * 1024 && bytes.is_multiple_of(1024 * 1024) {
         format!("{} MiB", bytes / (1024 * 1024))
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")

@@ -572,7 +572,12 @@ impl Engine {
 
     fn watch_link(&mut self) {
         // Cheap for virtual devices; checked only when idle-ish to keep the fast path lean.
-        if self.stats.polls.load(Ordering::Relaxed) % 1024 != 0 {
+        if !self
+            .stats
+            .polls
+            .load(Ordering::Relaxed)
+            .is_multiple_of(1024)
+        {
             return;
         }
         let up = self.port.link_up();

@@ -83,7 +83,7 @@ impl ConnectedSocket for LendingSocket {
         self.turn += 1;
         // Every third time lend nothing: the messenger reads into its own buffer, so lent
         // and copied reads alternate on one stream and frames straddle both kinds.
-        if self.held.is_some() || self.turn % 3 == 0 {
+        if self.held.is_some() || self.turn.is_multiple_of(3) {
             return None;
         }
         let mem = NonNull::from(Box::leak(vec![0u8; LEND].into_boxed_slice()));

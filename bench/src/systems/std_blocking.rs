@@ -116,7 +116,7 @@ fn stream_connection(
     loop {
         writer.write_all(&message).context("sending a message")?;
         sent += 1;
-        if sent % CLOCK_CHECK_EVERY == 0 && Instant::now() >= deadline {
+        if sent.is_multiple_of(CLOCK_CHECK_EVERY) && Instant::now() >= deadline {
             break;
         }
     }

@@ -223,7 +223,7 @@ impl EventCenter {
         }
         if busy {
             self.busy_rounds = self.busy_rounds.wrapping_add(1);
-            if !parking && self.busy_rounds % FILES_EVERY_BUSY_ROUNDS != 0 {
+            if !parking && !self.busy_rounds.is_multiple_of(FILES_EVERY_BUSY_ROUNDS) {
                 self.timers.pop_due(now, out);
                 return Ok(());
             }

@@ -41,13 +41,13 @@ impl FaultInjector {
         if self.one_in == 0 {
             return false;
         }
-        self.next() % u64::from(self.one_in) == 0
+        self.next().is_multiple_of(u64::from(self.one_in))
     }
 
     /// How long to hold back this read, if at all.
     #[inline]
     pub(crate) fn delay(&mut self) -> Option<Duration> {
-        if self.delay_one_in == 0 || self.next() % u64::from(self.delay_one_in) != 0 {
+        if self.delay_one_in == 0 || !self.next().is_multiple_of(u64::from(self.delay_one_in)) {
             return None;
         }
         Some(Duration::from_millis(1 + self.next() % self.delay_max_ms))
