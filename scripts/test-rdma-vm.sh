@@ -12,7 +12,8 @@
 #      server` / `client --system dataplane-rdma`: the two-host mode, on one host).
 #
 # Usage (as root): scripts/test-rdma-vm.sh [--bench-json FILE] [--no-bench] [--no-install]
-#   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat)
+#   --bench-json FILE  write the benchmark JSON (rows dataplane-rdma, ib_send_bw, ib_send_lat,
+#                      ib_send_lat_framed)
 #   --no-bench         tests only
 #   --no-install       do not apt-get / pip install (everything already present)
 # Environment: BENCH_SIZES (default 64,64K), BENCH_SECS (default 3), BENCH_ROUNDS (default 5:

@@ -1,5 +1,6 @@
 //! perftest baselines on an RDMA device: `ib_send_bw` (one-way SEND bandwidth, `stream`) and
-//! `ib_send_lat` (SEND ping-pong, `pingpong`), client and server on the same device.
+//! `ib_send_lat` (SEND ping-pong, `pingpong`), client and server on the same device; and
+//! `ib_send_lat_framed`, the same ping-pong moving the frame of our message (see [`LAT_FRAMED`]).
 //!
 //! Environment: `DATAPLANE_RDMA_ADDR` (server address, default 127.0.0.1),
 //! `DATAPLANE_RDMA_DEVICE` (`-d`, default perftest's first device) and
@@ -53,11 +54,19 @@ pub const LAT_FRAMED_SYSTEM: FnSystem = FnSystem {
     run: |_, p| send_lat_framed(p.size, p.duration),
 };
 
-/// Bytes the messenger puts on the wire for a message of `payload` bytes sent alone: the
-/// frame's preamble, the payload and its epilogue (sent, as zeros, also where the transport
-/// checks payloads).
+/// Bytes the messenger puts on the wire for a message of `payload` bytes sent alone, by the
+/// wire format's own rule ([`Preamble::frame_len`](dataplane::wire::Preamble::frame_len)): the
+/// preamble, the payload and, for a non-empty payload, its epilogue (sent, as zeros, also
+/// where the transport checks payloads).
 pub fn frame_len(payload: usize) -> usize {
-    dataplane::wire::PREAMBLE_LEN + payload + dataplane::wire::EPILOGUE_LEN
+    use dataplane::wire::{FrameHead, Preamble, Tag};
+    let head = FrameHead {
+        tag: Tag::Message as u8,
+        // Payloads of this row are a few KiB at most (`LAT_FRAMED_SYSTEM`).
+        data_len: u32::try_from(payload).unwrap_or(u32::MAX),
+        ..FrameHead::default()
+    };
+    Preamble::new(&head).frame_len()
 }
 
 fn addr() -> String {
@@ -272,9 +281,10 @@ mod tests {
 
     #[test]
     fn the_framed_reference_moves_the_messengers_frame() {
-        // 40 B preamble + payload + 4 B epilogue: what a lone message is on the wire.
+        // 40 B preamble + payload + 4 B epilogue: what a lone message is on the wire; an
+        // empty payload has no epilogue.
         assert_eq!(frame_len(64), 108);
-        assert_eq!(frame_len(0), 44);
+        assert_eq!(frame_len(0), 40);
     }
 
     #[test]
